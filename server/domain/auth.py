@@ -1,0 +1,131 @@
+"""Authentication of Basic credentials, with an in-memory cache of verified secrets.
+
+A secret is checked with the slow hash once; afterwards a call costs a dictionary
+look-up and a constant-time digest comparison. The credential row is re-read at
+most every ``recheck_seconds`` so a revocation takes effect within that time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from server.domain.errors import PermissionDenied, Unauthenticated
+from server.domain.messaging import Caller
+from server.domain.models import Credential
+from server.domain.ports import CredentialRepository
+from server.domain.secrets import verify_secret
+
+
+@dataclass
+class _Verified:
+    credential: Credential
+    secret_digest: bytes
+    checked_at: float
+
+
+def parse_basic(authorization: str | None) -> tuple[str, str]:
+    if not authorization:
+        raise Unauthenticated("missing authorization metadata", reason="MISSING_CREDENTIALS")
+    scheme, _, encoded = authorization.strip().partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        raise Unauthenticated(
+            "authorization must be 'Basic base64(apiKey:apiSecret)'", reason="BAD_CREDENTIALS"
+        )
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise Unauthenticated(
+            "authorization must be 'Basic base64(apiKey:apiSecret)'", reason="BAD_CREDENTIALS"
+        ) from exc
+    api_key, sep, secret = decoded.partition(":")
+    if not sep or not api_key or not secret:
+        raise Unauthenticated(
+            "authorization must be 'Basic base64(apiKey:apiSecret)'", reason="BAD_CREDENTIALS"
+        )
+    return api_key, secret
+
+
+def peer_allowed(credential: Credential, peer_ip: str | None) -> bool:
+    if not credential.allow_cidrs:
+        return True
+    if peer_ip is None:
+        return False
+    try:
+        address = ipaddress.ip_address(peer_ip)
+    except ValueError:
+        return False
+    return any(
+        address in ipaddress.ip_network(cidr, strict=False) for cidr in credential.allow_cidrs
+    )
+
+
+class Authenticator:
+    def __init__(
+        self,
+        credentials: CredentialRepository,
+        *,
+        recheck_seconds: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._credentials = credentials
+        self._recheck = recheck_seconds
+        self._monotonic = monotonic
+        self._cache: dict[str, _Verified] = {}
+        self._in_flight: dict[tuple[str, bytes], asyncio.Future[Credential | None]] = {}
+
+    async def authenticate(self, authorization: str | None, peer_ip: str | None) -> Caller:
+        api_key, secret = parse_basic(authorization)
+        digest = hashlib.sha256(secret.encode()).digest()
+        credential = await self._verified_credential(api_key, secret, digest)
+        if credential is None or credential.revoked_at is not None:
+            raise Unauthenticated("invalid credentials", reason="BAD_CREDENTIALS")
+        if not peer_allowed(credential, peer_ip):
+            raise PermissionDenied(
+                "this credential may not be used from this address", reason="IP_NOT_ALLOWED"
+            )
+        return Caller(account_id=credential.account_id, verified=credential.account_verified)
+
+    async def _verified_credential(
+        self, api_key: str, secret: str, digest: bytes
+    ) -> Credential | None:
+        now = self._monotonic()
+        cached = self._cache.get(api_key)
+        if cached is not None and hmac.compare_digest(cached.secret_digest, digest):
+            if now - cached.checked_at < self._recheck:
+                return cached.credential
+            fresh = await self._credentials.get_credential(api_key)
+            if fresh is None or fresh.secret_hash != cached.credential.secret_hash:
+                self._cache.pop(api_key, None)
+                return None
+            cached.credential, cached.checked_at = fresh, now
+            return fresh
+        key = (api_key, digest)
+        pending = self._in_flight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Credential | None] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            credential = await self._credentials.get_credential(api_key)
+            ok = credential is not None and await asyncio.to_thread(
+                verify_secret, secret, credential.secret_hash
+            )
+            result = credential if ok else None
+            if result is not None:
+                self._cache[api_key] = _Verified(result, digest, self._monotonic())
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here so an unawaited future does not warn
+            raise
+        finally:
+            del self._in_flight[key]

@@ -1,0 +1,192 @@
+"""Single sends and status queries: validation, rendering, idempotency, storage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from server.domain.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from server.domain.models import MessageState, MessageStatus, NewMessage, Priority, UseType
+from server.domain.phones import normalize_mobile
+from server.domain.ports import IdempotencyKey, MessageRepository, TemplateRepository
+from server.domain.segments import count_segments
+from server.domain.templates import ParsedTemplate, render, validate_values
+
+MAX_TEXT_CHARS = 460
+MAX_REQUEST_ID_CHARS = 128
+MAX_SCHEDULE_AHEAD = timedelta(days=30)
+MAX_STATUS_IDS = 100
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated account making a call."""
+
+    account_id: int
+    verified: bool
+
+
+@dataclass(frozen=True)
+class SendCommand:
+    mobile: str
+    use_type: UseType
+    text: str | None = None
+    template_id: int | None = None
+    data: Mapping[str, str] = field(default_factory=dict)
+    request_id: str = ""
+    send_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SendResult:
+    id: str
+    to_number: str
+    status: MessageStatus
+    segments: int
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_request_id(request_id: str, violations: list[FieldViolation]) -> None:
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        violations.append(
+            FieldViolation("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters")
+        )
+
+
+def check_use_type(use_type: UseType, caller: Caller, violations: list[FieldViolation]) -> None:
+    if use_type not in (UseType.VERIFICATION, UseType.NOTIFICATION, UseType.MARKETING):
+        violations.append(FieldViolation("use_type", "a use type is required"))
+    elif not caller.verified and use_type != UseType.VERIFICATION:
+        raise PermissionDenied(
+            "accounts that are not real-name verified can send only verification messages",
+            reason="ACCOUNT_NOT_VERIFIED",
+        )
+
+
+def request_fingerprint(*parts: object) -> bytes:
+    """A stable hash of a request's content, to tell a retry from a reused key."""
+    canonical = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+class Messaging:
+    def __init__(
+        self,
+        messages: MessageRepository,
+        templates: TemplateRepository,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_accepted: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._messages = messages
+        self._templates = templates
+        self._clock = clock
+        self._on_accepted = on_accepted
+
+    async def send(self, caller: Caller, cmd: SendCommand) -> SendResult:
+        violations: list[FieldViolation] = []
+        to_number = ""
+        try:
+            to_number = normalize_mobile(cmd.mobile, "mobile")
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
+        check_use_type(cmd.use_type, caller, violations)
+        check_request_id(cmd.request_id, violations)
+        now = self._clock()
+        not_before = now
+        if cmd.send_at is not None:
+            if cmd.send_at > now + MAX_SCHEDULE_AHEAD:
+                violations.append(
+                    FieldViolation("send_at", "must be at most 30 days in the future")
+                )
+            not_before = max(now, cmd.send_at)
+        body = ""
+        if cmd.text is not None:
+            if cmd.data:
+                violations.append(FieldViolation("data", "data is only used with template_id"))
+            if not cmd.text.strip():
+                violations.append(FieldViolation("text", "must not be empty"))
+            elif len(cmd.text) > MAX_TEXT_CHARS:
+                violations.append(
+                    FieldViolation("text", f"must be at most {MAX_TEXT_CHARS} characters")
+                )
+            body = cmd.text
+        elif cmd.template_id is None:
+            violations.append(FieldViolation("text", "text or template_id is required"))
+        if violations:
+            raise InvalidArgument(violations)
+
+        if cmd.template_id is not None:
+            template = await self._templates.get(caller.account_id, cmd.template_id)
+            if template is None:
+                raise NotFound(f"template {cmd.template_id} not found", reason="TEMPLATE_NOT_FOUND")
+            parsed = ParsedTemplate(template.content, template.variables)
+            validate_values(cmd.data, parsed.variables, "data")
+            body = render(parsed, cmd.data)
+
+        segments = count_segments(body)
+        message = NewMessage(
+            id=new_message_id(),
+            account_id=caller.account_id,
+            to_number=to_number,
+            use_type=cmd.use_type,
+            body=body,
+            segments=segments,
+            priority=Priority.VERIFICATION
+            if cmd.use_type == UseType.VERIFICATION
+            else Priority.SINGLE,
+            not_before=not_before,
+            template_id=cmd.template_id,
+        )
+        if cmd.request_id:
+            key = IdempotencyKey(
+                account_id=caller.account_id,
+                operation="SendMessage",
+                request_id=cmd.request_id,
+                request_hash=request_fingerprint(
+                    to_number,
+                    int(cmd.use_type),
+                    cmd.text,
+                    cmd.template_id,
+                    sorted(cmd.data.items()),
+                    cmd.send_at.isoformat() if cmd.send_at else None,
+                ),
+            )
+            earlier_id = await self._messages.insert_idempotent(message, key)
+            if earlier_id is not None:
+                states = await self._messages.get_states(caller.account_id, [earlier_id])
+                if states:
+                    first = states[0]
+                    return SendResult(
+                        first.id, first.to_number, MessageStatus.PENDING, first.segments
+                    )
+        else:
+            await self._messages.insert(message)
+        self._on_accepted()
+        return SendResult(message.id, to_number, MessageStatus.PENDING, segments)
+
+    async def get_status(
+        self, caller: Caller, ids: Sequence[str]
+    ) -> tuple[list[MessageState], list[str]]:
+        if not ids:
+            raise InvalidArgument.field("ids", "at least one id is required")
+        if len(ids) > MAX_STATUS_IDS:
+            raise InvalidArgument.field("ids", f"at most {MAX_STATUS_IDS} ids per request")
+        unique = list(dict.fromkeys(ids))
+        states = await self._messages.get_states(caller.account_id, unique)
+        by_id = {s.id: s for s in states}
+        found = [by_id[i] for i in unique if i in by_id]
+        missing = [i for i in unique if i not in by_id]
+        return found, missing

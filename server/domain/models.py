@@ -1,0 +1,132 @@
+"""Domain records and enums. Enum numbers equal the sms.v1 proto numbers."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class UseType(enum.IntEnum):
+    UNSPECIFIED = 0
+    VERIFICATION = 1
+    NOTIFICATION = 2
+    MARKETING = 3
+
+
+class MessageStatus(enum.IntEnum):
+    UNSPECIFIED = 0
+    PENDING = 1
+    QUEUED = 2
+    SENT = 3
+    DELIVERED = 4
+    UNDELIVERED = 5
+    FAILED = 6
+    REJECTED = 7
+    CANCELLED = 8
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset(
+    {
+        MessageStatus.DELIVERED,
+        MessageStatus.UNDELIVERED,
+        MessageStatus.FAILED,
+        MessageStatus.REJECTED,
+        MessageStatus.CANCELLED,
+    }
+)
+
+
+class Priority(enum.IntEnum):
+    """Dispatch order: lower first. A running batch never delays a code."""
+
+    VERIFICATION = 0
+    SINGLE = 1
+    BATCH = 2
+
+
+@dataclass(frozen=True)
+class Account:
+    id: int
+    name: str
+    verified: bool
+
+
+@dataclass(frozen=True)
+class Credential:
+    id: int
+    account_id: int
+    api_key: str
+    secret_hash: str
+    allow_cidrs: tuple[str, ...]
+    created_at: datetime
+    revoked_at: datetime | None
+    account_verified: bool = True
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A validated message ready to be stored as PENDING."""
+
+    id: str
+    account_id: int
+    to_number: str
+    use_type: UseType
+    body: str
+    segments: int
+    priority: Priority
+    not_before: datetime
+    template_id: int | None = None
+    batch_id: str | None = None
+
+
+@dataclass(frozen=True)
+class MessageState:
+    id: str
+    to_number: str
+    status: MessageStatus
+    error_code: str
+    provider: str
+    updated_at: datetime
+    segments: int = 1
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    event_id: int
+    message_id: str
+    account_id: int
+    to_number: str
+    status: MessageStatus
+    error_code: str
+    batch_id: str | None
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class Template:
+    id: int
+    account_id: int
+    code: str
+    content: str
+    use_type: UseType
+    variables: tuple[str, ...]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """What a provider transport needs to send one claimed message."""
+
+    id: str
+    account_id: int
+    to_number: str
+    body: str
+    use_type: UseType
+    attempts: int
+    template_id: int | None = None
+    data: dict[str, str] = field(default_factory=dict)

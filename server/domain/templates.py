@@ -1,0 +1,242 @@
+"""SMS templates: parsing ``#variable#`` placeholders, checking values, rendering.
+
+The rules are Skynoo's (seed 000) for templates and SendCloud's (seed 001) for
+variable values.
+
+How content is split into text and variables
+--------------------------------------------
+Content is scanned left to right for *pairs*: a ``#``, then an inside that does
+not start or end with whitespace and contains no ``#`` and no line break, then a
+closing ``#``. Each pair found is a variable, and its inside must be a valid name.
+Every other ``#`` is ordinary text. So:
+
+- ``"Your code is #code#"`` has the variable ``code``;
+- ``"Call us at #5 street"`` and ``"Press # to continue"`` have no variable;
+- ``"Rooms #1 and #2 are free"`` has no variable (the inside would end in a space);
+- ``"Hello #first name#"`` has a pair whose inside is not a valid name: refused;
+- ``"##code##"`` has the variable ``code`` between two literal ``#``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from server.domain.errors import FieldViolation, InvalidArgument
+
+MAX_CONTENT_CHARS: Final = 460
+MAX_VARIABLE_NAME_CHARS: Final = 23
+MAX_VALUE_CHARS: Final = 32
+MAX_CODE_CHARS: Final = 64
+FORBIDDEN_SYMBOLS: Final = ("【", "】", "★", "※", "→", "●")
+# Problems reported by one call at most, so that the error fits in gRPC trailers.
+MAX_REPORTED_PROBLEMS: Final = 20
+# Content longer than this is only reported as too long, not read further.
+MAX_EXAMINED_CHARS: Final = 4 * MAX_CONTENT_CHARS
+# Caller text quoted in a message is cut to this many characters.
+_MAX_QUOTED_CHARS: Final = 40
+
+_PAIR = re.compile(r"#([^#\s](?:[^#\r\n]*[^#\s])?)#")
+_NAME_CHARS = re.compile(r"[A-Za-z0-9_]+")
+_CODE = re.compile(r"[A-Za-z0-9_.-]+")
+# A link: a scheme separator anywhere, or "www." not preceded by a letter or digit.
+_LINK = re.compile(r"://|(?<![0-9a-z])www\.", re.IGNORECASE)
+_WORD = re.compile(r"\S+")
+
+
+@dataclass(frozen=True)
+class ParsedTemplate:
+    """Template content that passed every rule, with its variables in order of appearance."""
+
+    content: str
+    variables: tuple[str, ...]
+
+
+def parse_template(content: str, field: str) -> ParsedTemplate:
+    """Check ``content`` against the template rules and list its variables.
+
+    The rules: not empty or only spaces; at most 460 characters; none of the
+    symbols in ``FORBIDDEN_SYMBOLS``; every pair (see the module docstring) a valid
+    name of ASCII letters, digits and ``_``, under 24 characters; each variable at
+    most once; no variable glued to a link, that is, no variable whose word (the
+    text back to the previous whitespace) holds ``://``, or ``www.`` not preceded
+    by a letter or digit, before it, as in ``https://x.io/#code#``.
+
+    Raises ``InvalidArgument`` (reason ``INVALID_TEMPLATE``) with one violation on
+    ``field`` per problem found, at most ``MAX_REPORTED_PROBLEMS`` of them. Content
+    longer than ``MAX_EXAMINED_CHARS`` is reported as too long and nothing else.
+    """
+    problems: list[str] = []
+    if content.strip() == "":
+        problems.append("The template content is required and cannot be only spaces.")
+    if len(content) > MAX_CONTENT_CHARS:
+        problems.append(
+            f"The template content is {len(content)} characters long; "
+            f"at most {MAX_CONTENT_CHARS} are allowed."
+        )
+    if len(content) > MAX_EXAMINED_CHARS:
+        raise InvalidArgument.field(field, problems[0], reason="INVALID_TEMPLATE")
+    for symbol in FORBIDDEN_SYMBOLS:
+        if symbol in content:
+            problems.append(
+                f'The template content contains "{symbol}", a symbol that is not allowed '
+                "in templates."
+            )
+
+    names: list[str] = []
+    pairs = list(_PAIR.finditer(content))
+    glued = _glued_to_link(content, [pair.start() for pair in pairs])
+    for pair, is_glued in zip(pairs, glued, strict=True):
+        name = pair.group(1)
+        names.append(name)
+        name_problem = _name_problem(name)
+        if name_problem is not None:
+            problems.append(name_problem)
+        if is_glued:
+            problems.append(
+                f"The variable {_quote('#' + name + '#')} is attached to a link; "
+                "a variable cannot be part of a link."
+            )
+    for name, count in Counter(names).items():
+        if count > 1:
+            problems.append(
+                f"The variable {_quote('#' + name + '#')} appears {count} times; "
+                "each variable may appear only once."
+            )
+
+    if problems:
+        violations = [FieldViolation(field, problem) for problem in problems]
+        raise InvalidArgument(_at_most_reported(violations, field), reason="INVALID_TEMPLATE")
+    return ParsedTemplate(content=content, variables=tuple(dict.fromkeys(names)))
+
+
+def _glued_to_link(content: str, starts: list[int]) -> list[bool]:
+    """For each pair start (ascending), whether the text before it in its word holds a link.
+
+    A word is a run of non-whitespace; a link is ``://``, or ``www.`` not preceded
+    by a letter or digit. Runs in time linear in ``content``.
+    """
+    glued: list[bool] = []
+    words = _WORD.finditer(content)
+    word_end = -1
+    link_end: int | None = None
+    for start in starts:
+        while word_end <= start:
+            word = next(words)  # a pair starts with "#", so some word holds it
+            word_end = word.end()
+            link = _LINK.search(content, word.start(), word_end)
+            link_end = None if link is None else link.end()
+        glued.append(link_end is not None and link_end <= start)
+    return glued
+
+
+def _name_problem(name: str) -> str | None:
+    if _NAME_CHARS.fullmatch(name) is None:
+        return (
+            f"{_quote('#' + name + '#')} is not a valid variable: a variable name "
+            "may contain only letters, digits and underscores."
+        )
+    if len(name) > MAX_VARIABLE_NAME_CHARS:
+        return (
+            f"The variable name {_quote(name)} is {len(name)} characters long; "
+            f"it must be under {MAX_VARIABLE_NAME_CHARS + 1} characters."
+        )
+    return None
+
+
+def _quote(text: str) -> str:
+    """Quote caller text for a message, cut short if long."""
+    if len(text) > _MAX_QUOTED_CHARS:
+        text = text[: _MAX_QUOTED_CHARS - 1] + "…"
+    return f'"{text}"'
+
+
+def _at_most_reported(violations: list[FieldViolation], field: str) -> list[FieldViolation]:
+    """Keep the first problems; say how many more there are."""
+    if len(violations) <= MAX_REPORTED_PROBLEMS:
+        return violations
+    kept = violations[: MAX_REPORTED_PROBLEMS - 1]
+    more = len(violations) - len(kept)
+    return [*kept, FieldViolation(field, f"There are {more} more problems not listed here.")]
+
+
+def validate_values(values: Mapping[str, str], variables: Sequence[str], field: str) -> None:
+    """Check the values given for a template's ``variables``.
+
+    Every variable needs a value (an empty string is a value); no other key is
+    allowed; a value has at most 32 characters and no link (``scheme://`` anywhere,
+    or ``www.`` not preceded by a letter or digit). Raises ``InvalidArgument`` (reason
+    ``INVALID_TEMPLATE_DATA``) with one violation per problem, on ``field.<name>``.
+    """
+    violations: list[FieldViolation] = []
+    for name in variables:
+        if name not in values:
+            violations.append(
+                FieldViolation(
+                    f"{field}.{name}",
+                    f"A value for the template variable {_quote(name)} is required.",
+                )
+            )
+    known = set(variables)
+    for key, value in values.items():
+        where = f"{field}.{key}"
+        if key not in known:
+            violations.append(
+                FieldViolation(where, f"The template has no variable named {_quote(key)}.")
+            )
+            continue
+        if len(value) > MAX_VALUE_CHARS:
+            violations.append(
+                FieldViolation(
+                    where,
+                    f"The value is {len(value)} characters long; "
+                    f"at most {MAX_VALUE_CHARS} are allowed.",
+                )
+            )
+        if _LINK.search(value) is not None:
+            violations.append(
+                FieldViolation(where, "The value contains a link; links are not allowed in values.")
+            )
+    if violations:
+        raise InvalidArgument(_at_most_reported(violations, field), reason="INVALID_TEMPLATE_DATA")
+
+
+def render(parsed: ParsedTemplate, values: Mapping[str, str]) -> str:
+    """Return the template content with each ``#name#`` replaced by its value.
+
+    ``values`` must already have passed ``validate_values``. Values are inserted
+    as they are: a ``#`` inside a value is never read as a variable.
+    """
+    known = set(parsed.variables)
+
+    def substitute(pair: re.Match[str]) -> str:
+        name = pair.group(1)
+        return values[name] if name in known else pair.group()
+
+    return _PAIR.sub(substitute, parsed.content)
+
+
+def validate_template_code(code: str, field: str = "template.code") -> str:
+    """Return ``code`` if it is a valid template code, else raise ``InvalidArgument``.
+
+    A code is 1 to 64 letters, digits, ``_``, ``-`` or ``.``; surrounding spaces
+    are refused, not stripped. Reason ``INVALID_TEMPLATE_CODE``.
+    """
+    if code == "":
+        description = "A template code is required."
+    elif len(code) > MAX_CODE_CHARS:
+        description = (
+            f"The template code is {len(code)} characters long; "
+            f"at most {MAX_CODE_CHARS} are allowed."
+        )
+    elif _CODE.fullmatch(code) is None:
+        description = (
+            "The template code may contain only letters, digits, underscores, "
+            "hyphens and dots, with no spaces."
+        )
+    else:
+        return code
+    raise InvalidArgument.field(field, description, reason="INVALID_TEMPLATE_CODE")
