@@ -1,0 +1,1 @@
+"""PostgreSQL persistence: asyncpg pool, migrations, one module per table group."""

@@ -1,0 +1,110 @@
+"""Accounts and their API credentials."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from server.domain import secrets
+from server.domain.models import Account, Credential
+from server.store.pool import unavailable_on_connection_errors
+
+_CREDENTIAL_COLUMNS = """
+    c.id, c.account_id, c.api_key, c.secret_hash, c.allow_cidrs::text[] AS allow_cidrs,
+    c.created_at, c.revoked_at, a.verified AS account_verified
+"""
+
+
+def _credential(row: asyncpg.Record) -> Credential:
+    return Credential(
+        id=row["id"],
+        account_id=row["account_id"],
+        api_key=row["api_key"],
+        secret_hash=row["secret_hash"],
+        allow_cidrs=tuple(row["allow_cidrs"]),
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+        account_verified=row["account_verified"],
+    )
+
+
+class PgAccountStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create_account(self, name: str, *, verified: bool) -> Account:
+        with unavailable_on_connection_errors():
+            row = await self._pool.fetchrow(
+                "INSERT INTO accounts (name, verified) VALUES ($1, $2) "
+                "RETURNING id, name, verified",
+                name,
+                verified,
+            )
+        assert row is not None
+        return Account(id=row["id"], name=row["name"], verified=row["verified"])
+
+    async def get_account(self, account_id: int) -> Account | None:
+        with unavailable_on_connection_errors():
+            row = await self._pool.fetchrow(
+                "SELECT id, name, verified FROM accounts WHERE id = $1", account_id
+            )
+        return None if row is None else Account(row["id"], row["name"], row["verified"])
+
+    async def create_credential(
+        self, account_id: int, allow_cidrs: Sequence[str] = ()
+    ) -> tuple[Credential, str]:
+        """Creates a credential; returns it with its secret, which is never stored."""
+        api_key = secrets.new_api_key()
+        secret = secrets.new_api_secret()
+        secret_hash = secrets.hash_secret(secret)
+        with unavailable_on_connection_errors():
+            row = await self._pool.fetchrow(
+                f"""
+                WITH c AS (
+                    INSERT INTO credentials (account_id, api_key, secret_hash, allow_cidrs)
+                    VALUES ($1, $2, $3, $4::cidr[])
+                    RETURNING *
+                )
+                SELECT {_CREDENTIAL_COLUMNS} FROM c JOIN accounts a ON a.id = c.account_id
+                """,
+                account_id,
+                api_key,
+                secret_hash,
+                list(allow_cidrs),
+            )
+        assert row is not None
+        return _credential(row), secret
+
+    async def list_credentials(self, account_id: int) -> list[Credential]:
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(
+                f"""
+                SELECT {_CREDENTIAL_COLUMNS}
+                FROM credentials c JOIN accounts a ON a.id = c.account_id
+                WHERE c.account_id = $1 ORDER BY c.id
+                """,
+                account_id,
+            )
+        return [_credential(r) for r in rows]
+
+    async def revoke_credential(self, api_key: str) -> bool:
+        with unavailable_on_connection_errors():
+            result: str = await self._pool.execute(
+                "UPDATE credentials SET revoked_at = now() "
+                "WHERE api_key = $1 AND revoked_at IS NULL",
+                api_key,
+            )
+        return result.endswith(" 1")
+
+    async def get_credential(self, api_key: str) -> Credential | None:
+        with unavailable_on_connection_errors():
+            row = await self._pool.fetchrow(
+                f"""
+                SELECT {_CREDENTIAL_COLUMNS}
+                FROM credentials c JOIN accounts a ON a.id = c.account_id
+                WHERE c.api_key = $1
+                """,
+                api_key,
+            )
+        return None if row is None else _credential(row)

@@ -1,0 +1,102 @@
+"""message_events: the ordered log of status changes that streams read and replay.
+
+Every transaction that changes a message status calls ``lock_event_log`` first and
+inserts its events in the same transaction. The advisory lock makes event ids
+follow commit order, so a reader that has seen id N has seen every committed id
+below N and a resume cursor never skips an event. The NOTIFY tells every replica's
+status hub to read the new events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from server.domain.models import MessageStatus, StatusEvent
+from server.store.pool import Conn, unavailable_on_connection_errors
+
+EVENTS_LOCK_KEY = 0x736D_7367_7702
+EVENTS_CHANNEL = "smsgw_events"
+
+_COLUMNS = "event_id, message_id, account_id, batch_id, to_number, status, error_code, occurred_at"
+
+
+async def lock_event_log(conn: Conn) -> None:
+    """Serialises event writers until commit and announces new events at commit."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1), pg_notify($2, '')", EVENTS_LOCK_KEY, EVENTS_CHANNEL
+    )
+
+
+def _event(row: asyncpg.Record) -> StatusEvent:
+    return StatusEvent(
+        event_id=row["event_id"],
+        message_id=row["message_id"],
+        account_id=row["account_id"],
+        to_number=row["to_number"],
+        status=MessageStatus(row["status"]),
+        error_code=row["error_code"],
+        batch_id=row["batch_id"],
+        occurred_at=row["occurred_at"],
+    )
+
+
+class PgEventLog:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def last_event_id(self) -> int:
+        with unavailable_on_connection_errors():
+            value = await self._pool.fetchval(
+                "SELECT coalesce(max(event_id), 0) FROM message_events"
+            )
+        return int(value)
+
+    async def all_after(self, after_event_id: int, limit: int) -> list[StatusEvent]:
+        """Events of every account after the cursor, in id order (for the status hub)."""
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(
+                f"SELECT {_COLUMNS} FROM message_events WHERE event_id > $1 "
+                "ORDER BY event_id LIMIT $2",
+                after_event_id,
+                limit,
+            )
+        return [_event(r) for r in rows]
+
+    async def events_after(
+        self, account_id: int, after_event_id: int, ids: Sequence[str] | None, limit: int
+    ) -> list[StatusEvent]:
+        """One account's events after the cursor, optionally only for ``ids``."""
+        with unavailable_on_connection_errors():
+            if ids:
+                rows = await self._pool.fetch(
+                    f"SELECT {_COLUMNS} FROM message_events "
+                    "WHERE account_id = $1 AND event_id > $2 AND message_id = ANY($3::text[]) "
+                    "ORDER BY event_id LIMIT $4",
+                    account_id,
+                    after_event_id,
+                    list(ids),
+                    limit,
+                )
+            else:
+                rows = await self._pool.fetch(
+                    f"SELECT {_COLUMNS} FROM message_events "
+                    "WHERE account_id = $1 AND event_id > $2 ORDER BY event_id LIMIT $3",
+                    account_id,
+                    after_event_id,
+                    limit,
+                )
+        return [_event(r) for r in rows]
+
+    async def latest_per_message(self, account_id: int, ids: Sequence[str]) -> list[StatusEvent]:
+        """Each message's newest event: its current state with the event id that set it."""
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(
+                f"SELECT DISTINCT ON (message_id) {_COLUMNS} FROM message_events "
+                "WHERE account_id = $1 AND message_id = ANY($2::text[]) "
+                "ORDER BY message_id, event_id DESC",
+                account_id,
+                list(ids),
+            )
+        return [_event(r) for r in rows]

@@ -1,0 +1,163 @@
+"""Accepting messages into the outbox, with group commit and request_id idempotency.
+
+``insert`` is called by many concurrent RPCs. Rows that arrive while a write is in
+flight are collected and written together in one transaction (group commit), so
+durability costs one round trip per group rather than per call. Each caller's
+await returns only after its row has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import asyncpg
+
+from server.domain.errors import FailedPrecondition
+from server.domain.models import MessageState, MessageStatus, NewMessage
+from server.domain.ports import IdempotencyKey
+from server.store.events import lock_event_log
+from server.store.pool import Conn, unavailable_on_connection_errors
+
+IDEMPOTENCY_WINDOW = "1 hour"
+MAX_GROUP = 500
+MAX_CONCURRENT_GROUPS = 2
+
+_INSERT_WITH_EVENTS = """
+WITH m AS (
+    INSERT INTO messages (id, account_id, batch_id, to_number, use_type, body, template_id,
+                          segments, priority, status, not_before)
+    SELECT u.id, u.account_id, u.batch_id, u.to_number, u.use_type, u.body, u.template_id,
+           u.segments, u.priority, 1, u.not_before
+    FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::smallint[], $6::text[],
+                $7::bigint[], $8::integer[], $9::smallint[], $10::timestamptz[])
+         AS u(id, account_id, batch_id, to_number, use_type, body, template_id,
+              segments, priority, not_before)
+    RETURNING id, account_id, batch_id, to_number, created_at
+)
+INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number, status,
+                            occurred_at)
+SELECT nextval('message_event_ids'), id, account_id, batch_id, to_number, 1, created_at FROM m
+"""
+
+
+def _columns(messages: Sequence[NewMessage]) -> list[list[object]]:
+    return [
+        [m.id for m in messages],
+        [m.account_id for m in messages],
+        [m.batch_id for m in messages],
+        [m.to_number for m in messages],
+        [int(m.use_type) for m in messages],
+        [m.body for m in messages],
+        [m.template_id for m in messages],
+        [m.segments for m in messages],
+        [int(m.priority) for m in messages],
+        [m.not_before for m in messages],
+    ]
+
+
+async def insert_messages(conn: Conn, messages: Sequence[NewMessage]) -> None:
+    """Inserts PENDING messages and their first events; the caller owns the transaction."""
+    await lock_event_log(conn)
+    await conn.execute(_INSERT_WITH_EVENTS, *_columns(messages))
+
+
+class PgMessageStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._waiting: list[tuple[NewMessage, asyncio.Future[None]]] = []
+        self._groups_in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def insert(self, message: NewMessage) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((message, future))
+        self._start_groups()
+        await future
+
+    def _start_groups(self) -> None:
+        while self._waiting and self._groups_in_flight < MAX_CONCURRENT_GROUPS:
+            group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+            self._groups_in_flight += 1
+            task = asyncio.create_task(self._write_group(group), name="message-group-commit")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _write_group(self, group: list[tuple[NewMessage, asyncio.Future[None]]]) -> None:
+        error: BaseException | None = None
+        try:
+            with unavailable_on_connection_errors():
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await insert_messages(conn, [m for m, _ in group])
+        except Exception as exc:
+            error = exc
+        finally:
+            self._groups_in_flight -= 1
+            for _, future in group:
+                if future.done():
+                    continue
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+            self._start_groups()
+
+    async def insert_idempotent(self, message: NewMessage, key: IdempotencyKey) -> str | None:
+        with unavailable_on_connection_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                claimed = await conn.fetchval(
+                    f"""
+                    INSERT INTO idempotency_keys
+                        (account_id, operation, request_id, request_hash, resource_id)
+                    VALUES ($1, $2, $3, $4, $5)
+                    ON CONFLICT (account_id, operation, request_id) DO UPDATE
+                        SET request_hash = EXCLUDED.request_hash,
+                            resource_id = EXCLUDED.resource_id,
+                            created_at = now()
+                        WHERE idempotency_keys.created_at < now() - interval '{IDEMPOTENCY_WINDOW}'
+                    RETURNING resource_id
+                    """,
+                    key.account_id,
+                    key.operation,
+                    key.request_id,
+                    key.request_hash,
+                    message.id,
+                )
+                if claimed is None:
+                    earlier = await conn.fetchrow(
+                        "SELECT request_hash, resource_id FROM idempotency_keys "
+                        "WHERE account_id = $1 AND operation = $2 AND request_id = $3",
+                        key.account_id,
+                        key.operation,
+                        key.request_id,
+                    )
+                    assert earlier is not None
+                    if bytes(earlier["request_hash"]) != key.request_hash:
+                        raise FailedPrecondition(
+                            "request_id was already used with different content",
+                            reason="REQUEST_ID_REUSED",
+                        )
+                    return str(earlier["resource_id"])
+                await insert_messages(conn, [message])
+        return None
+
+    async def get_states(self, account_id: int, ids: Sequence[str]) -> list[MessageState]:
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(
+                "SELECT id, to_number, status, error_code, provider, updated_at, segments "
+                "FROM messages WHERE account_id = $1 AND id = ANY($2::text[])",
+                account_id,
+                list(ids),
+            )
+        return [
+            MessageState(
+                id=r["id"],
+                to_number=r["to_number"],
+                status=MessageStatus(r["status"]),
+                error_code=r["error_code"],
+                provider=r["provider"],
+                updated_at=r["updated_at"],
+                segments=r["segments"],
+            )
+            for r in rows
+        ]

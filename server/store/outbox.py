@@ -1,0 +1,153 @@
+"""The dispatcher's side of the outbox: claiming due messages under a lease and
+recording what happened to them (each status change with its event)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from server.domain.models import MessageStatus, OutboundMessage, UseType
+from server.store.events import lock_event_log
+from server.store.pool import unavailable_on_connection_errors
+
+_CLAIM = """
+WITH due AS (
+    SELECT id FROM messages
+    WHERE status IN (1, 2) AND not_before <= now()
+      AND (claimed_until IS NULL OR claimed_until < now())
+    ORDER BY priority, not_before
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m
+SET claimed_until = now() + make_interval(secs => $2), attempts = m.attempts + 1
+FROM due WHERE m.id = due.id
+RETURNING m.id, m.account_id, m.to_number, m.body, m.use_type, m.attempts, m.template_id,
+          m.priority
+"""
+
+# Applies status changes forward only: a final status is never changed, and a
+# status never moves back (DELIVERED is never followed by SENT). QUEUED -> QUEUED
+# (another retry) updates the row without a new event.
+_TRANSITION = """
+WITH u AS (
+    SELECT * FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[], $5::text[],
+                         $6::timestamptz[])
+         AS u(id, status, error_code, provider, provider_message_id, not_before)
+),
+prev AS (
+    SELECT m.id, m.status FROM messages m JOIN u ON u.id = m.id
+    WHERE m.status < 4
+    FOR UPDATE OF m
+),
+upd AS (
+    UPDATE messages m SET
+        status = u.status,
+        error_code = u.error_code,
+        provider = coalesce(nullif(u.provider, ''), m.provider),
+        provider_message_id = coalesce(u.provider_message_id, m.provider_message_id),
+        not_before = coalesce(u.not_before, m.not_before),
+        sent_at = CASE WHEN u.status >= 3 AND m.sent_at IS NULL AND u.provider_message_id
+                       IS NOT NULL THEN now() ELSE m.sent_at END,
+        claimed_until = NULL,
+        updated_at = now()
+    FROM u JOIN prev ON prev.id = u.id
+    WHERE m.id = u.id AND u.status >= prev.status
+    RETURNING m.id, m.account_id, m.batch_id, m.to_number, m.status, m.error_code,
+              m.updated_at, prev.status AS old_status
+)
+INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number, status,
+                            error_code, occurred_at)
+SELECT nextval('message_event_ids'), id, account_id, batch_id, to_number, status, error_code,
+       updated_at
+FROM upd WHERE status <> old_status
+"""
+
+
+@dataclass(frozen=True)
+class ClaimedMessage:
+    message: OutboundMessage
+    priority: int
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A status change for one message (dispatch outcome, retry or receipt)."""
+
+    message_id: str
+    status: MessageStatus
+    error_code: str = ""
+    provider: str = ""
+    provider_message_id: str | None = None
+    not_before: datetime | None = None
+
+
+class PgOutbox:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def claim_due(self, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(_CLAIM, limit, lease_seconds)
+        return [
+            ClaimedMessage(
+                message=OutboundMessage(
+                    id=r["id"],
+                    account_id=r["account_id"],
+                    to_number=r["to_number"],
+                    body=r["body"],
+                    use_type=UseType(r["use_type"]),
+                    attempts=r["attempts"],
+                    template_id=r["template_id"],
+                ),
+                priority=r["priority"],
+            )
+            for r in rows
+        ]
+
+    async def apply(self, transitions: Sequence[Transition]) -> None:
+        """Records status changes in one transaction, each with its event, in order."""
+        if not transitions:
+            return
+        with unavailable_on_connection_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                await lock_event_log(conn)
+                for group in _rounds(transitions):
+                    await conn.execute(
+                        _TRANSITION,
+                        [t.message_id for t in group],
+                        [int(t.status) for t in group],
+                        [t.error_code for t in group],
+                        [t.provider for t in group],
+                        [t.provider_message_id for t in group],
+                        [t.not_before for t in group],
+                    )
+
+    async def release(self, message_ids: Sequence[str]) -> None:
+        """Gives claimed messages back (on shutdown) so another worker can take them now."""
+        if not message_ids:
+            return
+        with unavailable_on_connection_errors():
+            await self._pool.execute(
+                "UPDATE messages SET claimed_until = NULL, attempts = greatest(attempts - 1, 0) "
+                "WHERE id = ANY($1::text[]) AND status < 3",
+                list(message_ids),
+            )
+
+
+def _rounds(transitions: Sequence[Transition]) -> list[list[Transition]]:
+    """Splits transitions so no message appears twice in one statement, keeping order."""
+    rounds: list[list[Transition]] = []
+    seen: list[set[str]] = []
+    for t in transitions:
+        last = max((i for i, ids in enumerate(seen) if t.message_id in ids), default=-1)
+        target = last + 1
+        if target == len(rounds):
+            rounds.append([])
+            seen.append(set())
+        rounds[target].append(t)
+        seen[target].add(t.message_id)
+    return rounds

@@ -1,0 +1,56 @@
+"""The asyncpg pool and the one place that turns connection failures into Unavailable."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from server.domain.errors import Unavailable
+
+# A connection as handed out by the pool, or a plain one.
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
+# Errors that mean "the database cannot be reached now", not "the query is wrong".
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.InterfaceError,
+    TimeoutError,
+)
+
+
+@contextlib.contextmanager
+def unavailable_on_connection_errors() -> Iterator[None]:
+    """Re-raises driver connection failures as the domain's Unavailable."""
+    try:
+        yield
+    except _UNAVAILABLE_ERRORS as exc:
+        raise Unavailable("the database is unavailable; retry later") from exc
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    with unavailable_on_connection_errors():
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            command_timeout=30,
+        )
+    assert pool is not None
+    return pool
