@@ -1,0 +1,57 @@
+"""Conversions between proto messages and domain records."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+from sms.v1 import common_pb2, message_pb2, template_pb2
+
+from server.domain.models import MessageState, StatusEvent, Template
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value.astimezone(UTC))
+    return ts
+
+
+def from_timestamp(value: timestamp_pb2.Timestamp) -> datetime:
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def message_state(state: MessageState) -> message_pb2.MessageState:
+    return message_pb2.MessageState(
+        id=state.id,
+        to_number=state.to_number,
+        status=common_pb2.MessageStatus.ValueType(int(state.status)),
+        error_code=state.error_code,
+        provider=state.provider,
+        updated_at=timestamp(state.updated_at),
+    )
+
+
+def status_event(event: StatusEvent) -> message_pb2.MessageStatusEvent:
+    return message_pb2.MessageStatusEvent(
+        event_id=event.event_id,
+        message_id=event.message_id,
+        to_number=event.to_number,
+        status=common_pb2.MessageStatus.ValueType(int(event.status)),
+        error_code=event.error_code,
+        batch_id=event.batch_id or "",
+        occurred_at=timestamp(event.occurred_at),
+    )
+
+
+def template(t: Template) -> template_pb2.Template:
+    return template_pb2.Template(
+        id=t.id,
+        code=t.code,
+        content=t.content,
+        use_type=common_pb2.UseType.ValueType(int(t.use_type)),
+        variables=list(t.variables),
+        status=template_pb2.TEMPLATE_STATUS_ACTIVE,
+        create_time=timestamp(t.created_at),
+    )

@@ -1,0 +1,125 @@
+"""The server interceptor: request id, Basic authentication and error mapping.
+
+Every method of the sms.v1 services is wrapped; reflection and health are left
+open. Domain errors become their mapped status (api/errors.py); a method not built
+yet answers UNIMPLEMENTED; anything unexpected is logged once, with the request
+id, and answered INTERNAL without internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from server.api.context import request_id_var, set_caller
+from server.api.errors import internal_status, to_status
+from server.domain.auth import Authenticator
+from server.domain.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+def peer_ip(peer: str | None) -> str | None:
+    """'ipv4:127.0.0.1:5000' -> '127.0.0.1'; 'ipv6:[::1]:5000' -> '::1'."""
+    if not peer:
+        return None
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        host = rest.rsplit(":", 1)[0]
+        return host.strip("[]").replace("%25", "%")
+    return None
+
+
+def _metadata_value(metadata: Any, key: str) -> str | None:
+    for item in metadata or ():
+        if item[0] == key:
+            value = item[1]
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+class GatewayInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(OPEN_PREFIXES):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    async def _begin(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        metadata = context.invocation_metadata()
+        request_id = _metadata_value(metadata, "x-request-id") or uuid.uuid4().hex
+        request_id_var.set(request_id[:64])
+        caller = await self._authenticator.authenticate(
+            _metadata_value(metadata, "authorization"), peer_ip(context.peer())
+        )
+        set_caller(caller)
+        return request_id
+
+    def _wrap_unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                await self._begin(context)
+                return await behavior(request, context)
+            except Exception as exc:
+                await self._abort(exc, context, method)
+
+        return unary
+
+    def _wrap_stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def stream(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            try:
+                await self._begin(context)
+                async for item in behavior(request, context):
+                    yield item
+            except Exception as exc:
+                await self._abort(exc, context, method)
+
+        return stream
+
+    async def _abort(
+        self, exc: Exception, context: grpc.aio.ServicerContext[Any, Any], method: str
+    ) -> None:
+        if isinstance(exc, grpc.aio.AbortError):
+            raise exc
+        request_id = request_id_var.get()
+        if isinstance(exc, DomainError):
+            status = to_status(exc, request_id)
+        elif isinstance(exc, NotImplementedError):
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
+            return
+        else:
+            log.error("unexpected error in %s (request id %s)", method, request_id, exc_info=exc)
+            status = internal_status(request_id)
+        await context.abort(status.code, status.details, status.trailing_metadata)

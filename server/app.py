@@ -1,0 +1,216 @@
+"""The composition root: builds every part from Settings, starts and stops them in order.
+
+Start: database (embedded unless DATABASE_URL) -> migrations -> status hub ->
+dispatcher -> gRPC server -> HTTP server. Stop: health NOT_SERVING -> gRPC drain
+-> dispatcher drain -> receipts flushed -> hub -> HTTP -> pool -> database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+import asyncpg
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sms.v1 import (
+    batch_pb2,
+    message_pb2,
+    message_pb2_grpc,
+    template_pb2,
+    template_pb2_grpc,
+    verification_pb2,
+)
+
+from server.api.interceptors import GatewayInterceptor
+from server.api.message_service import MessageServicer
+from server.api.template_service import TemplateServicer
+from server.config import Settings
+from server.dispatch.receipts import ReceiptRecorder
+from server.dispatch.retry import RetryPolicy
+from server.dispatch.worker import Dispatcher
+from server.domain.auth import Authenticator
+from server.domain.messaging import Messaging
+from server.domain.templating import TemplateCatalog
+from server.http.app import build_http_app
+from server.providers.loopback import LoopbackTransport
+from server.status.hub import StatusHub
+from server.status.watch import StatusWatcher
+from server.store.accounts import PgAccountStore
+from server.store.embedded import EmbeddedPostgres
+from server.store.events import PgEventLog
+from server.store.messages import PgMessageStore
+from server.store.migrate import apply_migrations
+from server.store.outbox import PgOutbox
+from server.store.pool import create_pool
+from server.store.templates import PgTemplateStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    message_pb2.DESCRIPTOR.services_by_name["MessageService"].full_name,
+    verification_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
+    batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name,
+    template_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
+)
+
+SERVING_SERVICES = (SERVICE_NAMES[0], SERVICE_NAMES[3])
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class Database:
+    """Where the data lives: the server named by DATABASE_URL, or the embedded one."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._embedded: EmbeddedPostgres | None = None
+        self.dsn = ""
+
+    async def start(self) -> str:
+        if self._settings.database_url:
+            self.dsn = self._settings.database_url
+        else:
+            self._embedded = EmbeddedPostgres(self._settings.data_dir)
+            self.dsn = await asyncio.to_thread(self._embedded.start)
+        return self.dsn
+
+    async def stop(self) -> None:
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+            self._embedded = None
+
+
+async def migrate(dsn: str) -> list[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await apply_migrations(conn)
+    finally:
+        await conn.close()
+
+
+class Gateway:
+    """One running smsgw process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.database = Database(settings)
+        self.grpc_port = 0
+        self.http_port = 0
+        self._pool: asyncpg.Pool | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._http: web.AppRunner | None = None
+        self._hub: StatusHub | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._receipts: ReceiptRecorder | None = None
+        self._transport: LoopbackTransport | None = None
+        self._serving = False
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "the gateway is not started"
+        return self._pool
+
+    async def start(self) -> None:
+        s = self.settings
+        dsn = await self.database.start()
+        await migrate(dsn)
+        self._pool = pool = await create_pool(dsn, max_size=s.pool_size)
+
+        events = PgEventLog(pool)
+        outbox = PgOutbox(pool)
+        self._hub = StatusHub(dsn, events)
+        await self._hub.start()
+        self._receipts = ReceiptRecorder(outbox)
+        self._receipts.start()
+        self._transport = LoopbackTransport(s.loopback, self._receipts)
+        self._dispatcher = Dispatcher(
+            outbox,
+            [self._transport],
+            workers=s.dispatch_workers,
+            claim_size=s.dispatch_claim_size,
+            lease_seconds=s.lease_seconds,
+            retry=RetryPolicy(max_attempts=s.max_attempts, base_delay=s.retry_base_seconds),
+        )
+        self._dispatcher.start()
+
+        templates = PgTemplateStore(pool)
+        messaging = Messaging(PgMessageStore(pool), templates, on_accepted=self._dispatcher.wake)
+        authenticator = Authenticator(PgAccountStore(pool))
+        server = grpc.aio.server(
+            interceptors=[GatewayInterceptor(authenticator)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        message_pb2_grpc.add_MessageServiceServicer_to_server(
+            MessageServicer(messaging, StatusWatcher(events, self._hub)), server
+        )
+        template_pb2_grpc.add_TemplateServiceServicer_to_server(
+            TemplateServicer(TemplateCatalog(templates)), server
+        )
+        # VerificationService and BatchService are not built yet: they are not
+        # registered, so grpc answers UNIMPLEMENTED, while reflection still
+        # describes the whole contract.
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.grpc_port = server.add_insecure_port(s.grpc_addr)
+        if self.grpc_port == 0:
+            raise OSError(f"cannot listen on {s.grpc_addr}")
+        await server.start()
+        self._server = server
+        for name in ("", *SERVING_SERVICES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
+
+        self._http = web.AppRunner(build_http_app(self._is_healthy), access_log=None)
+        await self._http.setup()
+        host, _, port = s.http_addr.rpartition(":")
+        host = host.strip("[]")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        self.http_port = sock.getsockname()[1]
+        await web.SockSite(self._http, sock).start()
+        log.info(
+            "smsgw serving gRPC on port %d and HTTP on port %d", self.grpc_port, self.http_port
+        )
+
+    async def _is_healthy(self) -> bool:
+        if not self._serving or self._pool is None:
+            return False
+        try:
+            await asyncio.wait_for(self._pool.fetchval("SELECT 1"), 2)
+        except Exception:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        grace = self.settings.shutdown_grace
+        self._serving = False
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._dispatcher is not None:
+            await self._dispatcher.stop(grace)
+        if self._transport is not None:
+            await self._transport.close()
+        if self._receipts is not None:
+            with contextlib.suppress(Exception):
+                await self._receipts.stop()
+        if self._hub is not None:
+            await self._hub.stop()
+        if self._http is not None:
+            await self._http.cleanup()
+        if self._pool is not None:
+            await self._pool.close()
+        await self.database.stop()
+        log.info("smsgw stopped")

@@ -1,0 +1,206 @@
+"""The ``smsgw`` command: serve, migrate, account and credential management."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from server.app import Database, Gateway, migrate
+from server.config import ConfigError, Settings
+from server.logs import configure_logging
+from server.store.accounts import PgAccountStore
+from server.store.pool import create_pool
+
+
+def _print_json(value: dict[str, Any]) -> None:
+    print(json.dumps(value, sort_keys=False))
+
+
+async def _serve(settings: Settings) -> int:
+    gateway = Gateway(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await gateway.start()
+        print(
+            f"smsgw serving gRPC on {settings.grpc_addr.rpartition(':')[0]}:{gateway.grpc_port}, "
+            f"HTTP on {settings.http_addr}",
+            file=sys.stderr,
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        await gateway.stop()
+    return 0
+
+
+async def _with_accounts(
+    settings: Settings, action: Callable[[PgAccountStore], Awaitable[int]]
+) -> int:
+    database = Database(settings)
+    dsn = await database.start()
+    try:
+        await migrate(dsn)
+        pool = await create_pool(dsn, min_size=1, max_size=2)
+        try:
+            return await action(PgAccountStore(pool))
+        finally:
+            await pool.close()
+    finally:
+        await database.stop()
+
+
+async def _migrate(settings: Settings) -> int:
+    database = Database(settings)
+    dsn = await database.start()
+    try:
+        applied = await migrate(dsn)
+    finally:
+        await database.stop()
+    _print_json({"applied": applied})
+    return 0
+
+
+async def _healthcheck(settings: Settings) -> int:
+    """Asks grpc.health.v1 on the configured address (used by the Docker HEALTHCHECK)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    host, _, port = settings.grpc_addr.rpartition(":")
+    if host in ("0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=3
+            )
+        except grpc.aio.AioRpcError as exc:
+            print(f"smsgw: health check failed: {exc.code().name}", file=sys.stderr)
+            return 1
+    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+    print("SERVING" if serving else "NOT_SERVING")
+    return 0 if serving else 1
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a CIDR: {value!r}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smsgw", description="Self-hosted SMS gateway (gRPC).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the gateway (gRPC, HTTP, dispatch)")
+    commands.add_parser("migrate", help="apply database schema migrations")
+    commands.add_parser(
+        "healthcheck", help="exit 0 if the server at SMSGW_GRPC_ADDR reports SERVING"
+    )
+
+    account = commands.add_parser("account", help="manage accounts").add_subparsers(
+        dest="action", required=True
+    )
+    create = account.add_parser("create", help="create an account and its first credential")
+    create.add_argument("name")
+    create.add_argument(
+        "--unverified",
+        action="store_true",
+        help="not real-name verified: verification messages only, no templates",
+    )
+    create.add_argument("--allow-cidr", action="append", default=[], type=_cidr)
+
+    credential = commands.add_parser("credential", help="manage API credentials")
+    cred = credential.add_subparsers(dest="action", required=True)
+    c_create = cred.add_parser("create", help="create another credential for an account")
+    c_create.add_argument("--account", type=int, required=True, help="account id")
+    c_create.add_argument("--allow-cidr", action="append", default=[], type=_cidr)
+    c_list = cred.add_parser("list", help="list an account's credentials (never secrets)")
+    c_list.add_argument("--account", type=int, required=True, help="account id")
+    c_revoke = cred.add_parser("revoke", help="revoke a credential")
+    c_revoke.add_argument("api_key")
+    return parser
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "serve":
+        return asyncio.run(_serve(settings))
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings))
+    if args.command == "healthcheck":
+        return asyncio.run(_healthcheck(settings))
+    if args.command == "account":
+
+        async def create_account(store: PgAccountStore) -> int:
+            account = await store.create_account(args.name, verified=not args.unverified)
+            credential, secret = await store.create_credential(account.id, args.allow_cidr)
+            _print_json(
+                {
+                    "account_id": account.id,
+                    "api_key": credential.api_key,
+                    "api_secret": secret,
+                    "verified": account.verified,
+                }
+            )
+            return 0
+
+        return asyncio.run(_with_accounts(settings, create_account))
+
+    async def credential_action(store: PgAccountStore) -> int:
+        if args.action == "create":
+            if await store.get_account(args.account) is None:
+                print(f"smsgw: account {args.account} does not exist", file=sys.stderr)
+                return 1
+            credential, secret = await store.create_credential(args.account, args.allow_cidr)
+            _print_json(
+                {
+                    "account_id": args.account,
+                    "api_key": credential.api_key,
+                    "api_secret": secret,
+                }
+            )
+            return 0
+        if args.action == "list":
+            for c in await store.list_credentials(args.account):
+                _print_json(
+                    {
+                        "api_key": c.api_key,
+                        "allow_cidrs": list(c.allow_cidrs),
+                        "created_at": c.created_at.isoformat(),
+                        "revoked_at": c.revoked_at.isoformat() if c.revoked_at else None,
+                    }
+                )
+            return 0
+        if await store.revoke_credential(args.api_key):
+            _print_json({"api_key": args.api_key, "revoked": True})
+            return 0
+        print(f"smsgw: no active credential {args.api_key}", file=sys.stderr)
+        return 1
+
+    return asyncio.run(_with_accounts(settings, credential_action))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"smsgw: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        return _run(args, settings)
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

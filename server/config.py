@@ -1,0 +1,116 @@
+"""Process settings, read once from the environment (and SMSGW_CONFIG) into a frozen object.
+
+Bad values fail fast with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.domain.models import MessageStatus
+from server.providers.loopback import OUTCOMES, LoopbackConfig
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed."""
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    return int(_float(env, name, default, low, high))
+
+
+def _addr(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"{name} must be HOST:PORT, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    data_dir: Path = Path(".smsgw")
+    grpc_addr: str = "127.0.0.1:50051"
+    http_addr: str = "127.0.0.1:8080"
+    config_file: Path | None = None
+    pool_size: int = 10
+    dispatch_workers: int = 2
+    dispatch_claim_size: int = 100
+    lease_seconds: float = 30.0
+    max_attempts: int = 5
+    retry_base_seconds: float = 1.0
+    shutdown_grace: float = 10.0
+    log_level: str = "INFO"
+    loopback: LoopbackConfig = field(default_factory=LoopbackConfig)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        config_file = Path(env["SMSGW_CONFIG"]) if env.get("SMSGW_CONFIG") else None
+        file_values = _read_toml(config_file) if config_file else {}
+        loopback_table = file_values.get("loopback", {})
+        merged = dict(env)
+        for key, env_name in (
+            ("delivery_delay_ms", "SMSGW_LOOPBACK_DELAY_MS"),
+            ("failure_rate", "SMSGW_LOOPBACK_FAILURE_RATE"),
+            ("outcome", "SMSGW_LOOPBACK_OUTCOME"),
+        ):
+            if key in loopback_table and env_name not in env:
+                merged[env_name] = str(loopback_table[key])
+        outcome_name = merged.get("SMSGW_LOOPBACK_OUTCOME", "delivered").lower()
+        if outcome_name not in OUTCOMES:
+            raise ConfigError(
+                f"SMSGW_LOOPBACK_OUTCOME must be one of {', '.join(OUTCOMES)}, got {outcome_name!r}"
+            )
+        log_level = merged.get("SMSGW_LOG_LEVEL", "INFO").upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError("SMSGW_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+        return cls(
+            database_url=merged.get("DATABASE_URL") or None,
+            data_dir=Path(merged.get("SMSGW_DATA_DIR") or ".smsgw"),
+            grpc_addr=_addr(merged, "SMSGW_GRPC_ADDR", "127.0.0.1:50051"),
+            http_addr=_addr(merged, "SMSGW_HTTP_ADDR", "127.0.0.1:8080"),
+            config_file=config_file,
+            pool_size=_int(merged, "SMSGW_POOL_SIZE", 10, 2, 200),
+            dispatch_workers=_int(merged, "SMSGW_DISPATCH_WORKERS", 2, 0, 64),
+            dispatch_claim_size=_int(merged, "SMSGW_DISPATCH_CLAIM_SIZE", 100, 1, 5000),
+            lease_seconds=_float(merged, "SMSGW_LEASE_SECONDS", 30.0, 1.0, 3600.0),
+            max_attempts=_int(merged, "SMSGW_MAX_ATTEMPTS", 5, 1, 100),
+            retry_base_seconds=_float(merged, "SMSGW_RETRY_BASE_SECONDS", 1.0, 0.0, 600.0),
+            shutdown_grace=_float(merged, "SMSGW_SHUTDOWN_GRACE", 10.0, 0.0, 600.0),
+            log_level=log_level,
+            loopback=LoopbackConfig(
+                delivery_delay=_float(merged, "SMSGW_LOOPBACK_DELAY_MS", 1000, 0, 3_600_000) / 1000,
+                failure_rate=_float(merged, "SMSGW_LOOPBACK_FAILURE_RATE", 0.0, 0.0, 1.0),
+                outcome=OUTCOMES.get(outcome_name, MessageStatus.DELIVERED),
+            ),
+        )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"SMSGW_CONFIG names {path}, which does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"SMSGW_CONFIG file {path} is not valid TOML: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Outbox dispatch: workers, routing, retry policy."""

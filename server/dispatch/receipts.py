@@ -1,0 +1,61 @@
+"""Collects delivery receipts and records them in groups (one transaction per group)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from server.domain.ports import Receipt
+from server.store.outbox import PgOutbox, Transition
+
+log = logging.getLogger(__name__)
+
+
+class ReceiptRecorder:
+    def __init__(self, outbox: PgOutbox, *, flush_interval: float = 0.05, max_group: int = 500):
+        self._outbox = outbox
+        self._flush_interval = flush_interval
+        self._max_group = max_group
+        self._pending: list[Transition] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self, receipt: Receipt) -> None:
+        self._pending.append(
+            Transition(
+                message_id=receipt.message_id,
+                status=receipt.status,
+                error_code=receipt.error_code,
+                provider=receipt.provider,
+            )
+        )
+        if len(self._pending) >= self._max_group:
+            self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="receipt-recorder")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._flush()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._flush_interval)
+            self._wake.clear()
+            try:
+                await self._flush()
+            except Exception as exc:
+                log.warning("recording receipts failed (%s); will retry", type(exc).__name__)
+                await asyncio.sleep(self._flush_interval * 10)
+
+    async def _flush(self) -> None:
+        while self._pending:
+            group = self._pending[: self._max_group]
+            await self._outbox.apply(group)
+            del self._pending[: len(group)]

@@ -1,0 +1,1 @@
+"""HTTP side: health, metrics, provider webhooks."""

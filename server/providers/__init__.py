@@ -1,0 +1,1 @@
+"""Provider transports, one per upstream API, behind domain.ports.Transport."""

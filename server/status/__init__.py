@@ -1,0 +1,1 @@
+"""Status fan-out: LISTEN/NOTIFY hub and stream subscriptions."""

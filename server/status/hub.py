@@ -1,0 +1,141 @@
+"""Fans status events out to the streams open on this replica.
+
+One LISTEN connection per process hears that new events were committed (by any
+replica); the hub then reads them from message_events in id order and hands each
+to the subscriptions of its account. A periodic read covers a lost notification
+or a dropped LISTEN connection. A subscription whose buffer fills is marked
+``overflowed`` and its stream re-reads the table from its own cursor, so a slow
+reader costs bounded memory and misses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from server.domain.models import StatusEvent
+from server.store.events import EVENTS_CHANNEL, PgEventLog
+
+log = logging.getLogger(__name__)
+
+READ_LIMIT = 1000
+
+
+MAX_BUFFERED = 4096
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One stream's buffer of live events for one account."""
+
+    account_id: int
+    buffer: deque[StatusEvent] = field(default_factory=deque)
+    overflowed: bool = False
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def offer(self, event: StatusEvent) -> None:
+        if self.overflowed:
+            return
+        if len(self.buffer) >= MAX_BUFFERED:
+            self.overflowed = True
+            self.buffer.clear()
+        else:
+            self.buffer.append(event)
+        self._ready.set()
+
+    async def next_event(self) -> StatusEvent | None:
+        """The next live event; None once the buffer overflowed (re-read the table)."""
+        while not self.buffer and not self.overflowed:
+            self._ready.clear()
+            await self._ready.wait()
+        if self.overflowed:
+            self.overflowed = False
+            return None
+        return self.buffer.popleft()
+
+
+class StatusHub:
+    def __init__(self, dsn: str, events: PgEventLog, *, poll_interval: float = 1.0) -> None:
+        self._dsn = dsn
+        self._events = events
+        self._poll_interval = poll_interval
+        self._subscriptions: dict[int, set[Subscription]] = {}
+        self._cursor = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listener: asyncpg.Connection | None = None
+
+    @property
+    def open_streams(self) -> int:
+        return sum(len(s) for s in self._subscriptions.values())
+
+    async def start(self) -> None:
+        self._cursor = await self._events.last_event_id()
+        await self._connect_listener()
+        self._task = asyncio.create_task(self._run(), name="status-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+
+    def subscribe(self, account_id: int) -> Subscription:
+        subscription = Subscription(account_id)
+        self._subscriptions.setdefault(account_id, set()).add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        subs = self._subscriptions.get(subscription.account_id)
+        if subs is not None:
+            subs.discard(subscription)
+            if not subs:
+                del self._subscriptions[subscription.account_id]
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def _connect_listener(self) -> None:
+        try:
+            self._listener = await asyncpg.connect(self._dsn)
+            await self._listener.add_listener(EVENTS_CHANNEL, self._on_notify)
+        except (OSError, asyncpg.PostgresError) as exc:
+            self._listener = None
+            log.warning("status hub cannot LISTEN (%s); reading by polling", type(exc).__name__)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            self._wake.clear()
+            try:
+                if self._listener is None or self._listener.is_closed():
+                    await self._connect_listener()
+                await self._read_new_events()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("status hub read failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(self._poll_interval)
+
+    async def _read_new_events(self) -> None:
+        while True:
+            events = await self._events.all_after(self._cursor, READ_LIMIT)
+            for event in events:
+                for subscription in self._subscriptions.get(event.account_id, ()):
+                    subscription.offer(event)
+            if events:
+                self._cursor = events[-1].event_id
+            if len(events) < READ_LIMIT:
+                return

@@ -1,0 +1,95 @@
+"""WatchMessageStatus: snapshot or replay from message_events, then live events.
+
+The subscription is opened before the first read, so an event committed while the
+snapshot or replay is read is either in that read or in the live queue; ids below
+the stream's cursor are skipped, so nothing is sent twice or missed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from server.domain.errors import InvalidArgument, NotFound
+from server.domain.models import StatusEvent
+from server.status.hub import StatusHub, Subscription
+from server.store.events import PgEventLog
+
+MAX_WATCH_IDS = 100
+REPLAY_PAGE = 500
+
+
+class StatusWatcher:
+    def __init__(self, events: PgEventLog, hub: StatusHub) -> None:
+        self._events = events
+        self._hub = hub
+
+    async def watch(
+        self, account_id: int, ids: Sequence[str], after_event_id: int
+    ) -> AsyncIterator[StatusEvent]:
+        if len(ids) > MAX_WATCH_IDS:
+            raise InvalidArgument.field("ids", f"at most {MAX_WATCH_IDS} ids per stream")
+        if after_event_id < 0:
+            raise InvalidArgument.field("after_event_id", "must not be negative")
+        watched = list(dict.fromkeys(ids))
+        subscription = self._hub.subscribe(account_id)
+        try:
+            async for event in self._stream(subscription, account_id, watched, after_event_id):
+                yield event
+        finally:
+            self._hub.unsubscribe(subscription)
+
+    async def _stream(
+        self, sub: Subscription, account_id: int, watched: list[str], after_event_id: int
+    ) -> AsyncIterator[StatusEvent]:
+        cursor = after_event_id
+        open_ids: set[str] = set()
+        if watched:
+            latest = await self._events.latest_per_message(account_id, watched)
+            found = {e.message_id: e for e in latest}
+            missing = [i for i in watched if i not in found]
+            if missing:
+                raise NotFound(f"messages not found: {', '.join(missing[:5])}")
+            open_ids = {i for i, e in found.items() if not e.status.is_final}
+            if after_event_id == 0:
+                for event in sorted(latest, key=lambda e: e.event_id):
+                    yield event
+                cursor = max(e.event_id for e in latest)
+                if not open_ids:
+                    return
+        async for event in self._replay(account_id, watched, cursor):
+            cursor = event.event_id
+            if event.status.is_final:
+                open_ids.discard(event.message_id)
+            yield event
+        if watched and not open_ids:
+            return
+        wanted = set(watched)
+        while True:
+            live = await sub.next_event()
+            events = (
+                _single(live) if live is not None else self._replay(account_id, watched, cursor)
+            )
+            async for event in events:
+                if event.event_id <= cursor or (wanted and event.message_id not in wanted):
+                    continue
+                cursor = event.event_id
+                if event.status.is_final:
+                    open_ids.discard(event.message_id)
+                yield event
+                if watched and not open_ids:
+                    return
+
+    async def _replay(
+        self, account_id: int, watched: list[str], cursor: int
+    ) -> AsyncIterator[StatusEvent]:
+        while True:
+            page = await self._events.events_after(account_id, cursor, watched or None, REPLAY_PAGE)
+            for event in page:
+                cursor = event.event_id
+                yield event
+            if len(page) < REPLAY_PAGE:
+                return
+
+
+async def _single(event: StatusEvent) -> AsyncIterator[StatusEvent]:
+    yield event
