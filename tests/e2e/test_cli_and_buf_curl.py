@@ -1,0 +1,203 @@
+"""The README's user journey against a real `smsgw serve` process: create an account
+with the CLI, list, send and watch with `buf curl` through reflection, then SIGTERM."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DatabaseFactory
+
+ROOT = Path(__file__).resolve().parents[2]
+BUF = ROOT / "node_modules" / ".bin" / "buf"
+SMSGW = [sys.executable, "-m", "server.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+async def server_env(
+    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    dsn = await databases.new(migrate=False)
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=dsn,
+        SMSGW_DATA_DIR=str(tmp_path_factory.mktemp("data")),
+        SMSGW_GRPC_ADDR=f"127.0.0.1:{_free_port()}",
+        SMSGW_HTTP_ADDR=f"127.0.0.1:{_free_port()}",
+        SMSGW_LOOPBACK_DELAY_MS="300",
+        SMSGW_SHUTDOWN_GRACE="5",
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def serve(server_env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [*SMSGW, "serve"], env=server_env, cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        host, _, port = server_env["SMSGW_GRPC_ADDR"].rpartition(":")
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"smsgw serve did not start: {proc.stderr.read() if proc.stderr else ''}"
+                    ) from None
+                time.sleep(0.1)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _buf(
+    env: dict[str, str], *args: str, data: str | None = None, auth: str = ""
+) -> subprocess.CompletedProcess[str]:
+    assert BUF.exists(), "buf is installed by the test command (npm ci); run it first"
+    command = [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge"]
+    if auth:
+        command += ["-H", f"Authorization: {auth}"]
+    if data is not None:
+        command += ["-d", data]
+    command += list(args)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_user_journey_with_cli_and_buf_curl(
+    server_env: dict[str, str], serve: subprocess.Popen[str]
+) -> None:
+    created = subprocess.run(
+        [*SMSGW, "account", "create", "acme"],
+        env=server_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    account = json.loads(created.stdout)
+    assert account["api_key"].startswith("app_") and account["api_secret"].startswith("sec_")
+    auth = (
+        "Basic "
+        + base64.b64encode(f"{account['api_key']}:{account['api_secret']}".encode()).decode()
+    )
+    url = f"http://{server_env['SMSGW_GRPC_ADDR']}"
+
+    health = subprocess.run(
+        [*SMSGW, "healthcheck"], env=server_env, cwd=ROOT, capture_output=True, text=True,
+        timeout=30,
+    )
+    assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
+
+    listed = _buf(server_env, "--list-methods", url)
+    assert listed.returncode == 0, listed.stderr
+    assert "sms.v1.MessageService/SendMessage" in listed.stdout.split()
+
+    sent = _buf(
+        server_env,
+        f"{url}/sms.v1.MessageService/SendMessage",
+        auth=auth,
+        data='{"mobile":"+8613800138000","use_type":"USE_TYPE_NOTIFICATION","text":"Hello"}',
+    )
+    assert sent.returncode == 0, sent.stderr
+    message = json.loads(sent.stdout)
+    assert message["status"] == "MESSAGE_STATUS_PENDING"
+
+    watched = _buf(
+        server_env,
+        f"{url}/sms.v1.MessageService/WatchMessageStatus",
+        auth=auth,
+        data=json.dumps({"ids": [message["id"]]}),
+    )
+    assert watched.returncode == 0, watched.stderr
+    assert '"MESSAGE_STATUS_DELIVERED"' in watched.stdout
+
+    refused = _buf(
+        server_env,
+        f"{url}/sms.v1.MessageService/SendMessage",
+        auth=auth,
+        data='{"mobile":"12345","use_type":"USE_TYPE_NOTIFICATION","text":"Hello"}',
+    )
+    assert refused.returncode != 0
+    assert "invalid_argument" in refused.stdout + refused.stderr
+    assert "google.rpc.BadRequest" in refused.stdout + refused.stderr
+
+    listed_creds = subprocess.run(
+        [*SMSGW, "credential", "list", "--account", str(account["account_id"])],
+        env=server_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert account["api_key"] in listed_creds.stdout
+    assert account["api_secret"] not in listed_creds.stdout
+    revoked = subprocess.run(
+        [*SMSGW, "credential", "revoke", account["api_key"]],
+        env=server_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert revoked.returncode == 0
+    time.sleep(1.2)
+    after = _buf(
+        server_env,
+        f"{url}/sms.v1.MessageService/GetMessageStatus",
+        auth=auth,
+        data=json.dumps({"ids": [message["id"]]}),
+    )
+    assert "unauthenticated" in after.stdout + after.stderr
+
+
+def test_sigterm_drains_and_exits_cleanly(serve: subprocess.Popen[str]) -> None:
+    started = time.monotonic()
+    serve.send_signal(signal.SIGTERM)
+    assert serve.wait(timeout=20) == 0
+    assert time.monotonic() - started < 10
+    logs = serve.stderr.read() if serve.stderr else ""
+    assert "smsgw stopped" in logs
+    assert "Traceback" not in logs
+    env = {"SMSGW_GRPC_ADDR": f"127.0.0.1:{_free_port()}", "PATH": os.environ["PATH"]}
+    down = subprocess.run(
+        [*SMSGW, "healthcheck"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert down.returncode == 1
+
+
+def test_migrate_without_database_url_uses_embedded_postgres(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["SMSGW_DATA_DIR"] = str(tmp_path / "smsgw")
+    first = subprocess.run(
+        [*SMSGW, "migrate"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["applied"] == ["0001_create_schema"]
+    assert (tmp_path / "smsgw" / "pgdata" / "PG_VERSION").exists()
+    again = subprocess.run(
+        [*SMSGW, "migrate"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert json.loads(again.stdout)["applied"] == []

@@ -1,0 +1,182 @@
+"""The outbox on a real PostgreSQL: group commit, claims under lease, forward-only status."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import asyncpg
+
+from server.domain.messaging import new_message_id
+from server.domain.models import MessageStatus, NewMessage, Priority, UseType
+from server.store.accounts import PgAccountStore
+from server.store.messages import PgMessageStore
+from server.store.outbox import PgOutbox, Transition
+
+
+async def _account(pool: asyncpg.Pool) -> int:
+    return (await PgAccountStore(pool).create_account("outbox", verified=True)).id
+
+
+def _message(account_id: int, priority: Priority = Priority.SINGLE) -> NewMessage:
+    return NewMessage(
+        id=new_message_id(),
+        account_id=account_id,
+        to_number="+8613800138000",
+        use_type=UseType.NOTIFICATION,
+        body="hello",
+        segments=1,
+        priority=priority,
+        not_before=datetime.now(UTC),
+    )
+
+
+async def _drain(pool: asyncpg.Pool) -> None:
+    """Takes every due message out of the way of the next test."""
+    await pool.execute("UPDATE messages SET status = 8 WHERE status IN (1, 2)")
+
+
+async def test_group_commit_stores_every_concurrent_insert_with_its_event(
+    pool: asyncpg.Pool,
+) -> None:
+    account_id = await _account(pool)
+    store = PgMessageStore(pool)
+    messages = [_message(account_id) for _ in range(300)]
+    await asyncio.gather(*(store.insert(m) for m in messages))
+    ids = [m.id for m in messages]
+    stored = await pool.fetchval("SELECT count(*) FROM messages WHERE id = ANY($1::text[])", ids)
+    events = await pool.fetch(
+        "SELECT status FROM message_events WHERE message_id = ANY($1::text[])", ids
+    )
+    assert stored == 300
+    assert len(events) == 300
+    assert {e["status"] for e in events} == {MessageStatus.PENDING}
+    await _drain(pool)
+
+
+async def test_two_workers_racing_never_claim_the_same_message(pool: asyncpg.Pool) -> None:
+    await _drain(pool)
+    account_id = await _account(pool)
+    store = PgMessageStore(pool)
+    messages = [_message(account_id) for _ in range(600)]
+    await asyncio.gather(*(store.insert(m) for m in messages))
+    outbox_a, outbox_b = PgOutbox(pool), PgOutbox(pool)
+
+    async def worker(outbox: PgOutbox) -> list[str]:
+        taken: list[str] = []
+        while True:
+            claimed = await outbox.claim_due(25, 60)
+            if not claimed:
+                return taken
+            taken.extend(c.message.id for c in claimed)
+            await asyncio.sleep(0)
+
+    a, b = await asyncio.gather(worker(outbox_a), worker(outbox_b))
+    assert not set(a) & set(b)
+    assert sorted(a + b) == sorted(m.id for m in messages)
+    assert a and b, "both workers got a share"
+    await _drain(pool)
+
+
+async def test_expired_lease_is_taken_over(pool: asyncpg.Pool) -> None:
+    await _drain(pool)
+    account_id = await _account(pool)
+    message = _message(account_id)
+    await PgMessageStore(pool).insert(message)
+    outbox = PgOutbox(pool)
+    first = await outbox.claim_due(10, 1.0)
+    assert [c.message.id for c in first] == [message.id]
+    assert await outbox.claim_due(10, 1.0) == []  # still leased
+    await asyncio.sleep(1.2)
+    second = await outbox.claim_due(10, 30)
+    assert [c.message.id for c in second] == [message.id]
+    assert second[0].message.attempts == 2
+    await _drain(pool)
+
+
+async def test_verification_is_claimed_before_batch_and_single(pool: asyncpg.Pool) -> None:
+    await _drain(pool)
+    account_id = await _account(pool)
+    store = PgMessageStore(pool)
+    batch = [_message(account_id, Priority.BATCH) for _ in range(20)]
+    single = _message(account_id, Priority.SINGLE)
+    code = _message(account_id, Priority.VERIFICATION)
+    for m in [*batch, single, code]:
+        await store.insert(m)
+    claimed = await PgOutbox(pool).claim_due(2, 30)
+    assert [c.message.id for c in claimed] == [code.id, single.id]
+    await _drain(pool)
+
+
+async def test_status_only_moves_forward_and_each_change_is_one_event(
+    pool: asyncpg.Pool,
+) -> None:
+    account_id = await _account(pool)
+    message = _message(account_id)
+    await PgMessageStore(pool).insert(message)
+    outbox = PgOutbox(pool)
+    await outbox.apply(
+        [
+            Transition(
+                message.id, MessageStatus.SENT, provider="loopback", provider_message_id="p1"
+            ),
+            Transition(message.id, MessageStatus.DELIVERED, provider="loopback"),
+        ]
+    )
+    await outbox.apply([Transition(message.id, MessageStatus.SENT, provider="loopback")])
+    await outbox.apply([Transition(message.id, MessageStatus.FAILED, error_code="LATE")])
+    row = await pool.fetchrow(
+        "SELECT status, provider_message_id, sent_at, error_code FROM messages WHERE id = $1",
+        message.id,
+    )
+    assert row["status"] == MessageStatus.DELIVERED
+    assert row["provider_message_id"] == "p1"
+    assert row["sent_at"] is not None
+    assert row["error_code"] == ""
+    statuses = [
+        r["status"]
+        for r in await pool.fetch(
+            "SELECT status FROM message_events WHERE message_id = $1 ORDER BY event_id",
+            message.id,
+        )
+    ]
+    assert statuses == [MessageStatus.PENDING, MessageStatus.SENT, MessageStatus.DELIVERED]
+
+
+async def test_event_ids_follow_commit_order_under_concurrent_writers(
+    pool: asyncpg.Pool,
+) -> None:
+    """Concurrent writers; a reader polling by cursor must never skip a committed event."""
+    account_id = await _account(pool)
+    store = PgMessageStore(pool)
+    start = await pool.fetchval("SELECT coalesce(max(event_id), 0) FROM message_events")
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def reader() -> None:
+        cursor = start
+        while True:
+            finished = done.is_set()
+            rows = await pool.fetch(
+                "SELECT event_id FROM message_events WHERE event_id > $1 ORDER BY event_id",
+                cursor,
+            )
+            for r in rows:
+                seen.append(r["event_id"])
+                cursor = r["event_id"]
+            if finished and not rows:
+                return
+            await asyncio.sleep(0.001)
+
+    async def writer() -> None:
+        for _ in range(40):
+            await store.insert(_message(account_id))
+
+    reading = asyncio.create_task(reader())
+    await asyncio.gather(*(writer() for _ in range(8)))
+    done.set()
+    await reading
+    total = await pool.fetchval("SELECT count(*) FROM message_events WHERE event_id > $1", start)
+    assert len(seen) == total == 320
+    assert len(set(seen)) == len(seen)
+    await _drain(pool)
