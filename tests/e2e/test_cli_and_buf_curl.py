@@ -105,7 +105,11 @@ def test_user_journey_with_cli_and_buf_curl(
     url = f"http://{server_env['SMSGW_GRPC_ADDR']}"
 
     health = subprocess.run(
-        [*SMSGW, "healthcheck"], env=server_env, cwd=ROOT, capture_output=True, text=True,
+        [*SMSGW, "healthcheck"],
+        env=server_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         timeout=30,
     )
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
@@ -201,3 +205,41 @@ def test_migrate_without_database_url_uses_embedded_postgres(tmp_path: Path) -> 
         [*SMSGW, "migrate"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert json.loads(again.stdout)["applied"] == []
+
+
+def test_embedded_postgres_is_stopped_after_a_killed_server(tmp_path: Path) -> None:
+    """A SIGKILLed serve must not keep the embedded PostgreSQL alive forever."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(
+        SMSGW_DATA_DIR=str(tmp_path / "smsgw"),
+        SMSGW_GRPC_ADDR=f"127.0.0.1:{_free_port()}",
+        SMSGW_HTTP_ADDR=f"127.0.0.1:{_free_port()}",
+    )
+    proc = subprocess.Popen([*SMSGW, "serve"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+    pidfile = tmp_path / "smsgw" / "pgdata" / "postmaster.pid"
+    try:
+        deadline = time.monotonic() + 60
+        host, _, port = env["SMSGW_GRPC_ADDR"].rpartition(":")
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        postmaster = int(pidfile.read_text().split()[0])
+    finally:
+        proc.kill()
+        proc.wait()
+    migrated = subprocess.run(
+        [*SMSGW, "migrate"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            os.kill(postmaster, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "embedded PostgreSQL still running"
+        time.sleep(0.2)
