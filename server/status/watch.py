@@ -49,27 +49,20 @@ class StatusWatcher:
             missing = [i for i in watched if i not in found]
             if missing:
                 raise NotFound(f"messages not found: {', '.join(missing[:5])}")
-            open_ids = {i for i, e in found.items() if not e.status.is_final}
             if after_event_id == 0:
                 for event in sorted(latest, key=lambda e: e.event_id):
                     yield event
                 cursor = max(e.event_id for e in latest)
-                if not open_ids:
-                    return
-        async for event in self._replay(account_id, watched, cursor):
-            cursor = event.event_id
-            if event.status.is_final:
-                open_ids.discard(event.message_id)
-            yield event
-        if watched and not open_ids:
-            return
+            # Open: not final yet, or final by an event the caller has not been sent.
+            open_ids = {i for i, e in found.items() if not e.status.is_final or e.event_id > cursor}
+            if not open_ids:
+                return
         wanted = set(watched)
+        # First what the table holds after the cursor, then live events; after an
+        # overflow of the live buffer, the table again from the cursor.
+        source = self._replay(account_id, watched, cursor)
         while True:
-            live = await sub.next_event()
-            events = (
-                _single(live) if live is not None else self._replay(account_id, watched, cursor)
-            )
-            async for event in events:
+            async for event in source:
                 if event.event_id <= cursor or (wanted and event.message_id not in wanted):
                     continue
                 cursor = event.event_id
@@ -78,6 +71,12 @@ class StatusWatcher:
                 yield event
                 if watched and not open_ids:
                     return
+            if watched and not open_ids:
+                return
+            live = await sub.next_event()
+            source = (
+                _single(live) if live is not None else self._replay(account_id, watched, cursor)
+            )
 
     async def _replay(
         self, account_id: int, watched: list[str], cursor: int
