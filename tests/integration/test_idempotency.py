@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from server.domain.errors import FailedPrecondition
-from server.domain.messaging import new_message_id
-from server.domain.models import NewMessage, Priority, UseType
 from server.domain.ports import IdempotencyKey
 from server.store.accounts import PgAccountStore
 from server.store.messages import PgMessageStore
+from tests.integration.builders import new_message
 
 
-def _message(account_id: int) -> NewMessage:
-    return NewMessage(
-        id=new_message_id(),
-        account_id=account_id,
-        to_number="+8613800138000",
-        use_type=UseType.NOTIFICATION,
-        body="hello",
-        segments=1,
-        priority=Priority.SINGLE,
-        not_before=datetime.now(UTC),
-    )
-
-
-async def test_concurrent_calls_with_one_key_store_one_message(pool: asyncpg.Pool) -> None:
+async def test_concurrent_calls_with_one_key_store_onenew_message(pool: asyncpg.Pool) -> None:
     account = await PgAccountStore(pool).create_account("idem", verified=True)
     store = PgMessageStore(pool)
     key = IdempotencyKey(account.id, "SendMessage", "k1", b"same")
-    messages = [_message(account.id) for _ in range(10)]
+    messages = [new_message(account.id) for _ in range(10)]
     results = await asyncio.gather(*(store.insert_idempotent(m, key) for m in messages))
     winners = [m.id for m, r in zip(messages, results, strict=True) if r is None]
     assert len(winners) == 1
@@ -43,7 +28,7 @@ async def test_concurrent_calls_with_one_key_store_one_message(pool: asyncpg.Poo
 
     with pytest.raises(FailedPrecondition):
         await store.insert_idempotent(
-            _message(account.id), IdempotencyKey(account.id, "SendMessage", "k1", b"other")
+            new_message(account.id), IdempotencyKey(account.id, "SendMessage", "k1", b"other")
         )
 
 
@@ -51,14 +36,14 @@ async def test_key_is_reusable_after_the_window(pool: asyncpg.Pool) -> None:
     account = await PgAccountStore(pool).create_account("idem2", verified=True)
     store = PgMessageStore(pool)
     key = IdempotencyKey(account.id, "SendMessage", "k2", b"h")
-    first = _message(account.id)
+    first = new_message(account.id)
     assert await store.insert_idempotent(first, key) is None
     await pool.execute(
         "UPDATE idempotency_keys SET created_at = now() - interval '61 minutes' "
         "WHERE account_id = $1",
         account.id,
     )
-    second = _message(account.id)
+    second = new_message(account.id)
     assert await store.insert_idempotent(second, key) is None
     count = await pool.fetchval("SELECT count(*) FROM messages WHERE account_id = $1", account.id)
     assert count == 2

@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import asyncpg
 
-from server.domain.messaging import new_message_id
-from server.domain.models import MessageStatus, NewMessage, Priority, UseType
+from server.domain.models import MessageStatus, Priority
 from server.store.accounts import PgAccountStore
 from server.store.messages import PgMessageStore
 from server.store.outbox import PgOutbox, Transition
+from tests.integration.builders import new_message
 
 
 async def _account(pool: asyncpg.Pool) -> int:
     return (await PgAccountStore(pool).create_account("outbox", verified=True)).id
-
-
-def _message(account_id: int, priority: Priority = Priority.SINGLE) -> NewMessage:
-    return NewMessage(
-        id=new_message_id(),
-        account_id=account_id,
-        to_number="+8613800138000",
-        use_type=UseType.NOTIFICATION,
-        body="hello",
-        segments=1,
-        priority=priority,
-        not_before=datetime.now(UTC),
-    )
 
 
 async def _drain(pool: asyncpg.Pool) -> None:
@@ -41,7 +27,7 @@ async def test_group_commit_stores_every_concurrent_insert_with_its_event(
 ) -> None:
     account_id = await _account(pool)
     store = PgMessageStore(pool)
-    messages = [_message(account_id) for _ in range(300)]
+    messages = [new_message(account_id) for _ in range(300)]
     await asyncio.gather(*(store.insert(m) for m in messages))
     ids = [m.id for m in messages]
     stored = await pool.fetchval("SELECT count(*) FROM messages WHERE id = ANY($1::text[])", ids)
@@ -54,11 +40,11 @@ async def test_group_commit_stores_every_concurrent_insert_with_its_event(
     await _drain(pool)
 
 
-async def test_two_workers_racing_never_claim_the_same_message(pool: asyncpg.Pool) -> None:
+async def test_two_workers_racing_never_claim_the_samenew_message(pool: asyncpg.Pool) -> None:
     await _drain(pool)
     account_id = await _account(pool)
     store = PgMessageStore(pool)
-    messages = [_message(account_id) for _ in range(600)]
+    messages = [new_message(account_id) for _ in range(600)]
     await asyncio.gather(*(store.insert(m) for m in messages))
     outbox_a, outbox_b = PgOutbox(pool), PgOutbox(pool)
 
@@ -81,7 +67,7 @@ async def test_two_workers_racing_never_claim_the_same_message(pool: asyncpg.Poo
 async def test_expired_lease_is_taken_over(pool: asyncpg.Pool) -> None:
     await _drain(pool)
     account_id = await _account(pool)
-    message = _message(account_id)
+    message = new_message(account_id)
     await PgMessageStore(pool).insert(message)
     outbox = PgOutbox(pool)
     first = await outbox.claim_due(10, 1.0)
@@ -98,9 +84,9 @@ async def test_verification_is_claimed_before_batch_and_single(pool: asyncpg.Poo
     await _drain(pool)
     account_id = await _account(pool)
     store = PgMessageStore(pool)
-    batch = [_message(account_id, Priority.BATCH) for _ in range(20)]
-    single = _message(account_id, Priority.SINGLE)
-    code = _message(account_id, Priority.VERIFICATION)
+    batch = [new_message(account_id, Priority.BATCH) for _ in range(20)]
+    single = new_message(account_id, Priority.SINGLE)
+    code = new_message(account_id, Priority.VERIFICATION)
     for m in [*batch, single, code]:
         await store.insert(m)
     claimed = await PgOutbox(pool).claim_due(2, 30)
@@ -112,7 +98,7 @@ async def test_status_only_moves_forward_and_each_change_is_one_event(
     pool: asyncpg.Pool,
 ) -> None:
     account_id = await _account(pool)
-    message = _message(account_id)
+    message = new_message(account_id)
     await PgMessageStore(pool).insert(message)
     outbox = PgOutbox(pool)
     await outbox.apply(
@@ -170,7 +156,7 @@ async def test_event_ids_follow_commit_order_under_concurrent_writers(
 
     async def writer() -> None:
         for _ in range(40):
-            await store.insert(_message(account_id))
+            await store.insert(new_message(account_id))
 
     reading = asyncio.create_task(reader())
     await asyncio.gather(*(writer() for _ in range(8)))
