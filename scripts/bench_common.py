@@ -1,0 +1,153 @@
+"""Helpers shared by the benchmark scripts: run ``smsgw serve`` in a subprocess, bounded.
+
+Everything binds to 127.0.0.1. Processes are started in their own session (a Ctrl-C
+reaches only the benchmark, which then stops them: SIGTERM, then SIGKILL after a
+timeout). Not a test fixture: the benchmarks import it from ``scripts/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+Metadata = tuple[tuple[str, str], ...]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of one process so far (Linux /proc); None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def database_label() -> str:
+    """Where smsgw keeps its data, without credentials."""
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        return "embedded (temp dir)"
+    parts = urlsplit(url)
+    return f"DATABASE_URL host {parts.hostname}:{parts.port or 5432}{parts.path}"
+
+
+@dataclass
+class Smsgw:
+    proc: subprocess.Popen[bytes]
+    target: str
+    metadata: Metadata
+    log: Path
+
+
+def smsgw_command() -> list[str]:
+    script = Path(sys.executable).parent / "smsgw"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "server.cli"]
+
+
+def start_smsgw(
+    tmp: Path, procs: list[subprocess.Popen[bytes]], extra_env: dict[str, str], timeout: float
+) -> Smsgw:
+    """Starts ``smsgw serve`` (appended to procs), waits for SERVING, creates an account."""
+    grpc_port, http_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "SMSGW_GRPC_ADDR": f"{HOST}:{grpc_port}",
+        "SMSGW_HTTP_ADDR": f"{HOST}:{http_port}",
+        "SMSGW_DATA_DIR": str(tmp / "smsgw"),
+        **extra_env,
+    }
+    log = tmp / "smsgw.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*smsgw_command(), "serve"],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    procs.append(proc)
+    target = f"{HOST}:{grpc_port}"
+    wait_serving(proc, target, timeout, log)
+    created = subprocess.run(
+        [*smsgw_command(), "account", "create", "bench"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if created.returncode != 0:
+        raise RuntimeError(f"smsgw account create failed:\n{created.stderr}")
+    account = json.loads(created.stdout.strip().splitlines()[-1])
+    token = base64.b64encode(f"{account['api_key']}:{account['api_secret']}".encode()).decode()
+    return Smsgw(proc, target, (("authorization", f"Basic {token}"),), log)
+
+
+def wait_serving(proc: subprocess.Popen[bytes], target: str, timeout: float, log: Path) -> None:
+    """Polls grpc.health.v1 Health/Check until SERVING, the process exits, or timeout."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"smsgw serve exited ({proc.returncode}):\n{tail(log)}")
+            with contextlib.suppress(grpc.RpcError):
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.2)
+    raise TimeoutError(f"smsgw not SERVING after {timeout:.0f} s:\n{tail(log)}")
+
+
+def cleanup(procs: list[subprocess.Popen[bytes]], tmp: Path) -> None:
+    """Stops our processes, then a postmaster a killed smsgw left in tmp (fast shutdown)."""
+    for proc in procs:
+        stop_process(proc)
+    pgdata = tmp / "smsgw" / "pgdata"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+        if str(pgdata).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return  # a stale pid file: that process is not ours
+        os.kill(pid, signal.SIGINT)
+        for _ in range(100):
+            os.kill(pid, 0)  # raises once it is gone
+            time.sleep(0.1)

@@ -1,0 +1,268 @@
+"""Durable SendMessage throughput against a bare grpc.aio echo server.
+
+Runs the same client (one process, grpc.aio, --channels channels, --concurrency
+coroutines) first against a bare grpc.aio server that answers SendMessage with a
+fixed response (no auth, no database), then against ``smsgw serve``; each server
+runs in its own process. Prints calls/s, latency percentiles and errors for both.
+
+    .venv/bin/python scripts/bench_send.py                 # embedded PostgreSQL (temp dir)
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
+        .venv/bin/python scripts/bench_send.py             # an existing PostgreSQL
+    .venv/bin/python scripts/bench_send.py --quick         # tiny run (CI)
+    .venv/bin/python scripts/bench_send.py --json          # figures as one JSON object
+
+Exits 0 only if both servers answered every call without an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from bench_common import (
+    HOST,
+    Metadata,
+    cleanup,
+    database_label,
+    free_port,
+    process_cpu_seconds,
+    start_smsgw,
+    stop_process,
+    tail,
+)
+from sms.v1 import common_pb2, message_pb2, message_pb2_grpc
+
+CALL_TIMEOUT = 10.0  # seconds; bounds every single call
+PARAMETERS = ("concurrency", "channels", "count", "seconds", "warmup", "loopback_delay_ms")
+
+
+class EchoServicer(message_pb2_grpc.MessageServiceServicer):
+    RESPONSE = message_pb2.SendMessageResponse(
+        id="0" * 32,
+        to_number="+8613800138000",
+        status=common_pb2.MESSAGE_STATUS_PENDING,
+        segments=1,
+    )
+
+    async def SendMessage(
+        self, request: message_pb2.SendMessageRequest, context: Any
+    ) -> message_pb2.SendMessageResponse:
+        return self.RESPONSE
+
+
+async def serve_echo(port: int) -> None:
+    server = grpc.aio.server()
+    # The other methods answer UNIMPLEMENTED (the generated base); only SendMessage is measured.
+    servicer = EchoServicer()  # type: ignore[abstract]
+    message_pb2_grpc.add_MessageServiceServicer_to_server(servicer, server)
+    if server.add_insecure_port(f"{HOST}:{port}") == 0:
+        raise OSError(f"echo server cannot listen on {HOST}:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+@dataclass
+class Result:
+    calls: int = 0
+    seconds: float = 0.0
+    calls_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+    client_cpu_pct: float = 0.0
+    server_cpu_pct: float | None = None
+
+
+def requests(n: int = 1000) -> list[message_pb2.SendMessageRequest]:
+    return [
+        message_pb2.SendMessageRequest(
+            mobile=f"+861380013{i:04d}",
+            use_type=common_pb2.USE_TYPE_NOTIFICATION,
+            text=f"Your parcel {i} is on its way.",
+        )
+        for i in range(n)
+    ]
+
+
+async def run_calls(
+    stubs: list[message_pb2_grpc.MessageServiceAsyncStub],
+    metadata: Metadata | None,
+    args: argparse.Namespace,
+    count: int,
+    latencies: list[float],
+    errors: Counter[str],
+) -> None:
+    """Calls SendMessage from --concurrency coroutines until `count` calls or --seconds."""
+    reqs = requests()
+    deadline = time.monotonic() + args.seconds
+    issued = 0
+
+    async def worker(w: int) -> None:
+        nonlocal issued
+        stub = stubs[w % len(stubs)]
+        while issued < count and time.monotonic() < deadline:
+            request = reqs[issued % len(reqs)]
+            issued += 1
+            start = time.perf_counter()
+            try:
+                await stub.SendMessage(request, metadata=metadata, timeout=CALL_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] += 1
+            else:
+                latencies.append(time.perf_counter() - start)
+
+    await asyncio.gather(*(worker(w) for w in range(args.concurrency)))
+
+
+def ms(sorted_seconds: list[float], q: float) -> float:
+    if not sorted_seconds:
+        return 0.0
+    return round(
+        1000 * sorted_seconds[min(len(sorted_seconds) - 1, int(q * len(sorted_seconds)))], 2
+    )
+
+
+async def bench(
+    target: str, metadata: Metadata | None, args: argparse.Namespace, pid: int
+) -> Result:
+    """Warm-up, then the measured phase, through --channels channels to `target`."""
+    options = [("grpc.use_local_subchannel_pool", 1)] if args.channels > 1 else []
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(args.channels)]
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    try:
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+        stubs: list[message_pb2_grpc.MessageServiceAsyncStub] = [
+            message_pb2_grpc.MessageServiceStub(c) for c in channels
+        ]
+        warm_errors: Counter[str] = Counter()
+        await run_calls(stubs, metadata, args, args.warmup, [], warm_errors)
+        errors.update({f"{code} (warm-up)": n for code, n in warm_errors.items()})
+        server0, client0, start = process_cpu_seconds(pid), time.process_time(), time.perf_counter()
+        await run_calls(stubs, metadata, args, args.count, latencies, errors)
+        elapsed = time.perf_counter() - start
+        server1, client1 = process_cpu_seconds(pid), time.process_time()
+    finally:
+        for channel in channels:
+            await channel.close()
+    latencies.sort()
+    return Result(
+        calls=len(latencies),
+        seconds=round(elapsed, 3),
+        calls_per_s=round(len(latencies) / elapsed, 1),
+        p50_ms=ms(latencies, 0.50),
+        p99_ms=ms(latencies, 0.99),
+        errors=dict(errors),
+        client_cpu_pct=round(100 * (client1 - client0) / elapsed, 1),
+        server_cpu_pct=None
+        if server0 is None or server1 is None
+        else round(100 * (server1 - server0) / elapsed, 1),
+    )
+
+
+def print_table(figures: dict[str, Any]) -> None:
+    p = figures["parameters"]
+    print(
+        f"concurrency {p['concurrency']}, channels {p['channels']}, count {p['count']}, "
+        f"seconds {p['seconds']}, warmup {p['warmup']}, database: {p['database']}, "
+        f"loopback delay {p['loopback_delay_ms']} ms"
+    )
+    head = f"{'figure':<30}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    print(head + f"{'calls':>8}{'client cpu%':>13}{'server cpu%':>13}")
+    for label, key in (("echo (bare grpc.aio)", "echo"), ("smsgw SendMessage (durable)", "smsgw")):
+        r = figures[key]
+        cpu = "-" if r["server_cpu_pct"] is None else f"{r['server_cpu_pct']:.0f}"
+        print(
+            f"{label:<30}{r['calls_per_s']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+            f"{sum(r['errors'].values()):>8}{r['calls']:>8}{r['client_cpu_pct']:>13.0f}{cpu:>13}"
+        )
+    print(f"{'ratio smsgw/echo':<30}{figures['ratio']:>9.2f}")
+    for key in ("echo", "smsgw"):
+        for code, n in figures[key]["errors"].items():
+            print(f"{key} error {code}: {n}")
+
+
+def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], tmp: Path) -> int:
+    echo_port = free_port()
+    echo = subprocess.Popen(
+        [sys.executable, __file__, "--echo-server", str(echo_port)], start_new_session=True
+    )
+    procs.append(echo)
+    echo_result = asyncio.run(bench(f"{HOST}:{echo_port}", None, args, echo.pid))
+    stop_process(echo)
+
+    gw = start_smsgw(tmp, procs, {"SMSGW_LOOPBACK_DELAY_MS": str(args.loopback_delay_ms)}, 180)
+    smsgw_result = asyncio.run(bench(gw.target, gw.metadata, args, gw.proc.pid))
+    stop_process(gw.proc)
+    if gw.proc.returncode != 0:
+        print(f"smsgw serve exited with {gw.proc.returncode}:\n{tail(gw.log)}", file=sys.stderr)
+
+    figures = {
+        "parameters": {
+            **{k: getattr(args, k) for k in PARAMETERS},
+            "database": database_label(),
+            "cpus": os.cpu_count(),
+        },
+        "echo": asdict(echo_result),
+        "smsgw": asdict(smsgw_result),
+        "ratio": round(smsgw_result.calls_per_s / max(echo_result.calls_per_s, 1e-9), 3),
+    }
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        print_table(figures)
+    ok = smsgw_result.calls > 0 and not smsgw_result.errors and not echo_result.errors
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--count", type=int, default=20000, help="measured calls (at most)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="time limit per phase")
+    parser.add_argument("--warmup", type=int, default=1000)
+    parser.add_argument("--loopback-delay-ms", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="tiny run: warmup 50, count 500")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo_server is not None:
+        asyncio.run(serve_echo(args.echo_server))
+        return 0
+    if args.quick:
+        args.warmup, args.count, args.seconds = 50, 500, 5.0
+    if min(args.concurrency, args.channels, args.count) < 1 or args.warmup < 0:
+        parser.error("--concurrency, --channels and --count must be >= 1, --warmup >= 0")
+    procs: list[subprocess.Popen[bytes]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="smsgw-bench-"))
+    try:
+        return run(args, procs, tmp)
+    finally:
+        cleanup(procs, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
