@@ -188,7 +188,8 @@ class Gateway:
         if not self._serving or self._pool is None:
             return False
         try:
-            await asyncio.wait_for(self._pool.fetchval("SELECT 1"), 2)
+            async with asyncio.timeout(2):
+                await self._pool.fetchval("SELECT 1")
         except Exception:
             return False
         return True

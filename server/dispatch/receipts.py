@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 
+from server.aio import wait_event
 from server.domain.ports import Receipt
 from server.store.outbox import PgOutbox, Transition
 
@@ -45,8 +46,7 @@ class ReceiptRecorder:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._flush_interval)
+            await wait_event(self._wake, self._flush_interval)
             self._wake.clear()
             try:
                 await self._flush()

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from server.aio import wait_event
 from server.dispatch.retry import RetryPolicy
 from server.domain.models import MessageStatus, OutboundMessage
 from server.domain.ports import SendOutcome, Transport
@@ -95,8 +96,7 @@ class Dispatcher:
     async def _idle(self, seconds: float) -> None:
         if self._stopping:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+        await wait_event(self._wake, seconds)
         self._wake.clear()
 
     async def _dispatch(self, claimed: Sequence[ClaimedMessage]) -> None:
@@ -106,7 +106,8 @@ class Dispatcher:
     async def _send(self, message: OutboundMessage) -> Transition:
         transport = self._transports[0]
         try:
-            outcome = await asyncio.wait_for(transport.send(message), self._send_timeout)
+            async with asyncio.timeout(self._send_timeout):
+                outcome = await transport.send(message)
         except TimeoutError:
             outcome = SendOutcome(accepted=False, retryable=True, error_code="PROVIDER_TIMEOUT")
         except Exception as exc:
