@@ -8,8 +8,9 @@ id, and answered INTERNAL without internals.
 
 from __future__ import annotations
 
+import itertools
 import logging
-import uuid
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -49,6 +50,14 @@ def _metadata_value(metadata: Any, key: str) -> str | None:
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator) -> None:
         self._authenticator = authenticator
+        # One wrapped handler per method, built on first use (not on every call).
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        # Request ids: a random per-process prefix and a counter (no syscall per call).
+        self._id_prefix = secrets.token_hex(6)
+        self._id_counter = itertools.count(1)
+
+    def _new_request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):010x}"
 
     async def intercept_service(
         self,
@@ -57,10 +66,22 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
+        wrapped = self._wrap(handler, method)
+        if wrapped is not None:
+            self._wrapped[method] = wrapped
+            return wrapped
+        return handler
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method),
@@ -73,11 +94,11 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler
+        return None
 
     async def _begin(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         metadata = context.invocation_metadata()
-        request_id = _metadata_value(metadata, "x-request-id") or uuid.uuid4().hex
+        request_id = _metadata_value(metadata, "x-request-id") or self._new_request_id()
         request_id_var.set(request_id[:64])
         caller = await self._authenticator.authenticate(
             _metadata_value(metadata, "authorization"), peer_ip(context.peer())

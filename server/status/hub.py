@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from server.aio import wait_event
 from server.domain.models import StatusEvent
 from server.store.events import EVENTS_CHANNEL, PgEventLog
 
@@ -66,6 +67,10 @@ class StatusHub:
         self._poll_interval = poll_interval
         self._subscriptions: dict[int, set[Subscription]] = {}
         self._cursor = 0
+        # With no stream open the hub reads nothing; its cursor is then stale and is
+        # moved to the newest event when the next stream subscribes.
+        self._stale = True
+        self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
@@ -75,7 +80,6 @@ class StatusHub:
         return sum(len(s) for s in self._subscriptions.values())
 
     async def start(self) -> None:
-        self._cursor = await self._events.last_event_id()
         await self._connect_listener()
         self._task = asyncio.create_task(self._run(), name="status-hub")
 
@@ -88,10 +92,15 @@ class StatusHub:
             with contextlib.suppress(Exception):
                 await self._listener.close()
 
-    def subscribe(self, account_id: int) -> Subscription:
-        subscription = Subscription(account_id)
-        self._subscriptions.setdefault(account_id, set()).add(subscription)
-        return subscription
+    async def subscribe(self, account_id: int) -> Subscription:
+        """Registers a stream; events committed from now on reach its buffer."""
+        async with self._lock:
+            if self._stale:
+                self._cursor = await self._events.last_event_id()
+                self._stale = False
+            subscription = Subscription(account_id)
+            self._subscriptions.setdefault(account_id, set()).add(subscription)
+            return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         subs = self._subscriptions.get(subscription.account_id)
@@ -116,8 +125,7 @@ class StatusHub:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            await wait_event(self._wake, self._poll_interval)
             self._wake.clear()
             try:
                 if self._listener is None or self._listener.is_closed():
@@ -130,6 +138,13 @@ class StatusHub:
                 await asyncio.sleep(self._poll_interval)
 
     async def _read_new_events(self) -> None:
+        async with self._lock:
+            if not self._subscriptions:
+                self._stale = True
+                return
+            await self._read_locked()
+
+    async def _read_locked(self) -> None:
         while True:
             events = await self._events.all_after(self._cursor, READ_LIMIT)
             for event in events:

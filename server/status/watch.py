@@ -31,7 +31,7 @@ class StatusWatcher:
         if after_event_id < 0:
             raise InvalidArgument.field("after_event_id", "must not be negative")
         watched = list(dict.fromkeys(ids))
-        subscription = self._hub.subscribe(account_id)
+        subscription = await self._hub.subscribe(account_id)
         try:
             async for event in self._stream(subscription, account_id, watched, after_event_id):
                 yield event

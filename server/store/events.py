@@ -29,6 +29,15 @@ async def lock_event_log(conn: Conn) -> None:
     )
 
 
+# The same as lock_event_log, as a CTE for statements that run on their own
+# (autocommit): a statement that joins its event rows with this CTE evaluates
+# nextval() only after the lock is held.
+LOCK_EVENT_LOG_CTE = f"""
+event_log_lock AS (
+    SELECT pg_advisory_xact_lock({EVENTS_LOCK_KEY}), pg_notify('{EVENTS_CHANNEL}', '')
+)"""
+
+
 def _event(row: asyncpg.Record) -> StatusEvent:
     return StatusEvent(
         event_id=row["event_id"],

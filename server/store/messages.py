@@ -16,15 +16,16 @@ import asyncpg
 from server.domain.errors import FailedPrecondition
 from server.domain.models import MessageState, MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey
-from server.store.events import lock_event_log
+from server.store.events import LOCK_EVENT_LOG_CTE
 from server.store.pool import Conn, unavailable_on_connection_errors
 
 IDEMPOTENCY_WINDOW = "1 hour"
 MAX_GROUP = 500
 MAX_CONCURRENT_GROUPS = 2
 
-_INSERT_WITH_EVENTS = """
-WITH m AS (
+_INSERT_WITH_EVENTS = f"""
+WITH {LOCK_EVENT_LOG_CTE},
+m AS (
     INSERT INTO messages (id, account_id, batch_id, to_number, use_type, body, template_id,
                           segments, priority, status, not_before)
     SELECT u.id, u.account_id, u.batch_id, u.to_number, u.use_type, u.body, u.template_id,
@@ -37,7 +38,8 @@ WITH m AS (
 )
 INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number, status,
                             occurred_at)
-SELECT nextval('message_event_ids'), id, account_id, batch_id, to_number, 1, created_at FROM m
+SELECT nextval('message_event_ids'), m.id, m.account_id, m.batch_id, m.to_number, 1, m.created_at
+FROM m CROSS JOIN event_log_lock
 """
 
 
@@ -57,8 +59,8 @@ def _columns(messages: Sequence[NewMessage]) -> list[list[object]]:
 
 
 async def insert_messages(conn: Conn, messages: Sequence[NewMessage]) -> None:
-    """Inserts PENDING messages and their first events; the caller owns the transaction."""
-    await lock_event_log(conn)
+    """Inserts PENDING messages and their first events in one statement (one round
+    trip; atomic on its own, or part of the caller's transaction)."""
     await conn.execute(_INSERT_WITH_EVENTS, *_columns(messages))
 
 
@@ -87,7 +89,7 @@ class PgMessageStore:
         error: BaseException | None = None
         try:
             with unavailable_on_connection_errors():
-                async with self._pool.acquire() as conn, conn.transaction():
+                async with self._pool.acquire() as conn:
                     await insert_messages(conn, [m for m, _ in group])
         except Exception as exc:
             error = exc

@@ -43,6 +43,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: Conn) -> None:
+    """Pool connections hold no session state (no LISTEN, SET or session locks:
+    those use connections of their own), so the default reset query, a round trip
+    on every release, is skipped. asyncpg still rolls back a leftover transaction."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     with unavailable_on_connection_errors():
         pool = await asyncpg.create_pool(
@@ -50,6 +56,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
+            reset=_keep_session,
             command_timeout=30,
         )
     assert pool is not None
