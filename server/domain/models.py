@@ -82,6 +82,10 @@ class NewMessage:
     not_before: datetime
     template_id: int | None = None
     batch_id: str | None = None
+    # For template-only providers: our template code and the values, in the
+    # template's variable order.
+    template_code: str | None = None
+    template_data: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -129,4 +133,7 @@ class OutboundMessage:
     use_type: UseType
     attempts: int
     template_id: int | None = None
+    # The caller's template code and variable values, for providers that send a
+    # provider-side template (SendCloud, sendsms) instead of our rendered body.
+    template_code: str | None = None
     data: dict[str, str] = field(default_factory=dict)

@@ -62,37 +62,88 @@ class TemplateRepository(Protocol):
 
 @dataclass(frozen=True)
 class SendOutcome:
-    """What a transport says about one send attempt."""
+    """What a transport says about one send attempt.
+
+    accepted: the provider took the message (provider_message_id identifies it there).
+    Otherwise: retryable (5xx, timeout, connection error, garbage, throttling) or a
+    final refusal (bad number, bad credentials, unknown template, ...) with
+    ``final_status`` FAILED or REJECTED. ``error_code`` keeps the provider's code
+    (e.g. "412", "HTTP_503", "TIMEOUT") so callers see why.
+    """
 
     accepted: bool
     provider_message_id: str = ""
     error_code: str = ""
     retryable: bool = False
     final_status: MessageStatus = MessageStatus.FAILED
+    # For retryable refusals with a known wait (a provider's rate limit): the
+    # earliest sensible retry on this provider, in seconds.
+    retry_after: float = 0.0
+
+
+@dataclass(frozen=True)
+class ProviderRef:
+    """A message as the provider knows it, for status queries."""
+
+    message_id: str
+    provider_message_id: str
 
 
 @dataclass(frozen=True)
 class Receipt:
-    """A delivery report from a provider."""
+    """A delivery report from a provider.
+
+    ``message_id`` is ours when the transport knows it (status queries); a webhook
+    receipt may carry only ``provider_message_id`` and is matched (or parked until
+    the send is recorded) by the receipt recorder.
+    """
 
     provider: str
     message_id: str
     status: MessageStatus
     error_code: str = ""
+    provider_message_id: str = ""
 
 
 class ReceiptSink(Protocol):
     async def __call__(self, receipt: Receipt) -> None: ...
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider can carry."""
+
+    free_text: bool
+    templates: bool
+    voice: bool = False
+    # Most ids a status query takes at once (0: the provider has no status query).
+    max_status_ids: int = 100
+
+
 class Transport(Protocol):
     """One upstream provider API."""
 
     name: str
+    capabilities: Capabilities
+
+    def can_carry(self, message: OutboundMessage) -> bool:
+        """False when sending would need something this provider lacks (for example
+        free text to a template-only provider, or a template with no provider id)."""
+        ...
 
     async def send(self, message: OutboundMessage) -> SendOutcome: ...
 
+    async def query_status(self, refs: Sequence[ProviderRef]) -> list[Receipt]:
+        """Current statuses of up to ``capabilities.max_status_ids`` messages; those the
+        provider has not settled yet may be left out. Raises ProviderError when the
+        query itself fails."""
+        ...
+
     async def close(self) -> None: ...
+
+
+class ProviderError(Exception):
+    """A provider call failed as a whole (status query, webhook parsing)."""
 
 
 class EventSource(Protocol):

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from server.domain.models import MessageStatus, OutboundMessage
-from server.domain.ports import Receipt, ReceiptSink, SendOutcome
+from server.domain.ports import Capabilities, ProviderRef, Receipt, ReceiptSink, SendOutcome
 
 OUTCOMES = {
     "delivered": MessageStatus.DELIVERED,
@@ -30,16 +31,24 @@ class LoopbackConfig:
 
 
 class LoopbackTransport:
-    name = "loopback"
+    capabilities = Capabilities(free_text=True, templates=True, voice=True)
 
     def __init__(
-        self, config: LoopbackConfig, receipts: ReceiptSink, rng: random.Random | None = None
+        self,
+        config: LoopbackConfig,
+        receipts: ReceiptSink,
+        rng: random.Random | None = None,
+        name: str = "loopback",
     ) -> None:
+        self.name = name
         self._config = config
         self._receipts = receipts
         self._rng = rng or random.Random()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def can_carry(self, message: OutboundMessage) -> bool:
+        return True
 
     async def send(self, message: OutboundMessage) -> SendOutcome:
         if self._rng.random() < self._config.failure_rate:
@@ -50,12 +59,21 @@ class LoopbackTransport:
         )
         return SendOutcome(accepted=True, provider_message_id=f"lb-{message.id}")
 
-    def _report(self, message_id: str) -> None:
-        self._timers.pop(message_id, None)
+    def _receipt(self, message_id: str) -> Receipt:
         outcome = self._config.outcome
         error = "" if outcome == MessageStatus.DELIVERED else f"LOOPBACK_{outcome.name}"
+        return Receipt(
+            self.name, message_id, outcome, error, provider_message_id=f"lb-{message_id}"
+        )
+
+    async def query_status(self, refs: Sequence[ProviderRef]) -> list[Receipt]:
+        """Messages still waiting for their timer are reported later, by the timer."""
+        return [self._receipt(r.message_id) for r in refs if r.message_id not in self._timers]
+
+    def _report(self, message_id: str) -> None:
+        self._timers.pop(message_id, None)
         task = asyncio.create_task(
-            self._receipts(Receipt(self.name, message_id, outcome, error)),
+            self._receipts(self._receipt(message_id)),
             name="loopback-receipt",
         )
         self._tasks.add(task)

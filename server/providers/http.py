@@ -1,0 +1,72 @@
+"""The HTTP plumbing every provider transport shares (aiohttp client).
+
+``call`` performs one request with a total timeout and returns the answer, or raises
+``TransientHttpError`` for what is worth retrying before the provider said
+anything meaningful: timeouts, refused or dropped connections, 5xx, 429, and
+success bodies that are not the JSON the provider documents (garbage). A 4xx whose
+body is not JSON comes back with ``body=None`` so the status itself decides.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+
+class TransientHttpError(Exception):
+    """A failure worth retrying; ``code`` becomes the message's error_code."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    body: Any  # parsed JSON
+
+
+def new_session(*, limit: int = 100) -> aiohttp.ClientSession:
+    """One pooled session per transport (connection reuse); created inside the loop."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300),
+        raise_for_status=False,
+    )
+
+
+async def call(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    seconds: float,
+    retry_statuses: frozenset[int] = frozenset({429}),
+    **kwargs: Any,
+) -> HttpAnswer:
+    """One request bounded by ``seconds``; returns JSON answers below 500 (and not in
+    ``retry_statuses``), raises TransientHttpError for the rest."""
+    try:
+        async with session.request(
+            method, url, timeout=aiohttp.ClientTimeout(total=seconds), **kwargs
+        ) as response:
+            text = await response.text()
+            status = response.status
+    except TimeoutError as exc:
+        raise TransientHttpError("TIMEOUT") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise TransientHttpError("CONNECTION", type(exc).__name__) from exc
+    if status >= 500 or status in retry_statuses:
+        raise TransientHttpError(f"HTTP_{status}")
+    try:
+        body = json.loads(text) if text.strip() else None
+    except ValueError as exc:
+        if 400 <= status < 500:
+            # A client error whose body is an HTML or text page (a proxy's 401, say)
+            # still means the request was refused: let the transport map the status.
+            return HttpAnswer(status, None)
+        raise TransientHttpError("BAD_RESPONSE", f"HTTP {status}, not JSON") from exc
+    return HttpAnswer(status, body)
