@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 
@@ -30,14 +31,17 @@ from server.api.interceptors import GatewayInterceptor
 from server.api.message_service import MessageServicer
 from server.api.template_service import TemplateServicer
 from server.config import Settings
+from server.dispatch.poller import ReceiptPoller
+from server.dispatch.providers import BreakerSettings, ProviderSet
 from server.dispatch.receipts import ReceiptRecorder
 from server.dispatch.retry import RetryPolicy
 from server.dispatch.worker import Dispatcher
 from server.domain.auth import Authenticator
 from server.domain.messaging import Messaging
+from server.domain.ports import ProviderError
 from server.domain.templating import TemplateCatalog
-from server.http.app import build_http_app
-from server.providers.loopback import LoopbackTransport
+from server.http.app import WebhookRejected, build_http_app
+from server.providers.webhooks import WebhookTransport
 from server.status.hub import StatusHub
 from server.status.watch import StatusWatcher
 from server.store.accounts import PgAccountStore
@@ -108,8 +112,10 @@ class Gateway:
         self._hub: StatusHub | None = None
         self._dispatcher: Dispatcher | None = None
         self._receipts: ReceiptRecorder | None = None
-        self._transport: LoopbackTransport | None = None
+        self._providers: ProviderSet | None = None
+        self._poller: ReceiptPoller | None = None
         self._serving = False
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -128,16 +134,23 @@ class Gateway:
         await self._hub.start()
         self._receipts = ReceiptRecorder(outbox)
         self._receipts.start()
-        self._transport = LoopbackTransport(s.loopback, self._receipts)
+        self._providers = self._build_providers(s)
         self._dispatcher = Dispatcher(
             outbox,
-            [self._transport],
+            self._providers,
             workers=s.dispatch_workers,
             claim_size=s.dispatch_claim_size,
             lease_seconds=s.lease_seconds,
             retry=RetryPolicy(max_attempts=s.max_attempts, base_delay=s.retry_base_seconds),
+            retries_per_provider=s.retries_per_provider,
+            message_ttl=s.message_ttl_seconds,
         )
         self._dispatcher.start()
+        self._poller = ReceiptPoller(
+            outbox, self.providers, self._receipts, interval=s.poll_interval_seconds
+        )
+        if s.dispatch_workers > 0:
+            self._poller.start()
 
         templates = PgTemplateStore(pool)
         messaging = Messaging(PgMessageStore(pool), templates, on_accepted=self._dispatcher.wake)
@@ -171,7 +184,9 @@ class Gateway:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
 
-        self._http = web.AppRunner(build_http_app(self._is_healthy), access_log=None)
+        self._http = web.AppRunner(
+            build_http_app(self._is_healthy, self._receive_webhook), access_log=None
+        )
         await self._http.setup()
         host, _, port = s.http_addr.rpartition(":")
         host = host.strip("[]")
@@ -183,6 +198,63 @@ class Gateway:
         log.info(
             "smsgw serving gRPC on port %d and HTTP on port %d", self.grpc_port, self.http_port
         )
+
+    def providers(self) -> ProviderSet:
+        assert self._providers is not None, "the gateway is not started"
+        return self._providers
+
+    def _build_providers(self, settings: Settings) -> ProviderSet:
+        assert self._receipts is not None
+        return ProviderSet.build(
+            settings.routing,
+            receipts=self._receipts,
+            loopback=settings.loopback,
+            breaker=BreakerSettings(settings.breaker_failures, settings.breaker_reset_seconds),
+        )
+
+    async def reload(self, settings: Settings) -> None:
+        """Switches to new providers and routes (SIGHUP) without dropping work: sends
+        in flight finish on the old transports, which close once they are done."""
+        old = self._providers
+        self._providers = self._build_providers(settings)
+        if self._dispatcher is not None:
+            self._dispatcher.use(self._providers)
+        self.settings = dataclasses.replace(self.settings, routing=settings.routing)
+        log.info("providers reloaded: %s", ", ".join(self._providers.transports))
+        if old is not None:
+            task = asyncio.create_task(self._close_later(old), name="close-old-providers")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _close_later(self, old: ProviderSet) -> None:
+        await asyncio.sleep(self.settings.shutdown_grace)
+        await old.close()
+
+    async def _receive_webhook(self, kind: str, name: str | None, form: dict[str, str]) -> None:
+        """Verifies and records a provider's delivery push (SendCloud SMSHook)."""
+        providers = self.providers()
+        candidates = [
+            transport
+            for n, transport in providers.transports.items()
+            if (name is None or n == name)
+            and providers.kinds[n] == kind
+            and isinstance(transport, WebhookTransport)
+        ]
+        if not candidates:
+            raise WebhookRejected(f"no {kind} provider" + (f" named {name}" if name else ""))
+        errors: list[str] = []
+        for transport in candidates:
+            try:
+                receipts = transport.parse_hook(form)
+            except ProviderError as exc:
+                errors.append(str(exc))
+                continue
+            assert self._receipts is not None
+            for receipt in receipts:
+                await self._receipts(receipt)
+            await self._receipts.flush()
+            return
+        raise WebhookRejected("; ".join(errors))
 
     async def _is_healthy(self) -> bool:
         if not self._serving or self._pool is None:
@@ -202,8 +274,10 @@ class Gateway:
             await self._server.stop(grace)
         if self._dispatcher is not None:
             await self._dispatcher.stop(grace)
-        if self._transport is not None:
-            await self._transport.close()
+        if self._poller is not None:
+            await self._poller.stop()
+        if self._providers is not None:
+            await self._providers.close()
         if self._receipts is not None:
             with contextlib.suppress(Exception):
                 await self._receipts.stop()

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,9 +15,12 @@ from typing import Any
 
 from server.app import Database, Gateway, migrate
 from server.config import ConfigError, Settings
+from server.emulators.common import FAULTS, EmulatorControls, EmulatorSettings, RunningEmulator
 from server.logs import configure_logging
 from server.store.accounts import PgAccountStore
 from server.store.pool import create_pool
+
+EMULATOR_KINDS = ("skynoo", "sendcloud", "sendsms")
 
 
 def _print_json(value: dict[str, Any]) -> None:
@@ -29,6 +33,22 @@ async def _serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        try:
+            fresh = Settings.from_env()
+        except ConfigError as exc:
+            logging.getLogger("server.cli").error("reload refused, keeping the old config: %s", exc)
+            return
+        await gateway.reload(fresh)
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(reload(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         await gateway.start()
         print(
@@ -91,6 +111,46 @@ async def _healthcheck(settings: Settings) -> int:
     return 0 if serving else 1
 
 
+async def _emulate(args: argparse.Namespace) -> int:
+    import importlib
+
+    templates: dict[str, str] = {}
+    for item in args.template:
+        template_id, sep, text = item.partition("=")
+        if not sep:
+            print(f"smsgw: --template must be ID=TEXT, got {item!r}", file=sys.stderr)
+            return 2
+        templates[template_id] = text
+    settings = EmulatorSettings(
+        credential_id=args.credential_id,
+        credential_secret=args.credential_secret,
+        templates=templates,
+        webhook_url=args.webhook_url,
+        controls=EmulatorControls(
+            fail_rate=args.fail_rate,
+            fault=args.fault,
+            latency=args.latency,
+            delivery_delay=args.delivery_delay,
+            outcome=args.outcome,
+        ),
+    )
+    module = importlib.import_module(f"server.emulators.{args.kind}")
+    emulator = await RunningEmulator(module.build_app(settings), args.port, args.host).start()
+    print(
+        json.dumps({"kind": args.kind, "base_url": emulator.base_url}),
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await emulator.stop()
+    return 0
+
+
 def _cidr(value: str) -> str:
     try:
         return str(ipaddress.ip_network(value, strict=False))
@@ -106,6 +166,27 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "healthcheck", help="exit 0 if the server at SMSGW_GRPC_ADDR reports SERVING"
     )
+    emulate = commands.add_parser(
+        "emulate", help="run a provider emulator (skynoo, sendcloud, sendsms) on 127.0.0.1"
+    )
+    emulate.add_argument("kind", choices=EMULATOR_KINDS)
+    emulate.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    emulate.add_argument("--host", default="127.0.0.1")
+    emulate.add_argument(
+        "--credential-id", default="emulator-user", help="apiKey/smsUser/client_id"
+    )
+    emulate.add_argument(
+        "--credential-secret", default="emulator-secret", help="apiSecret/smsKey/passcode"
+    )
+    emulate.add_argument(
+        "--template", action="append", default=[], metavar="ID=TEXT", help="a provider template"
+    )
+    emulate.add_argument("--webhook-url", help="where delivery events are pushed (sendcloud)")
+    emulate.add_argument("--fail-rate", type=float, default=0.0)
+    emulate.add_argument("--fault", choices=FAULTS, default="http_500")
+    emulate.add_argument("--latency", type=float, default=0.0, help="seconds added per answer")
+    emulate.add_argument("--delivery-delay", type=float, default=1.0)
+    emulate.add_argument("--outcome", choices=("delivered", "undelivered"), default="delivered")
 
     account = commands.add_parser("account", help="manage accounts").add_subparsers(
         dest="action", required=True
@@ -138,6 +219,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_migrate(settings))
     if args.command == "healthcheck":
         return asyncio.run(_healthcheck(settings))
+    if args.command == "emulate":
+        return asyncio.run(_emulate(args))
     if args.command == "account":
 
         async def create_account(store: PgAccountStore) -> int:

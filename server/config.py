@@ -14,6 +14,7 @@ from typing import Any
 
 from server.domain.models import MessageStatus
 from server.providers.loopback import OUTCOMES, LoopbackConfig
+from server.routing_config import DEFAULT_ROUTING, RoutingConfig, RoutingConfigError, parse_routing
 
 
 class ConfigError(ValueError):
@@ -61,6 +62,13 @@ class Settings:
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
     loopback: LoopbackConfig = field(default_factory=LoopbackConfig)
+    routing: RoutingConfig = DEFAULT_ROUTING
+    retries_per_provider: int = 2
+    message_ttl_seconds: float = 86_400.0
+    breaker_failures: int = 5
+    breaker_reset_seconds: float = 30.0
+    poll_interval_seconds: float = 2.0
+    webhook_max_age_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -81,6 +89,10 @@ class Settings:
             raise ConfigError(
                 f"SMSGW_LOOPBACK_OUTCOME must be one of {', '.join(OUTCOMES)}, got {outcome_name!r}"
             )
+        try:
+            routing = parse_routing(file_values, env)
+        except RoutingConfigError as exc:
+            raise ConfigError(f"{config_file}: {exc}") from exc
         log_level = merged.get("SMSGW_LOG_LEVEL", "INFO").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("SMSGW_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
@@ -98,6 +110,12 @@ class Settings:
             retry_base_seconds=_float(merged, "SMSGW_RETRY_BASE_SECONDS", 1.0, 0.0, 600.0),
             shutdown_grace=_float(merged, "SMSGW_SHUTDOWN_GRACE", 10.0, 0.0, 600.0),
             log_level=log_level,
+            routing=routing,
+            retries_per_provider=_int(merged, "SMSGW_RETRIES_PER_PROVIDER", 2, 1, 100),
+            message_ttl_seconds=_float(merged, "SMSGW_MESSAGE_TTL_SECONDS", 86_400, 1, 30 * 86_400),
+            breaker_failures=_int(merged, "SMSGW_BREAKER_FAILURES", 5, 1, 1000),
+            breaker_reset_seconds=_float(merged, "SMSGW_BREAKER_RESET_SECONDS", 30, 0.01, 3600),
+            poll_interval_seconds=_float(merged, "SMSGW_POLL_INTERVAL_SECONDS", 2, 0.05, 3600),
             loopback=LoopbackConfig(
                 delivery_delay=_float(merged, "SMSGW_LOOPBACK_DELAY_MS", 1000, 0, 3_600_000) / 1000,
                 failure_rate=_float(merged, "SMSGW_LOOPBACK_FAILURE_RATE", 0.0, 0.0, 1.0),

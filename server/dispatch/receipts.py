@@ -1,4 +1,9 @@
-"""Collects delivery receipts and records them in groups (one transaction per group)."""
+"""Collects delivery receipts and records them in groups (one transaction per group).
+
+Receipts that carry our message id (status queries, loopback) become transitions;
+receipts that carry only the provider's id (webhooks) are matched by that id, or
+parked until the send they report on is recorded.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import logging
 
 from server.aio import wait_event
 from server.domain.ports import Receipt
-from server.store.outbox import PgOutbox, Transition
+from server.store.outbox import PgOutbox, ProviderReceipt, Transition
 
 log = logging.getLogger(__name__)
 
@@ -19,19 +24,30 @@ class ReceiptRecorder:
         self._flush_interval = flush_interval
         self._max_group = max_group
         self._pending: list[Transition] = []
+        self._by_provider_id: list[ProviderReceipt] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def __call__(self, receipt: Receipt) -> None:
-        self._pending.append(
-            Transition(
-                message_id=receipt.message_id,
-                status=receipt.status,
-                error_code=receipt.error_code,
-                provider=receipt.provider,
+        if receipt.message_id:
+            self._pending.append(
+                Transition(
+                    message_id=receipt.message_id,
+                    status=receipt.status,
+                    error_code=receipt.error_code,
+                    provider=receipt.provider,
+                )
             )
-        )
-        if len(self._pending) >= self._max_group:
+        else:
+            self._by_provider_id.append(
+                ProviderReceipt(
+                    receipt.provider,
+                    receipt.provider_message_id,
+                    receipt.status,
+                    receipt.error_code,
+                )
+            )
+        if len(self._pending) + len(self._by_provider_id) >= self._max_group:
             self._wake.set()
 
     def start(self) -> None:
@@ -42,20 +58,24 @@ class ReceiptRecorder:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._flush()
+        await self.flush()
 
     async def _run(self) -> None:
         while True:
             await wait_event(self._wake, self._flush_interval)
             self._wake.clear()
             try:
-                await self._flush()
+                await self.flush()
             except Exception as exc:
                 log.warning("recording receipts failed (%s); will retry", type(exc).__name__)
                 await asyncio.sleep(self._flush_interval * 10)
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
         while self._pending:
             group = self._pending[: self._max_group]
             await self._outbox.apply(group)
             del self._pending[: len(group)]
+        while self._by_provider_id:
+            batch = self._by_provider_id[: self._max_group]
+            await self._outbox.apply_provider_receipts(batch)
+            del self._by_provider_id[: len(batch)]

@@ -2,8 +2,13 @@
 
 Each worker claims a group of due rows (``FOR UPDATE SKIP LOCKED``, so workers in
 every replica share the work without overlap), sends them concurrently through the
-routed transport and records all outcomes in one transaction. A worker that dies
+routed providers and records all outcomes in one transaction. A worker that dies
 leaves its lease to run out; another worker then takes the rows.
+
+Per message: the route gives the providers in failover order (those that cannot
+carry it are skipped); each provider gets ``retries_per_provider`` attempts in turn,
+a provider whose breaker is open is passed over, and a message older than
+``message_ttl`` becomes FAILED with EXPIRED.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from server.aio import wait_event
+from server.dispatch.providers import ProviderSet
 from server.dispatch.retry import RetryPolicy
+from server.dispatch.routing import failover_order
 from server.domain.models import MessageStatus, OutboundMessage
-from server.domain.ports import SendOutcome, Transport
+from server.domain.ports import SendOutcome
 from server.store.outbox import ClaimedMessage, PgOutbox, Transition
 
 log = logging.getLogger(__name__)
@@ -27,28 +34,34 @@ class Dispatcher:
     def __init__(
         self,
         outbox: PgOutbox,
-        transports: Sequence[Transport],
+        providers: ProviderSet,
         *,
         workers: int = 2,
         claim_size: int = 100,
         lease_seconds: float = 30.0,
-        send_timeout: float = 10.0,
+        send_timeout: float = 30.0,
         idle_poll: float = 0.5,
         retry: RetryPolicy | None = None,
+        retries_per_provider: int = 2,
+        message_ttl: float = 86_400.0,
     ) -> None:
-        if not transports:
-            raise ValueError("at least one transport is required")
         self._outbox = outbox
-        self._transports = list(transports)
+        self.providers = providers
         self._workers = workers
         self._claim_size = claim_size
         self._lease_seconds = lease_seconds
         self._send_timeout = send_timeout
         self._idle_poll = idle_poll
         self._retry = retry or RetryPolicy()
+        self._per_provider = retries_per_provider
+        self._ttl = timedelta(seconds=message_ttl)
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+
+    def use(self, providers: ProviderSet) -> None:
+        """Switches to a new provider set (config reload); sends in flight finish as begun."""
+        self.providers = providers
 
     def wake(self) -> None:
         """Tells idle workers that new work may be due (called after an accept)."""
@@ -100,39 +113,81 @@ class Dispatcher:
         self._wake.clear()
 
     async def _dispatch(self, claimed: Sequence[ClaimedMessage]) -> None:
-        outcomes = await asyncio.gather(*(self._send(c.message) for c in claimed))
+        providers = self.providers
+        outcomes = await asyncio.gather(*(self._send(c, providers) for c in claimed))
         await self._outbox.apply(outcomes)
 
-    async def _send(self, message: OutboundMessage) -> Transition:
-        transport = self._transports[0]
+    async def _send(self, claimed: ClaimedMessage, providers: ProviderSet) -> Transition:
+        message = claimed.message
+        now = datetime.now(UTC)
+        if now - claimed.created_at > self._ttl:
+            return Transition(message.id, MessageStatus.FAILED, error_code="EXPIRED")
+        candidates = [
+            name
+            for name in providers.router.candidates(message)
+            if name in providers.transports and providers.transports[name].can_carry(message)
+        ]
+        if not candidates:
+            return Transition(message.id, MessageStatus.FAILED, error_code="NO_ROUTE")
+        order = failover_order(candidates, message.attempts, self._per_provider)
+        name = next((n for n in order if providers.breakers[n].allow()), None)
+        if name is None:
+            return self._retry_later(message, "", "PROVIDERS_UNAVAILABLE", now, switch=False)
+        transport = providers.transports[name]
+        breaker = providers.breakers[name]
         try:
-            async with asyncio.timeout(self._send_timeout):
+            async with providers.limiters[name], asyncio.timeout(self._send_timeout):
                 outcome = await transport.send(message)
         except TimeoutError:
             outcome = SendOutcome(accepted=False, retryable=True, error_code="PROVIDER_TIMEOUT")
         except Exception as exc:
-            log.warning("transport %s raised %s", transport.name, type(exc).__name__)
+            log.warning("transport %s raised %s", name, type(exc).__name__)
             outcome = SendOutcome(accepted=False, retryable=True, error_code="PROVIDER_ERROR")
-        return self._transition(message, transport.name, outcome)
-
-    def _transition(
-        self, message: OutboundMessage, provider: str, outcome: SendOutcome
-    ) -> Transition:
         if outcome.accepted:
+            breaker.record_success()
             return Transition(
                 message.id,
                 MessageStatus.SENT,
-                provider=provider,
+                provider=name,
                 provider_message_id=outcome.provider_message_id or message.id,
             )
-        if outcome.retryable and self._retry.should_retry(message.attempts):
-            retry_at = datetime.now(UTC) + timedelta(seconds=self._retry.delay(message.attempts))
+        if not outcome.retryable:
+            breaker.record_success()  # the provider answered; the message was refused
             return Transition(
-                message.id,
-                MessageStatus.QUEUED,
-                error_code=outcome.error_code,
-                provider=provider,
-                not_before=retry_at,
+                message.id, outcome.final_status, error_code=outcome.error_code, provider=name
             )
-        status = outcome.final_status if not outcome.retryable else MessageStatus.FAILED
-        return Transition(message.id, status, error_code=outcome.error_code, provider=provider)
+        breaker.record_failure()
+        if not self._retry.should_retry(message.attempts):
+            return Transition(
+                message.id, MessageStatus.FAILED, error_code=outcome.error_code, provider=name
+            )
+        following = failover_order(candidates, message.attempts + 1, self._per_provider)[0]
+        return self._retry_later(
+            message,
+            name,
+            outcome.error_code,
+            now,
+            switch=following != name,
+            at_least=outcome.retry_after,
+        )
+
+    def _retry_later(
+        self,
+        message: OutboundMessage,
+        provider: str,
+        error_code: str,
+        now: datetime,
+        *,
+        switch: bool,
+        at_least: float = 0.0,
+    ) -> Transition:
+        # The same provider again: back off, at least as long as it asked.
+        # Another provider: go on at once.
+        delay = 0.0 if switch else max(self._retry.delay(message.attempts), at_least)
+        return Transition(
+            message.id,
+            MessageStatus.QUEUED,
+            error_code=error_code,
+            provider=provider,
+            not_before=now + timedelta(seconds=delay),
+        )

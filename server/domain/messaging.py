@@ -128,6 +128,8 @@ class Messaging:
         if violations:
             raise InvalidArgument(violations)
 
+        template_code: str | None = None
+        template_data: dict[str, str] | None = None
         if cmd.template_id is not None:
             template = await self._templates.get(caller.account_id, cmd.template_id)
             if template is None:
@@ -135,6 +137,8 @@ class Messaging:
             parsed = ParsedTemplate(template.content, template.variables)
             validate_values(cmd.data, parsed.variables, "data")
             body = render(parsed, cmd.data)
+            template_code = template.code
+            template_data = {name: cmd.data[name] for name in parsed.variables}
 
         segments = count_segments(body)
         message = NewMessage(
@@ -149,6 +153,8 @@ class Messaging:
             else Priority.SINGLE,
             not_before=not_before,
             template_id=cmd.template_id,
+            template_code=template_code,
+            template_data=template_data,
         )
         if cmd.request_id:
             key = IdempotencyKey(

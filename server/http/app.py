@@ -1,4 +1,4 @@
-"""The HTTP side of the gateway: /healthz now; /metrics and provider webhooks later."""
+"""The HTTP side of the gateway: /healthz, provider webhooks; /metrics later."""
 
 from __future__ import annotations
 
@@ -6,14 +6,40 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+MAX_WEBHOOK_BYTES = 64 * 1024
 
-def build_http_app(is_healthy: Callable[[], Awaitable[bool]]) -> web.Application:
+
+class WebhookRejected(Exception):
+    """A webhook that failed verification (signature, freshness, replay, provider)."""
+
+
+WebhookHandler = Callable[[str, str | None, dict[str, str]], Awaitable[None]]
+
+
+def build_http_app(
+    is_healthy: Callable[[], Awaitable[bool]], receive_webhook: WebhookHandler | None = None
+) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         healthy = await is_healthy()
         return web.json_response(
             {"status": "SERVING" if healthy else "NOT_SERVING"}, status=200 if healthy else 503
         )
 
-    app = web.Application()
+    async def webhook(request: web.Request) -> web.Response:
+        assert receive_webhook is not None
+        form = await request.post()
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        try:
+            await receive_webhook(
+                request.match_info["kind"], request.match_info.get("name"), fields
+            )
+        except WebhookRejected as exc:
+            return web.json_response({"accepted": False, "reason": str(exc)}, status=403)
+        return web.json_response({"accepted": True})
+
+    app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
     app.router.add_get("/healthz", healthz)
+    if receive_webhook is not None:
+        app.router.add_post("/webhooks/{kind}", webhook)
+        app.router.add_post("/webhooks/{kind}/{name}", webhook)
     return app

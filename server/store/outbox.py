@@ -11,7 +11,7 @@ import asyncpg
 
 from server.domain.models import MessageStatus, OutboundMessage, UseType
 from server.store.events import lock_event_log
-from server.store.pool import unavailable_on_connection_errors
+from server.store.pool import Conn, unavailable_on_connection_errors
 
 _CLAIM = """
 WITH due AS (
@@ -26,7 +26,7 @@ UPDATE messages m
 SET claimed_until = now() + make_interval(secs => $2), attempts = m.attempts + 1
 FROM due WHERE m.id = due.id
 RETURNING m.id, m.account_id, m.to_number, m.body, m.use_type, m.attempts, m.template_id,
-          m.priority
+          m.priority, m.template_code, m.template_data, m.created_at
 """
 
 # Applies status changes forward only: a final status is never changed, and a
@@ -67,10 +67,57 @@ FROM upd WHERE status <> old_status
 """
 
 
+# Receipts that name only the provider's id (webhooks): matched to messages, or
+# parked in early_receipts when the send they report on is not recorded yet.
+_MATCH_PROVIDER_RECEIPTS = """
+WITH r AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::smallint[], $4::text[])
+         AS r(provider, provider_message_id, status, error_code)
+),
+parked AS (
+    INSERT INTO early_receipts (provider, provider_message_id, status, error_code)
+    SELECT r.provider, r.provider_message_id, r.status, r.error_code FROM r
+    WHERE NOT EXISTS (
+        SELECT 1 FROM messages m
+        WHERE m.provider = r.provider AND m.provider_message_id = r.provider_message_id
+    )
+    ON CONFLICT (provider, provider_message_id) DO UPDATE
+        SET status = greatest(early_receipts.status, EXCLUDED.status),
+            error_code = EXCLUDED.error_code
+)
+SELECT m.id, r.status, r.error_code, r.provider
+FROM r JOIN messages m
+  ON m.provider = r.provider AND m.provider_message_id = r.provider_message_id
+"""
+
+# Parked receipts whose send is now recorded (taken out of the table as they match).
+_UNPARK = """
+DELETE FROM early_receipts e USING messages m
+WHERE m.provider = e.provider AND m.provider_message_id = e.provider_message_id
+  AND ($1::text[] IS NULL OR m.id = ANY($1::text[]))
+RETURNING m.id, e.status, e.error_code, e.provider
+"""
+
+_DUE_FOR_POLL = """
+WITH due AS (
+    SELECT id FROM messages
+    WHERE status = 3 AND provider = $1 AND provider_message_id IS NOT NULL
+      AND sent_at < now() - make_interval(secs => $2)
+      AND (polled_at IS NULL OR polled_at < now() - make_interval(secs => $3))
+    ORDER BY polled_at NULLS FIRST
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m SET polled_at = now() FROM due WHERE m.id = due.id
+RETURNING m.id, m.provider_message_id
+"""
+
+
 @dataclass(frozen=True)
 class ClaimedMessage:
     message: OutboundMessage
     priority: int
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -102,8 +149,11 @@ class PgOutbox:
                     use_type=UseType(r["use_type"]),
                     attempts=r["attempts"],
                     template_id=r["template_id"],
+                    template_code=r["template_code"],
+                    data=dict(r["template_data"] or {}),
                 ),
                 priority=r["priority"],
+                created_at=r["created_at"],
             )
             for r in rows
         ]
@@ -112,19 +162,65 @@ class PgOutbox:
         """Records status changes in one transaction, each with its event, in order."""
         if not transitions:
             return
+        sent_ids = [t.message_id for t in transitions if t.provider_message_id]
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
                 await lock_event_log(conn)
-                for group in _rounds(transitions):
-                    await conn.execute(
-                        _TRANSITION,
-                        [t.message_id for t in group],
-                        [int(t.status) for t in group],
-                        [t.error_code for t in group],
-                        [t.provider for t in group],
-                        [t.provider_message_id for t in group],
-                        [t.not_before for t in group],
-                    )
+                await self._apply_locked(conn, transitions)
+                if sent_ids:
+                    rows = await conn.fetch(_UNPARK, sent_ids)
+                    await self._apply_locked(conn, [_from_row(r) for r in rows])
+
+    async def _apply_locked(self, conn: Conn, transitions: Sequence[Transition]) -> None:
+        for group in _rounds(transitions):
+            await conn.execute(
+                _TRANSITION,
+                [t.message_id for t in group],
+                [int(t.status) for t in group],
+                [t.error_code for t in group],
+                [t.provider for t in group],
+                [t.provider_message_id for t in group],
+                [t.not_before for t in group],
+            )
+
+    async def apply_provider_receipts(self, receipts: Sequence[ProviderReceipt]) -> int:
+        """Records receipts known only by provider id; parks those not matched yet.
+
+        Returns how many matched a message."""
+        if not receipts:
+            return 0
+        with unavailable_on_connection_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                await lock_event_log(conn)
+                rows = await conn.fetch(
+                    _MATCH_PROVIDER_RECEIPTS,
+                    [r.provider for r in receipts],
+                    [r.provider_message_id for r in receipts],
+                    [int(r.status) for r in receipts],
+                    [r.error_code for r in receipts],
+                )
+                await self._apply_locked(conn, [_from_row(r) for r in rows])
+        return len(rows)
+
+    async def unpark_matched(self) -> int:
+        """Applies parked receipts whose send has been recorded meanwhile (a sweep)."""
+        with unavailable_on_connection_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                await lock_event_log(conn)
+                rows = await conn.fetch(_UNPARK, None)
+                await self._apply_locked(conn, [_from_row(r) for r in rows])
+                await conn.execute(
+                    "DELETE FROM early_receipts WHERE received_at < now() - interval '1 day'"
+                )
+        return len(rows)
+
+    async def due_for_poll(
+        self, provider: str, min_age: float, repoll_after: float, limit: int
+    ) -> list[tuple[str, str]]:
+        """SENT messages of a provider to ask about, as (message id, provider id)."""
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(_DUE_FOR_POLL, provider, min_age, repoll_after, limit)
+        return [(r["id"], r["provider_message_id"]) for r in rows]
 
     async def release(self, message_ids: Sequence[str]) -> None:
         """Gives claimed messages back (on shutdown) so another worker can take them now."""
@@ -136,6 +232,23 @@ class PgOutbox:
                 "WHERE id = ANY($1::text[]) AND status < 3",
                 list(message_ids),
             )
+
+
+@dataclass(frozen=True)
+class ProviderReceipt:
+    provider: str
+    provider_message_id: str
+    status: MessageStatus
+    error_code: str = ""
+
+
+def _from_row(row: asyncpg.Record) -> Transition:
+    return Transition(
+        row["id"],
+        MessageStatus(row["status"]),
+        error_code=row["error_code"],
+        provider=row["provider"],
+    )
 
 
 def _rounds(transitions: Sequence[Transition]) -> list[list[Transition]]:

@@ -30,6 +30,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
+async def databases_url(databases: DatabaseFactory) -> str:
+    """A migrated database for one more subprocess."""
+    return await databases.new()
+
+
+@pytest.fixture(scope="module")
 async def server_env(
     databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, str]:
@@ -199,7 +205,8 @@ def test_migrate_without_database_url_uses_embedded_postgres(tmp_path: Path) -> 
         [*SMSGW, "migrate"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout)["applied"] == ["0001_create_schema"]
+    applied = json.loads(first.stdout)["applied"]
+    assert applied[0] == "0001_create_schema" and applied == sorted(applied)
     assert (tmp_path / "smsgw" / "pgdata" / "PG_VERSION").exists()
     again = subprocess.run(
         [*SMSGW, "migrate"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
@@ -243,3 +250,79 @@ def test_embedded_postgres_is_stopped_after_a_killed_server(tmp_path: Path) -> N
             break
         assert time.monotonic() < deadline, "embedded PostgreSQL still running"
         time.sleep(0.2)
+
+
+def test_sighup_reloads_providers_and_refuses_a_bad_config(
+    databases_url: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "smsgw.toml"
+    config.write_text('[providers.lb_a]\nkind = "loopback"\n')
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=databases_url,
+        SMSGW_CONFIG=str(config),
+        SMSGW_GRPC_ADDR=f"127.0.0.1:{_free_port()}",
+        SMSGW_HTTP_ADDR=f"127.0.0.1:{_free_port()}",
+    )
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([*SMSGW, "serve"], env=env, cwd=ROOT, stderr=out)
+    try:
+        _wait_for_port(env["SMSGW_GRPC_ADDR"], proc)
+        config.write_text('[providers.lb_b]\nkind = "loopback"\n')
+        proc.send_signal(signal.SIGHUP)
+        _wait_for_log(log, "providers reloaded: lb_b")
+        config.write_text('[providers.lb_c]\nkind = "carrier-pigeon"\n')
+        proc.send_signal(signal.SIGHUP)
+        _wait_for_log(log, "reload refused, keeping the old config")
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+
+
+def test_emulate_serves_a_provider_api_by_hand() -> None:
+    proc = subprocess.Popen(
+        [*SMSGW, "emulate", "skynoo", "--port", "0", "--credential-id", "app_demo"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        started = json.loads(proc.stdout.readline())
+        assert started["kind"] == "skynoo"
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(
+            started["base_url"] + "/api/sms/v1/send",
+            data=b'{"mobile": "+8613800138000", "useType": 2, "text": "hi"}',
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401  # no Basic credentials
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+
+
+def _wait_for_port(addr: str, proc: subprocess.Popen[bytes]) -> None:
+    host, _, port = addr.rpartition(":")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=0.5).close()
+            return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+
+
+def _wait_for_log(log: Path, text: str) -> None:
+    deadline = time.monotonic() + 20
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, f"{text!r} not logged"
+        time.sleep(0.1)

@@ -1,0 +1,41 @@
+"""Builds transports from provider specs (the only place that knows every kind)."""
+
+from __future__ import annotations
+
+from server.domain.ports import ReceiptSink, Transport
+from server.providers.loopback import LoopbackConfig, LoopbackTransport
+from server.routing_config import ProviderSpec
+
+
+def build_transport(
+    spec: ProviderSpec, *, receipts: ReceiptSink, loopback: LoopbackConfig
+) -> Transport:
+    c = spec.credentials
+    common = {
+        "name": spec.name,
+        "base_url": spec.base_url,
+        "timeout": spec.timeout_seconds,
+        "templates": dict(spec.templates),
+        **spec.options,
+    }
+    if spec.kind == "loopback":
+        return LoopbackTransport(loopback, receipts, name=spec.name)
+    if spec.kind == "skynoo":
+        from server.providers.skynoo import SkynooConfig, SkynooTransport
+
+        return SkynooTransport(
+            SkynooConfig(api_key=c["api_key"], api_secret=c["api_secret"], **common)
+        )
+    if spec.kind == "sendcloud":
+        from server.providers.sendcloud import SendCloudConfig, SendCloudTransport
+
+        return SendCloudTransport(
+            SendCloudConfig(sms_user=c["sms_user"], sms_key=c["sms_key"], **common)
+        )
+    if spec.kind == "sendsms":
+        from server.providers.sendsms import SendsmsConfig, SendsmsTransport
+
+        return SendsmsTransport(
+            SendsmsConfig(client_id=c["client_id"], passcode=c["passcode"], **common)
+        )
+    raise ValueError(f"unknown provider kind {spec.kind!r}")

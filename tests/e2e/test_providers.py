@@ -1,0 +1,323 @@
+"""The gateway with real transports talking HTTP to the provider emulators:
+failover, the circuit breaker, status polling, template-only routing, webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+from collections.abc import AsyncIterator
+
+import aiohttp
+import grpc
+import pytest
+from sms.v1 import common_pb2, message_pb2, template_pb2
+
+from server.emulators import sendcloud as sendcloud_emulator
+from server.emulators import sendsms as sendsms_emulator
+from server.emulators import skynoo as skynoo_emulator
+from server.emulators.common import EmulatorControls, EmulatorSettings, RunningEmulator
+from server.routing_config import ProviderSpec, RouteSpec, RoutingConfig
+from tests.e2e.conftest import Client, GatewayFactory, Running, wait_for
+
+CN = "+8613800138000"
+SKY = {"api_key": "app_emu", "api_secret": "sec_emu"}
+CLOUD = {"sms_user": "sc-user", "sms_key": "sc-key-0123456789"}
+CLOUD_TEMPLATE = {"30215": "Your order %order_no% has shipped."}
+
+
+@pytest.fixture
+async def emulators() -> AsyncIterator[list[RunningEmulator]]:
+    running: list[RunningEmulator] = []
+    yield running
+    for emulator in running:
+        await emulator.stop()
+
+
+async def start_skynoo(emulators: list[RunningEmulator], **controls: object) -> RunningEmulator:
+    settings = EmulatorSettings(
+        credential_id=SKY["api_key"],
+        credential_secret=SKY["api_secret"],
+        controls=EmulatorControls(**controls),  # type: ignore[arg-type]
+    )
+    emulator = await RunningEmulator(skynoo_emulator.build_app(settings)).start()
+    emulators.append(emulator)
+    return emulator
+
+
+async def start_sendcloud(
+    emulators: list[RunningEmulator], webhook_url: str | None = None, **controls: object
+) -> RunningEmulator:
+    settings = EmulatorSettings(
+        credential_id=CLOUD["sms_user"],
+        credential_secret=CLOUD["sms_key"],
+        templates=CLOUD_TEMPLATE,
+        webhook_url=webhook_url,
+        controls=EmulatorControls(**controls),  # type: ignore[arg-type]
+    )
+    emulator = await RunningEmulator(sendcloud_emulator.build_app(settings)).start()
+    emulators.append(emulator)
+    return emulator
+
+
+def sky(emulator: RunningEmulator, name: str = "sky") -> ProviderSpec:
+    return ProviderSpec(name, "skynoo", emulator.base_url, SKY, timeout_seconds=1.0)
+
+
+def cloud(emulator: RunningEmulator, name: str = "cloud") -> ProviderSpec:
+    return ProviderSpec(
+        name,
+        "sendcloud",
+        emulator.base_url,
+        CLOUD,
+        timeout_seconds=1.0,
+        templates={"order_shipped": "30215"},
+    )
+
+
+async def send_text(client: Client) -> str:
+    reply = await client.messages.SendMessage(
+        message_pb2.SendMessageRequest(
+            mobile=CN, use_type=common_pb2.USE_TYPE_NOTIFICATION, text="Your order has shipped."
+        ),
+        metadata=client.metadata,
+    )
+    return reply.id
+
+
+async def send_template(client: Client) -> str:
+    with contextlib.suppress(grpc.aio.AioRpcError):  # created by an earlier call
+        await client.templates.CreateTemplate(
+            template_pb2.CreateTemplateRequest(
+                template=template_pb2.Template(
+                    code="order_shipped",
+                    content="Your order #order_no# has shipped.",
+                    use_type=common_pb2.USE_TYPE_NOTIFICATION,
+                )
+            ),
+            metadata=client.metadata,
+        )
+    page = await client.templates.ListTemplates(
+        template_pb2.ListTemplatesRequest(), metadata=client.metadata
+    )
+    reply = await client.messages.SendMessage(
+        message_pb2.SendMessageRequest(
+            mobile=CN,
+            use_type=common_pb2.USE_TYPE_NOTIFICATION,
+            template_id=page.templates[0].id,
+            data={"order_no": "A-1"},
+        ),
+        metadata=client.metadata,
+    )
+    return reply.id
+
+
+async def final_state(client: Client, message_id: str) -> message_pb2.MessageState:
+    state: list[message_pb2.MessageState] = []
+
+    async def final() -> bool:
+        reply = await client.messages.GetMessageStatus(
+            message_pb2.GetMessageStatusRequest(ids=[message_id]), metadata=client.metadata
+        )
+        state[:] = reply.messages
+        return reply.messages[0].status >= common_pb2.MESSAGE_STATUS_DELIVERED
+
+    await wait_for(final, within=20)
+    return state[0]
+
+
+async def history(running: Running, message_id: str) -> list[int]:
+    rows = await running.gateway.pool.fetch(
+        "SELECT status FROM message_events WHERE message_id = $1 ORDER BY event_id", message_id
+    )
+    return [r["status"] for r in rows]
+
+
+FAST = {"retry_base_seconds": 0.05, "poll_interval_seconds": 0.2}
+
+
+async def test_skynoo_send_is_polled_to_delivered(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+) -> None:
+    emulator = await start_skynoo(emulators, delivery_delay=0.2)
+    routing = RoutingConfig((sky(emulator),), (RouteSpec(("sky",)),))
+    running = await start_gateway(routing=routing, **FAST)
+    client = await running.client()
+    message_id = await send_text(client)
+    state = await final_state(client, message_id)
+    assert (state.status, state.provider) == (common_pb2.MESSAGE_STATUS_DELIVERED, "sky")
+    assert [r.phone for r in emulator.state.received] == [CN]
+    assert await history(running, message_id) == [
+        common_pb2.MESSAGE_STATUS_PENDING,
+        common_pb2.MESSAGE_STATUS_SENT,
+        common_pb2.MESSAGE_STATUS_DELIVERED,
+    ]
+
+
+async def test_primary_answering_5xx_fails_over_to_the_secondary(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+) -> None:
+    broken = await start_skynoo(emulators, fail_rate=1.0, fault="http_500")
+    healthy = await start_skynoo(emulators, delivery_delay=0.1)
+    routing = RoutingConfig(
+        (sky(broken, "primary"), sky(healthy, "secondary")),
+        (RouteSpec(("primary", "secondary")),),
+    )
+    running = await start_gateway(routing=routing, retries_per_provider=2, **FAST)
+    client = await running.client()
+    message_id = await send_text(client)
+    state = await final_state(client, message_id)
+    assert (state.status, state.provider) == (common_pb2.MESSAGE_STATUS_DELIVERED, "secondary")
+    assert broken.state.received == []
+    assert len(healthy.state.received) == 1
+    attempts = await running.gateway.pool.fetchval(
+        "SELECT attempts FROM messages WHERE id = $1", message_id
+    )
+    assert attempts == 3  # two on the primary, then the secondary
+    assert common_pb2.MESSAGE_STATUS_QUEUED in await history(running, message_id)
+
+
+async def test_breaker_opens_on_repeated_failures_and_closes_after_a_probe(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+) -> None:
+    flaky = await start_skynoo(emulators, fail_rate=1.0, fault="http_500", delivery_delay=0.1)
+    routing = RoutingConfig(
+        (sky(flaky, "flaky"), ProviderSpec("spare", "loopback")),
+        (RouteSpec(("flaky", "spare")),),
+    )
+    running = await start_gateway(
+        routing=routing,
+        retries_per_provider=1,
+        breaker_failures=2,
+        breaker_reset_seconds=0.5,
+        **FAST,
+    )
+    client = await running.client()
+    first = [await send_text(client) for _ in range(3)]
+    for message_id in first:
+        assert (await final_state(client, message_id)).provider == "spare"
+    assert running.gateway.providers().breaker_states()["flaky"] == "open"
+
+    flaky.state.settings.controls.fail_rate = 0.0
+    await asyncio.sleep(0.6)
+    probe = await send_text(client)
+    assert (await final_state(client, probe)).provider == "flaky"
+    assert running.gateway.providers().breaker_states()["flaky"] == "closed"
+
+
+async def test_free_text_is_never_sent_to_a_template_only_provider(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+) -> None:
+    sendcloud = await start_sendcloud(emulators, delivery_delay=0.1)
+    skynoo = await start_skynoo(emulators, delivery_delay=0.1)
+    routing = RoutingConfig((cloud(sendcloud), sky(skynoo)), (RouteSpec(("cloud", "sky")),))
+    running = await start_gateway(routing=routing, **FAST)
+    client = await running.client()
+    text = await final_state(client, await send_text(client))
+    assert (text.status, text.provider) == (common_pb2.MESSAGE_STATUS_DELIVERED, "sky")
+    templated = await final_state(client, await send_template(client))
+    assert (templated.status, templated.provider) == (common_pb2.MESSAGE_STATUS_DELIVERED, "cloud")
+    assert [r.content for r in sendcloud.state.received] == ["Your order A-1 has shipped."]
+    assert len(skynoo.state.received) == 1
+
+    only_cloud = RoutingConfig((cloud(sendcloud),), (RouteSpec(("cloud",)),))
+    await running.gateway.reload(dataclasses.replace(running.gateway.settings, routing=only_cloud))
+    stranded = await final_state(client, await send_text(client))
+    assert (stranded.status, stranded.error_code) == (common_pb2.MESSAGE_STATUS_FAILED, "NO_ROUTE")
+    assert len(sendcloud.state.received) == 1
+
+
+async def test_sendcloud_webhook_delivers_and_a_forged_one_is_refused(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+) -> None:
+    running = await start_gateway(
+        routing=RoutingConfig((ProviderSpec("lb", "loopback"),), (RouteSpec(("lb",)),)),
+        retry_base_seconds=0.05,
+        poll_interval_seconds=3600,  # only the webhook can report delivery
+    )
+    hook_url = f"http://127.0.0.1:{running.gateway.http_port}/webhooks/sendcloud"
+    sendcloud = await start_sendcloud(emulators, webhook_url=hook_url, delivery_delay=0.2)
+    await running.gateway.reload(
+        dataclasses.replace(
+            running.gateway.settings,
+            routing=RoutingConfig((cloud(sendcloud),), (RouteSpec(("cloud",)),)),
+        )
+    )
+    client = await running.client()
+    message_id = await send_template(client)
+    state = await final_state(client, message_id)
+    assert (state.status, state.provider) == (common_pb2.MESSAGE_STATUS_DELIVERED, "cloud")
+
+    forged = {
+        "event": "delivered",
+        "smsId": sendcloud.state.received[0].provider_message_id,
+        "phone": "13800138000",
+        "statusCode": "0",
+        "message": "ok",
+        "timestamp": "1",
+        "token": "x" * 32,
+        "signature": "0" * 64,
+    }
+    async with aiohttp.ClientSession() as session, session.post(hook_url, data=forged) as reply:
+        assert reply.status == 403
+    assert await history(running, message_id) == [
+        common_pb2.MESSAGE_STATUS_PENDING,
+        common_pb2.MESSAGE_STATUS_SENT,
+        common_pb2.MESSAGE_STATUS_DELIVERED,
+    ]
+
+
+@pytest.mark.parametrize("fault", ["garbage", "html", "drop", "timeout"])
+async def test_bad_provider_answers_are_retried_never_a_crash(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator], fault: str
+) -> None:
+    bad = await start_skynoo(emulators, fail_rate=1.0, fault=fault, timeout_seconds=3.0)
+    routing = RoutingConfig((sky(bad),), (RouteSpec(("sky",)),))
+    running = await start_gateway(routing=routing, max_attempts=2, **FAST)
+    client = await running.client()
+    state = await final_state(client, await send_text(client))
+    assert state.status == common_pb2.MESSAGE_STATUS_FAILED
+    assert state.error_code in {"BAD_RESPONSE", "HTTP_502", "CONNECTION", "TIMEOUT"}
+    assert await running.gateway._is_healthy()
+    assert os.getpid()  # still here: the process did not crash
+
+
+async def test_a_providers_per_number_limit_delays_the_retry_by_its_window(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+) -> None:
+    settings = EmulatorSettings(
+        credential_id="cookpad_Server_001",
+        credential_secret="ARDOR-7JF3",
+        templates={"t1": "Your order ${order_no} has shipped."},
+        controls=EmulatorControls(delivery_delay=0.1),
+    )
+    emulator = await RunningEmulator(sendsms_emulator.build_app(settings)).start()
+    emulators.append(emulator)
+    spec = ProviderSpec(
+        "sms",
+        "sendsms",
+        emulator.base_url,
+        {"client_id": "cookpad_Server_001", "passcode": "ARDOR-7JF3"},
+        timeout_seconds=1.0,
+        templates={"order_shipped": "t1"},
+    )
+    running = await start_gateway(routing=RoutingConfig((spec,), (RouteSpec(("sms",)),)), **FAST)
+    client = await running.client()
+    first = await send_template(client)
+    second = await send_template(client)
+    assert (await final_state(client, first)).provider == "sms"
+
+    async def refused() -> bool:
+        row = await running.gateway.pool.fetchrow(
+            "SELECT status, error_code, not_before - now() AS wait FROM messages WHERE id = $1",
+            second,
+        )
+        return row["status"] == common_pb2.MESSAGE_STATUS_QUEUED and row["error_code"] == "HTTP_429"
+
+    await wait_for(refused)
+    wait = await running.gateway.pool.fetchval(
+        "SELECT extract(epoch FROM not_before - now()) FROM messages WHERE id = $1", second
+    )
+    assert 50 < wait <= 60
+    assert [r.content for r in emulator.state.received] == ["Your order A-1 has shipped."]

@@ -1,0 +1,65 @@
+"""Routing through a real gateway: no route, named providers, reload without loss."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sms.v1 import common_pb2, message_pb2
+
+from server.routing_config import ProviderSpec, RouteSpec, RoutingConfig
+from tests.e2e.conftest import Client, GatewayFactory, wait_for
+
+
+async def send(client: Client, mobile: str) -> str:
+    reply = await client.messages.SendMessage(
+        message_pb2.SendMessageRequest(
+            mobile=mobile, use_type=common_pb2.USE_TYPE_NOTIFICATION, text="hello"
+        ),
+        metadata=client.metadata,
+    )
+    return reply.id
+
+
+async def final_state(client: Client, message_id: str) -> message_pb2.MessageState:
+    state: list[message_pb2.MessageState] = []
+
+    async def final() -> bool:
+        reply = await client.messages.GetMessageStatus(
+            message_pb2.GetMessageStatusRequest(ids=[message_id]), metadata=client.metadata
+        )
+        state[:] = reply.messages
+        return reply.messages[0].status >= common_pb2.MESSAGE_STATUS_DELIVERED
+
+    await wait_for(final)
+    return state[0]
+
+
+CHINA_ONLY = RoutingConfig(
+    providers=(ProviderSpec("cn_a", "loopback"), ProviderSpec("cn_b", "loopback")),
+    routes=(RouteSpec(providers=("cn_a",), prefixes=("+86",)),),
+)
+
+
+async def test_a_number_no_route_covers_fails_with_no_route(start_gateway: GatewayFactory) -> None:
+    running = await start_gateway(routing=CHINA_ONLY)
+    client = await running.client()
+    china = await final_state(client, await send(client, "+8613800138000"))
+    assert (china.status, china.provider) == (common_pb2.MESSAGE_STATUS_DELIVERED, "cn_a")
+    us = await final_state(client, await send(client, "+14155550123"))
+    assert (us.status, us.error_code) == (common_pb2.MESSAGE_STATUS_FAILED, "NO_ROUTE")
+
+
+async def test_reload_switches_providers_without_dropping_work(
+    start_gateway: GatewayFactory,
+) -> None:
+    running = await start_gateway(routing=CHINA_ONLY)
+    client = await running.client()
+    before = await send(client, "+8613800138000")
+    moved = dataclasses.replace(
+        CHINA_ONLY, routes=(RouteSpec(providers=("cn_b",), prefixes=("+86", "+1")),)
+    )
+    await running.gateway.reload(dataclasses.replace(running.gateway.settings, routing=moved))
+    after = await send(client, "+14155550123")
+    assert (await final_state(client, before)).status == common_pb2.MESSAGE_STATUS_DELIVERED
+    state = await final_state(client, after)
+    assert (state.status, state.provider) == (common_pb2.MESSAGE_STATUS_DELIVERED, "cn_b")
