@@ -147,7 +147,12 @@ class Gateway:
         )
         self._dispatcher.start()
         self._poller = ReceiptPoller(
-            outbox, self.providers, self._receipts, interval=s.poll_interval_seconds
+            outbox,
+            self.providers,
+            self._receipts,
+            interval=s.poll_interval_seconds,
+            min_age=min(1.0, s.poll_interval_seconds),
+            repoll_after=2 * s.poll_interval_seconds,
         )
         if s.dispatch_workers > 0:
             self._poller.start()

@@ -24,7 +24,9 @@ class EmulatorControls:
     latency: float = 0.0  # seconds added before every API answer
     delivery_delay: float = 0.2  # seconds until an accepted message settles
     outcome: str = "delivered"  # "delivered" or "undelivered" (how messages settle)
-    partial_rate: float = 0.0  # share of numbers refused in multi-number sends
+    # Partial answers: the share of numbers refused in a multi-number send
+    # (SendCloud 311), or of ids left out of a status answer (Skynoo getStatus).
+    partial_rate: float = 0.0
     timeout_seconds: float = 30.0  # how long the "timeout" fault hangs
 
 

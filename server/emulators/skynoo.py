@@ -221,8 +221,11 @@ async def get_status(state: EmulatorState, book: SkynooBook, body: dict[str, Any
         raise Refused("400", f"At most {MAX_STATUS_IDS} ids per request (got {len(ids)})")
     now = time.monotonic()
     answer = []
+    partial = state.settings.controls.partial_rate
     for sid in dict.fromkeys(ids):
         item = book.by_id.get(sid)
+        if partial and state.rng.random() < partial:
+            continue  # a partial answer: this id is left out, as if not known yet
         if item is not None:
             status, item.error_code = wire_status(state, item, now)
             answer.append({"sid": sid, "status": status, "errorCode": item.error_code})

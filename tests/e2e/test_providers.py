@@ -321,3 +321,28 @@ async def test_a_providers_per_number_limit_delays_the_retry_by_its_window(
     )
     assert 50 < wait <= 60
     assert [r.content for r in emulator.state.received] == ["Your order A-1 has shipped."]
+
+
+async def test_partial_status_answers_still_reach_every_message(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+) -> None:
+    emulator = await start_skynoo(emulators, delivery_delay=0.1, partial_rate=0.5)
+    routing = RoutingConfig((sky(emulator),), (RouteSpec(("sky",)),))
+    running = await start_gateway(routing=routing, **FAST)
+    client = await running.client()
+    ids = [await send_text(client) for _ in range(8)]
+    for message_id in ids:
+        assert (await final_state(client, message_id)).status == common_pb2.MESSAGE_STATUS_DELIVERED
+
+
+async def test_a_message_past_its_validity_period_fails_as_expired(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+) -> None:
+    down = await start_skynoo(emulators, fail_rate=1.0, fault="http_500")
+    routing = RoutingConfig((sky(down),), (RouteSpec(("sky",)),))
+    running = await start_gateway(
+        routing=routing, max_attempts=1000, message_ttl_seconds=1.0, **FAST
+    )
+    client = await running.client()
+    state = await final_state(client, await send_text(client))
+    assert (state.status, state.error_code) == (common_pb2.MESSAGE_STATUS_FAILED, "EXPIRED")
