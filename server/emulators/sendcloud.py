@@ -25,16 +25,22 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
-from server.emulators.common import STATE_KEY, EmulatorSettings, EmulatorState, Received, new_app
+from server.emulators.common import STATE_KEY, EmulatorSettings, Received, new_app
+from server.emulators.sendcloud_state import (
+    EXTRAS_KEY,
+    SendCloudExtras,
+    get_extras,
+    hook_pusher,
+    server_ms,
+    set_extras,
+    settle,
+)
 from server.providers.sendcloud_codes import RETURN_CODES
-from server.providers.sendcloud_hook import signed_hook_form
 
 MAX_PHONES = 2000
 MAX_STATUS_IDS = 100
@@ -47,27 +53,6 @@ INTERNATIONAL = re.compile(r"00[1-9][0-9]{6,14}")
 CODE = re.compile(r"[0-9]{4,6}")
 PLACEHOLDER = re.compile(r"%([A-Za-z0-9_]+)%")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class SendCloudExtras:
-    """SendCloud-only emulator knobs and bookkeeping."""
-
-    clock_skew_ms: int = 0  # the emulator's clock minus the real one
-    force_code: int = 0  # answer every authenticated call with this code (0: off)
-    answer_delay: float = 0.0  # seconds to hold an answer *after* processing
-    unverified_templates: list[str] = field(default_factory=list)  # answer 432
-    per_minute: int = 0  # messages per number per minute before 496 (0: no limit)
-    per_day: int = 0  # messages per number per day before 498 (0: no limit)
-    hooks_sent: int = 0
-    requests: dict[str, tuple[float, list[str]]] = field(default_factory=dict)
-    history: dict[str, deque[float]] = field(default_factory=dict)
-    unhooked: deque[Received] = field(default_factory=deque)  # in acceptance order
-
-
-EXTRAS_KEY: web.AppKey[SendCloudExtras] = web.AppKey("sendcloud_extras", SendCloudExtras)
-_TUNABLE: tuple[str, ...] = ("clock_skew_ms", "force_code", "answer_delay", "unverified_templates")
-_TUNABLE += ("per_minute", "per_day")
 
 
 class Refusal(Exception):
@@ -86,10 +71,6 @@ def answer(code: int, info: dict[str, Any] | None = None, message: str = "") -> 
 def signature(params: dict[str, str], key: str) -> str:
     joined = "&".join(f"{k}={v}" for k, v in sorted(params.items()) if k != "signature")
     return hashlib.md5(f"{key}&{joined}&{key}".encode()).hexdigest()
-
-
-def server_ms(extras: SendCloudExtras) -> int:
-    return int(time.time() * 1000) + extras.clock_skew_ms
 
 
 async def authenticated(request: web.Request) -> dict[str, str]:
@@ -283,12 +264,6 @@ async def _single(
     return answer(200, {"successCount": 1, "smsIds": [sms_id]})
 
 
-def settle(state: EmulatorState, item: Received, now: float) -> None:
-    state.settle(item, now)
-    if item.status == "undelivered" and not item.error_code:
-        item.error_code = str(state.rng.choice((500, 590)))
-
-
 async def status_query(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     form = await authenticated(request)
@@ -317,42 +292,6 @@ async def timestamp_get(request: web.Request) -> web.Response:
     return answer(200, {"timestamp": server_ms(request.app[EXTRAS_KEY])})
 
 
-async def _push_hooks(app: web.Application, session: aiohttp.ClientSession) -> None:
-    """Settles accepted messages and POSTs each settled one to the webhook once."""
-    state, extras = app[STATE_KEY], app[EXTRAS_KEY]
-    while True:
-        await asyncio.sleep(0.02)
-        url, now = state.settings.webhook_url, time.monotonic()
-        while url and extras.unhooked:
-            item = extras.unhooked[0]
-            settle(state, item, now)
-            if item.status == "sent":
-                break  # later ones were accepted later: not settled either
-            extras.unhooked.popleft()
-            delivered = item.status == "delivered"
-            form = signed_hook_form(
-                state.settings.credential_secret,
-                "delivered" if delivered else "undelivered",
-                item.provider_message_id,
-                item.phone,
-                "200" if delivered else item.error_code,
-                server_ms(extras),
-            )
-            try:
-                async with session.post(url, data=form, timeout=aiohttp.ClientTimeout(total=2)):
-                    extras.hooks_sent += 1
-            except (aiohttp.ClientError, TimeoutError, OSError):
-                pass  # SendCloud does not retry either; the status query still works
-
-
-async def _hook_pusher(app: web.Application) -> AsyncIterator[None]:
-    async with aiohttp.ClientSession() as session:
-        task = asyncio.create_task(_push_hooks(app, session), name="sendcloud-smshook")
-        yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
 @web.middleware
 async def _envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turns Refusal into SendCloud's answer; holds answers by ``answer_delay``."""
@@ -368,22 +307,6 @@ async def _envelope(request: web.Request, handler: Handler) -> web.StreamRespons
     return response
 
 
-async def _get_extras(request: web.Request) -> web.Response:
-    extras = request.app[EXTRAS_KEY]
-    return web.json_response({k: getattr(extras, k) for k in (*_TUNABLE, "hooks_sent")})
-
-
-async def _set_extras(request: web.Request) -> web.Response:
-    extras = request.app[EXTRAS_KEY]
-    changes: dict[str, Any] = await request.json()
-    unknown = sorted(set(changes) - set(_TUNABLE))
-    if unknown:
-        return web.json_response({"error": f"unknown controls {unknown}"}, status=400)
-    for key, value in changes.items():
-        setattr(extras, key, type(getattr(extras, key))(value))
-    return await _get_extras(request)
-
-
 def build_app(settings: EmulatorSettings) -> web.Application:
     app = new_app(settings)
     app[EXTRAS_KEY] = SendCloudExtras()
@@ -393,7 +316,7 @@ def build_app(settings: EmulatorSettings) -> web.Application:
     app.router.add_post("/smsapi/sendVoice", send_voice)
     app.router.add_post("/smsapi/status/query", status_query)
     app.router.add_get("/smsapi/timestamp/get", timestamp_get)
-    app.router.add_get("/_emulator/sendcloud", _get_extras)
-    app.router.add_post("/_emulator/sendcloud", _set_extras)
-    app.cleanup_ctx.append(_hook_pusher)
+    app.router.add_get("/_emulator/sendcloud", get_extras)
+    app.router.add_post("/_emulator/sendcloud", set_extras)
+    app.cleanup_ctx.append(hook_pusher)
     return app
