@@ -4,7 +4,7 @@
     kind = "skynoo"                       # skynoo | sendcloud | sendsms | loopback
     base_url = "https://api.skynoo.com"
     credentials = { api_key = "SKYNOO_KEY", api_secret = "SKYNOO_SECRET" }  # env var names
-    rate_per_second = 50                  # outbound throughput limit (aiolimiter)
+    rate_per_second = 50                  # outbound limit (aiolimiter); none if unset
     timeout_seconds = 10
     templates = { order_shipped = "15" }  # our template code -> provider template id
 
@@ -51,7 +51,7 @@ class ProviderSpec:
     kind: str
     base_url: str = ""
     credentials: Mapping[str, str] = field(default_factory=dict)  # resolved values
-    rate_per_second: float = 100.0
+    rate_per_second: float | None = None  # None: no outbound limit
     timeout_seconds: float = 10.0
     templates: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)  # provider-specific extras
@@ -137,9 +137,9 @@ def _provider(name: str, table: Any, env: Mapping[str, str]) -> ProviderSpec:
         kind=kind,
         base_url=base_url.rstrip("/") if isinstance(base_url, str) else "",
         credentials=credentials,
-        rate_per_second=_number(
-            f"{where}.rate_per_second", table.get("rate_per_second", 100), 0.01, 100_000
-        ),
+        rate_per_second=None
+        if table.get("rate_per_second") is None
+        else _number(f"{where}.rate_per_second", table["rate_per_second"], 0.01, 100_000),
         timeout_seconds=_number(
             f"{where}.timeout_seconds", table.get("timeout_seconds", 10), 0.05, 300
         ),

@@ -32,7 +32,7 @@ class ProviderSet:
     kinds: dict[str, str]  # provider name -> kind (skynoo, sendcloud, ...)
     router: Router
     breakers: dict[str, CircuitBreaker]
-    limiters: dict[str, AsyncLimiter]
+    limiters: dict[str, AsyncLimiter | contextlib.nullcontext[None]]
 
     @classmethod
     def build(
@@ -48,12 +48,16 @@ class ProviderSet:
             spec.name: build_transport(spec, receipts=receipts, loopback=loopback)
             for spec in routing.providers
         }
-        limiters = {}
+        limiters: dict[str, AsyncLimiter | contextlib.nullcontext[None]] = {}
         for spec in routing.providers:
-            # Smooth outbound traffic: bucket of one second's worth, at least 1.
-            limiters[spec.name] = AsyncLimiter(max(spec.rate_per_second, 1.0), 1.0)
-            if spec.rate_per_second < 1:
-                limiters[spec.name] = AsyncLimiter(1, 1 / spec.rate_per_second)
+            rate = spec.rate_per_second
+            if rate is None:
+                limiters[spec.name] = contextlib.nullcontext()  # no limit configured
+            elif rate >= 1:
+                # Smooth outbound traffic: a bucket of one second's worth.
+                limiters[spec.name] = AsyncLimiter(rate, 1.0)
+            else:
+                limiters[spec.name] = AsyncLimiter(1, 1 / rate)
         return cls(
             transports=transports,
             kinds={spec.name: spec.kind for spec in routing.providers},

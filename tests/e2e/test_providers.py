@@ -346,3 +346,18 @@ async def test_a_message_past_its_validity_period_fails_as_expired(
     client = await running.client()
     state = await final_state(client, await send_text(client))
     assert (state.status, state.error_code) == (common_pb2.MESSAGE_STATUS_FAILED, "EXPIRED")
+
+
+async def test_a_providers_rate_limit_paces_outbound_sends(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+) -> None:
+    emulator = await start_skynoo(emulators, delivery_delay=0.05)
+    spec = dataclasses.replace(sky(emulator), rate_per_second=5.0)
+    running = await start_gateway(routing=RoutingConfig((spec,), (RouteSpec(("sky",)),)), **FAST)
+    client = await running.client()
+    ids = [await send_text(client) for _ in range(12)]
+    for message_id in ids:
+        await final_state(client, message_id)
+    times = sorted(r.accepted_at for r in emulator.state.received)
+    # A bucket of 5 goes at once; the other 7 follow at 5 per second.
+    assert times[-1] - times[0] >= 1.2
