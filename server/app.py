@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import socket
+from datetime import timedelta
 
 import asyncpg
 import grpc
@@ -25,21 +26,26 @@ from sms.v1 import (
     template_pb2,
     template_pb2_grpc,
     verification_pb2,
+    verification_pb2_grpc,
 )
 
 from server.api.interceptors import GatewayInterceptor
 from server.api.message_service import MessageServicer
 from server.api.template_service import TemplateServicer
+from server.api.verification_service import VerificationServicer
 from server.config import Settings
 from server.dispatch.poller import ReceiptPoller
 from server.dispatch.providers import BreakerSettings, ProviderSet
 from server.dispatch.receipts import ReceiptRecorder
 from server.dispatch.retry import RetryPolicy
-from server.dispatch.worker import Dispatcher
+from server.dispatch.worker import Dispatcher, can_carry
 from server.domain.auth import Authenticator
+from server.domain.codes import CodeKeys
 from server.domain.messaging import Messaging
+from server.domain.models import Channel, OutboundMessage, UseType
 from server.domain.ports import ProviderError
 from server.domain.templating import TemplateCatalog
+from server.domain.verification import Verifications
 from server.http.app import WebhookRejected, build_http_app
 from server.providers.webhooks import WebhookTransport
 from server.status.hub import StatusHub
@@ -51,7 +57,10 @@ from server.store.messages import PgMessageStore
 from server.store.migrate import apply_migrations
 from server.store.outbox import PgOutbox
 from server.store.pool import create_pool
+from server.store.server_keys import load_or_create_key
 from server.store.templates import PgTemplateStore
+from server.store.velocity import PgVelocityCounters
+from server.store.verifications import PgVerificationStore
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +71,8 @@ SERVICE_NAMES = (
     template_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
 )
 
-SERVING_SERVICES = (SERVICE_NAMES[0], SERVICE_NAMES[3])
+SERVING_SERVICES = (SERVICE_NAMES[0], SERVICE_NAMES[1], SERVICE_NAMES[3])
+MAINTENANCE_SECONDS = 30.0
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -129,7 +139,13 @@ class Gateway:
         self._pool = pool = await create_pool(dsn, max_size=s.pool_size)
 
         events = PgEventLog(pool)
-        outbox = PgOutbox(pool)
+        if s.secret_key is None:
+            log.warning(
+                "SMSGW_SECRET_KEY is not set: using a generated key kept in the database "
+                "(fine for development; set SMSGW_SECRET_KEY in production)"
+            )
+        codes = CodeKeys(s.secret_key or await load_or_create_key(pool))
+        outbox = PgOutbox(pool, codes)
         self._hub = StatusHub(dsn, events)
         await self._hub.start()
         self._receipts = ReceiptRecorder(outbox)
@@ -159,6 +175,21 @@ class Gateway:
 
         templates = PgTemplateStore(pool)
         messaging = Messaging(PgMessageStore(pool), templates, on_accepted=self._dispatcher.wake)
+        velocity = PgVelocityCounters(pool)
+        verification_store = PgVerificationStore(pool, velocity)
+        verifications = Verifications(
+            verification_store,
+            templates,
+            codes,
+            s.otp,
+            voice_available=self._voice_available,
+            on_accepted=self._dispatcher.wake,
+        )
+        maintenance = asyncio.create_task(
+            self._maintain(verification_store, velocity), name="maintenance"
+        )
+        self._background.add(maintenance)
+        maintenance.add_done_callback(self._background.discard)
         authenticator = Authenticator(PgAccountStore(pool))
         server = grpc.aio.server(
             interceptors=[GatewayInterceptor(authenticator)],
@@ -173,9 +204,11 @@ class Gateway:
         template_pb2_grpc.add_TemplateServiceServicer_to_server(
             TemplateServicer(TemplateCatalog(templates)), server
         )
-        # VerificationService and BatchService are not built yet: they are not
-        # registered, so grpc answers UNIMPLEMENTED, while reflection still
-        # describes the whole contract.
+        verification_pb2_grpc.add_VerificationServiceServicer_to_server(
+            VerificationServicer(verifications), server
+        )
+        # BatchService is not built yet: it is not registered, so grpc answers
+        # UNIMPLEMENTED, while reflection still describes the whole contract.
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -261,6 +294,30 @@ class Gateway:
             return
         raise WebhookRejected("; ".join(errors))
 
+    def _voice_available(self, mobile: str) -> bool:
+        """Whether some routed provider can read a code to ``mobile`` by phone."""
+        providers = self.providers()
+        probe = OutboundMessage(
+            "voice-probe", 0, mobile, "", UseType.VERIFICATION, 1, channel=Channel.VOICE, code="0"
+        )
+        return any(
+            can_carry(providers.transports[name], probe)
+            for name in providers.router.candidates(probe)
+            if name in providers.transports
+        )
+
+    async def _maintain(
+        self, verifications: PgVerificationStore, velocity: PgVelocityCounters
+    ) -> None:
+        """Expires pending verifications past their time; drops old velocity windows."""
+        while True:
+            await asyncio.sleep(MAINTENANCE_SECONDS)
+            try:
+                await verifications.expire_pending()
+                await velocity.purge(timedelta(days=1))
+            except Exception as exc:
+                log.warning("maintenance failed (%s); will retry", type(exc).__name__)
+
     async def _is_healthy(self) -> bool:
         if not self._serving or self._pool is None:
             return False
@@ -281,6 +338,9 @@ class Gateway:
             await self._dispatcher.stop(grace)
         if self._poller is not None:
             await self._poller.stop()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._providers is not None:
             await self._providers.close()
         if self._receipts is not None:

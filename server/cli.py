@@ -200,6 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--allow-cidr", action="append", default=[], type=_cidr)
 
+    update = account.add_parser("update", help="change an account's OTP settings")
+    update.add_argument("account_id", type=int)
+    update.add_argument("--otp-max-attempts", type=int, help="check attempts per code (1-100)")
+    update.add_argument(
+        "--allow-country",
+        action="append",
+        metavar="XX",
+        help="ISO country the account may send codes to (repeat); replaces the list",
+    )
+    update.add_argument("--all-countries", action="store_true", help="remove the country allowlist")
+
     credential = commands.add_parser("credential", help="manage API credentials")
     cred = credential.add_subparsers(dest="action", required=True)
     c_create = cred.add_parser("create", help="create another credential for an account")
@@ -221,6 +232,30 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_healthcheck(settings))
     if args.command == "emulate":
         return asyncio.run(_emulate(args))
+    if args.command == "account" and args.action == "update":
+
+        async def update_account(store: PgAccountStore) -> int:
+            regions = [r.upper() for r in args.allow_country] if args.allow_country else None
+            changed = await store.update_otp_settings(
+                args.account_id,
+                max_attempts=args.otp_max_attempts,
+                set_attempts=args.otp_max_attempts is not None,
+                allowed_regions=regions,
+                set_regions=bool(args.allow_country) or args.all_countries,
+            )
+            if not changed:
+                print(f"smsgw: account {args.account_id} does not exist", file=sys.stderr)
+                return 1
+            _print_json(
+                {
+                    "account_id": args.account_id,
+                    "otp_max_attempts": args.otp_max_attempts,
+                    "otp_allowed_regions": regions,
+                }
+            )
+            return 0
+
+        return asyncio.run(_with_accounts(settings, update_account))
     if args.command == "account":
 
         async def create_account(store: PgAccountStore) -> int:

@@ -5,6 +5,7 @@ Bad values fail fast with a message naming the variable.
 
 from __future__ import annotations
 
+import base64
 import os
 import tomllib
 from collections.abc import Mapping
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from server.domain.models import MessageStatus
+from server.domain.otp_guard import GuardSettings
+from server.domain.verification import OtpSettings
 from server.providers.loopback import OUTCOMES, LoopbackConfig
 from server.routing_config import DEFAULT_ROUTING, RoutingConfig, RoutingConfigError, parse_routing
 
@@ -36,6 +39,26 @@ def _float(env: Mapping[str, str], name: str, default: float, low: float, high: 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     return int(_float(env, name, default, low, high))
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "false").lower()
+    if raw not in ("1", "true", "yes", "0", "false", "no"):
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    return raw in ("1", "true", "yes")
+
+
+def _secret_key(env: Mapping[str, str]) -> bytes | None:
+    raw = env.get("SMSGW_SECRET_KEY")
+    if not raw:
+        return None
+    try:
+        key = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+    except ValueError as exc:
+        raise ConfigError("SMSGW_SECRET_KEY must be base64 (url-safe) of 32+ bytes") from exc
+    if len(key) < 32:
+        raise ConfigError("SMSGW_SECRET_KEY must decode to at least 32 bytes")
+    return key
 
 
 def _addr(env: Mapping[str, str], name: str, default: str) -> str:
@@ -69,6 +92,8 @@ class Settings:
     breaker_reset_seconds: float = 30.0
     poll_interval_seconds: float = 2.0
     webhook_max_age_seconds: float = 300.0
+    secret_key: bytes | None = field(default=None, repr=False)
+    otp: OtpSettings = field(default_factory=OtpSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -116,6 +141,25 @@ class Settings:
             breaker_failures=_int(merged, "SMSGW_BREAKER_FAILURES", 5, 1, 1000),
             breaker_reset_seconds=_float(merged, "SMSGW_BREAKER_RESET_SECONDS", 30, 0.01, 3600),
             poll_interval_seconds=_float(merged, "SMSGW_POLL_INTERVAL_SECONDS", 2, 0.05, 3600),
+            secret_key=_secret_key(merged),
+            otp=OtpSettings(
+                default_max_attempts=_int(merged, "SMSGW_OTP_MAX_ATTEMPTS", 3, 1, 100),
+                mobile_interval_seconds=_float(
+                    merged, "SMSGW_OTP_MOBILE_INTERVAL_SECONDS", 60, 0, 86_400
+                ),
+                account_per_hour=_int(merged, "SMSGW_OTP_ACCOUNT_PER_HOUR", 100, 0, 10_000_000),
+                guard=GuardSettings(
+                    prefix_limit=_int(merged, "SMSGW_OTP_PREFIX_LIMIT", 10, 0, 10_000_000),
+                    prefix_window_seconds=_float(
+                        merged, "SMSGW_OTP_PREFIX_WINDOW_SECONDS", 3600, 1, 86_400
+                    ),
+                    country_limit=_int(merged, "SMSGW_OTP_COUNTRY_LIMIT", 1000, 0, 10_000_000),
+                    country_window_seconds=_float(
+                        merged, "SMSGW_OTP_COUNTRY_WINDOW_SECONDS", 3600, 1, 86_400
+                    ),
+                    monitor_only=_flag(merged, "SMSGW_OTP_GUARD_MONITOR_ONLY"),
+                ),
+            ),
             loopback=LoopbackConfig(
                 delivery_delay=_float(merged, "SMSGW_LOOPBACK_DELAY_MS", 1000, 0, 3_600_000) / 1000,
                 failure_rate=_float(merged, "SMSGW_LOOPBACK_FAILURE_RATE", 0.0, 0.0, 1.0),

@@ -23,11 +23,29 @@ from server.aio import wait_event
 from server.dispatch.providers import ProviderSet
 from server.dispatch.retry import RetryPolicy
 from server.dispatch.routing import failover_order
-from server.domain.models import MessageStatus, OutboundMessage
-from server.domain.ports import SendOutcome
+from server.domain.models import Channel, MessageStatus, OutboundMessage
+from server.domain.ports import SendOutcome, Transport, VoiceTransport
 from server.store.outbox import ClaimedMessage, PgOutbox, Transition
 
 log = logging.getLogger(__name__)
+
+
+def can_carry(transport: Transport, message: OutboundMessage) -> bool:
+    """Voice codes need a provider that places calls; everything else asks the transport."""
+    if message.channel == Channel.VOICE:
+        return (
+            transport.capabilities.voice
+            and message.code is not None
+            and isinstance(transport, VoiceTransport)
+        )
+    return transport.can_carry(message)
+
+
+async def send_with(transport: Transport, message: OutboundMessage) -> SendOutcome:
+    if message.channel == Channel.VOICE and isinstance(transport, VoiceTransport):
+        assert message.code is not None
+        return await transport.send_voice(message, message.code)
+    return await transport.send(message)
 
 
 class Dispatcher:
@@ -122,10 +140,13 @@ class Dispatcher:
         now = datetime.now(UTC)
         if now - claimed.created_at > self._ttl:
             return Transition(message.id, MessageStatus.FAILED, error_code="EXPIRED")
+        if claimed.code_unavailable:
+            # Sealed with another server key (SMSGW_SECRET_KEY changed): cannot be sent.
+            return Transition(message.id, MessageStatus.FAILED, error_code="CODE_UNAVAILABLE")
         candidates = [
             name
             for name in providers.router.candidates(message)
-            if name in providers.transports and providers.transports[name].can_carry(message)
+            if name in providers.transports and can_carry(providers.transports[name], message)
         ]
         if not candidates:
             return Transition(message.id, MessageStatus.FAILED, error_code="NO_ROUTE")
@@ -137,7 +158,7 @@ class Dispatcher:
         breaker = providers.breakers[name]
         try:
             async with providers.limiters[name], asyncio.timeout(self._send_timeout):
-                outcome = await transport.send(message)
+                outcome = await send_with(transport, message)
         except TimeoutError:
             outcome = SendOutcome(accepted=False, retryable=True, error_code="PROVIDER_TIMEOUT")
         except Exception as exc:

@@ -91,7 +91,14 @@ class Authenticator:
             raise PermissionDenied(
                 "this credential may not be used from this address", reason="IP_NOT_ALLOWED"
             )
-        return Caller(account_id=credential.account_id, verified=credential.account_verified)
+        return Caller(
+            account_id=credential.account_id,
+            verified=credential.account_verified,
+            otp_max_attempts=credential.otp_max_attempts,
+            otp_allowed_regions=None
+            if credential.otp_allowed_regions is None
+            else frozenset(credential.otp_allowed_regions),
+        )
 
     async def _verified_credential(
         self, api_key: str, secret: str, digest: bytes

@@ -33,6 +33,8 @@ class Caller:
 
     account_id: int
     verified: bool
+    otp_max_attempts: int | None = None  # None: the server's default
+    otp_allowed_regions: frozenset[str] | None = None  # None: every country
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,25 @@ FINAL_STATUSES = frozenset(
 )
 
 
+# Stands for a verification code in a stored message body or template values; the
+# real code is put in when the message is handed to a provider.
+CODE_MARK = "#code#"
+
+
+class Channel(enum.IntEnum):
+    UNSPECIFIED = 0
+    SMS = 1
+    VOICE = 2
+
+
+class VerificationState(enum.IntEnum):
+    UNSPECIFIED = 0
+    PENDING = 1
+    VERIFIED = 2
+    EXPIRED = 3
+    EXHAUSTED = 4
+
+
 class Priority(enum.IntEnum):
     """Dispatch order: lower first. A running batch never delays a code."""
 
@@ -66,6 +85,8 @@ class Credential:
     created_at: datetime
     revoked_at: datetime | None
     account_verified: bool = True
+    otp_max_attempts: int | None = None
+    otp_allowed_regions: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +107,9 @@ class NewMessage:
     # template's variable order.
     template_code: str | None = None
     template_data: dict[str, str] | None = None
+    channel: Channel = Channel.SMS
+    # A verification code, sealed (encrypted); the body holds "#code#" in its place.
+    sealed_code: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -129,11 +153,14 @@ class OutboundMessage:
     id: str
     account_id: int
     to_number: str
-    body: str
+    body: str = field(repr=False)  # may hold a verification code: never logged
     use_type: UseType
     attempts: int
     template_id: int | None = None
     # The caller's template code and variable values, for providers that send a
     # provider-side template (SendCloud, sendsms) instead of our rendered body.
     template_code: str | None = None
-    data: dict[str, str] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict, repr=False)
+    channel: Channel = Channel.SMS
+    # The verification code this message carries (for voice calls and code APIs).
+    code: str | None = field(default=None, repr=False)

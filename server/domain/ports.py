@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from server.domain.models import (
     Credential,
@@ -140,6 +140,13 @@ class Transport(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class VoiceTransport(Protocol):
+    """A transport that can read a verification code to the user by phone."""
+
+    async def send_voice(self, message: OutboundMessage, code: str) -> SendOutcome: ...
 
 
 class ProviderError(Exception):

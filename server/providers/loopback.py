@@ -59,6 +59,10 @@ class LoopbackTransport:
         )
         return SendOutcome(accepted=True, provider_message_id=f"lb-{message.id}")
 
+    async def send_voice(self, message: OutboundMessage, code: str) -> SendOutcome:
+        """A pretend phone call: behaves like a text."""
+        return await self.send(message)
+
     def _receipt(self, message_id: str) -> Receipt:
         outcome = self._config.outcome
         error = "" if outcome == MessageStatus.DELIVERED else f"LOOPBACK_{outcome.name}"

@@ -12,7 +12,8 @@ from server.store.pool import unavailable_on_connection_errors
 
 _CREDENTIAL_COLUMNS = """
     c.id, c.account_id, c.api_key, c.secret_hash, c.allow_cidrs::text[] AS allow_cidrs,
-    c.created_at, c.revoked_at, a.verified AS account_verified
+    c.created_at, c.revoked_at, a.verified AS account_verified,
+    a.otp_max_attempts, a.otp_allowed_regions
 """
 
 
@@ -26,6 +27,10 @@ def _credential(row: asyncpg.Record) -> Credential:
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
         account_verified=row["account_verified"],
+        otp_max_attempts=row["otp_max_attempts"],
+        otp_allowed_regions=None
+        if row["otp_allowed_regions"] is None
+        else tuple(row["otp_allowed_regions"]),
     )
 
 
@@ -50,6 +55,31 @@ class PgAccountStore:
                 "SELECT id, name, verified FROM accounts WHERE id = $1", account_id
             )
         return None if row is None else Account(row["id"], row["name"], row["verified"])
+
+    async def update_otp_settings(
+        self,
+        account_id: int,
+        *,
+        max_attempts: int | None = None,
+        set_attempts: bool = False,
+        allowed_regions: list[str] | None = None,
+        set_regions: bool = False,
+    ) -> bool:
+        """Changes only what is set: OTP attempts (None: the server default) and the
+        country allowlist (None: every country). False if there is no such account."""
+        with unavailable_on_connection_errors():
+            result: str = await self._pool.execute(
+                "UPDATE accounts SET "
+                "otp_max_attempts = CASE WHEN $3 THEN $2::integer ELSE otp_max_attempts END, "
+                "otp_allowed_regions = CASE WHEN $5 THEN $4::text[] ELSE otp_allowed_regions END "
+                "WHERE id = $1",
+                account_id,
+                max_attempts,
+                set_attempts,
+                allowed_regions,
+                set_regions,
+            )
+        return result.endswith(" 1")
 
     async def create_credential(
         self, account_id: int, allow_cidrs: Sequence[str] = ()

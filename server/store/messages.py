@@ -27,14 +27,17 @@ _INSERT_WITH_EVENTS = f"""
 WITH {LOCK_EVENT_LOG_CTE},
 m AS (
     INSERT INTO messages (id, account_id, batch_id, to_number, use_type, body, template_id,
-                          segments, priority, status, not_before, template_code, template_data)
+                          segments, priority, status, not_before, template_code, template_data,
+                          channel, sealed_code)
     SELECT u.id, u.account_id, u.batch_id, u.to_number, u.use_type, u.body, u.template_id,
-           u.segments, u.priority, 1, u.not_before, u.template_code, u.template_data
+           u.segments, u.priority, 1, u.not_before, u.template_code, u.template_data,
+           u.channel, u.sealed_code
     FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::smallint[], $6::text[],
                 $7::bigint[], $8::integer[], $9::smallint[], $10::timestamptz[], $11::text[],
-                $12::jsonb[])
+                $12::jsonb[], $13::smallint[], $14::bytea[])
          AS u(id, account_id, batch_id, to_number, use_type, body, template_id,
-              segments, priority, not_before, template_code, template_data)
+              segments, priority, not_before, template_code, template_data, channel,
+              sealed_code)
     RETURNING id, account_id, batch_id, to_number, created_at
 )
 INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number, status,
@@ -58,6 +61,8 @@ def _columns(messages: Sequence[NewMessage]) -> list[list[object]]:
         [m.not_before for m in messages],
         [m.template_code for m in messages],
         [m.template_data for m in messages],
+        [int(m.channel) for m in messages],
+        [m.sealed_code for m in messages],
     ]
 
 

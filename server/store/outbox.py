@@ -9,7 +9,8 @@ from datetime import datetime
 
 import asyncpg
 
-from server.domain.models import MessageStatus, OutboundMessage, UseType
+from server.domain.codes import CodeKeys
+from server.domain.models import CODE_MARK, Channel, MessageStatus, OutboundMessage, UseType
 from server.store.events import lock_event_log
 from server.store.pool import Conn, unavailable_on_connection_errors
 
@@ -26,7 +27,8 @@ UPDATE messages m
 SET claimed_until = now() + make_interval(secs => $2), attempts = m.attempts + 1
 FROM due WHERE m.id = due.id
 RETURNING m.id, m.account_id, m.to_number, m.body, m.use_type, m.attempts, m.template_id,
-          m.priority, m.template_code, m.template_data, m.created_at
+          m.priority, m.template_code, m.template_data, m.created_at, m.channel,
+          m.sealed_code
 """
 
 # Applies status changes forward only: a final status is never changed, and a
@@ -50,6 +52,8 @@ upd AS (
         provider = coalesce(nullif(u.provider, ''), m.provider),
         provider_message_id = coalesce(u.provider_message_id, m.provider_message_id),
         not_before = coalesce(u.not_before, m.not_before),
+        -- Once a provider has the message, its sealed verification code is erased.
+        sealed_code = CASE WHEN u.status >= 3 THEN NULL ELSE m.sealed_code END,
         sent_at = CASE WHEN u.status >= 3 AND m.sent_at IS NULL AND u.provider_message_id
                        IS NOT NULL THEN now() ELSE m.sent_at END,
         claimed_until = NULL,
@@ -118,6 +122,8 @@ class ClaimedMessage:
     message: OutboundMessage
     priority: int
     created_at: datetime
+    # A sealed verification code that this server's key cannot open.
+    code_unavailable: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,30 +139,43 @@ class Transition:
 
 
 class PgOutbox:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, codes: CodeKeys | None = None) -> None:
         self._pool = pool
+        self._codes = codes
 
     async def claim_due(self, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
         with unavailable_on_connection_errors():
             rows = await self._pool.fetch(_CLAIM, limit, lease_seconds)
-        return [
-            ClaimedMessage(
-                message=OutboundMessage(
-                    id=r["id"],
-                    account_id=r["account_id"],
-                    to_number=r["to_number"],
-                    body=r["body"],
-                    use_type=UseType(r["use_type"]),
-                    attempts=r["attempts"],
-                    template_id=r["template_id"],
-                    template_code=r["template_code"],
-                    data=dict(r["template_data"] or {}),
-                ),
-                priority=r["priority"],
-                created_at=r["created_at"],
-            )
-            for r in rows
-        ]
+        return [self._claimed(r) for r in rows]
+
+    def _claimed(self, r: asyncpg.Record) -> ClaimedMessage:
+        body: str = r["body"]
+        data = dict(r["template_data"] or {})
+        code: str | None = None
+        sealed = r["sealed_code"]
+        if sealed is not None and self._codes is not None:
+            code = self._codes.unseal(bytes(sealed))
+        if code is not None:
+            body = body.replace(CODE_MARK, code)
+            data = {k: code if v == CODE_MARK else v for k, v in data.items()}
+        return ClaimedMessage(
+            message=OutboundMessage(
+                id=r["id"],
+                account_id=r["account_id"],
+                to_number=r["to_number"],
+                body=body,
+                use_type=UseType(r["use_type"]),
+                attempts=r["attempts"],
+                template_id=r["template_id"],
+                template_code=r["template_code"],
+                data=data,
+                channel=Channel(r["channel"]),
+                code=code,
+            ),
+            priority=r["priority"],
+            created_at=r["created_at"],
+            code_unavailable=sealed is not None and code is None,
+        )
 
     async def apply(self, transitions: Sequence[Transition]) -> None:
         """Records status changes in one transaction, each with its event, in order."""

@@ -74,8 +74,10 @@ async def start_gateway(databases: DatabaseFactory) -> AsyncIterator[GatewayFact
     running: list[Running] = []
 
     async def start(**overrides: object) -> Running:
-        dsn = await databases.new(migrate=False)
-        settings = dataclasses.replace(FAST, database_url=dsn, **overrides)  # type: ignore[arg-type]
+        """Overrides are Settings fields; database_url shares another gateway's database."""
+        if "database_url" not in overrides:
+            overrides["database_url"] = await databases.new(migrate=False)
+        settings = dataclasses.replace(FAST, **overrides)  # type: ignore[arg-type]
         gateway = Gateway(settings)
         await gateway.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}")

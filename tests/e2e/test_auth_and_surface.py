@@ -9,7 +9,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from sms.v1 import batch_pb2, common_pb2, message_pb2, verification_pb2
+from sms.v1 import batch_pb2, common_pb2, message_pb2
 
 from server.store.accounts import PgAccountStore
 from tests.conftest import basic_auth
@@ -104,13 +104,6 @@ async def test_health_and_reflection_need_no_credentials(gw: Running) -> None:
 async def test_rpcs_of_later_issues_answer_unimplemented(gw: Running) -> None:
     client = await gw.client()
     calls = [
-        client.verifications.SendVerification(
-            verification_pb2.SendVerificationRequest(mobile="+8613800138000"),
-            metadata=client.metadata,
-        ),
-        client.verifications.CheckVerification(
-            verification_pb2.CheckVerificationRequest(verify_id="v"), metadata=client.metadata
-        ),
         client.batches.CreateBatch(batch_pb2.CreateBatchRequest(), metadata=client.metadata),
         client.batches.GetBatch(batch_pb2.GetBatchRequest(task_id="1"), metadata=client.metadata),
     ]

@@ -326,3 +326,54 @@ def _wait_for_log(log: Path, text: str) -> None:
     while text not in log.read_text():
         assert time.monotonic() < deadline, f"{text!r} not logged"
         time.sleep(0.1)
+
+
+def test_account_update_changes_only_the_given_otp_settings(databases_url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": databases_url}
+    created = json.loads(
+        subprocess.run(
+            [*SMSGW, "account", "create", "otp"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
+    account = str(created["account_id"])
+    for args in (["--otp-max-attempts", "5"], ["--allow-country", "us", "--allow-country", "CN"]):
+        subprocess.run(
+            [*SMSGW, "account", "update", account, *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    import asyncio
+
+    import asyncpg
+
+    async def read() -> asyncpg.Record:
+        conn = await asyncpg.connect(databases_url)
+        try:
+            return await conn.fetchrow(
+                "SELECT otp_max_attempts, otp_allowed_regions FROM accounts WHERE id = $1",
+                int(account),
+            )
+        finally:
+            await conn.close()
+
+    row = asyncio.run(read())
+    assert (row["otp_max_attempts"], row["otp_allowed_regions"]) == (5, ["US", "CN"])
+    missing = subprocess.run(
+        [*SMSGW, "account", "update", "999999", "--all-countries"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 1
