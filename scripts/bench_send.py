@@ -10,6 +10,7 @@ runs in its own process. Prints calls/s, latency percentiles and errors for both
         .venv/bin/python scripts/bench_send.py             # an existing PostgreSQL
     .venv/bin/python scripts/bench_send.py --quick         # tiny run (CI)
     .venv/bin/python scripts/bench_send.py --json          # figures as one JSON object
+    .venv/bin/python scripts/bench_send.py --rpc verify    # OTP send+check pairs vs echo
 
 Exits 0 only if both servers answered every call without an error.
 """
@@ -43,10 +44,31 @@ from bench_common import (
     stop_process,
     tail,
 )
-from sms.v1 import common_pb2, message_pb2, message_pb2_grpc
+from sms.v1 import (
+    common_pb2,
+    message_pb2,
+    message_pb2_grpc,
+    verification_pb2,
+    verification_pb2_grpc,
+)
 
 CALL_TIMEOUT = 10.0  # seconds; bounds every single call
-PARAMETERS = ("concurrency", "channels", "count", "seconds", "warmup", "loopback_delay_ms")
+PARAMETERS = (
+    "rpc",
+    "concurrency",
+    "channels",
+    "count",
+    "seconds",
+    "warmup",
+    "loopback_delay_ms",
+)
+# --rpc verify measures the OTP path, not its limits: the server runs with them off.
+VERIFY_ENV = {
+    "SMSGW_OTP_MOBILE_INTERVAL_SECONDS": "0",
+    "SMSGW_OTP_ACCOUNT_PER_HOUR": "0",
+    "SMSGW_OTP_PREFIX_LIMIT": "0",
+    "SMSGW_OTP_COUNTRY_LIMIT": "0",
+}
 
 
 class EchoServicer(message_pb2_grpc.MessageServiceServicer):
@@ -102,27 +124,52 @@ def requests(n: int = 1000) -> list[message_pb2.SendMessageRequest]:
 
 
 async def run_calls(
-    stubs: list[message_pb2_grpc.MessageServiceAsyncStub],
+    channels: list[grpc.aio.Channel],
     metadata: Metadata | None,
     args: argparse.Namespace,
     count: int,
     latencies: list[float],
     errors: Counter[str],
 ) -> None:
-    """Calls SendMessage from --concurrency coroutines until `count` calls or --seconds."""
+    """Runs units from --concurrency coroutines until `count` units or --seconds.
+
+    A unit is one SendMessage, or with --rpc verify against smsgw, one
+    SendVerification + CheckVerification pair (the echo baseline stays one call)."""
     reqs = requests()
     deadline = time.monotonic() + args.seconds
     issued = 0
+    pairs = args.rpc == "verify" and metadata is not None
 
     async def worker(w: int) -> None:
         nonlocal issued
-        stub = stubs[w % len(stubs)]
+        channel = channels[w % len(channels)]
+        stub = message_pb2_grpc.MessageServiceStub(channel)
+        otp = verification_pb2_grpc.VerificationServiceStub(channel)
         while issued < count and time.monotonic() < deadline:
             request = reqs[issued % len(reqs)]
+            n = issued
             issued += 1
             start = time.perf_counter()
             try:
-                await stub.SendMessage(request, metadata=metadata, timeout=CALL_TIMEOUT)
+                if pairs:
+                    mobile = f"+86138{n % 100_000_000:08d}"
+                    sent = await otp.SendVerification(
+                        verification_pb2.SendVerificationRequest(mobile=mobile, code="4711"),
+                        metadata=metadata,
+                        timeout=CALL_TIMEOUT,
+                    )
+                    checked = await otp.CheckVerification(
+                        verification_pb2.CheckVerificationRequest(
+                            verify_id=sent.verify_id, mobile=mobile, code="4711"
+                        ),
+                        metadata=metadata,
+                        timeout=CALL_TIMEOUT,
+                    )
+                    if not checked.valid:
+                        errors["CHECK_NOT_VALID"] += 1
+                        continue
+                else:
+                    await stub.SendMessage(request, metadata=metadata, timeout=CALL_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
                 errors[exc.code().name] += 1
             else:
@@ -150,14 +197,11 @@ async def bench(
     try:
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), 30)
-        stubs: list[message_pb2_grpc.MessageServiceAsyncStub] = [
-            message_pb2_grpc.MessageServiceStub(c) for c in channels
-        ]
         warm_errors: Counter[str] = Counter()
-        await run_calls(stubs, metadata, args, args.warmup, [], warm_errors)
+        await run_calls(channels, metadata, args, args.warmup, [], warm_errors)
         errors.update({f"{code} (warm-up)": n for code, n in warm_errors.items()})
         server0, client0, start = process_cpu_seconds(pid), time.process_time(), time.perf_counter()
-        await run_calls(stubs, metadata, args, args.count, latencies, errors)
+        await run_calls(channels, metadata, args, args.count, latencies, errors)
         elapsed = time.perf_counter() - start
         server1, client1 = process_cpu_seconds(pid), time.process_time()
     finally:
@@ -181,13 +225,17 @@ async def bench(
 def print_table(figures: dict[str, Any]) -> None:
     p = figures["parameters"]
     print(
-        f"concurrency {p['concurrency']}, channels {p['channels']}, count {p['count']}, "
+        f"rpc {p['rpc']}, concurrency {p['concurrency']}, channels {p['channels']}, "
+        f"count {p['count']}, "
         f"seconds {p['seconds']}, warmup {p['warmup']}, database: {p['database']}, "
         f"loopback delay {p['loopback_delay_ms']} ms"
     )
     head = f"{'figure':<30}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
     print(head + f"{'calls':>8}{'client cpu%':>13}{'server cpu%':>13}")
-    for label, key in (("echo (bare grpc.aio)", "echo"), ("smsgw SendMessage (durable)", "smsgw")):
+    ours = "smsgw Send+CheckVerification" if p["rpc"] == "verify" else "smsgw SendMessage (durable)"
+    if p["rpc"] == "verify":
+        print("(verify: the smsgw row counts Send+Check pairs per second)")
+    for label, key in (("echo (bare grpc.aio)", "echo"), (ours, "smsgw")):
         r = figures[key]
         cpu = "-" if r["server_cpu_pct"] is None else f"{r['server_cpu_pct']:.0f}"
         print(
@@ -209,7 +257,10 @@ def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], tmp: Pat
     echo_result = asyncio.run(bench(f"{HOST}:{echo_port}", None, args, echo.pid))
     stop_process(echo)
 
-    gw = start_smsgw(tmp, procs, {"SMSGW_LOOPBACK_DELAY_MS": str(args.loopback_delay_ms)}, 180)
+    env = {"SMSGW_LOOPBACK_DELAY_MS": str(args.loopback_delay_ms)}
+    if args.rpc == "verify":
+        env.update(VERIFY_ENV)
+    gw = start_smsgw(tmp, procs, env, 180)
     smsgw_result = asyncio.run(bench(gw.target, gw.metadata, args, gw.proc.pid))
     stop_process(gw.proc)
     if gw.proc.returncode != 0:
@@ -235,6 +286,12 @@ def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], tmp: Pat
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--rpc",
+        choices=("send", "verify"),
+        default="send",
+        help="send: SendMessage; verify: SendVerification+CheckVerification pairs",
+    )
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--count", type=int, default=20000, help="measured calls (at most)")
