@@ -126,6 +126,7 @@ class Gateway:
         self._poller: ReceiptPoller | None = None
         self._serving = False
         self._background: set[asyncio.Task[None]] = set()
+        self._retired: list[ProviderSet] = []  # replaced by a reload, closing after grace
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -260,12 +261,14 @@ class Gateway:
         self.settings = dataclasses.replace(self.settings, routing=settings.routing)
         log.info("providers reloaded: %s", ", ".join(self._providers.transports))
         if old is not None:
+            self._retired.append(old)
             task = asyncio.create_task(self._close_later(old), name="close-old-providers")
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
     async def _close_later(self, old: ProviderSet) -> None:
         await asyncio.sleep(self.settings.shutdown_grace)
+        self._retired.remove(old)
         await old.close()
 
     async def _receive_webhook(self, kind: str, name: str | None, form: dict[str, str]) -> None:
@@ -341,8 +344,10 @@ class Gateway:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        if self._providers is not None:
-            await self._providers.close()
+        for retired in [*self._retired, self._providers]:
+            if retired is not None:
+                await retired.close()
+        self._retired.clear()
         if self._receipts is not None:
             with contextlib.suppress(Exception):
                 await self._receipts.stop()

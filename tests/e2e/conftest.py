@@ -11,6 +11,8 @@ import grpc
 import pytest
 from sms.v1 import (
     batch_pb2_grpc,
+    common_pb2,
+    message_pb2,
     message_pb2_grpc,
     template_pb2_grpc,
     verification_pb2_grpc,
@@ -105,3 +107,20 @@ async def wait_for(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(interval)
+
+
+async def final_state(
+    client: Client, message_id: str, within: float = 20.0
+) -> message_pb2.MessageState:
+    """Waits until the message is final (DELIVERED or later) and returns its state."""
+    state: list[message_pb2.MessageState] = []
+
+    async def final() -> bool:
+        reply = await client.messages.GetMessageStatus(
+            message_pb2.GetMessageStatusRequest(ids=[message_id]), metadata=client.metadata
+        )
+        state[:] = reply.messages
+        return reply.messages[0].status >= common_pb2.MESSAGE_STATUS_DELIVERED
+
+    await wait_for(final, within=within)
+    return state[0]

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,18 +59,7 @@ def serve(server_env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
         [*SMSGW, "serve"], env=server_env, cwd=ROOT, stderr=subprocess.PIPE, text=True
     )
     try:
-        deadline = time.monotonic() + 60
-        host, _, port = server_env["SMSGW_GRPC_ADDR"].rpartition(":")
-        while True:
-            try:
-                socket.create_connection((host, int(port)), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"smsgw serve did not start: {proc.stderr.read() if proc.stderr else ''}"
-                    ) from None
-                time.sleep(0.1)
+        _wait_for_port(server_env["SMSGW_GRPC_ADDR"], proc)
         yield proc
     finally:
         if proc.poll() is None:
@@ -225,15 +215,7 @@ def test_embedded_postgres_is_stopped_after_a_killed_server(tmp_path: Path) -> N
     proc = subprocess.Popen([*SMSGW, "serve"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
     pidfile = tmp_path / "smsgw" / "pgdata" / "postmaster.pid"
     try:
-        deadline = time.monotonic() + 60
-        host, _, port = env["SMSGW_GRPC_ADDR"].rpartition(":")
-        while True:
-            try:
-                socket.create_connection((host, int(port)), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.1)
+        _wait_for_port(env["SMSGW_GRPC_ADDR"], proc)
         postmaster = int(pidfile.read_text().split()[0])
     finally:
         proc.kill()
@@ -309,7 +291,7 @@ def test_emulate_serves_a_provider_api_by_hand() -> None:
         assert proc.wait(timeout=20) == 0
 
 
-def _wait_for_port(addr: str, proc: subprocess.Popen[bytes]) -> None:
+def _wait_for_port(addr: str, proc: subprocess.Popen[Any]) -> None:
     host, _, port = addr.rpartition(":")
     deadline = time.monotonic() + 60
     while True:

@@ -16,13 +16,12 @@ from sms.v1 import common_pb2, message_pb2, template_pb2
 
 from server.emulators import sendcloud as sendcloud_emulator
 from server.emulators import sendsms as sendsms_emulator
-from server.emulators import skynoo as skynoo_emulator
 from server.emulators.common import EmulatorControls, EmulatorSettings, RunningEmulator
 from server.routing_config import ProviderSpec, RouteSpec, RoutingConfig
-from tests.e2e.conftest import Client, GatewayFactory, Running, wait_for
+from tests.e2e.conftest import Client, GatewayFactory, Running, final_state, wait_for
+from tests.e2e.emulated import sky, start_skynoo
 
 CN = "+8613800138000"
-SKY = {"api_key": "app_emu", "api_secret": "sec_emu"}
 CLOUD = {"sms_user": "sc-user", "sms_key": "sc-key-0123456789"}
 CLOUD_TEMPLATE = {"30215": "Your order %order_no% has shipped."}
 
@@ -33,17 +32,6 @@ async def emulators() -> AsyncIterator[list[RunningEmulator]]:
     yield running
     for emulator in running:
         await emulator.stop()
-
-
-async def start_skynoo(emulators: list[RunningEmulator], **controls: object) -> RunningEmulator:
-    settings = EmulatorSettings(
-        credential_id=SKY["api_key"],
-        credential_secret=SKY["api_secret"],
-        controls=EmulatorControls(**controls),  # type: ignore[arg-type]
-    )
-    emulator = await RunningEmulator(skynoo_emulator.build_app(settings)).start()
-    emulators.append(emulator)
-    return emulator
 
 
 async def start_sendcloud(
@@ -59,10 +47,6 @@ async def start_sendcloud(
     emulator = await RunningEmulator(sendcloud_emulator.build_app(settings)).start()
     emulators.append(emulator)
     return emulator
-
-
-def sky(emulator: RunningEmulator, name: str = "sky") -> ProviderSpec:
-    return ProviderSpec(name, "skynoo", emulator.base_url, SKY, timeout_seconds=1.0)
 
 
 def cloud(emulator: RunningEmulator, name: str = "cloud") -> ProviderSpec:
@@ -111,20 +95,6 @@ async def send_template(client: Client) -> str:
         metadata=client.metadata,
     )
     return reply.id
-
-
-async def final_state(client: Client, message_id: str) -> message_pb2.MessageState:
-    state: list[message_pb2.MessageState] = []
-
-    async def final() -> bool:
-        reply = await client.messages.GetMessageStatus(
-            message_pb2.GetMessageStatusRequest(ids=[message_id]), metadata=client.metadata
-        )
-        state[:] = reply.messages
-        return reply.messages[0].status >= common_pb2.MESSAGE_STATUS_DELIVERED
-
-    await wait_for(final, within=20)
-    return state[0]
 
 
 async def history(running: Running, message_id: str) -> list[int]:

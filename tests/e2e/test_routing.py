@@ -7,7 +7,7 @@ import dataclasses
 from sms.v1 import common_pb2, message_pb2
 
 from server.routing_config import ProviderSpec, RouteSpec, RoutingConfig
-from tests.e2e.conftest import Client, GatewayFactory, wait_for
+from tests.e2e.conftest import Client, GatewayFactory, final_state
 
 
 async def send(client: Client, mobile: str) -> str:
@@ -18,20 +18,6 @@ async def send(client: Client, mobile: str) -> str:
         metadata=client.metadata,
     )
     return reply.id
-
-
-async def final_state(client: Client, message_id: str) -> message_pb2.MessageState:
-    state: list[message_pb2.MessageState] = []
-
-    async def final() -> bool:
-        reply = await client.messages.GetMessageStatus(
-            message_pb2.GetMessageStatusRequest(ids=[message_id]), metadata=client.metadata
-        )
-        state[:] = reply.messages
-        return reply.messages[0].status >= common_pb2.MESSAGE_STATUS_DELIVERED
-
-    await wait_for(final)
-    return state[0]
 
 
 CHINA_ONLY = RoutingConfig(
