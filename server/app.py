@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sms.v1 import (
     batch_pb2,
+    batch_pb2_grpc,
     message_pb2,
     message_pb2_grpc,
     template_pb2,
@@ -29,6 +30,7 @@ from sms.v1 import (
     verification_pb2_grpc,
 )
 
+from server.api.batch_service import BatchServicer
 from server.api.interceptors import GatewayInterceptor
 from server.api.message_service import MessageServicer
 from server.api.template_service import TemplateServicer
@@ -40,6 +42,7 @@ from server.dispatch.receipts import ReceiptRecorder
 from server.dispatch.retry import RetryPolicy
 from server.dispatch.worker import Dispatcher, can_carry
 from server.domain.auth import Authenticator
+from server.domain.batching import Batches
 from server.domain.codes import CodeKeys
 from server.domain.messaging import Messaging
 from server.domain.models import Channel, OutboundMessage, UseType
@@ -51,6 +54,7 @@ from server.providers.webhooks import WebhookTransport
 from server.status.hub import StatusHub
 from server.status.watch import StatusWatcher
 from server.store.accounts import PgAccountStore
+from server.store.batches import PgBatchStore
 from server.store.embedded import EmbeddedPostgres
 from server.store.events import PgEventLog
 from server.store.messages import PgMessageStore
@@ -71,7 +75,7 @@ SERVICE_NAMES = (
     template_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
 )
 
-SERVING_SERVICES = (SERVICE_NAMES[0], SERVICE_NAMES[1], SERVICE_NAMES[3])
+SERVING_SERVICES = SERVICE_NAMES
 MAINTENANCE_SECONDS = 30.0
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -208,8 +212,12 @@ class Gateway:
         verification_pb2_grpc.add_VerificationServiceServicer_to_server(
             VerificationServicer(verifications), server
         )
-        # BatchService is not built yet: it is not registered, so grpc answers
-        # UNIMPLEMENTED, while reflection still describes the whole contract.
+        batch_pb2_grpc.add_BatchServiceServicer_to_server(
+            BatchServicer(
+                Batches(PgBatchStore(pool), templates, on_accepted=self._dispatcher.wake)
+            ),
+            server,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server

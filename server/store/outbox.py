@@ -62,6 +62,33 @@ upd AS (
     WHERE m.id = u.id AND u.status >= prev.status
     RETURNING m.id, m.account_id, m.batch_id, m.to_number, m.status, m.error_code,
               m.updated_at, prev.status AS old_status
+),
+batch_counts AS (
+    -- Batch counts move with their messages, in the same statement.
+    UPDATE batches b SET
+        sent = b.sent + c.sent,
+        delivered = b.delivered + c.delivered,
+        failed = b.failed + c.failed,
+        cancelled = b.cancelled + c.cancelled,
+        finished = b.finished + c.finished,
+        status = CASE
+            WHEN b.status = 5 THEN 5
+            WHEN b.finished + c.finished >= b.total
+                THEN CASE WHEN b.sent + c.sent > 0 THEN 3 ELSE 4 END
+            ELSE 2
+        END,
+        updated_at = now()
+    FROM (
+        SELECT batch_id,
+               count(*) FILTER (WHERE old_status < 3 AND status IN (3, 4, 5)) AS sent,
+               count(*) FILTER (WHERE status = 4) AS delivered,
+               count(*) FILTER (WHERE status IN (5, 6, 7)) AS failed,
+               count(*) FILTER (WHERE status = 8) AS cancelled,
+               count(*) FILTER (WHERE status >= 4 AND old_status < 4) AS finished
+        FROM upd WHERE batch_id IS NOT NULL AND status <> old_status
+        GROUP BY batch_id
+    ) c
+    WHERE b.id = c.batch_id
 )
 INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number, status,
                             error_code, occurred_at)
@@ -191,16 +218,7 @@ class PgOutbox:
                     await self._apply_locked(conn, [_from_row(r) for r in rows])
 
     async def _apply_locked(self, conn: Conn, transitions: Sequence[Transition]) -> None:
-        for group in _rounds(transitions):
-            await conn.execute(
-                _TRANSITION,
-                [t.message_id for t in group],
-                [int(t.status) for t in group],
-                [t.error_code for t in group],
-                [t.provider for t in group],
-                [t.provider_message_id for t in group],
-                [t.not_before for t in group],
-            )
+        await apply_transitions(conn, transitions)
 
     async def apply_provider_receipts(self, receipts: Sequence[ProviderReceipt]) -> int:
         """Records receipts known only by provider id; parks those not matched yet.
@@ -268,6 +286,21 @@ def _from_row(row: asyncpg.Record) -> Transition:
         error_code=row["error_code"],
         provider=row["provider"],
     )
+
+
+async def apply_transitions(conn: Conn, transitions: Sequence[Transition]) -> None:
+    """Records status changes and their events; the caller holds the event-log lock
+    (lock_event_log) in its transaction."""
+    for group in _rounds(transitions):
+        await conn.execute(
+            _TRANSITION,
+            [t.message_id for t in group],
+            [int(t.status) for t in group],
+            [t.error_code for t in group],
+            [t.provider for t in group],
+            [t.provider_message_id for t in group],
+            [t.not_before for t in group],
+        )
 
 
 def _rounds(transitions: Sequence[Transition]) -> list[list[Transition]]:

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from sms.v1 import batch_pb2, common_pb2, message_pb2
+from sms.v1 import common_pb2, message_pb2
 
 from server.store.accounts import PgAccountStore
 from tests.conftest import basic_auth
@@ -99,25 +99,6 @@ async def test_health_and_reflection_need_no_credentials(gw: Running) -> None:
         "sms.v1.TemplateService",
         "grpc.health.v1.Health",
     } <= names
-
-
-async def test_rpcs_of_later_issues_answer_unimplemented(gw: Running) -> None:
-    client = await gw.client()
-    calls = [
-        client.batches.CreateBatch(batch_pb2.CreateBatchRequest(), metadata=client.metadata),
-        client.batches.GetBatch(batch_pb2.GetBatchRequest(task_id="1"), metadata=client.metadata),
-    ]
-    for call in calls:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call
-        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    stream = client.batches.WatchBatch(
-        batch_pb2.WatchBatchRequest(task_id="1"), metadata=client.metadata
-    )
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in stream:
-            pass
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_http_healthz(gw: Running) -> None:

@@ -1,0 +1,99 @@
+"""sms.v1.BatchService."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from sms.v1 import batch_pb2, batch_pb2_grpc, common_pb2
+
+from server.api import convert
+from server.api.context import current_caller
+from server.domain.batching import Batches, BatchRecord, CreateBatchCommand
+from server.domain.models import UseType
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def batch_message(b: BatchRecord) -> batch_pb2.Batch:
+    return batch_pb2.Batch(
+        task_id=b.id,
+        status=common_pb2.BatchStatus.ValueType(b.status),
+        total=b.total,
+        sent=b.sent,
+        delivered=b.delivered,
+        failed=b.failed,
+        created_at=convert.timestamp(b.created_at),
+        updated_at=convert.timestamp(b.updated_at),
+    )
+
+
+class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
+    def __init__(self, batches: Batches) -> None:
+        self._batches = batches
+
+    async def CreateBatch(
+        self, request: batch_pb2.CreateBatchRequest, context: Context
+    ) -> batch_pb2.CreateBatchResponse:
+        source = request.WhichOneof("source")
+        batch = await self._batches.create(
+            current_caller(),
+            CreateBatchCommand(
+                use_type=UseType(request.use_type)
+                if request.use_type in UseType._value2member_map_
+                else UseType.UNSPECIFIED,
+                numbers=list(request.numbers),
+                content=request.content if source == "content" else None,
+                template_id=request.template_id if source == "template_id" else None,
+                template_data={k: dict(v.values) for k, v in request.template_data.items()},
+                request_id=request.request_id,
+                send_at=convert.from_timestamp(request.send_at)
+                if request.HasField("send_at")
+                else None,
+            ),
+        )
+        return batch_pb2.CreateBatchResponse(
+            task_id=batch.id,
+            status=common_pb2.BatchStatus.ValueType(batch.status),
+            accepted_count=batch.total,
+            rejected=[batch_pb2.RejectedNumber(number=n, reason=r) for n, r in batch.rejected],
+        )
+
+    async def GetBatch(
+        self, request: batch_pb2.GetBatchRequest, context: Context
+    ) -> batch_pb2.Batch:
+        return batch_message(await self._batches.get(current_caller(), request.task_id))
+
+    async def ListBatchMessages(
+        self, request: batch_pb2.ListBatchMessagesRequest, context: Context
+    ) -> batch_pb2.ListBatchMessagesResponse:
+        page = await self._batches.messages(
+            current_caller(), request.task_id, request.page_size, request.page_token
+        )
+        rows = page.messages
+        return batch_pb2.ListBatchMessagesResponse(
+            messages=[
+                batch_pb2.BatchMessage(
+                    id=r.id,
+                    to_number=r.to_number,
+                    status=common_pb2.MessageStatus.ValueType(int(r.status)),
+                    error_code=r.error_code,
+                    send_time=convert.timestamp(r.sent_at),
+                )
+                for r in rows
+            ],
+            total_size=page.total_size,
+            next_page_token=page.next_page_token,
+        )
+
+    async def WatchBatch(
+        self, request: batch_pb2.WatchBatchRequest, context: Context
+    ) -> AsyncIterator[batch_pb2.Batch]:
+        async for batch in self._batches.watch(current_caller(), request.task_id):
+            yield batch_message(batch)
+
+    async def CancelBatch(
+        self, request: batch_pb2.CancelBatchRequest, context: Context
+    ) -> batch_pb2.Batch:
+        return batch_message(await self._batches.cancel(current_caller(), request.task_id))

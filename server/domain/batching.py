@@ -1,0 +1,251 @@
+"""Batch tasks (Skynoo batch APIs): create, status, paged detail, watch, cancel.
+
+Numbers are validated one by one: invalid, duplicate or badly-filled ones come back
+in ``rejected`` with a reason and the rest go on (SendCloud's partial success). All
+accepted messages are stored in one transaction, so a failure stores nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from server.domain.batch_numbers import validate_numbers
+from server.domain.errors import FieldViolation, InvalidArgument, NotFound
+from server.domain.messaging import (
+    MAX_SCHEDULE_AHEAD,
+    Caller,
+    check_request_id,
+    check_use_type,
+    request_fingerprint,
+)
+from server.domain.models import MessageStatus, NewMessage, Priority, UseType
+from server.domain.pagination import decode_page_token, encode_page_token, page_size
+from server.domain.ports import IdempotencyKey, TemplateRepository
+from server.domain.segments import count_segments
+from server.domain.templates import ParsedTemplate, parse_template, render, validate_values
+
+MAX_NUMBERS = 100_000
+FINAL_BATCH = frozenset({3, 4, 5})  # succeeded, failed, cancelled
+WATCH_INTERVAL = 0.25  # at most four snapshots a second
+INLINE_NUMBERS = 1_000  # larger batches are prepared in a worker thread
+
+
+@dataclass(frozen=True)
+class CreateBatchCommand:
+    use_type: UseType
+    numbers: Sequence[str]
+    content: str | None = None
+    template_id: int | None = None
+    template_data: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    request_id: str = ""
+    send_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    id: str
+    status: int
+    total: int
+    sent: int
+    delivered: int
+    failed: int
+    cancelled: int
+    finished: int
+    created_at: datetime
+    updated_at: datetime
+    rejected: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class BatchMessageRow:
+    id: str
+    to_number: str
+    status: MessageStatus
+    error_code: str
+    sent_at: datetime | None
+
+
+class BatchRepository(Protocol):
+    async def create(
+        self,
+        batch_id: str,
+        account_id: int,
+        use_type: int,
+        messages: Sequence[NewMessage],
+        rejected: Sequence[tuple[str, str]],
+        key: IdempotencyKey | None = None,
+    ) -> BatchRecord: ...
+    async def get(self, account_id: int, batch_id: str) -> BatchRecord | None: ...
+    async def messages_page(
+        self, batch_id: str, after_id: str, limit: int
+    ) -> list[BatchMessageRow]: ...
+    async def cancel(self, account_id: int, batch_id: str) -> BatchRecord | None: ...
+
+
+@dataclass(frozen=True)
+class MessagesPage:
+    messages: list[BatchMessageRow]
+    total_size: int
+    next_page_token: str
+
+
+class Batches:
+    def __init__(
+        self,
+        store: BatchRepository,
+        templates: TemplateRepository,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_accepted: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._templates = templates
+        self._clock = clock
+        self._on_accepted = on_accepted
+
+    async def create(self, caller: Caller, cmd: CreateBatchCommand) -> BatchRecord:
+        violations: list[FieldViolation] = []
+        check_use_type(cmd.use_type, caller, violations)
+        check_request_id(cmd.request_id, violations)
+        if not cmd.numbers:
+            violations.append(FieldViolation("numbers", "at least one number is required"))
+        elif len(cmd.numbers) > MAX_NUMBERS:
+            violations.append(
+                FieldViolation("numbers", f"at most {MAX_NUMBERS:,} numbers per batch")
+            )
+        now = self._clock()
+        if cmd.send_at is not None and cmd.send_at > now + MAX_SCHEDULE_AHEAD:
+            violations.append(FieldViolation("send_at", "must be at most 30 days in the future"))
+        parsed: ParsedTemplate | None = None
+        template_code: str | None = None
+        if cmd.content is not None:
+            try:
+                parsed = parse_template(cmd.content, "content")
+            except InvalidArgument as exc:
+                violations.extend(exc.violations)
+        elif cmd.template_id is None:
+            violations.append(FieldViolation("content", "content or template_id is required"))
+        if violations:
+            raise InvalidArgument(violations)
+        if cmd.template_id is not None:
+            template = await self._templates.get(caller.account_id, cmd.template_id)
+            if template is None:
+                raise NotFound(f"template {cmd.template_id} not found", reason="TEMPLATE_NOT_FOUND")
+            parsed = ParsedTemplate(template.content, template.variables)
+            template_code = template.code
+        assert parsed is not None
+
+        batch_id = "b_" + secrets.token_hex(12)
+        prepare = (caller, cmd, parsed, template_code, batch_id, now)
+        if len(cmd.numbers) > INLINE_NUMBERS:
+            # Validation and rendering of a large batch are CPU work: off the event loop.
+            messages, rejected = await asyncio.to_thread(_prepare, *prepare)
+        else:
+            messages, rejected = _prepare(*prepare)
+        key = None
+        if cmd.request_id:
+            key = IdempotencyKey(
+                caller.account_id,
+                "CreateBatch",
+                cmd.request_id,
+                request_fingerprint(
+                    int(cmd.use_type),
+                    cmd.content,
+                    cmd.template_id,
+                    list(cmd.numbers),
+                    sorted((k, sorted(v.items())) for k, v in cmd.template_data.items()),
+                    cmd.send_at.isoformat() if cmd.send_at else None,
+                ),
+            )
+        batch = await self._store.create(
+            batch_id, caller.account_id, int(cmd.use_type), messages, rejected, key
+        )
+        self._on_accepted()
+        return batch
+
+    async def get(self, caller: Caller, batch_id: str) -> BatchRecord:
+        batch = await self._store.get(caller.account_id, batch_id)
+        if batch is None:
+            raise NotFound(f"batch {batch_id!r} not found", reason="BATCH_NOT_FOUND")
+        return batch
+
+    async def messages(
+        self, caller: Caller, batch_id: str, requested_size: int, token: str
+    ) -> MessagesPage:
+        size = page_size(requested_size)
+        batch = await self.get(caller, batch_id)
+        scope = f"batch:{batch.id}"
+        after = ""
+        if token:
+            (position,) = decode_page_token(token, scope, shape=(str,))
+            after = str(position)
+        rows = await self._store.messages_page(batch.id, after, size + 1)
+        next_token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            next_token = encode_page_token(scope, [rows[-1].id])
+        return MessagesPage(rows, batch.total, next_token)
+
+    async def cancel(self, caller: Caller, batch_id: str) -> BatchRecord:
+        batch = await self._store.cancel(caller.account_id, batch_id)
+        if batch is None:
+            raise NotFound(f"batch {batch_id!r} not found", reason="BATCH_NOT_FOUND")
+        return batch
+
+    async def watch(self, caller: Caller, batch_id: str) -> AsyncIterator[BatchRecord]:
+        """Snapshots as the counts change (a few a second at most), until final."""
+        last: object = None
+        while True:
+            batch = await self.get(caller, batch_id)
+            if batch != last:
+                yield batch
+                last = batch
+            if batch.status in FINAL_BATCH:
+                return
+            await asyncio.sleep(WATCH_INTERVAL)
+
+
+def _prepare(
+    caller: Caller,
+    cmd: CreateBatchCommand,
+    parsed: ParsedTemplate,
+    template_code: str | None,
+    batch_id: str,
+    now: datetime,
+) -> tuple[list[NewMessage], list[tuple[str, str]]]:
+    """Validates every number and its values and renders its message (pure CPU)."""
+    verdicts = validate_numbers(cmd.numbers)
+    rejected = list(verdicts.rejected)
+    messages: list[NewMessage] = []
+    not_before = max(now, cmd.send_at) if cmd.send_at else now
+    for raw, e164 in verdicts.accepted:
+        values = cmd.template_data.get(raw) or cmd.template_data.get(e164) or {}
+        if parsed.variables or values:
+            try:
+                validate_values(values, parsed.variables, "template_data")
+            except InvalidArgument as exc:
+                rejected.append((raw, "; ".join(v.description for v in exc.violations)))
+                continue
+        body = render(parsed, values) if parsed.variables else parsed.content
+        messages.append(
+            NewMessage(
+                id=secrets.token_hex(16),
+                account_id=caller.account_id,
+                to_number=e164,
+                use_type=cmd.use_type,
+                body=body,
+                segments=count_segments(body),
+                priority=Priority.BATCH,
+                not_before=not_before,
+                template_id=cmd.template_id,
+                batch_id=batch_id,
+                template_code=template_code,
+                template_data={v: values[v] for v in parsed.variables} or None,
+            )
+        )
+    return messages, rejected

@@ -1,0 +1,224 @@
+"""Batch tasks: creation in one transaction (COPY), counts, paging and cancel.
+
+Creation writes the batch row, COPYs every accepted message and inserts their
+first events with one statement under the event-log lock, all in one transaction:
+a crash or error stores nothing. Counts change in the statement that records each
+message's status (store/outbox.py), so they are exact at any moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from server.domain.batching import BatchMessageRow, BatchRecord
+from server.domain.errors import FailedPrecondition
+from server.domain.models import MessageStatus, NewMessage
+from server.domain.ports import IdempotencyKey
+from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log
+from server.store.messages import IDEMPOTENCY_WINDOW
+from server.store.outbox import Transition, apply_transitions
+from server.store.pool import Conn, unavailable_on_connection_errors
+
+MESSAGE_COLUMNS = (
+    "id",
+    "account_id",
+    "batch_id",
+    "to_number",
+    "use_type",
+    "body",
+    "template_id",
+    "segments",
+    "priority",
+    "status",
+    "not_before",
+    "template_code",
+    "template_data",
+)
+
+_FIRST_EVENTS = f"""
+WITH {LOCK_EVENT_LOG_CTE}
+INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number, status,
+                            occurred_at)
+SELECT nextval('message_event_ids'), m.id, m.account_id, m.batch_id, m.to_number, 1,
+       m.created_at
+FROM messages m CROSS JOIN event_log_lock
+WHERE m.batch_id = $1
+"""
+
+_COLUMNS = (
+    "id, status, total, sent, delivered, failed, cancelled, finished, created_at, updated_at,"
+    " rejected"
+)
+
+
+def _batch(row: asyncpg.Record) -> BatchRecord:
+    return BatchRecord(
+        id=row["id"],
+        status=row["status"],
+        total=row["total"],
+        sent=row["sent"],
+        delivered=row["delivered"],
+        failed=row["failed"],
+        cancelled=row["cancelled"],
+        finished=row["finished"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        rejected=[(n, r) for n, r in row["rejected"]],
+    )
+
+
+class PgBatchStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create(
+        self,
+        batch_id: str,
+        account_id: int,
+        use_type: int,
+        messages: Sequence[NewMessage],
+        rejected: Sequence[tuple[str, str]],
+        key: IdempotencyKey | None = None,
+    ) -> BatchRecord:
+        """Stores the batch with all its messages, or nothing. With ``key``, a repeat
+        of an earlier request returns the earlier batch."""
+        with unavailable_on_connection_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                if key is not None:
+                    earlier = await _claim_key(conn, key, batch_id)
+                    if earlier is not None:
+                        return earlier
+                status = 1 if messages else 4  # nothing accepted: nothing can be sent
+                await conn.execute(
+                    "INSERT INTO batches (id, account_id, status, use_type, total, rejected) "
+                    "VALUES ($1, $2, $3, $4, $5, $6)",
+                    batch_id,
+                    account_id,
+                    status,
+                    use_type,
+                    len(messages),
+                    [list(r) for r in rejected],
+                )
+                if messages:
+                    await conn.copy_records_to_table(
+                        "messages",
+                        columns=MESSAGE_COLUMNS,
+                        records=[
+                            (
+                                m.id,
+                                m.account_id,
+                                m.batch_id,
+                                m.to_number,
+                                int(m.use_type),
+                                m.body,
+                                m.template_id,
+                                m.segments,
+                                int(m.priority),
+                                int(MessageStatus.PENDING),
+                                m.not_before,
+                                m.template_code,
+                                m.template_data,
+                            )
+                            for m in messages
+                        ],
+                    )
+                    await conn.execute(_FIRST_EVENTS, batch_id)
+                row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM batches WHERE id = $1", batch_id)
+        assert row is not None
+        return _batch(row)
+
+    async def get(self, account_id: int, batch_id: str) -> BatchRecord | None:
+        with unavailable_on_connection_errors():
+            row = await self._pool.fetchrow(
+                f"SELECT {_COLUMNS} FROM batches WHERE id = $1 AND account_id = $2",
+                batch_id,
+                account_id,
+            )
+        return None if row is None else _batch(row)
+
+    async def messages_page(
+        self, batch_id: str, after_id: str, limit: int
+    ) -> list[BatchMessageRow]:
+        """A batch's messages in id order after ``after_id`` (stable while it runs)."""
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(
+                "SELECT id, to_number, status, error_code, sent_at FROM messages "
+                "WHERE batch_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                batch_id,
+                after_id,
+                limit,
+            )
+        return [
+            BatchMessageRow(
+                r["id"], r["to_number"], MessageStatus(r["status"]), r["error_code"], r["sent_at"]
+            )
+            for r in rows
+        ]
+
+    async def cancel(self, account_id: int, batch_id: str) -> BatchRecord | None:
+        """Cancels the messages no worker holds; the ones handed out go on."""
+        with unavailable_on_connection_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                owner = await conn.fetchval(
+                    "SELECT account_id FROM batches WHERE id = $1 FOR UPDATE", batch_id
+                )
+                if owner != account_id:
+                    return None
+                ids = await conn.fetch(
+                    "SELECT id FROM messages WHERE batch_id = $1 AND status IN (1, 2) "
+                    "AND (claimed_until IS NULL OR claimed_until < now()) "
+                    "FOR UPDATE SKIP LOCKED",
+                    batch_id,
+                )
+                await conn.execute(
+                    "UPDATE batches SET status = 5, updated_at = now() "
+                    "WHERE id = $1 AND status IN (1, 2)",
+                    batch_id,
+                )
+                if ids:
+                    await lock_event_log(conn)
+                    await apply_transitions(
+                        conn, [Transition(r["id"], MessageStatus.CANCELLED) for r in ids]
+                    )
+                row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM batches WHERE id = $1", batch_id)
+        return None if row is None else _batch(row)
+
+
+async def _claim_key(
+    conn: Conn,
+    key: IdempotencyKey,
+    batch_id: str,
+) -> BatchRecord | None:
+    claimed = await conn.fetchval(
+        f"""
+        INSERT INTO idempotency_keys (account_id, operation, request_id, request_hash, resource_id)
+        VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (account_id, operation, request_id) DO UPDATE
+            SET request_hash = EXCLUDED.request_hash, resource_id = EXCLUDED.resource_id,
+                created_at = now()
+            WHERE idempotency_keys.created_at < now() - interval '{IDEMPOTENCY_WINDOW}'
+        RETURNING resource_id
+        """,
+        key.account_id,
+        key.operation,
+        key.request_id,
+        key.request_hash,
+        batch_id,
+    )
+    if claimed is not None:
+        return None
+    earlier = await conn.fetchrow(
+        f"SELECT k.request_hash, {', '.join('b.' + c.strip() for c in _COLUMNS.split(','))} "
+        "FROM idempotency_keys k JOIN batches b ON b.id = k.resource_id "
+        "WHERE k.account_id = $1 AND k.operation = $2 AND k.request_id = $3",
+        key.account_id,
+        key.operation,
+        key.request_id,
+    )
+    if earlier is None or bytes(earlier["request_hash"]) != key.request_hash:
+        raise FailedPrecondition(
+            "request_id was already used with different content", reason="REQUEST_ID_REUSED"
+        )
+    return _batch(earlier)
