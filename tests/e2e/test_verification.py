@@ -18,7 +18,7 @@ from server.domain.otp_guard import GuardSettings
 from server.domain.verification import OtpSettings
 from server.emulators.common import RunningEmulator
 from server.store.accounts import PgAccountStore
-from tests.e2e.conftest import Client, GatewayFactory, Running, wait_for
+from tests.e2e.conftest import Client, GatewayFactory, Running, final_state, wait_for
 from tests.e2e.emulated import only, sky, start_skynoo
 from tests.e2e.errors import bad_fields, details, reason
 
@@ -291,3 +291,40 @@ async def test_the_verification_sms_is_sent_first(otp_gw: Running) -> None:
         message_pb2.GetMessageStatusRequest(ids=[sent.message_id]), metadata=client.metadata
     )
     assert reply.messages[0].to_number == CN
+
+
+async def test_a_voice_code_is_placed_through_sendcloud_send_voice(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+) -> None:
+    from server.emulators import sendcloud as sendcloud_emulator
+    from server.emulators.common import EmulatorControls, EmulatorSettings
+    from server.routing_config import ProviderSpec
+
+    settings = EmulatorSettings(
+        credential_id="sc-user",
+        credential_secret="sc-key-0123456789",
+        controls=EmulatorControls(delivery_delay=0.1),
+    )
+    emulator = await RunningEmulator(sendcloud_emulator.build_app(settings)).start()
+    emulators.append(emulator)
+    cloud = ProviderSpec(
+        "cloud",
+        "sendcloud",
+        emulator.base_url,
+        {"sms_user": "sc-user", "sms_key": "sc-key-0123456789"},
+        timeout_seconds=1.0,
+    )
+    running = await start_gateway(routing=only(cloud), otp=otp(), retry_base_seconds=0.05)
+    client = await running.client()
+    sent = await send(client, channel=S.CHANNEL_VOICE, code="4711")
+    await wait_for(lambda: _received(emulator))
+    assert "4711" in emulator.state.received[0].content
+    state = await running.gateway.pool.fetchrow(
+        "SELECT provider, channel, sealed_code FROM messages WHERE id = $1", sent.message_id
+    )
+    assert (state["provider"], state["channel"], state["sealed_code"]) == ("cloud", 2, None)
+    # A text code cannot go there (SendCloud sends templates only, none is mapped):
+    # it is accepted, then fails at dispatch with NO_ROUTE.
+    text = await send(client, "+8613900139000", code="4711")
+    state = await final_state(client, text.message_id)
+    assert (state.status, state.error_code) == (S.MESSAGE_STATUS_FAILED, "NO_ROUTE")
