@@ -13,13 +13,12 @@ from collections.abc import Sequence
 import asyncpg
 
 from server.domain.batching import BatchMessageRow, BatchRecord
-from server.domain.errors import FailedPrecondition
 from server.domain.models import MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey
 from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log
-from server.store.messages import IDEMPOTENCY_WINDOW
+from server.store.idempotency import claim_key
 from server.store.outbox import Transition, apply_transitions
-from server.store.pool import Conn, unavailable_on_connection_errors
+from server.store.pool import unavailable_on_connection_errors
 
 MESSAGE_COLUMNS = (
     "id",
@@ -87,9 +86,13 @@ class PgBatchStore:
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
                 if key is not None:
-                    earlier = await _claim_key(conn, key, batch_id)
-                    if earlier is not None:
-                        return earlier
+                    earlier_id = await claim_key(conn, key, batch_id)
+                    if earlier_id is not None:
+                        earlier = await conn.fetchrow(
+                            f"SELECT {_COLUMNS} FROM batches WHERE id = $1", earlier_id
+                        )
+                        assert earlier is not None
+                        return _batch(earlier)
                 status = 1 if messages else 4  # nothing accepted: nothing can be sent
                 await conn.execute(
                     "INSERT INTO batches (id, account_id, status, use_type, total, rejected) "
@@ -184,41 +187,3 @@ class PgBatchStore:
                     )
                 row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM batches WHERE id = $1", batch_id)
         return None if row is None else _batch(row)
-
-
-async def _claim_key(
-    conn: Conn,
-    key: IdempotencyKey,
-    batch_id: str,
-) -> BatchRecord | None:
-    claimed = await conn.fetchval(
-        f"""
-        INSERT INTO idempotency_keys (account_id, operation, request_id, request_hash, resource_id)
-        VALUES ($1, $2, $3, $4, $5)
-        ON CONFLICT (account_id, operation, request_id) DO UPDATE
-            SET request_hash = EXCLUDED.request_hash, resource_id = EXCLUDED.resource_id,
-                created_at = now()
-            WHERE idempotency_keys.created_at < now() - interval '{IDEMPOTENCY_WINDOW}'
-        RETURNING resource_id
-        """,
-        key.account_id,
-        key.operation,
-        key.request_id,
-        key.request_hash,
-        batch_id,
-    )
-    if claimed is not None:
-        return None
-    earlier = await conn.fetchrow(
-        f"SELECT k.request_hash, {', '.join('b.' + c.strip() for c in _COLUMNS.split(','))} "
-        "FROM idempotency_keys k JOIN batches b ON b.id = k.resource_id "
-        "WHERE k.account_id = $1 AND k.operation = $2 AND k.request_id = $3",
-        key.account_id,
-        key.operation,
-        key.request_id,
-    )
-    if earlier is None or bytes(earlier["request_hash"]) != key.request_hash:
-        raise FailedPrecondition(
-            "request_id was already used with different content", reason="REQUEST_ID_REUSED"
-        )
-    return _batch(earlier)

@@ -13,13 +13,12 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from server.domain.errors import FailedPrecondition
 from server.domain.models import MessageState, MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey
 from server.store.events import LOCK_EVENT_LOG_CTE
+from server.store.idempotency import claim_key
 from server.store.pool import Conn, unavailable_on_connection_errors
 
-IDEMPOTENCY_WINDOW = "1 hour"
 MAX_GROUP = 500
 MAX_CONCURRENT_GROUPS = 2
 
@@ -115,39 +114,9 @@ class PgMessageStore:
     async def insert_idempotent(self, message: NewMessage, key: IdempotencyKey) -> str | None:
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
-                claimed = await conn.fetchval(
-                    f"""
-                    INSERT INTO idempotency_keys
-                        (account_id, operation, request_id, request_hash, resource_id)
-                    VALUES ($1, $2, $3, $4, $5)
-                    ON CONFLICT (account_id, operation, request_id) DO UPDATE
-                        SET request_hash = EXCLUDED.request_hash,
-                            resource_id = EXCLUDED.resource_id,
-                            created_at = now()
-                        WHERE idempotency_keys.created_at < now() - interval '{IDEMPOTENCY_WINDOW}'
-                    RETURNING resource_id
-                    """,
-                    key.account_id,
-                    key.operation,
-                    key.request_id,
-                    key.request_hash,
-                    message.id,
-                )
-                if claimed is None:
-                    earlier = await conn.fetchrow(
-                        "SELECT request_hash, resource_id FROM idempotency_keys "
-                        "WHERE account_id = $1 AND operation = $2 AND request_id = $3",
-                        key.account_id,
-                        key.operation,
-                        key.request_id,
-                    )
-                    assert earlier is not None
-                    if bytes(earlier["request_hash"]) != key.request_hash:
-                        raise FailedPrecondition(
-                            "request_id was already used with different content",
-                            reason="REQUEST_ID_REUSED",
-                        )
-                    return str(earlier["resource_id"])
+                earlier = await claim_key(conn, key, message.id)
+                if earlier is not None:
+                    return earlier
                 await insert_messages(conn, [message])
         return None
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import asyncpg
 
-from server.domain.errors import FailedPrecondition, ResourceExhausted
+from server.domain.errors import ResourceExhausted
 from server.domain.models import NewMessage, VerificationState
 from server.domain.otp_guard import VelocityCheck, VelocityResult
 from server.domain.ports import IdempotencyKey
@@ -26,7 +26,8 @@ from server.domain.verification import (
     NewVerification,
     StoredVerification,
 )
-from server.store.messages import IDEMPOTENCY_WINDOW, insert_messages
+from server.store.idempotency import claim_key
+from server.store.messages import insert_messages
 from server.store.pool import Conn, unavailable_on_connection_errors
 from server.store.velocity import PgVelocityCounters
 
@@ -59,9 +60,16 @@ class PgVerificationStore:
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
                 if key is not None:
-                    earlier = await _claim_key(conn, key, verification.id)
-                    if earlier is not None:
-                        return earlier
+                    earlier_id = await claim_key(conn, key, verification.id)
+                    if earlier_id is not None:
+                        earlier = await conn.fetchrow(
+                            "SELECT id, expires_at, message_id FROM verifications WHERE id = $1",
+                            earlier_id,
+                        )
+                        assert earlier is not None
+                        return StoredVerification(
+                            earlier["id"], earlier["expires_at"], earlier["message_id"]
+                        )
                 if mobile_interval > 0:
                     sent = await conn.fetchval(
                         _MOBILE_INTERVAL,
@@ -163,39 +171,3 @@ async def _set_state(conn: Conn, verify_id: str, state: VerificationState, left:
         int(state),
         left,
     )
-
-
-async def _claim_key(
-    conn: Conn, key: IdempotencyKey, resource_id: str
-) -> StoredVerification | None:
-    claimed = await conn.fetchval(
-        f"""
-        INSERT INTO idempotency_keys (account_id, operation, request_id, request_hash, resource_id)
-        VALUES ($1, $2, $3, $4, $5)
-        ON CONFLICT (account_id, operation, request_id) DO UPDATE
-            SET request_hash = EXCLUDED.request_hash, resource_id = EXCLUDED.resource_id,
-                created_at = now()
-            WHERE idempotency_keys.created_at < now() - interval '{IDEMPOTENCY_WINDOW}'
-        RETURNING resource_id
-        """,
-        key.account_id,
-        key.operation,
-        key.request_id,
-        key.request_hash,
-        resource_id,
-    )
-    if claimed is not None:
-        return None
-    earlier = await conn.fetchrow(
-        "SELECT k.request_hash, v.id, v.expires_at, v.message_id FROM idempotency_keys k "
-        "JOIN verifications v ON v.id = k.resource_id "
-        "WHERE k.account_id = $1 AND k.operation = $2 AND k.request_id = $3",
-        key.account_id,
-        key.operation,
-        key.request_id,
-    )
-    if earlier is None or bytes(earlier["request_hash"]) != key.request_hash:
-        raise FailedPrecondition(
-            "request_id was already used with different content", reason="REQUEST_ID_REUSED"
-        )
-    return StoredVerification(earlier["id"], earlier["expires_at"], earlier["message_id"])

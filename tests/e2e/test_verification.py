@@ -92,7 +92,15 @@ async def test_a_generated_code_reaches_the_handset_verifies_once_and_is_never_s
     assert match, text
     code = match.group(1)
 
-    # Only a keyed hash is stored; the sealed copy is gone once the provider has it.
+    # Only a keyed hash is stored; the sealed copy is gone once SENT is recorded
+    # (the emulator sees the message a moment before the dispatcher records it).
+    async def recorded_sent() -> bool:
+        status = await running.gateway.pool.fetchval(
+            "SELECT status FROM messages WHERE id = $1", sent.message_id
+        )
+        return bool(status >= S.MESSAGE_STATUS_SENT)
+
+    await wait_for(recorded_sent)
     rows = await running.gateway.pool.fetch(
         "SELECT v.code_hash, m.body, m.sealed_code FROM verifications v "
         "JOIN messages m ON m.id = v.message_id WHERE v.id = $1",
