@@ -165,8 +165,14 @@ async def test_cancel_stops_what_no_provider_has_yet(
         batch_pb2.CancelBatchRequest(task_id=reply.task_id), metadata=client.metadata
     )
     assert cancelled.status == S.BATCH_STATUS_CANCELLED
-    batch = await final(client, reply.task_id)
-    await asyncio.sleep(1.0)  # messages handed out before the cancel go on to the end
+    # Messages handed out before the cancel go on to the end.
+    async def settled() -> bool:
+        left = await running.gateway.pool.fetchval(
+            "SELECT count(*) FROM messages WHERE batch_id = $1 AND status < 3", reply.task_id
+        )
+        return bool(left == 0)
+
+    await wait_for(settled, within=20)
     batch = await get(client, reply.task_id)
     counts = dict(
         await running.gateway.pool.fetch(

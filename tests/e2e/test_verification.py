@@ -325,7 +325,7 @@ async def test_a_voice_code_is_placed_through_sendcloud_send_voice(
     running = await start_gateway(routing=only(cloud), otp=otp(), retry_base_seconds=0.05)
     client = await running.client()
     sent = await send(client, channel=S.CHANNEL_VOICE, code="4711")
-    await wait_for(lambda: _received(emulator))
+    await final_state(client, sent.message_id)  # SENT recorded, then DELIVERED
     assert "4711" in emulator.state.received[0].content
     state = await running.gateway.pool.fetchrow(
         "SELECT provider, channel, sealed_code FROM messages WHERE id = $1", sent.message_id
