@@ -165,6 +165,7 @@ async def test_cancel_stops_what_no_provider_has_yet(
         batch_pb2.CancelBatchRequest(task_id=reply.task_id), metadata=client.metadata
     )
     assert cancelled.status == S.BATCH_STATUS_CANCELLED
+
     # Messages handed out before the cancel go on to the end.
     async def settled() -> bool:
         left = await running.gateway.pool.fetchval(
