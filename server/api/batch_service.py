@@ -40,9 +40,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         batch = await self._batches.create(
             current_caller(),
             CreateBatchCommand(
-                use_type=UseType(request.use_type)
-                if request.use_type in UseType._value2member_map_
-                else UseType.UNSPECIFIED,
+                use_type=convert.enum_value(UseType, request.use_type, UseType.UNSPECIFIED),
                 numbers=list(request.numbers),
                 content=request.content if source == "content" else None,
                 template_id=request.template_id if source == "template_id" else None,

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from google.protobuf import timestamp_pb2
 from sms.v1 import common_pb2, message_pb2, template_pb2
 
 from server.domain.models import MessageState, StatusEvent, Template
+
+E = TypeVar("E", bound=enum.IntEnum)
+
+
+def enum_value(kind: type[E], value: int, unknown: E) -> E:
+    """A proto enum number as the domain enum; numbers this server does not know
+    (a newer client) become ``unknown``, which validation then refuses."""
+    try:
+        return kind(value)
+    except ValueError:
+        return unknown
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:

@@ -30,9 +30,7 @@ class MessageServicer(message_pb2_grpc.MessageServiceServicer):
             current_caller(),
             SendCommand(
                 mobile=request.mobile,
-                use_type=UseType(request.use_type)
-                if request.use_type in UseType._value2member_map_
-                else UseType.UNSPECIFIED,
+                use_type=convert.enum_value(UseType, request.use_type, UseType.UNSPECIFIED),
                 text=request.text if content == "text" else None,
                 template_id=request.template_id if content == "template_id" else None,
                 data=dict(request.data),

@@ -24,11 +24,7 @@ class TemplateServicer(template_pb2_grpc.TemplateServiceServicer):
         self, request: template_pb2.CreateTemplateRequest, context: Context
     ) -> template_pb2.Template:
         t = request.template
-        use_type = (
-            UseType(t.use_type)
-            if t.use_type in UseType._value2member_map_
-            else (UseType.UNSPECIFIED)
-        )
+        use_type = convert.enum_value(UseType, t.use_type, UseType.UNSPECIFIED)
         created = await self._catalog.create(current_caller(), t.code, t.content, use_type)
         return convert.template(created)
 

@@ -30,9 +30,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
                 expire_minutes=request.expire_minutes,
                 scene=request.scene,
                 template_id=request.template_id or None,
-                channel=Channel(request.channel)
-                if request.channel in Channel._value2member_map_
-                else Channel.UNSPECIFIED,
+                channel=convert.enum_value(Channel, request.channel, Channel.UNSPECIFIED),
                 code=request.code,
                 request_id=request.request_id,
             ),

@@ -108,3 +108,11 @@ def test_transitions_for_one_message_are_split_into_ordered_rounds() -> None:
     a_done = Transition("a", models.MessageStatus.DELIVERED)
     b_sent = Transition("b", models.MessageStatus.SENT)
     assert _rounds([a_sent, b_sent, a_done]) == [[a_sent, b_sent], [a_done]]
+
+
+def test_unknown_proto_enum_numbers_become_the_unknown_value() -> None:
+    from server.api.convert import enum_value
+
+    assert enum_value(models.UseType, 3, models.UseType.UNSPECIFIED) == models.UseType.MARKETING
+    assert enum_value(models.UseType, 99, models.UseType.UNSPECIFIED) == models.UseType.UNSPECIFIED
+    assert enum_value(models.Channel, 2, models.Channel.UNSPECIFIED) == models.Channel.VOICE
