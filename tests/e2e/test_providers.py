@@ -14,16 +14,13 @@ import grpc
 import pytest
 from sms.v1 import common_pb2, message_pb2, template_pb2
 
-from server.emulators import sendcloud as sendcloud_emulator
 from server.emulators import sendsms as sendsms_emulator
 from server.emulators.common import EmulatorControls, EmulatorSettings, RunningEmulator
 from server.routing_config import ProviderSpec, RouteSpec, RoutingConfig
 from tests.e2e.conftest import Client, GatewayFactory, Running, final_state, wait_for
-from tests.e2e.emulated import sky, start_skynoo
+from tests.e2e.emulated import cloud, sky, start_sendcloud, start_skynoo
 
 CN = "+8613800138000"
-CLOUD = {"sms_user": "sc-user", "sms_key": "sc-key-0123456789"}
-CLOUD_TEMPLATE = {"30215": "Your order %order_no% has shipped."}
 
 
 @pytest.fixture
@@ -32,32 +29,6 @@ async def emulators() -> AsyncIterator[list[RunningEmulator]]:
     yield running
     for emulator in running:
         await emulator.stop()
-
-
-async def start_sendcloud(
-    emulators: list[RunningEmulator], webhook_url: str | None = None, **controls: object
-) -> RunningEmulator:
-    settings = EmulatorSettings(
-        credential_id=CLOUD["sms_user"],
-        credential_secret=CLOUD["sms_key"],
-        templates=CLOUD_TEMPLATE,
-        webhook_url=webhook_url,
-        controls=EmulatorControls(**controls),  # type: ignore[arg-type]
-    )
-    emulator = await RunningEmulator(sendcloud_emulator.build_app(settings)).start()
-    emulators.append(emulator)
-    return emulator
-
-
-def cloud(emulator: RunningEmulator, name: str = "cloud") -> ProviderSpec:
-    return ProviderSpec(
-        name,
-        "sendcloud",
-        emulator.base_url,
-        CLOUD,
-        timeout_seconds=1.0,
-        templates={"order_shipped": "30215"},
-    )
 
 
 async def send_text(client: Client) -> str:

@@ -19,7 +19,7 @@ from server.domain.verification import OtpSettings
 from server.emulators.common import RunningEmulator
 from server.store.accounts import PgAccountStore
 from tests.e2e.conftest import Client, GatewayFactory, Running, final_state, wait_for
-from tests.e2e.emulated import only, sky, start_skynoo
+from tests.e2e.emulated import cloud, only, sky, start_sendcloud, start_skynoo
 from tests.e2e.errors import bad_fields, details, reason
 
 CN = "+8613800138000"
@@ -304,25 +304,8 @@ async def test_the_verification_sms_is_sent_first(otp_gw: Running) -> None:
 async def test_a_voice_code_is_placed_through_sendcloud_send_voice(
     start_gateway: GatewayFactory, emulators: list[RunningEmulator]
 ) -> None:
-    from server.emulators import sendcloud as sendcloud_emulator
-    from server.emulators.common import EmulatorControls, EmulatorSettings
-    from server.routing_config import ProviderSpec
-
-    settings = EmulatorSettings(
-        credential_id="sc-user",
-        credential_secret="sc-key-0123456789",
-        controls=EmulatorControls(delivery_delay=0.1),
-    )
-    emulator = await RunningEmulator(sendcloud_emulator.build_app(settings)).start()
-    emulators.append(emulator)
-    cloud = ProviderSpec(
-        "cloud",
-        "sendcloud",
-        emulator.base_url,
-        {"sms_user": "sc-user", "sms_key": "sc-key-0123456789"},
-        timeout_seconds=1.0,
-    )
-    running = await start_gateway(routing=only(cloud), otp=otp(), retry_base_seconds=0.05)
+    emulator = await start_sendcloud(emulators, delivery_delay=0.1)
+    running = await start_gateway(routing=only(cloud(emulator)), otp=otp(), retry_base_seconds=0.05)
     client = await running.client()
     sent = await send(client, channel=S.CHANNEL_VOICE, code="4711")
     await final_state(client, sent.message_id)  # SENT recorded, then DELIVERED
