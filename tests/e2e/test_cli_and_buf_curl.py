@@ -67,6 +67,19 @@ def serve(server_env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
             proc.wait()
 
 
+def _cli(env: dict[str, str], *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Runs an smsgw command (not serve) to completion."""
+    return subprocess.run(
+        [*SMSGW, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=check,
+    )
+
+
 def _buf(
     env: dict[str, str], *args: str, data: str | None = None, auth: str = ""
 ) -> subprocess.CompletedProcess[str]:
@@ -83,15 +96,7 @@ def _buf(
 def test_user_journey_with_cli_and_buf_curl(
     server_env: dict[str, str], serve: subprocess.Popen[str]
 ) -> None:
-    created = subprocess.run(
-        [*SMSGW, "account", "create", "acme"],
-        env=server_env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    created = _cli(server_env, "account", "create", "acme", check=True)
     account = json.loads(created.stdout)
     assert account["api_key"].startswith("app_") and account["api_secret"].startswith("sec_")
     auth = (
@@ -100,14 +105,7 @@ def test_user_journey_with_cli_and_buf_curl(
     )
     url = f"http://{server_env['SMSGW_GRPC_ADDR']}"
 
-    health = subprocess.run(
-        [*SMSGW, "healthcheck"],
-        env=server_env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    health = _cli(server_env, "healthcheck")
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
 
     listed = _buf(server_env, "--list-methods", url)
@@ -143,25 +141,12 @@ def test_user_journey_with_cli_and_buf_curl(
     assert "invalid_argument" in refused.stdout + refused.stderr
     assert "google.rpc.BadRequest" in refused.stdout + refused.stderr
 
-    listed_creds = subprocess.run(
-        [*SMSGW, "credential", "list", "--account", str(account["account_id"])],
-        env=server_env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+    listed_creds = _cli(
+        server_env, "credential", "list", "--account", str(account["account_id"]), check=True
     )
     assert account["api_key"] in listed_creds.stdout
     assert account["api_secret"] not in listed_creds.stdout
-    revoked = subprocess.run(
-        [*SMSGW, "credential", "revoke", account["api_key"]],
-        env=server_env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    revoked = _cli(server_env, "credential", "revoke", account["api_key"])
     assert revoked.returncode == 0
     time.sleep(1.2)
     after = _buf(
@@ -182,25 +167,19 @@ def test_sigterm_drains_and_exits_cleanly(serve: subprocess.Popen[str]) -> None:
     assert "smsgw stopped" in logs
     assert "Traceback" not in logs
     env = {"SMSGW_GRPC_ADDR": f"127.0.0.1:{_free_port()}", "PATH": os.environ["PATH"]}
-    down = subprocess.run(
-        [*SMSGW, "healthcheck"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
-    )
+    down = _cli(env, "healthcheck")
     assert down.returncode == 1
 
 
 def test_migrate_without_database_url_uses_embedded_postgres(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["SMSGW_DATA_DIR"] = str(tmp_path / "smsgw")
-    first = subprocess.run(
-        [*SMSGW, "migrate"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    first = _cli(env, "migrate")
     assert first.returncode == 0, first.stderr
     applied = json.loads(first.stdout)["applied"]
     assert applied[0] == "0001_create_schema" and applied == sorted(applied)
     assert (tmp_path / "smsgw" / "pgdata" / "PG_VERSION").exists()
-    again = subprocess.run(
-        [*SMSGW, "migrate"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    again = _cli(env, "migrate")
     assert json.loads(again.stdout)["applied"] == []
 
 
@@ -220,9 +199,7 @@ def test_embedded_postgres_is_stopped_after_a_killed_server(tmp_path: Path) -> N
     finally:
         proc.kill()
         proc.wait()
-    migrated = subprocess.run(
-        [*SMSGW, "migrate"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    migrated = _cli(env, "migrate")
     assert migrated.returncode == 0, migrated.stderr
     deadline = time.monotonic() + 15
     while True:
@@ -312,28 +289,10 @@ def _wait_for_log(log: Path, text: str) -> None:
 
 def test_account_update_changes_only_the_given_otp_settings(databases_url: str) -> None:
     env = {**os.environ, "DATABASE_URL": databases_url}
-    created = json.loads(
-        subprocess.run(
-            [*SMSGW, "account", "create", "otp"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-    )
+    created = json.loads(_cli(env, "account", "create", "otp", check=True).stdout)
     account = str(created["account_id"])
     for args in (["--otp-max-attempts", "5"], ["--allow-country", "us", "--allow-country", "CN"]):
-        subprocess.run(
-            [*SMSGW, "account", "update", account, *args],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        _cli(env, "account", "update", account, *args, check=True)
     import asyncio
 
     import asyncpg
@@ -350,12 +309,5 @@ def test_account_update_changes_only_the_given_otp_settings(databases_url: str) 
 
     row = asyncio.run(read())
     assert (row["otp_max_attempts"], row["otp_allowed_regions"]) == (5, ["US", "CN"])
-    missing = subprocess.run(
-        [*SMSGW, "account", "update", "999999", "--all-countries"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    missing = _cli(env, "account", "update", "999999", "--all-countries")
     assert missing.returncode == 1
