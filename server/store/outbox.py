@@ -14,18 +14,68 @@ from server.domain.models import CODE_MARK, Channel, MessageStatus, OutboundMess
 from server.store.events import lock_event_log
 from server.store.pool import Conn, unavailable_on_connection_errors
 
+# Verification codes and single sends first (by priority, then due time); the room
+# left goes to batch messages, shared evenly between the accounts that have some due,
+# so an early large campaign cannot hold back another account's; room an account
+# leaves unused goes to the others. ``bulk_accounts``
+# walks the accounts with batch rows one index probe each (a loose index scan).
 _CLAIM = """
-WITH due AS (
-    SELECT id FROM messages
-    WHERE status IN (1, 2) AND not_before <= now()
+WITH RECURSIVE urgent AS (
+    SELECT ctid, id FROM messages
+    WHERE status IN (1, 2) AND priority < 2 AND not_before <= now()
       AND (claimed_until IS NULL OR claimed_until < now())
     ORDER BY priority, not_before
     LIMIT $1
     FOR UPDATE SKIP LOCKED
-)
+),
+bulk_accounts AS (
+    (SELECT account_id FROM messages WHERE status IN (1, 2) AND priority = 2
+     ORDER BY account_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT m.account_id FROM messages m
+            WHERE m.status IN (1, 2) AND m.priority = 2 AND m.account_id > a.account_id
+            ORDER BY m.account_id LIMIT 1)
+    FROM bulk_accounts a WHERE a.account_id IS NOT NULL
+),
+senders AS (
+    -- A correlated probe (LIMIT 1), never a semi join that would read every due row.
+    SELECT a.account_id FROM bulk_accounts a
+    WHERE a.account_id IS NOT NULL AND (
+        SELECT true FROM messages m
+        WHERE m.account_id = a.account_id AND m.status IN (1, 2) AND m.priority = 2
+          AND m.not_before <= now() AND (m.claimed_until IS NULL OR m.claimed_until < now())
+        LIMIT 1)
+),
+share AS (
+    SELECT ceil(($1 - (SELECT count(*) FROM urgent))::numeric
+                / greatest((SELECT count(*) FROM senders), 1))::int AS n
+),
+bulk AS (
+    SELECT d.ctid, d.id FROM senders s CROSS JOIN LATERAL (
+        SELECT m.ctid, m.id FROM messages m
+        WHERE m.account_id = s.account_id AND m.status IN (1, 2) AND m.priority = 2
+          AND m.not_before <= now() AND (m.claimed_until IS NULL OR m.claimed_until < now())
+        ORDER BY m.not_before
+        LIMIT (SELECT n FROM share)
+        FOR UPDATE SKIP LOCKED
+    ) d
+),
+fill AS (
+    -- Room an account could not use (it had fewer due rows than its share).
+    SELECT ctid FROM messages
+    WHERE status IN (1, 2) AND priority = 2 AND not_before <= now()
+      AND (claimed_until IS NULL OR claimed_until < now())
+      AND id NOT IN (SELECT id FROM bulk)
+    ORDER BY not_before
+    LIMIT greatest($1 - (SELECT count(*) FROM urgent) - (SELECT count(*) FROM bulk), 0)
+    FOR UPDATE SKIP LOCKED
+),
+due AS (SELECT ctid FROM urgent UNION ALL SELECT ctid FROM bulk UNION ALL SELECT ctid FROM fill)
 UPDATE messages m
 SET claimed_until = now() + make_interval(secs => $2), attempts = m.attempts + 1
-FROM due WHERE m.id = due.id
+-- By row address (a TID scan; the rows are locked, so it cannot move): a join on id
+-- would be planned from the CTEs' unknowable sizes and stale statistics.
+WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM due))
 RETURNING m.id, m.account_id, m.to_number, m.body, m.use_type, m.attempts, m.template_id,
           m.priority, m.template_code, m.template_data, m.created_at, m.channel,
           m.sealed_code
@@ -172,8 +222,12 @@ class PgOutbox:
 
     async def claim_due(self, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
         with unavailable_on_connection_errors():
-            rows = await self._pool.fetch(_CLAIM, limit, lease_seconds)
-        return [self._claimed(r) for r in rows]
+            async with self._pool.acquire() as conn, conn.transaction():
+                # Planned for the outbox as it is now: a plan cached while the table
+                # was small (before a large batch landed) would read all of it.
+                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                rows = await conn.fetch(_CLAIM, limit, lease_seconds)
+        return sorted((self._claimed(r) for r in rows), key=lambda c: c.priority)
 
     def _claimed(self, r: asyncpg.Record) -> ClaimedMessage:
         body: str = r["body"]

@@ -232,6 +232,21 @@ async def test_a_code_sent_during_a_large_batch_is_delivered_before_it_finishes(
     assert (await final(client, reply.task_id, within=120)).delivered == 10_000
 
 
+async def test_a_large_campaign_does_not_hold_back_another_accounts_batch(
+    start_gateway: GatewayFactory,
+) -> None:
+    running = await start_gateway(loopback=LoopbackConfig(0.01))
+    early, late = await running.client(), await running.client()
+    big = await create(early, content="Big sale today.", numbers=numbers(4_000))
+    small = await create(late, content="Our own news.", numbers=numbers(200, start=50_000))
+
+    done = await final(late, small.task_id, within=60)
+    assert done.delivered == 200
+    # Without a share per account the small batch would wait for all 4,000 first.
+    assert (await get(early, big.task_id)).sent < 3_000
+    assert (await final(early, big.task_id, within=120)).delivered == 4_000
+
+
 async def test_other_accounts_batches_are_not_found(gw: Running) -> None:
     alice, bob = await gw.client(), await gw.client()
     reply = await create(alice, content="Mine.", numbers=numbers(2))

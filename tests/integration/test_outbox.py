@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -91,6 +93,37 @@ async def test_verification_is_claimed_before_batch_and_single(pool: asyncpg.Poo
         await store.insert(m)
     claimed = await PgOutbox(pool).claim_due(2, 30)
     assert [c.message.id for c in claimed] == [code.id, single.id]
+    await _drain(pool)
+
+
+async def test_batch_room_is_shared_evenly_between_accounts(pool: asyncpg.Pool) -> None:
+    """An early large campaign does not hold back another account's later batch."""
+    await _drain(pool)
+    early, late, idle = await _account(pool), await _account(pool), await _account(pool)
+    store = PgMessageStore(pool)
+    big = [new_message(early, Priority.BATCH) for _ in range(300)]
+    await asyncio.gather(*(store.insert(m) for m in big))
+    small = [new_message(late, Priority.BATCH) for _ in range(30)]
+    await asyncio.gather(*(store.insert(m) for m in small))
+    scheduled = replace(
+        new_message(idle, Priority.BATCH), not_before=datetime.now(UTC) + timedelta(hours=1)
+    )
+    await store.insert(scheduled)  # nothing due: it takes no share
+    code = new_message(late, Priority.VERIFICATION)
+    await store.insert(code)
+
+    claimed = await PgOutbox(pool).claim_due(41, 30)
+    owners = [c.message.account_id for c in claimed]
+    assert claimed[0].message.id == code.id  # codes still go first
+    assert len(claimed) == 41
+    assert owners[1:].count(early) == 20 and owners[1:].count(late) == 20
+    assert scheduled.id not in {c.message.id for c in claimed}
+
+    # The later batch is out after two claims; the room it leaves goes to the other.
+    second = await PgOutbox(pool).claim_due(40, 30)
+    assert [c.message.account_id for c in second].count(late) == 10 and len(second) == 40
+    third = await PgOutbox(pool).claim_due(40, 30)
+    assert {c.message.account_id for c in third} == {early} and len(third) == 40
     await _drain(pool)
 
 
