@@ -15,6 +15,8 @@ from typing import Any
 
 from server.app import Database, Gateway, migrate
 from server.config import ConfigError, Settings
+from server.domain.errors import InvalidArgument
+from server.domain.quiet_hours import QuietHours
 from server.emulators.common import FAULTS, EmulatorControls, EmulatorSettings, RunningEmulator
 from server.logs import configure_logging
 from server.store.accounts import PgAccountStore
@@ -200,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--allow-cidr", action="append", default=[], type=_cidr)
 
-    update = account.add_parser("update", help="change an account's OTP settings")
+    update = account.add_parser(
+        "update", help="change an account's settings (OTP, marketing quiet hours)"
+    )
     update.add_argument("account_id", type=int)
     update.add_argument("--otp-max-attempts", type=int, help="check attempts per code (1-100)")
     update.add_argument(
@@ -210,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="ISO country the account may send codes to (repeat); replaces the list",
     )
     update.add_argument("--all-countries", action="store_true", help="remove the country allowlist")
+    update.add_argument(
+        "--quiet-hours",
+        action="append",
+        metavar="[XX=]HH:MM-HH:MM",
+        help="no marketing in this window, recipient's local time; XX= for one country, "
+        "none for every other (repeat); replaces the windows",
+    )
+    update.add_argument(
+        "--no-quiet-hours", action="store_true", help="remove the marketing quiet hours"
+    )
 
     credential = commands.add_parser("credential", help="manage API credentials")
     cred = credential.add_subparsers(dest="action", required=True)
@@ -233,9 +247,19 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "emulate":
         return asyncio.run(_emulate(args))
     if args.command == "account" and args.action == "update":
+        try:
+            quiet = (
+                QuietHours.parse(args.quiet_hours, "--quiet-hours") if args.quiet_hours else None
+            )
+        except InvalidArgument as exc:
+            bad = exc.violations[0]
+            print(f"smsgw: {bad.field}: {bad.description}", file=sys.stderr)
+            return 2
 
         async def update_account(store: PgAccountStore) -> int:
             regions = [r.upper() for r in args.allow_country] if args.allow_country else None
+            if args.quiet_hours or args.no_quiet_hours:
+                await store.set_quiet_hours(args.account_id, quiet)
             changed = await store.update_otp_settings(
                 args.account_id,
                 max_attempts=args.otp_max_attempts,
@@ -251,6 +275,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                     "account_id": args.account_id,
                     "otp_max_attempts": args.otp_max_attempts,
                     "otp_allowed_regions": regions,
+                    "quiet_hours": None if quiet is None else quiet.to_json(),
                 }
             )
             return 0

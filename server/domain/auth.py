@@ -98,6 +98,7 @@ class Authenticator:
             otp_allowed_regions=None
             if credential.otp_allowed_regions is None
             else frozenset(credential.otp_allowed_regions),
+            quiet_hours=credential.quiet_hours,
         )
 
     async def _verified_credential(

@@ -241,7 +241,7 @@ def _prepare(
                 body=body,
                 segments=count_segments(body),
                 priority=Priority.BATCH,
-                not_before=not_before,
+                not_before=caller.marketing_release(cmd.use_type, e164, not_before),
                 template_id=cmd.template_id,
                 batch_id=batch_id,
                 template_code=template_code,

@@ -18,6 +18,7 @@ from server.domain.errors import (
 from server.domain.models import MessageState, MessageStatus, NewMessage, Priority, UseType
 from server.domain.phones import normalize_mobile
 from server.domain.ports import IdempotencyKey, MessageRepository, TemplateRepository
+from server.domain.quiet_hours import QuietHours
 from server.domain.segments import count_segments
 from server.domain.templates import ParsedTemplate, render, validate_values
 
@@ -35,6 +36,13 @@ class Caller:
     verified: bool
     otp_max_attempts: int | None = None  # None: the server's default
     otp_allowed_regions: frozenset[str] | None = None  # None: every country
+    quiet_hours: QuietHours | None = None  # marketing is held during these windows
+
+    def marketing_release(self, use_type: UseType, to_number: str, due: datetime) -> datetime:
+        """When a message may go: marketing waits for the recipient's quiet hours to end."""
+        if use_type != UseType.MARKETING or self.quiet_hours is None:
+            return due
+        return self.quiet_hours.release(to_number, due)
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,7 @@ class Messaging:
             priority=Priority.VERIFICATION
             if cmd.use_type == UseType.VERIFICATION
             else Priority.SINGLE,
-            not_before=not_before,
+            not_before=caller.marketing_release(cmd.use_type, to_number, not_before),
             template_id=cmd.template_id,
             template_code=template_code,
             template_data=template_data,

@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from server.domain.quiet_hours import QuietHours
+
 
 class UseType(enum.IntEnum):
     UNSPECIFIED = 0
@@ -87,6 +89,7 @@ class Credential:
     account_verified: bool = True
     otp_max_attempts: int | None = None
     otp_allowed_regions: tuple[str, ...] | None = None
+    quiet_hours: QuietHours | None = None
 
 
 @dataclass(frozen=True)

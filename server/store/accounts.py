@@ -8,12 +8,13 @@ import asyncpg
 
 from server.domain import secrets
 from server.domain.models import Account, Credential
+from server.domain.quiet_hours import QuietHours
 from server.store.pool import unavailable_on_connection_errors
 
 _CREDENTIAL_COLUMNS = """
     c.id, c.account_id, c.api_key, c.secret_hash, c.allow_cidrs::text[] AS allow_cidrs,
     c.created_at, c.revoked_at, a.verified AS account_verified,
-    a.otp_max_attempts, a.otp_allowed_regions
+    a.otp_max_attempts, a.otp_allowed_regions, a.quiet_hours
 """
 
 
@@ -31,6 +32,9 @@ def _credential(row: asyncpg.Record) -> Credential:
         otp_allowed_regions=None
         if row["otp_allowed_regions"] is None
         else tuple(row["otp_allowed_regions"]),
+        quiet_hours=None
+        if row["quiet_hours"] is None
+        else QuietHours.from_json(row["quiet_hours"]),
     )
 
 
@@ -78,6 +82,17 @@ class PgAccountStore:
                 set_attempts,
                 allowed_regions,
                 set_regions,
+            )
+        return result.endswith(" 1")
+
+    async def set_quiet_hours(self, account_id: int, hours: QuietHours | None) -> bool:
+        """Replaces the account's marketing quiet hours (None: none). False if there is
+        no such account. Servers pick the change up within a second (auth cache)."""
+        with unavailable_on_connection_errors():
+            result: str = await self._pool.execute(
+                "UPDATE accounts SET quiet_hours = $2 WHERE id = $1",
+                account_id,
+                None if hours is None else hours.to_json(),
             )
         return result.endswith(" 1")
 

@@ -287,11 +287,15 @@ def _wait_for_log(log: Path, text: str) -> None:
         time.sleep(0.1)
 
 
-def test_account_update_changes_only_the_given_otp_settings(databases_url: str) -> None:
+def test_account_update_changes_only_the_given_settings(databases_url: str) -> None:
     env = {**os.environ, "DATABASE_URL": databases_url}
     created = json.loads(_cli(env, "account", "create", "otp", check=True).stdout)
     account = str(created["account_id"])
-    for args in (["--otp-max-attempts", "5"], ["--allow-country", "us", "--allow-country", "CN"]):
+    for args in (
+        ["--otp-max-attempts", "5"],
+        ["--allow-country", "us", "--allow-country", "CN"],
+        ["--quiet-hours", "21:00-08:00", "--quiet-hours", "us=22:00-07:30"],
+    ):
         _cli(env, "account", "update", account, *args, check=True)
     import asyncio
 
@@ -301,7 +305,8 @@ def test_account_update_changes_only_the_given_otp_settings(databases_url: str) 
         conn = await asyncpg.connect(databases_url)
         try:
             return await conn.fetchrow(
-                "SELECT otp_max_attempts, otp_allowed_regions FROM accounts WHERE id = $1",
+                "SELECT otp_max_attempts, otp_allowed_regions, quiet_hours FROM accounts "
+                "WHERE id = $1",
                 int(account),
             )
         finally:
@@ -309,5 +314,10 @@ def test_account_update_changes_only_the_given_otp_settings(databases_url: str) 
 
     row = asyncio.run(read())
     assert (row["otp_max_attempts"], row["otp_allowed_regions"]) == (5, ["US", "CN"])
+    assert json.loads(row["quiet_hours"]) == {"*": ["21:00", "08:00"], "US": ["22:00", "07:30"]}
+    bad = _cli(env, "account", "update", account, "--quiet-hours", "9pm-8am")
+    assert bad.returncode == 2 and "--quiet-hours" in bad.stderr
+    _cli(env, "account", "update", account, "--no-quiet-hours", check=True)
+    assert asyncio.run(read())["quiet_hours"] is None
     missing = _cli(env, "account", "update", "999999", "--all-countries")
     assert missing.returncode == 1
