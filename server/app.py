@@ -222,9 +222,14 @@ class Gateway:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        self.grpc_port = server.add_insecure_port(s.grpc_addr)
+        if s.tls is None:
+            self.grpc_port = server.add_insecure_port(s.grpc_addr)
+        else:
+            self.grpc_port = server.add_secure_port(s.grpc_addr, s.tls.credentials())
         if self.grpc_port == 0:
             raise OSError(f"cannot listen on {s.grpc_addr}")
+        if s.tls is not None:
+            log.info("gRPC port uses %s", s.tls.describe())
         await server.start()
         self._server = server
         for name in ("", *SERVING_SERVICES):

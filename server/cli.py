@@ -93,14 +93,24 @@ async def _migrate(settings: Settings) -> int:
 
 
 async def _healthcheck(settings: Settings) -> int:
-    """Asks grpc.health.v1 on the configured address (used by the Docker HEALTHCHECK)."""
+    """Asks grpc.health.v1 on the configured address (used by the Docker HEALTHCHECK);
+    over TLS when SMSGW_TLS_CERT is set (see server.tls.healthcheck_channel)."""
+    import os
+
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from server.tls import TlsConfigError, healthcheck_channel
 
     host, _, port = settings.grpc_addr.rpartition(":")
     if host in ("0.0.0.0", "[::]", "::"):
         host = "127.0.0.1"
-    async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
+    try:
+        channel = healthcheck_channel(f"{host}:{port}", settings.tls, os.environ)
+    except TlsConfigError as exc:
+        print(f"smsgw: {exc}", file=sys.stderr)
+        return 2
+    async with channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=3

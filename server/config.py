@@ -18,6 +18,7 @@ from server.domain.otp_guard import GuardSettings
 from server.domain.verification import OtpSettings
 from server.providers.loopback import OUTCOMES, LoopbackConfig
 from server.routing_config import DEFAULT_ROUTING, RoutingConfig, RoutingConfigError, parse_routing
+from server.tls import ServerTls, TlsConfigError
 
 
 class ConfigError(ValueError):
@@ -95,6 +96,10 @@ class Settings:
     secret_key: bytes | None = field(default=None, repr=False)
     otp: OtpSettings = field(default_factory=OtpSettings)
 
+    # --- TLS for the gRPC port (SMSGW_TLS_CERT/KEY, SMSGW_TLS_CLIENT_CA: mutual TLS).
+    # PEM bytes read at start-up; never in a repr or a log. None: plaintext.
+    tls: ServerTls | None = field(default=None, repr=False)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -121,6 +126,11 @@ class Settings:
         log_level = merged.get("SMSGW_LOG_LEVEL", "INFO").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("SMSGW_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+        # --- TLS for the gRPC port.
+        try:
+            tls = ServerTls.from_env(merged)
+        except TlsConfigError as exc:
+            raise ConfigError(str(exc)) from exc
         return cls(
             database_url=merged.get("DATABASE_URL") or None,
             data_dir=Path(merged.get("SMSGW_DATA_DIR") or ".smsgw"),
@@ -165,6 +175,7 @@ class Settings:
                 failure_rate=_float(merged, "SMSGW_LOOPBACK_FAILURE_RATE", 0.0, 0.0, 1.0),
                 outcome=OUTCOMES.get(outcome_name, MessageStatus.DELIVERED),
             ),
+            tls=tls,
         )
 
 
