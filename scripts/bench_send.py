@@ -11,6 +11,7 @@ runs in its own process. Prints calls/s, latency percentiles and errors for both
     .venv/bin/python scripts/bench_send.py --quick         # tiny run (CI)
     .venv/bin/python scripts/bench_send.py --json          # figures as one JSON object
     .venv/bin/python scripts/bench_send.py --rpc verify    # OTP send+check pairs vs echo
+    .venv/bin/python scripts/bench_send.py --limits off    # without the rate-limit checks
 
 Exits 0 only if both servers answered every call without an error.
 """
@@ -61,6 +62,7 @@ PARAMETERS = (
     "seconds",
     "warmup",
     "loopback_delay_ms",
+    "limits",
 )
 # --rpc verify measures the OTP path, not its limits: the server runs with them off.
 VERIFY_ENV = {
@@ -69,6 +71,16 @@ VERIFY_ENV = {
     "SMSGW_OTP_PREFIX_LIMIT": "0",
     "SMSGW_OTP_COUNTRY_LIMIT": "0",
 }
+
+
+# The rate limits run on every call but are set high enough never to refuse one
+# (the bench measures their cost, not their effect); --limits off turns them off.
+LIMITS_ON_ENV = {
+    "SMSGW_GLOBAL_SEND_RATE": "1000000",
+    "SMSGW_ACCOUNT_SEND_RATE": "1000000",
+    "SMSGW_ACCOUNT_QUERY_RATE": "1000000",
+}
+LIMITS_OFF_ENV = {name: "0" for name in LIMITS_ON_ENV}
 
 
 class EchoServicer(message_pb2_grpc.MessageServiceServicer):
@@ -228,7 +240,7 @@ def print_table(figures: dict[str, Any]) -> None:
         f"rpc {p['rpc']}, concurrency {p['concurrency']}, channels {p['channels']}, "
         f"count {p['count']}, "
         f"seconds {p['seconds']}, warmup {p['warmup']}, database: {p['database']}, "
-        f"loopback delay {p['loopback_delay_ms']} ms"
+        f"loopback delay {p['loopback_delay_ms']} ms, rate limits {p['limits']}"
     )
     head = f"{'figure':<30}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
     print(head + f"{'calls':>8}{'client cpu%':>13}{'server cpu%':>13}")
@@ -258,6 +270,7 @@ def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], tmp: Pat
     stop_process(echo)
 
     env = {"SMSGW_LOOPBACK_DELAY_MS": str(args.loopback_delay_ms)}
+    env.update(LIMITS_ON_ENV if args.limits == "on" else LIMITS_OFF_ENV)
     if args.rpc == "verify":
         env.update(VERIFY_ENV)
     gw = start_smsgw(tmp, procs, env, 180)
@@ -298,6 +311,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="time limit per phase")
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--loopback-delay-ms", type=int, default=5)
+    parser.add_argument(
+        "--limits",
+        choices=("on", "off"),
+        default="on",
+        help="on: rate limits checked on every call (never binding); off: not checked",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny run: warmup 50, count 500")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)

@@ -44,6 +44,7 @@ from server.dispatch.worker import Dispatcher, can_carry
 from server.domain.auth import Authenticator
 from server.domain.batching import Batches
 from server.domain.codes import CodeKeys
+from server.domain.limits import AuthFailureThrottle, RateLimits
 from server.domain.messaging import Messaging
 from server.domain.models import Channel, OutboundMessage, UseType
 from server.domain.ports import ProviderError
@@ -179,7 +180,13 @@ class Gateway:
             self._poller.start()
 
         templates = PgTemplateStore(pool)
-        messaging = Messaging(PgMessageStore(pool), templates, on_accepted=self._dispatcher.wake)
+        message_store = PgMessageStore(pool)
+        messaging = Messaging(
+            message_store,
+            templates,
+            on_accepted=self._dispatcher.wake,
+            mobile_intervals=s.mobile_intervals,
+        )
         velocity = PgVelocityCounters(pool)
         verification_store = PgVerificationStore(pool, velocity)
         verifications = Verifications(
@@ -191,13 +198,16 @@ class Gateway:
             on_accepted=self._dispatcher.wake,
         )
         maintenance = asyncio.create_task(
-            self._maintain(verification_store, velocity), name="maintenance"
+            self._maintain(verification_store, velocity, message_store), name="maintenance"
         )
         self._background.add(maintenance)
         maintenance.add_done_callback(self._background.discard)
-        authenticator = Authenticator(PgAccountStore(pool))
+        authenticator = Authenticator(
+            PgAccountStore(pool),
+            failures=AuthFailureThrottle(s.limits.auth_failures_per_minute),
+        )
         server = grpc.aio.server(
-            interceptors=[GatewayInterceptor(authenticator)],
+            interceptors=[GatewayInterceptor(authenticator, RateLimits(s.limits))],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -323,14 +333,19 @@ class Gateway:
         )
 
     async def _maintain(
-        self, verifications: PgVerificationStore, velocity: PgVelocityCounters
+        self,
+        verifications: PgVerificationStore,
+        velocity: PgVelocityCounters,
+        messages: PgMessageStore,
     ) -> None:
-        """Expires pending verifications past their time; drops old velocity windows."""
+        """Expires pending verifications past their time; drops old velocity windows
+        and mobile send times (intervals are at most a day)."""
         while True:
             await asyncio.sleep(MAINTENANCE_SECONDS)
             try:
                 await verifications.expire_pending()
                 await velocity.purge(timedelta(days=1))
+                await messages.purge_mobile_intervals(timedelta(days=1))
             except Exception as exc:
                 log.warning("maintenance failed (%s); will retry", type(exc).__name__)
 

@@ -163,6 +163,18 @@ async def _emulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rate(value: str) -> float | str:
+    if value == "default":
+        return value
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not 0 < rate <= 10_000_000:
+        raise argparse.ArgumentTypeError(f"a rate is a number of calls a second, got {value!r}")
+    return rate
+
+
 def _cidr(value: str) -> str:
     try:
         return str(ipaddress.ip_network(value, strict=False))
@@ -234,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument(
         "--no-quiet-hours", action="store_true", help="remove the marketing quiet hours"
     )
+    update.add_argument(
+        "--send-rate",
+        type=_rate,
+        metavar="N|default",
+        help="send calls a second for this account (default: the server's)",
+    )
+    update.add_argument(
+        "--query-rate",
+        type=_rate,
+        metavar="N|default",
+        help="query calls a second for this account (default: the server's)",
+    )
 
     credential = commands.add_parser("credential", help="manage API credentials")
     cred = credential.add_subparsers(dest="action", required=True)
@@ -270,6 +294,17 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             regions = [r.upper() for r in args.allow_country] if args.allow_country else None
             if args.quiet_hours or args.no_quiet_hours:
                 await store.set_quiet_hours(args.account_id, quiet)
+            send_rate, query_rate = (
+                None if r == "default" else r for r in (args.send_rate, args.query_rate)
+            )
+            if args.send_rate is not None or args.query_rate is not None:
+                await store.set_rates(
+                    args.account_id,
+                    send_per_second=send_rate,
+                    set_send=args.send_rate is not None,
+                    query_per_second=query_rate,
+                    set_query=args.query_rate is not None,
+                )
             changed = await store.update_otp_settings(
                 args.account_id,
                 max_attempts=args.otp_max_attempts,
@@ -286,6 +321,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                     "otp_max_attempts": args.otp_max_attempts,
                     "otp_allowed_regions": regions,
                     "quiet_hours": None if quiet is None else quiet.to_json(),
+                    "send_per_second": send_rate,
+                    "query_per_second": query_rate,
                 }
             )
             return 0

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.domain.models import MessageStatus
+from server.domain.limits import RateLimitSettings
+from server.domain.models import MessageStatus, UseType
 from server.domain.otp_guard import GuardSettings
 from server.domain.verification import OtpSettings
 from server.providers.loopback import OUTCOMES, LoopbackConfig
@@ -70,6 +71,27 @@ def _addr(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
+# Tables of the SMSGW_CONFIG file that hold process settings: key -> variable. A
+# variable set in the environment wins over the file.
+TOML_TABLES: dict[str, dict[str, str]] = {
+    "loopback": {
+        "delivery_delay_ms": "SMSGW_LOOPBACK_DELAY_MS",
+        "failure_rate": "SMSGW_LOOPBACK_FAILURE_RATE",
+        "outcome": "SMSGW_LOOPBACK_OUTCOME",
+    },
+    "limits": {
+        "global_send_per_second": "SMSGW_GLOBAL_SEND_RATE",
+        "account_send_per_second": "SMSGW_ACCOUNT_SEND_RATE",
+        "account_query_per_second": "SMSGW_ACCOUNT_QUERY_RATE",
+        "burst_seconds": "SMSGW_RATE_BURST_SECONDS",
+        "auth_failures_per_minute": "SMSGW_AUTH_FAILURES_PER_MINUTE",
+        "mobile_interval_verification": "SMSGW_MOBILE_INTERVAL_VERIFICATION",
+        "mobile_interval_notification": "SMSGW_MOBILE_INTERVAL_NOTIFICATION",
+        "mobile_interval_marketing": "SMSGW_MOBILE_INTERVAL_MARKETING",
+    },
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -95,6 +117,9 @@ class Settings:
     webhook_max_age_seconds: float = 300.0
     secret_key: bytes | None = field(default=None, repr=False)
     otp: OtpSettings = field(default_factory=OtpSettings)
+    limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    # SendMessage: seconds between two messages of a use type to one mobile (0: none).
+    mobile_intervals: Mapping[UseType, float] = field(default_factory=dict)
 
     # --- TLS for the gRPC port (SMSGW_TLS_CERT/KEY, SMSGW_TLS_CLIENT_CA: mutual TLS).
     # PEM bytes read at start-up; never in a repr or a log. None: plaintext.
@@ -105,15 +130,17 @@ class Settings:
         env = os.environ if env is None else env
         config_file = Path(env["SMSGW_CONFIG"]) if env.get("SMSGW_CONFIG") else None
         file_values = _read_toml(config_file) if config_file else {}
-        loopback_table = file_values.get("loopback", {})
         merged = dict(env)
-        for key, env_name in (
-            ("delivery_delay_ms", "SMSGW_LOOPBACK_DELAY_MS"),
-            ("failure_rate", "SMSGW_LOOPBACK_FAILURE_RATE"),
-            ("outcome", "SMSGW_LOOPBACK_OUTCOME"),
-        ):
-            if key in loopback_table and env_name not in env:
-                merged[env_name] = str(loopback_table[key])
+        for table, keys in TOML_TABLES.items():
+            values = file_values.get(table, {})
+            unknown = sorted(set(values) - set(keys))
+            if unknown:
+                raise ConfigError(
+                    f"{config_file}: [{table}] has unknown keys: {', '.join(unknown)}"
+                )
+            for key, env_name in keys.items():
+                if key in values and env_name not in env:
+                    merged[env_name] = str(values[key])
         outcome_name = merged.get("SMSGW_LOOPBACK_OUTCOME", "delivered").lower()
         if outcome_name not in OUTCOMES:
             raise ConfigError(
@@ -170,6 +197,19 @@ class Settings:
                     monitor_only=_flag(merged, "SMSGW_OTP_GUARD_MONITOR_ONLY"),
                 ),
             ),
+            limits=RateLimitSettings(
+                global_send_per_second=_float(merged, "SMSGW_GLOBAL_SEND_RATE", 10_000, 0, 1e7),
+                account_send_per_second=_float(merged, "SMSGW_ACCOUNT_SEND_RATE", 1000, 0, 1e7),
+                account_query_per_second=_float(merged, "SMSGW_ACCOUNT_QUERY_RATE", 1000, 0, 1e7),
+                burst_seconds=_float(merged, "SMSGW_RATE_BURST_SECONDS", 1.0, 0.01, 3600),
+                auth_failures_per_minute=_int(
+                    merged, "SMSGW_AUTH_FAILURES_PER_MINUTE", 10, 0, 1_000_000
+                ),
+            ),
+            mobile_intervals={
+                use_type: _float(merged, f"SMSGW_MOBILE_INTERVAL_{use_type.name}", 0, 0, 86_400)
+                for use_type in (UseType.VERIFICATION, UseType.NOTIFICATION, UseType.MARKETING)
+            },
             loopback=LoopbackConfig(
                 delivery_delay=_float(merged, "SMSGW_LOOPBACK_DELAY_MS", 1000, 0, 3_600_000) / 1000,
                 failure_rate=_float(merged, "SMSGW_LOOPBACK_FAILURE_RATE", 0.0, 0.0, 1.0),

@@ -2,7 +2,7 @@
 
 Details follow AIP-193: every error carries a ``google.rpc.ErrorInfo`` (reason,
 domain, request id); INVALID_ARGUMENT adds ``BadRequest`` naming each field;
-RESOURCE_EXHAUSTED and UNAVAILABLE add ``RetryInfo``.
+RESOURCE_EXHAUSTED adds ``RetryInfo`` and ``QuotaFailure``; UNAVAILABLE adds ``RetryInfo``.
 """
 
 from __future__ import annotations
@@ -85,6 +85,18 @@ def to_status(error: DomainError, request_id: str) -> grpc.Status:
     if isinstance(error, ResourceExhausted):
         details.append(
             _pack(error_details_pb2.RetryInfo(retry_delay=_retry_delay(error.retry_after)))
+        )
+        details.append(
+            _pack(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=error.quota_subject or error.reason.lower(),
+                            description=error.quota_description,
+                        )
+                    ]
+                )
+            )
         )
     if isinstance(error, Unavailable):
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=_retry_delay(1.0))))

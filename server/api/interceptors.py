@@ -1,4 +1,4 @@
-"""The server interceptor: request id, Basic authentication and error mapping.
+"""The server interceptor: request id, Basic authentication, rate limits and error mapping.
 
 Every method of the sms.v1 services is wrapped; reflection and health are left
 open. Domain errors become their mapped status (api/errors.py); a method not built
@@ -20,6 +20,7 @@ from server.api.context import request_id_var, set_caller
 from server.api.errors import internal_status, to_status
 from server.domain.auth import Authenticator
 from server.domain.errors import DomainError
+from server.domain.limits import RateLimits
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,9 @@ def _metadata_value(metadata: Any, key: str) -> str | None:
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, limits: RateLimits | None = None) -> None:
         self._authenticator = authenticator
+        self._limits = limits
         # One wrapped handler per method, built on first use (not on every call).
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         # Request ids: a random per-process prefix and a counter (no syscall per call).
@@ -96,7 +98,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             )
         return None
 
-    async def _begin(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    async def _begin(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> str:
         metadata = context.invocation_metadata()
         request_id = _metadata_value(metadata, "x-request-id") or self._new_request_id()
         request_id_var.set(request_id[:64])
@@ -104,12 +106,14 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             _metadata_value(metadata, "authorization"), peer_ip(context.peer())
         )
         set_caller(caller)
+        if self._limits is not None:
+            self._limits.admit(caller, method)
         return request_id
 
     def _wrap_unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
-                await self._begin(context)
+                await self._begin(context, method)
                 return await behavior(request, context)
             except Exception as exc:
                 await self._abort(exc, context, method)
@@ -121,7 +125,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             try:
-                await self._begin(context)
+                await self._begin(context, method)
                 async for item in behavior(request, context):
                     yield item
             except Exception as exc:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.domain.errors import PermissionDenied, Unauthenticated
+from server.domain.limits import AuthFailureThrottle
 from server.domain.messaging import Caller
 from server.domain.models import Credential
 from server.domain.ports import CredentialRepository
@@ -74,23 +75,31 @@ class Authenticator:
         *,
         recheck_seconds: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
+        failures: AuthFailureThrottle | None = None,
     ) -> None:
         self._credentials = credentials
+        self._failures = failures or AuthFailureThrottle(0)
         self._recheck = recheck_seconds
         self._monotonic = monotonic
         self._cache: dict[str, _Verified] = {}
         self._in_flight: dict[tuple[str, bytes], asyncio.Future[Credential | None]] = {}
 
     async def authenticate(self, authorization: str | None, peer_ip: str | None) -> Caller:
-        api_key, secret = parse_basic(authorization)
-        digest = hashlib.sha256(secret.encode()).digest()
-        credential = await self._verified_credential(api_key, secret, digest)
-        if credential is None or credential.revoked_at is not None:
-            raise Unauthenticated("invalid credentials", reason="BAD_CREDENTIALS")
-        if not peer_allowed(credential, peer_ip):
-            raise PermissionDenied(
-                "this credential may not be used from this address", reason="IP_NOT_ALLOWED"
-            )
+        # A source that failed too often is refused before any secret is hashed.
+        self._failures.check(peer_ip)
+        try:
+            api_key, secret = parse_basic(authorization)
+            digest = hashlib.sha256(secret.encode()).digest()
+            credential = await self._verified_credential(api_key, secret, digest)
+            if credential is None or credential.revoked_at is not None:
+                raise Unauthenticated("invalid credentials", reason="BAD_CREDENTIALS")
+            if not peer_allowed(credential, peer_ip):
+                raise PermissionDenied(
+                    "this credential may not be used from this address", reason="IP_NOT_ALLOWED"
+                )
+        except (Unauthenticated, PermissionDenied):
+            self._failures.failed(peer_ip)
+            raise
         return Caller(
             account_id=credential.account_id,
             verified=credential.account_verified,
@@ -99,6 +108,8 @@ class Authenticator:
             if credential.otp_allowed_regions is None
             else frozenset(credential.otp_allowed_regions),
             quiet_hours=credential.quiet_hours,
+            send_per_second=credential.send_per_second,
+            query_per_second=credential.query_per_second,
         )
 
     async def _verified_credential(

@@ -83,9 +83,20 @@ class ResourceExhausted(DomainError):
 
     reason = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, message: str, *, retry_after: float, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        reason: str | None = None,
+        quota_subject: str = "",
+        quota_description: str = "",
+    ) -> None:
         super().__init__(message, reason=reason)
         self.retry_after = retry_after
+        # The quota that was hit (google.rpc.QuotaFailure): whose, and what it allows.
+        self.quota_subject = quota_subject
+        self.quota_description = quota_description or message
 
 
 class Unavailable(DomainError):

@@ -37,6 +37,8 @@ class Caller:
     otp_max_attempts: int | None = None  # None: the server's default
     otp_allowed_regions: frozenset[str] | None = None  # None: every country
     quiet_hours: QuietHours | None = None  # marketing is held during these windows
+    send_per_second: float | None = None  # None: the server's default rate
+    query_per_second: float | None = None
 
     def marketing_release(self, use_type: UseType, to_number: str, due: datetime) -> datetime:
         """When a message may go: marketing waits for the recipient's quiet hours to end."""
@@ -99,11 +101,14 @@ class Messaging:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_accepted: Callable[[], None] = lambda: None,
+        mobile_intervals: Mapping[UseType, float] | None = None,
     ) -> None:
         self._messages = messages
         self._templates = templates
         self._clock = clock
         self._on_accepted = on_accepted
+        # Seconds between two messages of a use type to one mobile (0 or absent: none).
+        self._mobile_intervals = dict(mobile_intervals or {})
 
     async def send(self, caller: Caller, cmd: SendCommand) -> SendResult:
         violations: list[FieldViolation] = []
@@ -166,6 +171,8 @@ class Messaging:
             template_code=template_code,
             template_data=template_data,
         )
+        interval = self._mobile_intervals.get(cmd.use_type, 0.0)
+        key: IdempotencyKey | None = None
         if cmd.request_id:
             key = IdempotencyKey(
                 account_id=caller.account_id,
@@ -180,7 +187,8 @@ class Messaging:
                     cmd.send_at.isoformat() if cmd.send_at else None,
                 ),
             )
-            earlier_id = await self._messages.insert_idempotent(message, key)
+        if key is not None or interval > 0:
+            earlier_id = await self._messages.insert_idempotent(message, key, interval)
             if earlier_id is not None:
                 states = await self._messages.get_states(caller.account_id, [earlier_id])
                 if states:

@@ -90,6 +90,8 @@ class Credential:
     otp_max_attempts: int | None = None
     otp_allowed_regions: tuple[str, ...] | None = None
     quiet_hours: QuietHours | None = None
+    send_per_second: float | None = None
+    query_per_second: float | None = None
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,15 @@ class MessageRepository(Protocol):
         """Stores a PENDING message and its first status event; durable on return."""
         ...
 
-    async def insert_idempotent(self, message: NewMessage, key: IdempotencyKey) -> str | None:
-        """Stores the message unless ``key`` was used within the window.
+    async def insert_idempotent(
+        self, message: NewMessage, key: IdempotencyKey | None, mobile_interval: float = 0.0
+    ) -> str | None:
+        """Stores the message unless ``key`` was used within the window, in one
+        transaction with the mobile's send interval when ``mobile_interval`` > 0.
 
         Returns None when stored, or the id of the message stored for the earlier
-        request. Raises FailedPrecondition when the key came with other content.
+        request. Raises FailedPrecondition when the key came with other content, and
+        ResourceExhausted when the mobile had a message of this use type too recently.
         """
         ...
 

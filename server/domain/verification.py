@@ -277,6 +277,8 @@ class Verifications:
                         f"this account may send at most {result.limit} verification codes per hour",
                         retry_after=result.retry_after(),
                         reason="ACCOUNT_HOURLY_LIMIT",
+                        quota_subject=f"account:{caller.account_id}",
+                        quota_description=f"at most {result.limit} verification codes an hour",
                     )
             decision = judge(
                 [r for r in results if r.scope != ACCOUNT_SCOPE], monitor_only=s.guard.monitor_only

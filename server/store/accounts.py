@@ -14,7 +14,8 @@ from server.store.pool import unavailable_on_connection_errors
 _CREDENTIAL_COLUMNS = """
     c.id, c.account_id, c.api_key, c.secret_hash, c.allow_cidrs::text[] AS allow_cidrs,
     c.created_at, c.revoked_at, a.verified AS account_verified,
-    a.otp_max_attempts, a.otp_allowed_regions, a.quiet_hours
+    a.otp_max_attempts, a.otp_allowed_regions, a.quiet_hours,
+    a.send_per_second, a.query_per_second
 """
 
 
@@ -35,6 +36,8 @@ def _credential(row: asyncpg.Record) -> Credential:
         quiet_hours=None
         if row["quiet_hours"] is None
         else QuietHours.from_json(row["quiet_hours"]),
+        send_per_second=row["send_per_second"],
+        query_per_second=row["query_per_second"],
     )
 
 
@@ -93,6 +96,31 @@ class PgAccountStore:
                 "UPDATE accounts SET quiet_hours = $2 WHERE id = $1",
                 account_id,
                 None if hours is None else hours.to_json(),
+            )
+        return result.endswith(" 1")
+
+    async def set_rates(
+        self,
+        account_id: int,
+        *,
+        send_per_second: float | None = None,
+        set_send: bool = False,
+        query_per_second: float | None = None,
+        set_query: bool = False,
+    ) -> bool:
+        """Overrides the account's call rates (None: the server's default); only what
+        is set changes. False if there is no such account."""
+        with unavailable_on_connection_errors():
+            result: str = await self._pool.execute(
+                "UPDATE accounts SET "
+                "send_per_second = CASE WHEN $3 THEN $2::real ELSE send_per_second END, "
+                "query_per_second = CASE WHEN $5 THEN $4::real ELSE query_per_second END "
+                "WHERE id = $1",
+                account_id,
+                send_per_second,
+                set_send,
+                query_per_second,
+                set_query,
             )
         return result.endswith(" 1")
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import timedelta
 
 import asyncpg
 
+from server.domain.errors import ResourceExhausted
 from server.domain.models import MessageState, MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey
 from server.store.events import LOCK_EVENT_LOG_CTE
@@ -65,6 +67,37 @@ def _columns(messages: Sequence[NewMessage]) -> list[list[object]]:
     ]
 
 
+# Takes the mobile's slot for this use type if its last message is old enough; the
+# row lock makes racing sends to one mobile wait for each other, so one passes.
+_MOBILE_INTERVAL = """
+INSERT INTO mobile_send_last AS l (account_id, mobile, use_type, last_sent_at)
+VALUES ($1, $2, $3, now())
+ON CONFLICT (account_id, mobile, use_type) DO UPDATE SET last_sent_at = now()
+    WHERE l.last_sent_at <= now() - make_interval(secs => $4)
+RETURNING 0::float8 AS wait
+"""
+
+_MOBILE_WAIT = """
+SELECT extract(epoch FROM last_sent_at + make_interval(secs => $4) - now())::float8
+FROM mobile_send_last WHERE account_id = $1 AND mobile = $2 AND use_type = $3
+"""
+
+
+async def pass_mobile_interval(conn: Conn, message: NewMessage, interval: float) -> None:
+    """Raises ResourceExhausted if the mobile had a message of this use type from this
+    account less than ``interval`` seconds ago (the caller's transaction rolls back)."""
+    args = (message.account_id, message.to_number, int(message.use_type), interval)
+    if await conn.fetchval(_MOBILE_INTERVAL, *args) is None:
+        wait = await conn.fetchval(_MOBILE_WAIT, *args)
+        raise ResourceExhausted(
+            "a message of this use type went to this mobile moments ago; wait before another",
+            retry_after=min(max(float(wait or interval), 0.001), interval),
+            reason="MOBILE_INTERVAL",
+            quota_subject=f"mobile:{message.to_number}",
+            quota_description=f"one {message.use_type.name.lower()} message every {interval:g} s",
+        )
+
+
 async def insert_messages(conn: Conn, messages: Sequence[NewMessage]) -> None:
     """Inserts PENDING messages and their first events in one statement (one round
     trip; atomic on its own, or part of the caller's transaction)."""
@@ -111,14 +144,26 @@ class PgMessageStore:
                     future.set_exception(error)
             self._start_groups()
 
-    async def insert_idempotent(self, message: NewMessage, key: IdempotencyKey) -> str | None:
+    async def insert_idempotent(
+        self, message: NewMessage, key: IdempotencyKey | None, mobile_interval: float = 0.0
+    ) -> str | None:
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
-                earlier = await claim_key(conn, key, message.id)
-                if earlier is not None:
-                    return earlier
+                if key is not None:
+                    earlier = await claim_key(conn, key, message.id)
+                    if earlier is not None:
+                        return earlier
+                if mobile_interval > 0:
+                    await pass_mobile_interval(conn, message, mobile_interval)
                 await insert_messages(conn, [message])
         return None
+
+    async def purge_mobile_intervals(self, older_than: timedelta) -> None:
+        with unavailable_on_connection_errors():
+            await self._pool.execute(
+                "DELETE FROM mobile_send_last WHERE last_sent_at < now() - $1::interval",
+                older_than,
+            )
 
     async def get_states(self, account_id: int, ids: Sequence[str]) -> list[MessageState]:
         with unavailable_on_connection_errors():

@@ -89,6 +89,8 @@ class PgVerificationStore:
                             "a code was sent to this mobile moments ago; wait before another",
                             retry_after=max(1.0, float(wait or mobile_interval)),
                             reason="MOBILE_INTERVAL",
+                            quota_subject=f"mobile:{verification.mobile}",
+                            quota_description=f"one code every {mobile_interval:g} s",
                         )
                 if checks:
                     judge(await self._velocity.hit(conn, checks))

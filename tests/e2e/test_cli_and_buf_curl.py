@@ -295,6 +295,8 @@ def test_account_update_changes_only_the_given_settings(databases_url: str) -> N
         ["--otp-max-attempts", "5"],
         ["--allow-country", "us", "--allow-country", "CN"],
         ["--quiet-hours", "21:00-08:00", "--quiet-hours", "us=22:00-07:30"],
+        ["--send-rate", "50", "--query-rate", "200"],
+        ["--query-rate", "default"],
     ):
         _cli(env, "account", "update", account, *args, check=True)
     import asyncio
@@ -305,8 +307,8 @@ def test_account_update_changes_only_the_given_settings(databases_url: str) -> N
         conn = await asyncpg.connect(databases_url)
         try:
             return await conn.fetchrow(
-                "SELECT otp_max_attempts, otp_allowed_regions, quiet_hours FROM accounts "
-                "WHERE id = $1",
+                "SELECT otp_max_attempts, otp_allowed_regions, quiet_hours, send_per_second,"
+                " query_per_second FROM accounts WHERE id = $1",
                 int(account),
             )
         finally:
@@ -315,6 +317,9 @@ def test_account_update_changes_only_the_given_settings(databases_url: str) -> N
     row = asyncio.run(read())
     assert (row["otp_max_attempts"], row["otp_allowed_regions"]) == (5, ["US", "CN"])
     assert json.loads(row["quiet_hours"]) == {"*": ["21:00", "08:00"], "US": ["22:00", "07:30"]}
+    assert (row["send_per_second"], row["query_per_second"]) == (50, None)
+    bad_rate = _cli(env, "account", "update", account, "--send-rate", "-1")
+    assert bad_rate.returncode == 2 and "--send-rate" in bad_rate.stderr
     bad = _cli(env, "account", "update", account, "--quiet-hours", "9pm-8am")
     assert bad.returncode == 2 and "--quiet-hours" in bad.stderr
     _cli(env, "account", "update", account, "--no-quiet-hours", check=True)

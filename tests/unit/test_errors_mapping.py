@@ -41,6 +41,21 @@ def test_resource_exhausted_carries_retry_info_with_the_real_wait() -> None:
     assert retry.retry_delay.seconds == 42 and retry.retry_delay.nanos == 500_000_000
 
 
+def test_resource_exhausted_names_the_quota_it_hit() -> None:
+    error = errors.ResourceExhausted(
+        "slow down",
+        retry_after=1,
+        reason="ACCOUNT_SEND_RATE",
+        quota_subject="account:7",
+        quota_description="at most 5 send calls a second",
+    )
+    failure = error_details_pb2.QuotaFailure()
+    assert _details(to_status(error, "r")).details[2].Unpack(failure)
+    assert [(v.subject, v.description) for v in failure.violations] == [
+        ("account:7", "at most 5 send calls a second")
+    ]
+
+
 @pytest.mark.parametrize(
     ("error", "code"),
     [
