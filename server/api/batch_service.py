@@ -46,7 +46,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
                 template_id=request.template_id if source == "template_id" else None,
                 template_data={k: dict(v.values) for k, v in request.template_data.items()},
                 request_id=request.request_id,
-                send_at=convert.from_timestamp(request.send_at)
+                send_at=convert.from_timestamp(request.send_at, "send_at")
                 if request.HasField("send_at")
                 else None,
             ),

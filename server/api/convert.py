@@ -9,6 +9,7 @@ from typing import TypeVar
 from google.protobuf import timestamp_pb2
 from sms.v1 import common_pb2, message_pb2, template_pb2
 
+from server.domain.errors import InvalidArgument
 from server.domain.models import MessageState, StatusEvent, Template
 
 E = TypeVar("E", bound=enum.IntEnum)
@@ -31,8 +32,17 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def from_timestamp(value: timestamp_pb2.Timestamp) -> datetime:
-    return value.ToDatetime(tzinfo=UTC)
+def from_timestamp(value: timestamp_pb2.Timestamp, field: str) -> datetime:
+    """A request's Timestamp as an aware datetime; one outside the range a Timestamp
+    may hold (years 1 to 9999, nanos 0 to 999,999,999) is the caller's mistake."""
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument.field(
+            field,
+            "must be a valid timestamp: from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, "
+            "with nanos from 0 to 999,999,999",
+        ) from None
 
 
 def message_state(state: MessageState) -> message_pb2.MessageState:

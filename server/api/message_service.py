@@ -35,7 +35,7 @@ class MessageServicer(message_pb2_grpc.MessageServiceServicer):
                 template_id=request.template_id if content == "template_id" else None,
                 data=dict(request.data),
                 request_id=request.request_id,
-                send_at=convert.from_timestamp(request.send_at)
+                send_at=convert.from_timestamp(request.send_at, "send_at")
                 if request.HasField("send_at")
                 else None,
             ),

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from server.domain.batch_numbers import validate_numbers
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound
+from server.domain.fields import at_most_reported, check_id, check_text
 from server.domain.messaging import (
     MAX_SCHEDULE_AHEAD,
     Caller,
@@ -30,6 +31,11 @@ from server.domain.segments import count_segments
 from server.domain.templates import ParsedTemplate, parse_template, render, validate_values
 
 MAX_NUMBERS = 100_000
+# A number as given (E.164 is at most 16 characters; room for spaces and dashes,
+# which are then rejected one by one). Longer strings refuse the whole request.
+MAX_NUMBER_CHARS = 64
+# Problems of one rejected number given in its reason at most.
+MAX_REASON_PROBLEMS = 3
 FINAL_BATCH = frozenset({3, 4, 5})  # succeeded, failed, cancelled
 WATCH_INTERVAL = 0.25  # at most four snapshots a second
 INLINE_NUMBERS = 1_000  # larger batches are prepared in a worker thread
@@ -118,6 +124,19 @@ class Batches:
             violations.append(
                 FieldViolation("numbers", f"at most {MAX_NUMBERS:,} numbers per batch")
             )
+        else:
+            violations.extend(_unreadable_numbers(cmd.numbers))
+        if len(cmd.template_data) > MAX_NUMBERS:
+            violations.append(
+                FieldViolation("template_data", f"at most {MAX_NUMBERS:,} entries per batch")
+            )
+        elif any(len(key) > MAX_NUMBER_CHARS for key in cmd.template_data):
+            violations.append(
+                FieldViolation(
+                    "template_data",
+                    f"keys are numbers as given in numbers: at most {MAX_NUMBER_CHARS} characters",
+                )
+            )
         now = self._clock()
         if cmd.send_at is not None and cmd.send_at > now + MAX_SCHEDULE_AHEAD:
             violations.append(FieldViolation("send_at", "must be at most 30 days in the future"))
@@ -169,6 +188,7 @@ class Batches:
         return batch
 
     async def get(self, caller: Caller, batch_id: str) -> BatchRecord:
+        _check_task_id(batch_id)
         batch = await self._store.get(caller.account_id, batch_id)
         if batch is None:
             raise NotFound(f"batch {batch_id!r} not found", reason="BATCH_NOT_FOUND")
@@ -192,6 +212,7 @@ class Batches:
         return MessagesPage(rows, batch.total, next_token)
 
     async def cancel(self, caller: Caller, batch_id: str) -> BatchRecord:
+        _check_task_id(batch_id)
         batch = await self._store.cancel(caller.account_id, batch_id)
         if batch is None:
             raise NotFound(f"batch {batch_id!r} not found", reason="BATCH_NOT_FOUND")
@@ -208,6 +229,30 @@ class Batches:
             if batch.status in FINAL_BATCH:
                 return
             await asyncio.sleep(WATCH_INTERVAL)
+
+
+def _check_task_id(task_id: str) -> None:
+    violations: list[FieldViolation] = []
+    check_id(task_id, "task_id", violations)
+    if violations:
+        raise InvalidArgument(violations)
+
+
+def _unreadable_numbers(numbers: Sequence[str]) -> list[FieldViolation]:
+    """Numbers that are not even a string to judge and store: too long, or a NUL."""
+    violations: list[FieldViolation] = []
+    for index, number in enumerate(numbers):
+        check_text(number, f"numbers[{index}]", MAX_NUMBER_CHARS, violations)
+    return at_most_reported(violations, "numbers")
+
+
+def _reason(exc: InvalidArgument) -> str:
+    """The reason a number is rejected: its first few problems."""
+    problems = [v.description for v in exc.violations]
+    reason = "; ".join(problems[:MAX_REASON_PROBLEMS])
+    if len(problems) > MAX_REASON_PROBLEMS:
+        reason += f" (and {len(problems) - MAX_REASON_PROBLEMS} more problems)"
+    return reason
 
 
 def _prepare(
@@ -229,7 +274,7 @@ def _prepare(
             try:
                 validate_values(values, parsed.variables, "template_data")
             except InvalidArgument as exc:
-                rejected.append((raw, "; ".join(v.description for v in exc.violations)))
+                rejected.append((raw, _reason(exc)))
                 continue
         body = render(parsed, values) if parsed.variables else parsed.content
         messages.append(

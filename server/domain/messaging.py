@@ -15,6 +15,7 @@ from server.domain.errors import (
     NotFound,
     PermissionDenied,
 )
+from server.domain.fields import NUL_DESCRIPTION, check_ids, check_text, storable
 from server.domain.models import MessageState, MessageStatus, NewMessage, Priority, UseType
 from server.domain.phones import normalize_mobile
 from server.domain.ports import IdempotencyKey, MessageRepository, TemplateRepository
@@ -71,10 +72,7 @@ def new_message_id() -> str:
 
 
 def check_request_id(request_id: str, violations: list[FieldViolation]) -> None:
-    if len(request_id) > MAX_REQUEST_ID_CHARS:
-        violations.append(
-            FieldViolation("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters")
-        )
+    check_text(request_id, "request_id", MAX_REQUEST_ID_CHARS, violations)
 
 
 def check_use_type(use_type: UseType, caller: Caller, violations: list[FieldViolation]) -> None:
@@ -137,6 +135,8 @@ class Messaging:
                 violations.append(
                     FieldViolation("text", f"must be at most {MAX_TEXT_CHARS} characters")
                 )
+            elif not storable(cmd.text):
+                violations.append(FieldViolation("text", NUL_DESCRIPTION))
             body = cmd.text
         elif cmd.template_id is None:
             violations.append(FieldViolation("text", "text or template_id is required"))
@@ -208,6 +208,10 @@ class Messaging:
             raise InvalidArgument.field("ids", "at least one id is required")
         if len(ids) > MAX_STATUS_IDS:
             raise InvalidArgument.field("ids", f"at most {MAX_STATUS_IDS} ids per request")
+        violations: list[FieldViolation] = []
+        check_ids(ids, "ids", violations)
+        if violations:
+            raise InvalidArgument(violations)
         unique = list(dict.fromkeys(ids))
         states = await self._messages.get_states(caller.account_id, unique)
         by_id = {s.id: s for s in states}

@@ -26,14 +26,17 @@ from dataclasses import dataclass
 from typing import Final
 
 from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.fields import MAX_REPORTED_PROBLEMS as MAX_REPORTED_PROBLEMS
+from server.domain.fields import at_most_reported, storable
 
 MAX_CONTENT_CHARS: Final = 460
 MAX_VARIABLE_NAME_CHARS: Final = 23
 MAX_VALUE_CHARS: Final = 32
 MAX_CODE_CHARS: Final = 64
 FORBIDDEN_SYMBOLS: Final = ("【", "】", "★", "※", "→", "●")
-# Problems reported by one call at most, so that the error fits in gRPC trailers.
-MAX_REPORTED_PROBLEMS: Final = 20
+# Values given for one send at most: no template can have more variables (a
+# variable takes at least 3 of the 460 characters).
+MAX_VALUES: Final = 160
 # Content longer than this is only reported as too long, not read further.
 MAX_EXAMINED_CHARS: Final = 4 * MAX_CONTENT_CHARS
 # Caller text quoted in a message is cut to this many characters.
@@ -79,6 +82,8 @@ def parse_template(content: str, field: str) -> ParsedTemplate:
         )
     if len(content) > MAX_EXAMINED_CHARS:
         raise InvalidArgument.field(field, problems[0], reason="INVALID_TEMPLATE")
+    if not storable(content):
+        problems.append("The template content contains the NUL character (U+0000).")
     for symbol in FORBIDDEN_SYMBOLS:
         if symbol in content:
             problems.append(
@@ -109,7 +114,7 @@ def parse_template(content: str, field: str) -> ParsedTemplate:
 
     if problems:
         violations = [FieldViolation(field, problem) for problem in problems]
-        raise InvalidArgument(_at_most_reported(violations, field), reason="INVALID_TEMPLATE")
+        raise InvalidArgument(at_most_reported(violations, field), reason="INVALID_TEMPLATE")
     return ParsedTemplate(content=content, variables=tuple(dict.fromkeys(names)))
 
 
@@ -154,23 +159,22 @@ def _quote(text: str) -> str:
     return f'"{text}"'
 
 
-def _at_most_reported(violations: list[FieldViolation], field: str) -> list[FieldViolation]:
-    """Keep the first problems; say how many more there are."""
-    if len(violations) <= MAX_REPORTED_PROBLEMS:
-        return violations
-    kept = violations[: MAX_REPORTED_PROBLEMS - 1]
-    more = len(violations) - len(kept)
-    return [*kept, FieldViolation(field, f"There are {more} more problems not listed here.")]
-
-
 def validate_values(values: Mapping[str, str], variables: Sequence[str], field: str) -> None:
     """Check the values given for a template's ``variables``.
 
     Every variable needs a value (an empty string is a value); no other key is
-    allowed; a value has at most 32 characters and no link (``scheme://`` anywhere,
-    or ``www.`` not preceded by a letter or digit). Raises ``InvalidArgument`` (reason
-    ``INVALID_TEMPLATE_DATA``) with one violation per problem, on ``field.<name>``.
+    allowed; a value has at most 32 characters, no NUL and no link (``scheme://``
+    anywhere, or ``www.`` not preceded by a letter or digit); at most ``MAX_VALUES``
+    values. Raises ``InvalidArgument`` (reason ``INVALID_TEMPLATE_DATA``) with one
+    violation per problem, on ``field.<name>`` (on ``field`` for a key that cannot
+    be a variable name, so that no absurd key is echoed).
     """
+    if len(values) > MAX_VALUES:
+        raise InvalidArgument.field(
+            field,
+            f"{len(values)} values were given; at most {MAX_VALUES} are allowed.",
+            reason="INVALID_TEMPLATE_DATA",
+        )
     violations: list[FieldViolation] = []
     for name in variables:
         if name not in values:
@@ -182,12 +186,13 @@ def validate_values(values: Mapping[str, str], variables: Sequence[str], field: 
             )
     known = set(variables)
     for key, value in values.items():
-        where = f"{field}.{key}"
         if key not in known:
+            where = field if _name_problem(key) else f"{field}.{key}"
             violations.append(
                 FieldViolation(where, f"The template has no variable named {_quote(key)}.")
             )
             continue
+        where = f"{field}.{key}"
         if len(value) > MAX_VALUE_CHARS:
             violations.append(
                 FieldViolation(
@@ -200,8 +205,12 @@ def validate_values(values: Mapping[str, str], variables: Sequence[str], field: 
             violations.append(
                 FieldViolation(where, "The value contains a link; links are not allowed in values.")
             )
+        if not storable(value):
+            violations.append(
+                FieldViolation(where, "The value contains the NUL character (U+0000).")
+            )
     if violations:
-        raise InvalidArgument(_at_most_reported(violations, field), reason="INVALID_TEMPLATE_DATA")
+        raise InvalidArgument(at_most_reported(violations, field), reason="INVALID_TEMPLATE_DATA")
 
 
 def render(parsed: ParsedTemplate, values: Mapping[str, str]) -> str:

@@ -26,6 +26,7 @@ from server.domain.errors import (
     NotFound,
     ResourceExhausted,
 )
+from server.domain.fields import check_id
 from server.domain.messaging import Caller, check_request_id, request_fingerprint
 from server.domain.models import CODE_MARK, Channel, NewMessage, Priority, UseType
 from server.domain.models import VerificationState as State
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 
 MIN_CODE, MAX_CODE = 4, 8
 MAX_SCENE_CHARS = 64
-MAX_ID_CHARS = 64
 # Variables a verification template may use; #code# is required.
 TEMPLATE_VALUES = ("code", "minutes", "expire_minutes", "expireMinutes")
 DEFAULT_TEXT = "Your verification code is #code#. It expires in {minutes} minutes."
@@ -333,8 +333,7 @@ class Verifications:
         self, caller: Caller, verify_id: str, mobile: str, code: str
     ) -> CheckedVerification:
         violations: list[FieldViolation] = []
-        if not verify_id or len(verify_id) > MAX_ID_CHARS:
-            violations.append(FieldViolation("verify_id", "a verification id is required"))
+        check_id(verify_id, "verify_id", violations)
         normalized = ""
         try:
             normalized = normalize_mobile(mobile, "mobile")

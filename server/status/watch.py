@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from server.domain.errors import InvalidArgument, NotFound
+from server.domain.errors import FieldViolation, InvalidArgument, NotFound
+from server.domain.fields import check_ids
 from server.domain.models import StatusEvent
 from server.status.hub import StatusHub, Subscription
 from server.store.events import PgEventLog
@@ -28,8 +29,12 @@ class StatusWatcher:
     ) -> AsyncIterator[StatusEvent]:
         if len(ids) > MAX_WATCH_IDS:
             raise InvalidArgument.field("ids", f"at most {MAX_WATCH_IDS} ids per stream")
+        violations: list[FieldViolation] = []
+        check_ids(ids, "ids", violations)
         if after_event_id < 0:
-            raise InvalidArgument.field("after_event_id", "must not be negative")
+            violations.append(FieldViolation("after_event_id", "must not be negative"))
+        if violations:
+            raise InvalidArgument(violations)
         watched = list(dict.fromkeys(ids))
         subscription = await self._hub.subscribe(account_id)
         try:
