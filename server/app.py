@@ -78,6 +78,10 @@ SERVICE_NAMES = (
 
 SERVING_SERVICES = SERVICE_NAMES
 MAINTENANCE_SECONDS = 30.0
+# How often grpc.health.v1 is brought in step with the database, and how long one
+# probe may take before the database counts as unreachable.
+HEALTH_PROBE_SECONDS = 1.0
+HEALTH_PROBE_TIMEOUT = 2.0
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -245,6 +249,9 @@ class Gateway:
         for name in ("", *SERVING_SERVICES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
+        watchdog = asyncio.create_task(self._watch_database(), name="health-watchdog")
+        self._background.add(watchdog)
+        watchdog.add_done_callback(self._background.discard)
 
         self._http = web.AppRunner(
             build_http_app(self._is_healthy, self._receive_webhook), access_log=None
@@ -350,14 +357,41 @@ class Gateway:
                 log.warning("maintenance failed (%s); will retry", type(exc).__name__)
 
     async def _is_healthy(self) -> bool:
-        if not self._serving or self._pool is None:
+        return self._serving and await self._database_answers()
+
+    async def _database_answers(self) -> bool:
+        if self._pool is None:
             return False
         try:
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(HEALTH_PROBE_TIMEOUT):
                 await self._pool.fetchval("SELECT 1")
         except Exception:
             return False
         return True
+
+    async def _watch_database(self) -> None:
+        """Keeps grpc.health.v1 in step with the database: NOT_SERVING while it cannot
+        be reached (every RPC would answer UNAVAILABLE; balancers and orchestrators
+        route around this replica), SERVING again once it answers. Shutdown's
+        NOT_SERVING is final (the health servicer ignores later changes)."""
+        serving = True
+        while self._serving:
+            await asyncio.sleep(HEALTH_PROBE_SECONDS)
+            answers = await self._database_answers()
+            if answers == serving or not self._serving:
+                continue
+            serving = answers
+            if answers:
+                log.info("the database answers again: health SERVING")
+            else:
+                log.warning("the database cannot be reached: health NOT_SERVING")
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if answers
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", *SERVING_SERVICES):
+                await self._health.set(name, status)
 
     async def stop(self) -> None:
         grace = self.settings.shutdown_grace

@@ -23,6 +23,7 @@ from server.aio import wait_event
 from server.dispatch.providers import ProviderSet
 from server.dispatch.retry import RetryPolicy
 from server.dispatch.routing import failover_order
+from server.domain.errors import Unavailable
 from server.domain.models import Channel, MessageStatus, OutboundMessage
 from server.domain.ports import SendOutcome, Transport, VoiceTransport
 from server.store.outbox import ClaimedMessage, PgOutbox, Transition
@@ -131,9 +132,27 @@ class Dispatcher:
         self._wake.clear()
 
     async def _dispatch(self, claimed: Sequence[ClaimedMessage]) -> None:
+        lease_ends = asyncio.get_running_loop().time() + self._lease_seconds
         providers = self.providers
         outcomes = await asyncio.gather(*(self._send(c, providers) for c in claimed))
-        await self._outbox.apply(outcomes)
+        await self._record(outcomes, lease_ends)
+
+    async def _record(self, outcomes: Sequence[Transition], lease_ends: float) -> None:
+        """Records the outcomes; while the database cannot be reached, tries again until
+        the lease is nearly over. The messages went to providers: an outcome given up
+        on leaves them to be claimed and sent again once the lease runs out."""
+        loop = asyncio.get_running_loop()
+        delay = 0.2
+        while True:
+            try:
+                await self._outbox.apply(outcomes)
+                return
+            except Unavailable:
+                if loop.time() + delay >= lease_ends - 1.0:
+                    raise
+                log.warning("cannot record %d outcomes yet (database unavailable)", len(outcomes))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _send(self, claimed: ClaimedMessage, providers: ProviderSet) -> Transition:
         message = claimed.message

@@ -16,12 +16,14 @@ from server.domain.errors import Unavailable
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 # Errors that mean "the database cannot be reached now", not "the query is wrong".
+# InternalClientError: a pooled connection the server cut off while it was idle (its
+# protocol is still consuming the FATAL message) fails the next query with it.
 _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     ConnectionError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
