@@ -39,6 +39,14 @@ class CircuitBreaker:
             return True
         return False
 
+    def opens_in(self) -> float:
+        """Seconds until ``allow`` may let a call through again (0: it may now)."""
+        if self.state == CLOSED or (self.state == HALF_OPEN and not self._probe_out):
+            return 0.0
+        if self.state == HALF_OPEN:  # the probe is out; its answer decides
+            return self._reset / 10
+        return max(0.0, self._opened_at + self._reset - self._clock())
+
     def record_success(self) -> None:
         self.state = CLOSED
         self._failures = 0

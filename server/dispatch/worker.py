@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -172,7 +173,16 @@ class Dispatcher:
         order = failover_order(candidates, message.attempts, self._per_provider)
         name = next((n for n in order if providers.breakers[n].allow()), None)
         if name is None:
-            return self._retry_later(message, "", "PROVIDERS_UNAVAILABLE", now, switch=False)
+            # Every breaker is open: no provider was asked, so this was no attempt.
+            # Come back when the first breaker lets a probe through.
+            wait = min(providers.breakers[n].opens_in() for n in order)
+            return Transition(
+                message.id,
+                MessageStatus.QUEUED,
+                error_code="PROVIDERS_UNAVAILABLE",
+                not_before=now + timedelta(seconds=wait + random.uniform(0, 0.1)),
+                attempted=False,
+            )
         transport = providers.transports[name]
         breaker = providers.breakers[name]
         try:

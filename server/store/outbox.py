@@ -87,8 +87,8 @@ RETURNING m.id, m.account_id, m.to_number, m.body, m.use_type, m.attempts, m.tem
 _TRANSITION = """
 WITH u AS (
     SELECT * FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[], $5::text[],
-                         $6::timestamptz[])
-         AS u(id, status, error_code, provider, provider_message_id, not_before)
+                         $6::timestamptz[], $7::bool[])
+         AS u(id, status, error_code, provider, provider_message_id, not_before, attempted)
 ),
 prev AS (
     SELECT m.id, m.status FROM messages m JOIN u ON u.id = m.id
@@ -102,6 +102,7 @@ upd AS (
         provider = coalesce(nullif(u.provider, ''), m.provider),
         provider_message_id = coalesce(u.provider_message_id, m.provider_message_id),
         not_before = coalesce(u.not_before, m.not_before),
+        attempts = CASE WHEN u.attempted THEN m.attempts ELSE greatest(m.attempts - 1, 0) END,
         -- Once a provider has the message, its sealed verification code is erased.
         sealed_code = CASE WHEN u.status >= 3 THEN NULL ELSE m.sealed_code END,
         sent_at = CASE WHEN u.status >= 3 AND m.sent_at IS NULL AND u.provider_message_id
@@ -213,6 +214,9 @@ class Transition:
     provider: str = ""
     provider_message_id: str | None = None
     not_before: datetime | None = None
+    # False: no provider was asked (every breaker open), so the claim's attempt is
+    # given back; a message must not run out of attempts while it cannot be tried.
+    attempted: bool = True
 
 
 class PgOutbox:
@@ -354,6 +358,7 @@ async def apply_transitions(conn: Conn, transitions: Sequence[Transition]) -> No
             [t.provider for t in group],
             [t.provider_message_id for t in group],
             [t.not_before for t in group],
+            [t.attempted for t in group],
         )
 
 

@@ -66,3 +66,17 @@ def test_breaker_opens_after_failures_probes_then_closes() -> None:
     assert breaker.allow()
     breaker.record_success()
     assert breaker.state == CLOSED and breaker.allow() and breaker.allow()
+
+
+def test_breaker_says_when_it_lets_a_call_through_again() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(failure_threshold=1, reset_seconds=10, clock=lambda: now[0])
+    assert breaker.opens_in() == 0.0
+    breaker.record_failure()
+    now[0] = 4.0
+    assert breaker.opens_in() == 6.0
+    now[0] = 12.0
+    assert breaker.opens_in() == 0.0 and breaker.allow()  # the probe goes out
+    assert 0 < breaker.opens_in() <= 10  # wait for the probe's answer
+    breaker.record_success()
+    assert breaker.opens_in() == 0.0

@@ -1,0 +1,220 @@
+"""Both providers fail half of their requests, in every way an HTTP API can fail, and
+still every message is delivered, once; a provider that goes down is cut off by its
+breaker and taken back when it recovers.
+
+The gateway talks real HTTP to two Skynoo emulators. Each answers half of its API
+calls (sends and status polls) with a fault; the fault changes every few tenths of a
+second between a 500, a hang past the client's timeout, a truncated 200, an HTML 502
+and a dropped connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+
+import pytest
+from sms.v1 import common_pb2, message_pb2
+
+from server.emulators.common import FAULTS, RunningEmulator
+from server.routing_config import RouteSpec, RoutingConfig
+from tests.e2e.conftest import Client, GatewayFactory, Running, wait_for
+from tests.e2e.emulated import sky, start_skynoo
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+CN = "+8613800138000"
+MESSAGES = 150
+CONCURRENCY = 10
+FAULT_PERIOD = 0.3  # seconds each kind of fault lasts
+DELIVERED = common_pb2.MESSAGE_STATUS_DELIVERED
+
+
+@pytest.fixture
+async def emulators() -> AsyncIterator[list[RunningEmulator]]:
+    running: list[RunningEmulator] = []
+    yield running
+    for emulator in running:
+        await emulator.stop()
+
+
+@contextlib.asynccontextmanager
+async def rotating_faults(emulators: list[RunningEmulator]) -> AsyncIterator[list[str]]:
+    """Cycles every emulator through every kind of fault while the block runs."""
+    seen: list[str] = []
+
+    async def rotate() -> None:
+        for fault in itertools.cycle(FAULTS):
+            for emulator in emulators:
+                emulator.state.settings.controls.fault = fault
+            seen.append(fault)
+            await asyncio.sleep(FAULT_PERIOD)
+
+    task = asyncio.create_task(rotate())
+    try:
+        yield seen
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def send_all(client: Client, texts: list[str]) -> list[str]:
+    """Sends each text once (CONCURRENCY at a time); returns the message ids in order."""
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(text: str) -> str:
+        async with gate:
+            reply = await client.messages.SendMessage(
+                message_pb2.SendMessageRequest(
+                    mobile=CN, use_type=common_pb2.USE_TYPE_NOTIFICATION, text=text
+                ),
+                metadata=client.metadata,
+                timeout=10,
+            )
+            return reply.id
+
+    return list(await asyncio.gather(*(one(t) for t in texts)))
+
+
+async def states(client: Client, ids: list[str]) -> list[message_pb2.MessageState]:
+    found: list[message_pb2.MessageState] = []
+    for start in range(0, len(ids), 100):
+        reply = await client.messages.GetMessageStatus(
+            message_pb2.GetMessageStatusRequest(ids=ids[start : start + 100]),
+            metadata=client.metadata,
+        )
+        found.extend(reply.messages)
+    return found
+
+
+async def all_delivered(client: Client, ids: list[str], within: float) -> None:
+    async def done() -> bool:
+        return all(s.status >= DELIVERED for s in await states(client, ids))
+
+    await wait_for(done, within=within, interval=0.5)
+
+
+def texts_received(*emulators: RunningEmulator) -> collections.Counter[str]:
+    return collections.Counter(r.content for e in emulators for r in e.state.received)
+
+
+async def watch_breakers(running: Running, seen: dict[str, set[str]]) -> None:
+    while True:
+        for name, state in running.gateway.providers().breaker_states().items():
+            seen[name].add(state)
+        await asyncio.sleep(0.01)
+
+
+async def test_half_the_requests_failing_every_way_still_delivers_everything_once(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+) -> None:
+    faults = {"fail_rate": 0.5, "timeout_seconds": 2.0, "delivery_delay": 0.1}
+    first = await start_skynoo(emulators, **faults)
+    second = await start_skynoo(emulators, **faults)
+    routing = RoutingConfig(
+        (sky(first, "first"), sky(second, "second")), (RouteSpec(("first", "second")),)
+    )
+    running = await start_gateway(
+        routing=routing,
+        retries_per_provider=1,
+        max_attempts=40,
+        retry_base_seconds=0.02,
+        breaker_failures=4,
+        breaker_reset_seconds=0.3,
+        poll_interval_seconds=0.2,
+    )
+    client = await running.client()
+    breakers: dict[str, set[str]] = collections.defaultdict(set)
+    watcher = asyncio.create_task(watch_breakers(running, breakers))
+    texts = [f"Order {i} has shipped." for i in range(MESSAGES)]
+    try:
+        async with rotating_faults([first, second]) as kinds:
+            ids = await send_all(client, texts)
+            await all_delivered(client, ids, within=150)
+    finally:
+        watcher.cancel()
+
+    assert set(FAULTS) <= set(kinds), "every kind of fault was in play"
+    final = await states(client, ids)
+    assert [s.status for s in final] == [DELIVERED] * MESSAGES
+    assert {s.provider for s in final} == {"first", "second"}
+    # Faults happen before the emulator takes a message, so none may arrive twice.
+    received = texts_received(first, second)
+    assert sorted(received) == sorted(texts)
+    assert max(received.values()) == 1
+    retried = await running.gateway.pool.fetchval(
+        "SELECT count(*) FROM messages WHERE id = ANY($1::text[]) AND attempts > 1", ids
+    )
+    assert retried > MESSAGES // 4, "half the sends failed, so many messages were retried"
+    assert "open" in breakers["first"] | breakers["second"]
+
+
+async def test_a_provider_that_goes_down_is_cut_off_and_taken_back(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+) -> None:
+    flaky = await start_skynoo(emulators, delivery_delay=0.1)
+    steady = await start_skynoo(emulators, delivery_delay=0.1)
+    routing = RoutingConfig(
+        (sky(flaky, "flaky"), sky(steady, "steady")), (RouteSpec(("flaky", "steady")),)
+    )
+    running = await start_gateway(
+        routing=routing,
+        retries_per_provider=1,
+        breaker_failures=3,
+        breaker_reset_seconds=1.0,
+        retry_base_seconds=0.02,
+        poll_interval_seconds=0.2,
+    )
+    client = await running.client()
+    breaker = running.gateway.providers().breaker_states
+
+    # Down: every request fails; after three failures the breaker opens and the other
+    # provider carries everything without the down one being asked.
+    flaky.state.settings.controls.fail_rate = 1.0
+    down = await send_all(client, [f"During the outage {i}." for i in range(20)])
+    await all_delivered(client, down, within=30)
+    assert breaker()["flaky"] == "open"
+    assert {s.provider for s in await states(client, down)} == {"steady"}
+    assert texts_received(flaky) == collections.Counter()
+
+    # Back: after the reset time one probe goes through and closes the breaker; the
+    # recovered provider takes its share again.
+    flaky.state.settings.controls.fail_rate = 0.0
+    await asyncio.sleep(1.1)
+    back = await send_all(client, [f"After the outage {i}." for i in range(20)])
+    await all_delivered(client, back, within=30)
+    assert breaker()["flaky"] == "closed"
+    assert "flaky" in {s.provider for s in await states(client, back)}
+
+
+async def test_waiting_on_open_breakers_uses_up_no_attempts(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+) -> None:
+    down = await start_skynoo(emulators, fail_rate=1.0, delivery_delay=0.1)
+    running = await start_gateway(
+        routing=RoutingConfig((sky(down, "only"),), (RouteSpec(("only",)),)),
+        breaker_failures=1,
+        breaker_reset_seconds=1.5,
+        max_attempts=2,
+        retry_base_seconds=0.01,
+        poll_interval_seconds=0.2,
+    )
+    client = await running.client()
+    [message_id] = await send_all(client, ["Sent while the only provider is down."])
+    # The first attempt fails and opens the breaker; while it is open the message is
+    # not tried, so it still has its second attempt when the provider is back.
+    await wait_for(lambda: _breaker_open(running), within=10)
+    down.state.settings.controls.fail_rate = 0.0
+    await all_delivered(client, [message_id], within=15)
+    attempts = await running.gateway.pool.fetchval(
+        "SELECT attempts FROM messages WHERE id = $1", message_id
+    )
+    assert attempts == 2  # one failed, one delivered; none spent waiting
+
+
+async def _breaker_open(running: Running) -> bool:
+    return running.gateway.providers().breaker_states()["only"] == "open"
