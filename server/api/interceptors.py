@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -28,15 +29,18 @@ OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
 def peer_ip(peer: str | None) -> str | None:
-    """'ipv4:127.0.0.1:5000' -> '127.0.0.1'; 'ipv6:[::1]:5000' -> '::1'."""
+    """'ipv4:127.0.0.1:5000' -> '127.0.0.1'; 'ipv6:[::1]:5000' -> '::1'.
+
+    gRPC writes the peer as a URI: recent versions percent-encode the brackets
+    ('ipv6:%5B::1%5D:5000') and a zone ('%25eth0')."""
     if not peer:
         return None
     kind, _, rest = peer.partition(":")
     if kind == "ipv4":
         return rest.rsplit(":", 1)[0]
     if kind == "ipv6":
-        host = rest.rsplit(":", 1)[0]
-        return host.strip("[]").replace("%25", "%")
+        host = urllib.parse.unquote(rest.rsplit(":", 1)[0])
+        return host.strip("[]")
     return None
 
 

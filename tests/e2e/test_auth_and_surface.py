@@ -9,11 +9,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from sms.v1 import common_pb2, message_pb2
+from sms.v1 import common_pb2, message_pb2, message_pb2_grpc
 
 from server.store.accounts import PgAccountStore
 from tests.conftest import basic_auth
-from tests.e2e.conftest import Running
+from tests.e2e.conftest import GatewayFactory, Running
 from tests.e2e.errors import reason
 
 REQUEST = message_pb2.SendMessageRequest(
@@ -71,6 +71,23 @@ async def test_ip_allowlist_is_enforced(gw: Running) -> None:
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     ok = await client.messages.SendMessage(REQUEST, metadata=basic_auth(here.api_key, here_secret))
     assert ok.id
+
+
+async def test_ip_allowlist_matches_ipv6_peers(start_gateway: GatewayFactory) -> None:
+    running = await start_gateway(grpc_addr="[::1]:0")
+    store = PgAccountStore(running.gateway.pool)
+    account = await store.create_account("cidr6", verified=True)
+    v4_only, v4_secret = await store.create_credential(account.id, ["127.0.0.0/8"])
+    other_v6, other_secret = await store.create_credential(account.id, ["2001:db8::/32"])
+    loopback_v6, v6_secret = await store.create_credential(account.id, ["::1/128"])
+    async with grpc.aio.insecure_channel(f"[::1]:{running.gateway.grpc_port}") as channel:
+        stub = message_pb2_grpc.MessageServiceStub(channel)
+        for key, secret in ((v4_only.api_key, v4_secret), (other_v6.api_key, other_secret)):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.SendMessage(REQUEST, metadata=basic_auth(key, secret))
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        ok = await stub.SendMessage(REQUEST, metadata=basic_auth(loopback_v6.api_key, v6_secret))
+        assert ok.id
 
 
 async def test_secrets_are_stored_only_as_slow_hashes(gw: Running) -> None:

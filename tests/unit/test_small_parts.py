@@ -49,6 +49,8 @@ def test_parse_basic() -> None:
 def test_peer_addresses_and_allowlists() -> None:
     assert peer_ip("ipv4:127.0.0.1:5000") == "127.0.0.1"
     assert peer_ip("ipv6:[::1]:5000") == "::1"
+    assert peer_ip("ipv6:%5B::1%5D:5000") == "::1"  # as grpcio 1.6x writes it
+    assert peer_ip("ipv6:%5Bfe80::1%25eth0%5D:5000") == "fe80::1%eth0"
     assert peer_ip("unix:/tmp/x") is None
     credential = models.Credential(
         1, 1, "k", "h", ("10.0.0.0/8", "2001:db8::/32"), datetime.now(UTC), None
