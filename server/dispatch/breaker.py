@@ -47,6 +47,11 @@ class CircuitBreaker:
             return self._reset / 10
         return max(0.0, self._opened_at + self._reset - self._clock())
 
+    def abandon(self) -> None:
+        """A call ``allow`` let through was not made: its probe slot is free again."""
+        if self.state == HALF_OPEN:
+            self._probe_out = False
+
     def record_success(self) -> None:
         self.state = CLOSED
         self._failures = 0

@@ -31,6 +31,10 @@ from server.store.outbox import ClaimedMessage, PgOutbox, Transition
 
 log = logging.getLogger(__name__)
 
+# Seconds of a lease kept free after the last send, to record the outcomes (at most a
+# quarter of the lease).
+LEASE_MARGIN = 2.0
+
 
 def can_carry(transport: Transport, message: OutboundMessage) -> bool:
     """Voice codes need a provider that places calls; everything else asks the transport."""
@@ -70,6 +74,7 @@ class Dispatcher:
         self._workers = workers
         self._claim_size = claim_size
         self._lease_seconds = lease_seconds
+        self._lease_margin = min(LEASE_MARGIN, lease_seconds / 4)
         self._send_timeout = send_timeout
         self._idle_poll = idle_poll
         self._retry = retry or RetryPolicy()
@@ -135,7 +140,7 @@ class Dispatcher:
     async def _dispatch(self, claimed: Sequence[ClaimedMessage]) -> None:
         lease_ends = asyncio.get_running_loop().time() + self._lease_seconds
         providers = self.providers
-        outcomes = await asyncio.gather(*(self._send(c, providers) for c in claimed))
+        outcomes = await asyncio.gather(*(self._send(c, providers, lease_ends) for c in claimed))
         await self._record(outcomes, lease_ends)
 
     async def _record(self, outcomes: Sequence[Transition], lease_ends: float) -> None:
@@ -155,7 +160,9 @@ class Dispatcher:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    async def _send(self, claimed: ClaimedMessage, providers: ProviderSet) -> Transition:
+    async def _send(
+        self, claimed: ClaimedMessage, providers: ProviderSet, lease_ends: float
+    ) -> Transition:
         message = claimed.message
         now = datetime.now(UTC)
         if now - claimed.created_at > self._ttl:
@@ -185,9 +192,25 @@ class Dispatcher:
             )
         transport = providers.transports[name]
         breaker = providers.breakers[name]
+        loop = asyncio.get_running_loop()
         try:
-            async with providers.limiters[name], asyncio.timeout(self._send_timeout):
-                outcome = await send_with(transport, message)
+            async with providers.limiters[name]:
+                # A send must end while the lease holds: after it, another worker may
+                # claim the message and send it again. One that waited too long for
+                # the provider's rate is given back, untried, to be claimed anew.
+                budget = lease_ends - self._lease_margin - loop.time()
+                if budget <= 0:
+                    breaker.abandon()
+                    log.warning("lease ran short waiting for %s; message given back", name)
+                    return Transition(
+                        message.id,
+                        MessageStatus.QUEUED,
+                        error_code="LEASE_RAN_SHORT",
+                        not_before=datetime.now(UTC),
+                        attempted=False,
+                    )
+                async with asyncio.timeout(min(self._send_timeout, budget)):
+                    outcome = await send_with(transport, message)
         except TimeoutError:
             outcome = SendOutcome(accepted=False, retryable=True, error_code="PROVIDER_TIMEOUT")
         except Exception as exc:

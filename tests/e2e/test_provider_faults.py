@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator
 
@@ -218,3 +219,25 @@ async def test_waiting_on_open_breakers_uses_up_no_attempts(
 
 async def _breaker_open(running: Running) -> bool:
     return running.gateway.providers().breaker_states()["only"] == "open"
+
+
+async def test_a_slow_provider_rate_never_outlasts_the_lease(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+) -> None:
+    # 24 messages at 4 a second take 6 s, three leases: a worker must not go on
+    # sending what another worker may have claimed since.
+    emulator = await start_skynoo(emulators, delivery_delay=0.05)
+    spec = dataclasses.replace(sky(emulator), rate_per_second=4.0)
+    running = await start_gateway(
+        routing=RoutingConfig((spec,), (RouteSpec(("sky",)),)),
+        lease_seconds=2.0,
+        dispatch_workers=2,
+        poll_interval_seconds=0.2,
+    )
+    client = await running.client()
+    texts = [f"Paced message {i}." for i in range(24)]
+    ids = await send_all(client, texts)
+    await all_delivered(client, ids, within=40)
+    received = texts_received(emulator)
+    assert sorted(received) == sorted(texts)
+    assert max(received.values()) == 1, "a message was sent twice"

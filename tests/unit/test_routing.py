@@ -78,5 +78,7 @@ def test_breaker_says_when_it_lets_a_call_through_again() -> None:
     now[0] = 12.0
     assert breaker.opens_in() == 0.0 and breaker.allow()  # the probe goes out
     assert 0 < breaker.opens_in() <= 10  # wait for the probe's answer
+    breaker.abandon()  # the probe was not made after all
+    assert breaker.opens_in() == 0.0 and breaker.allow()
     breaker.record_success()
     assert breaker.opens_in() == 0.0
