@@ -1,8 +1,9 @@
 """The composition root: builds every part from Settings, starts and stops them in order.
 
 Start: database (embedded unless DATABASE_URL) -> migrations -> status hub ->
-dispatcher -> gRPC server -> HTTP server. Stop: health NOT_SERVING -> gRPC drain
--> dispatcher drain -> receipts flushed -> hub -> HTTP -> pool -> database.
+dispatcher -> gRPC server -> HTTP server. Stop: health NOT_SERVING -> open streams
+end (UNAVAILABLE) -> gRPC drain and dispatcher drain, side by side within one grace
+-> receipts flushed -> hub -> HTTP -> pool -> database.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class Gateway:
         self.http_port = 0
         self._pool: asyncpg.Pool | None = None
         self._server: grpc.aio.Server | None = None
+        self._interceptor: GatewayInterceptor | None = None
         self._health = health.aio.HealthServicer()
         self._http: web.AppRunner | None = None
         self._hub: StatusHub | None = None
@@ -210,8 +212,9 @@ class Gateway:
             PgAccountStore(pool),
             failures=AuthFailureThrottle(s.limits.auth_failures_per_minute),
         )
+        self._interceptor = GatewayInterceptor(authenticator, RateLimits(s.limits))
         server = grpc.aio.server(
-            interceptors=[GatewayInterceptor(authenticator, RateLimits(s.limits))],
+            interceptors=[self._interceptor],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -394,13 +397,22 @@ class Gateway:
                 await self._health.set(name, status)
 
     async def stop(self) -> None:
+        """Stops within SMSGW_SHUTDOWN_GRACE: status streams end at once (UNAVAILABLE,
+        their callers resume elsewhere); unary calls in flight and the workers' groups
+        in hand get the grace side by side, so a slow provider does not add a second
+        grace after the RPCs'. Workers claim nothing new: what is accepted meanwhile
+        waits in the outbox for another replica or the restart."""
         grace = self.settings.shutdown_grace
         self._serving = False
         await self._health.enter_graceful_shutdown()
+        if self._interceptor is not None:
+            self._interceptor.end_streams()
+        drains = []
         if self._server is not None:
-            await self._server.stop(grace)
+            drains.append(self._server.stop(grace))
         if self._dispatcher is not None:
-            await self._dispatcher.stop(grace)
+            drains.append(self._dispatcher.stop(grace))
+        await asyncio.gather(*drains)
         if self._poller is not None:
             await self._poller.stop()
         for task in list(self._background):

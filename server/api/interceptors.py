@@ -4,15 +4,24 @@ Every method of the sms.v1 services is wrapped; reflection and health are left
 open. Domain errors become their mapped status (api/errors.py); a method not built
 yet answers UNIMPLEMENTED; anything unexpected is logged once, with the request
 id, and answered INTERNAL without internals.
+
+On shutdown ``end_streams`` ends the open server streams (WatchMessageStatus,
+WatchBatch) with UNAVAILABLE: they may last forever, so waiting for them would hold
+every shutdown for the whole grace, and grpc's cancel at its end leaves the caller a
+status without the reason or RetryInfo. The caller resumes at once on another replica
+(``after_event_id`` makes that lossless).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -20,12 +29,26 @@ import grpc
 from server.api.context import request_id_var, set_caller
 from server.api.errors import internal_status, to_status
 from server.domain.auth import Authenticator
-from server.domain.errors import DomainError
+from server.domain.errors import DomainError, Unavailable
 from server.domain.limits import RateLimits
 
 log = logging.getLogger(__name__)
 
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+SHUTTING_DOWN = (
+    "the server is shutting down; call again (another replica), streams resume from "
+    "the last event_id received"
+)
+
+
+@dataclass(eq=False)
+class _OpenStream:
+    """A server stream being answered, for ``end_streams``."""
+
+    task: asyncio.Task[Any]
+    in_servicer: bool = False  # awaiting the servicer's next item, not a write
+    ended: bool = False  # cancelled by end_streams
 
 
 def peer_ip(peer: str | None) -> str | None:
@@ -61,6 +84,20 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         # Request ids: a random per-process prefix and a counter (no syscall per call).
         self._id_prefix = secrets.token_hex(6)
         self._id_counter = itertools.count(1)
+        self._streams: set[_OpenStream] = set()
+        self._closing = False
+
+    def end_streams(self) -> None:
+        """Ends every open server stream with UNAVAILABLE, and refuses new ones.
+
+        A stream waiting in its servicer (for the next event) is cancelled there; one
+        writing to a slow client ends after that write. Cancelling a task inside
+        grpc's write would end the call without a status the caller can act on."""
+        self._closing = True
+        for stream in self._streams:
+            if stream.in_servicer and not stream.ended:
+                stream.ended = True
+                stream.task.cancel()
 
     def _new_request_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):010x}"
@@ -128,12 +165,35 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         async def stream(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
+            task = asyncio.current_task()
+            assert task is not None
+            this = _OpenStream(task)
             try:
                 await self._begin(context, method)
-                async for item in behavior(request, context):
-                    yield item
+                self._streams.add(this)
+                items: AsyncGenerator[Any, None] = behavior(request, context)
+                async with contextlib.aclosing(items):
+                    while not self._closing:
+                        this.in_servicer = True
+                        try:
+                            item = await anext(items)
+                        except StopAsyncIteration:
+                            return
+                        finally:
+                            this.in_servicer = False
+                        yield item
+                raise Unavailable(SHUTTING_DOWN, reason="SHUTTING_DOWN")
+            except asyncio.CancelledError:
+                if not this.ended:
+                    raise  # the caller went away, or grpc cancels the call
+                task.uncancel()
+                await self._abort(
+                    Unavailable(SHUTTING_DOWN, reason="SHUTTING_DOWN"), context, method
+                )
             except Exception as exc:
                 await self._abort(exc, context, method)
+            finally:
+                self._streams.discard(this)
 
         return stream
 
