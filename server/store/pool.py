@@ -41,15 +41,20 @@ def unavailable_on_connection_errors() -> Iterator[None]:
         raise Unavailable("the database is unavailable; retry later") from exc
 
 
+# One encoder for every value: json.dumps with non-default arguments builds a new
+# encoder per call, which showed in the profile of a 100,000-row batch COPY.
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def _encode_jsonb(value: object) -> bytes:
-    return b"\x01" + json.dumps(value, separators=(",", ":")).encode()
+    return b"\x01" + _JSON_ENCODER.encode(value).encode()
 
 
 def _decode_jsonb(data: bytes) -> object:
     return json.loads(data[1:])
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def init_connection(conn: asyncpg.Connection) -> None:
     # Binary format (version byte 1, then the JSON text), so COPY can send jsonb too.
     await conn.set_type_codec(
         "jsonb",
@@ -72,7 +77,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
             dsn,
             min_size=min_size,
             max_size=max_size,
-            init=_init_connection,
+            init=init_connection,
             reset=_keep_session,
             command_timeout=30,
         )
