@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
-from bench_common import cleanup, database_label, start_smsgw, stop_process
+from bench_common import cleanup, database_label, smsgw_dsn, start_smsgw, stop_process
 from sms.v1 import batch_pb2, batch_pb2_grpc, common_pb2
 
 from server.store.batches import MESSAGE_COLUMNS
@@ -140,6 +141,7 @@ def main() -> int:
     parser.add_argument("--numbers", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=300, help="limit for the dispatch phase")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     if args.quick:
         args.numbers, args.seconds = 2_000, 60
@@ -148,13 +150,16 @@ def main() -> int:
     try:
         gw = start_smsgw(tmp, procs, {"SMSGW_LOOPBACK_DELAY_MS": "5"}, 180)
         # The baseline first, while the database is idle (the batch's dispatch is not).
-        dsn = _dsn(gw.log)
+        dsn = smsgw_dsn(gw.log)
         copies = asyncio.run(raw_copy(dsn, args.numbers)) if dsn else {}
         figures = asyncio.run(run_batch(gw.target, gw.metadata, args.numbers, args.seconds))
         stop_process(gw.proc)
     finally:
         cleanup(procs, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        print(json.dumps({"numbers": args.numbers, **figures, "copy": copies}, indent=2))
+        return 0 if figures["delivered"] == args.numbers else 1
     table_s = copies.get("table", float("nan"))
     temp_s = copies.get("temp", float("nan"))
     print(f"numbers {args.numbers}, database: {database_label()}")
@@ -168,18 +173,6 @@ def main() -> int:
     print(f"{'delivered':<52}{figures['delivered']:>10.0f}")
     print(f"{'sustained dispatch to loopback, msgs/s':<52}{figures['dispatch_per_s']:>10.0f}")
     return 0 if figures["delivered"] == args.numbers else 1
-
-
-def _dsn(log: Path) -> str | None:
-    import os
-
-    if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"]
-    for line in log.read_text().splitlines():
-        if "embedded PostgreSQL running in " in line:
-            pgdata = line.split("embedded PostgreSQL running in ")[1].split('"')[0]
-            return f"postgresql://postgres@/postgres?host={pgdata}"
-    return None
 
 
 if __name__ == "__main__":

@@ -151,3 +151,14 @@ def cleanup(procs: list[subprocess.Popen[bytes]], tmp: Path) -> None:
         for _ in range(100):
             os.kill(pid, 0)  # raises once it is gone
             time.sleep(0.1)
+
+
+def smsgw_dsn(log: Path) -> str | None:
+    """The database a started ``smsgw serve`` uses: DATABASE_URL, or its embedded one."""
+    if os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"]
+    for line in log.read_text().splitlines():
+        if "embedded PostgreSQL running in " in line:
+            pgdata = line.split("embedded PostgreSQL running in ")[1].split('"')[0]
+            return f"postgresql://postgres@/postgres?host={pgdata}"
+    return None

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 from bench_common import (
     HOST,
@@ -41,6 +42,7 @@ from bench_common import (
     database_label,
     free_port,
     process_cpu_seconds,
+    smsgw_dsn,
     start_smsgw,
     stop_process,
     tail,
@@ -122,6 +124,38 @@ class Result:
     errors: dict[str, int] = field(default_factory=dict)
     client_cpu_pct: float = 0.0
     server_cpu_pct: float | None = None
+    # P3: messages accepted and not yet handed to a provider, sampled during the
+    # measured phase, and the growth of that backlog (least squares, messages/s).
+    backlog: list[tuple[float, int]] = field(default_factory=list)
+    backlog_growth_per_s: float | None = None
+
+
+BACKLOG_SQL = "SELECT count(*) FROM messages WHERE status IN (1, 2)"  # PENDING, QUEUED
+BACKLOG_EVERY = 0.5  # seconds between samples
+
+
+async def sample_backlog(dsn: str, samples: list[tuple[float, int]]) -> None:
+    """Appends (seconds since start, backlog) every BACKLOG_EVERY s until cancelled."""
+    conn = await asyncpg.connect(dsn)
+    start = time.perf_counter()
+    try:
+        while True:
+            samples.append((time.perf_counter() - start, await conn.fetchval(BACKLOG_SQL)))
+            await asyncio.sleep(BACKLOG_EVERY)
+    finally:
+        await conn.close()
+
+
+def growth_per_s(samples: list[tuple[float, int]]) -> float | None:
+    """The least-squares slope of the backlog over time, in messages per second."""
+    if len(samples) < 3:
+        return None
+    n = len(samples)
+    mean_t = sum(t for t, _ in samples) / n
+    mean_b = sum(b for _, b in samples) / n
+    var = sum((t - mean_t) ** 2 for t, _ in samples)
+    cov = sum((t - mean_t) * (b - mean_b) for t, b in samples)
+    return round(cov / var, 1) if var else None
 
 
 def requests(n: int = 1000) -> list[message_pb2.SendMessageRequest]:
@@ -199,7 +233,11 @@ def ms(sorted_seconds: list[float], q: float) -> float:
 
 
 async def bench(
-    target: str, metadata: Metadata | None, args: argparse.Namespace, pid: int
+    target: str,
+    metadata: Metadata | None,
+    args: argparse.Namespace,
+    pid: int,
+    dsn: str | None = None,
 ) -> Result:
     """Warm-up, then the measured phase, through --channels channels to `target`."""
     options = [("grpc.use_local_subchannel_pool", 1)] if args.channels > 1 else []
@@ -212,10 +250,15 @@ async def bench(
         warm_errors: Counter[str] = Counter()
         await run_calls(channels, metadata, args, args.warmup, [], warm_errors)
         errors.update({f"{code} (warm-up)": n for code, n in warm_errors.items()})
+        backlog: list[tuple[float, int]] = []
+        sampler = asyncio.create_task(sample_backlog(dsn, backlog)) if dsn else None
         server0, client0, start = process_cpu_seconds(pid), time.process_time(), time.perf_counter()
         await run_calls(channels, metadata, args, args.count, latencies, errors)
         elapsed = time.perf_counter() - start
         server1, client1 = process_cpu_seconds(pid), time.process_time()
+        if sampler is not None:
+            sampler.cancel()
+            await asyncio.gather(sampler, return_exceptions=True)
     finally:
         for channel in channels:
             await channel.close()
@@ -231,6 +274,8 @@ async def bench(
         server_cpu_pct=None
         if server0 is None or server1 is None
         else round(100 * (server1 - server0) / elapsed, 1),
+        backlog=backlog,
+        backlog_growth_per_s=growth_per_s(backlog),
     )
 
 
@@ -255,6 +300,13 @@ def print_table(figures: dict[str, Any]) -> None:
             f"{sum(r['errors'].values()):>8}{r['calls']:>8}{r['client_cpu_pct']:>13.0f}{cpu:>13}"
         )
     print(f"{'ratio smsgw/echo':<30}{figures['ratio']:>9.2f}")
+    growth = figures["smsgw"]["backlog_growth_per_s"]
+    if growth is not None:
+        peak = max(b for _, b in figures["smsgw"]["backlog"])
+        print(
+            f"{'backlog growth, msgs/s':<30}{growth:>9.1f}   (PENDING+QUEUED, peak {peak}; "
+            f"dispatch keeps up when this stays near 0)"
+        )
     for key in ("echo", "smsgw"):
         for code, n in figures[key]["errors"].items():
             print(f"{key} error {code}: {n}")
@@ -274,7 +326,8 @@ def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], tmp: Pat
     if args.rpc == "verify":
         env.update(VERIFY_ENV)
     gw = start_smsgw(tmp, procs, env, 180)
-    smsgw_result = asyncio.run(bench(gw.target, gw.metadata, args, gw.proc.pid))
+    dsn = smsgw_dsn(gw.log) if args.rpc == "send" else None
+    smsgw_result = asyncio.run(bench(gw.target, gw.metadata, args, gw.proc.pid, dsn))
     stop_process(gw.proc)
     if gw.proc.returncode != 0:
         print(f"smsgw serve exited with {gw.proc.returncode}:\n{tail(gw.log)}", file=sys.stderr)

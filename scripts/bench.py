@@ -1,0 +1,219 @@
+"""The performance harness: every benchmark, one table of the targets of issue 8.
+
+Runs each benchmark script in its own process (each starts its own ``smsgw serve``,
+and bench_send.py its bare grpc.aio echo baseline, on 127.0.0.1; load bounded by
+count and time) and prints, per target: the figure, the baseline, the ratio, the
+target and pass/fail. Ratios are the verdict: absolute figures drift on a shared
+machine, ratios measured in one run hold.
+
+    .venv/bin/python scripts/bench.py                # full size (about 3 minutes)
+    .venv/bin/python scripts/bench.py --quick        # tiny runs: proves it works (CI)
+    .venv/bin/python scripts/bench.py --only P1,P5   # some targets
+    .venv/bin/python scripts/bench.py --json         # the raw figures too
+
+P1 durable SendMessage against the echo server; P2 CreateBatch of 100,000 numbers with
+per-number variables against a raw COPY of the same rows; P3 the outbox backlog
+during P1's run (dispatch to the loopback provider keeps up when it does not grow);
+P4 1,000 WatchMessageStatus streams at 20,000 events/s; P5 SendVerification +
+CheckVerification pairs against the echo server. Exits 0 when every benchmark ran
+without errors (a quick run judges nothing); with a full run, 2 when a target failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Row:
+    target: str
+    figure: str
+    value: str
+    baseline: str
+    ratio: float | None
+    wanted: str
+    passed: bool | None  # None: not judged
+
+
+def run_script(name: str, args: list[str], quick: bool) -> tuple[dict[str, Any] | None, str]:
+    """Runs scripts/<name> with --json; returns its figures, or None and why not."""
+    command = [sys.executable, str(HERE / name), *args, "--json"]
+    if quick:
+        command.append("--quick")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    try:
+        figures: dict[str, Any] = json.loads(done.stdout)
+    except ValueError:
+        tail = "\n".join((done.stderr or done.stdout).splitlines()[-15:])
+        return None, f"{name} exited {done.returncode} without figures:\n{tail}"
+    if done.returncode != 0:
+        return figures, f"{name} exited {done.returncode}"
+    return figures, ""
+
+
+def p1_p3(figures: dict[str, Any]) -> list[Row]:
+    echo, ours = figures["echo"], figures["smsgw"]
+    ratio = figures["ratio"]
+    rows = [
+        Row(
+            "P1",
+            "durable SendMessage, calls/s",
+            f"{ours['calls_per_s']:.0f}",
+            f"echo {echo['calls_per_s']:.0f}",
+            ratio,
+            ">= 0.80",
+            ratio >= 0.80,
+        )
+    ]
+    growth = ours.get("backlog_growth_per_s")
+    rate = ours["calls_per_s"]
+    share = None if growth is None or not rate else growth / rate
+    rows.append(
+        Row(
+            "P3",
+            "outbox backlog growth at P1's rate, msgs/s",
+            "-" if growth is None else f"{growth:.1f}",
+            f"sends {rate:.0f}/s",
+            share,
+            "<= 0.02",
+            None if share is None else share <= 0.02,
+        )
+    )
+    return rows
+
+
+def p2(figures: dict[str, Any]) -> list[Row]:
+    copy = figures["copy"]["table"]
+    ratio = figures["accept_s"] / copy
+    return [
+        Row(
+            "P2",
+            f"CreateBatch of {figures['numbers']:,} numbers, s",
+            f"{figures['accept_s']:.2f}",
+            f"COPY {copy:.2f}",
+            ratio,
+            "<= 6",
+            ratio <= 6,
+        )
+    ]
+
+
+def p4(figures: dict[str, Any], wanted_events: float) -> list[Row]:
+    reached = figures["events_per_s"] >= 0.95 * wanted_events
+    complete = figures.get("missed_events", 0) == 0
+    return [
+        Row(
+            "P4",
+            f"{figures['streams']} streams: p99 lag, ms",
+            f"{figures['lag_p99_ms']:.0f}",
+            f"{figures['events_per_s']:.0f} events/s",
+            None,
+            "<= 100",
+            figures["lag_p99_ms"] <= 100 and reached and complete,
+        ),
+        Row(
+            "P4",
+            "server peak memory under P4, MB",
+            f"{figures['server_rss_peak_mb']:.0f}",
+            "-",
+            None,
+            "<= 200",
+            figures["server_rss_peak_mb"] <= 200,
+        ),
+    ]
+
+
+def p5(figures: dict[str, Any]) -> list[Row]:
+    echo, ours = figures["echo"], figures["smsgw"]
+    ratio = figures["ratio"]
+    return [
+        Row(
+            "P5",
+            "SendVerification+CheckVerification pairs/s",
+            f"{ours['calls_per_s']:.0f}",
+            f"echo {echo['calls_per_s']:.0f}",
+            ratio,
+            ">= 0.50",
+            ratio >= 0.50,
+        )
+    ]
+
+
+STREAM_EVENTS = 20_000.0
+# target -> (script, arguments, rows from its figures)
+BENCHMARKS: dict[str, tuple[str, list[str], Callable[[dict[str, Any]], list[Row]]]] = {
+    "P1": ("bench_send.py", ["--count", "30000", "--seconds", "20"], p1_p3),
+    "P2": ("bench_batch.py", ["--seconds", "120"], p2),
+    "P4": (
+        "bench_streams.py",
+        ["--events-per-second", str(int(STREAM_EVENTS))],
+        lambda f: p4(f, STREAM_EVENTS),
+    ),
+    "P5": ("bench_send.py", ["--rpc", "verify", "--count", "10000", "--seconds", "20"], p5),
+}
+
+
+def print_table(rows: list[Row], quick: bool) -> None:
+    print(
+        f"{'':<4}{'figure':<44}{'value':>9}  {'baseline':<20}{'ratio':>7}  "
+        f"{'target':<9}{'verdict':<8}"
+    )
+    for r in rows:
+        ratio = "-" if r.ratio is None else f"{r.ratio:.2f}"
+        verdict = "-" if quick or r.passed is None else ("pass" if r.passed else "FAIL")
+        print(
+            f"{r.target:<4}{r.figure:<44}{r.value:>9}  {r.baseline:<20}{ratio:>7}  "
+            f"{r.wanted:<9}{verdict:<8}"
+        )
+    if quick:
+        print("(quick run: too small to judge; run without --quick for the verdicts)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny runs (CI)")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5", help="targets, comma-separated")
+    parser.add_argument("--json", action="store_true", help="also print the raw figures")
+    args = parser.parse_args()
+    wanted = {t.strip().upper() for t in args.only.split(",") if t.strip()}
+    if "P3" in wanted:
+        wanted.add("P1")  # P3 is measured during P1's run
+    rows: list[Row] = []
+    raw: dict[str, Any] = {}
+    problems: list[str] = []
+    started = time.monotonic()
+    for target, (script, script_args, to_rows) in BENCHMARKS.items():
+        if target not in wanted:
+            continue
+        print(f"running {target}: {script} {' '.join(script_args)}", file=sys.stderr, flush=True)
+        figures, problem = run_script(script, script_args, args.quick)
+        if problem:
+            problems.append(f"{target}: {problem}")
+        if figures is not None:
+            raw[target] = figures
+            rows.extend(r for r in to_rows(figures) if r.target in wanted)
+    print_table(rows, args.quick)
+    print(f"(took {time.monotonic() - started:.0f} s)")
+    if args.json:
+        print(json.dumps(raw, indent=2))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
+    if not args.quick and any(r.passed is False for r in rows):
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
