@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from server.app import Database, Gateway, migrate
+from server.client_cli import add_client_commands, run_client
 from server.config import ConfigError, Settings
 from server.domain.errors import InvalidArgument
 from server.domain.quiet_hours import QuietHours
@@ -190,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "healthcheck", help="exit 0 if the server at SMSGW_GRPC_ADDR reports SERVING"
     )
+    add_client_commands(commands)
     emulate = commands.add_parser(
         "emulate", help="run a provider emulator (skynoo, sendcloud, sendsms) on 127.0.0.1"
     )
@@ -280,6 +282,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_healthcheck(settings))
     if args.command == "emulate":
         return asyncio.run(_emulate(args))
+    if args.command in ("send", "watch", "batch"):
+        return run_client(args)
     if args.command == "account" and args.action == "update":
         try:
             quiet = (
