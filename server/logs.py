@@ -1,4 +1,8 @@
-"""JSON-lines logging with the request id of the call being handled."""
+"""JSON-lines logging: one object per line with the time, level, logger and message,
+and what identifies the work it is about: the request id and account id of the call
+being handled (from the call's context), and the ids a log call passes in ``extra``
+(``message_id``, ``batch_id``, ``verify_id``, ``provider``). Secrets never reach a
+log call; nothing here adds any."""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from server.api.context import request_id_var
+from server.api.context import caller_or_none, request_id_var
+
+# Ids a log call may pass as ``extra={...}``; each becomes a field of its line.
+ID_FIELDS = ("message_id", "batch_id", "verify_id", "provider")
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,6 +28,13 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id != "-":
             entry["request_id"] = request_id
+        caller = caller_or_none()
+        if caller is not None:
+            entry["account_id"] = caller.account_id
+        for name in ID_FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                entry[name] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

@@ -15,6 +15,11 @@ def set_caller(caller: Caller) -> None:
     _caller_var.set(caller)
 
 
+def caller_or_none() -> Caller | None:
+    """The caller of the call being handled, if any (for log lines)."""
+    return _caller_var.get()
+
+
 def current_caller() -> Caller:
     caller = _caller_var.get()
     if caller is None:  # only if a servicer is registered without the interceptor

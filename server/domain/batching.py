@@ -8,6 +8,7 @@ accepted messages are stored in one transaction, so a failure stores nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from server.domain.pagination import decode_page_token, encode_page_token, page_
 from server.domain.ports import IdempotencyKey, TemplateRepository
 from server.domain.segments import count_segments
 from server.domain.templates import ParsedTemplate, parse_template, render, validate_values
+
+log = logging.getLogger(__name__)
 
 MAX_NUMBERS = 100_000
 # A number as given (E.164 is at most 16 characters; room for spaces and dashes,
@@ -185,6 +188,12 @@ class Batches:
             batch_id, caller.account_id, int(cmd.use_type), messages, rejected, key
         )
         self._on_accepted()
+        log.info(
+            "batch accepted: %d messages, %d numbers rejected",
+            len(messages),
+            len(rejected),
+            extra={"batch_id": batch.id},
+        )
         return batch
 
     async def get(self, caller: Caller, batch_id: str) -> BatchRecord:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from server.domain.ports import IdempotencyKey, MessageRepository, TemplateRepos
 from server.domain.quiet_hours import QuietHours
 from server.domain.segments import count_segments
 from server.domain.templates import ParsedTemplate, render, validate_values
+
+log = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 460
 MAX_REQUEST_ID_CHARS = 128
@@ -199,6 +202,7 @@ class Messaging:
         else:
             await self._messages.insert(message)
         self._on_accepted()
+        log.debug("message accepted", extra={"message_id": message.id})
         return SendResult(message.id, to_number, MessageStatus.PENDING, segments)
 
     async def get_status(

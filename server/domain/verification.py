@@ -300,6 +300,10 @@ class Verifications:
             key=key,
         )
         self._on_accepted()
+        log.debug(
+            "verification code accepted",
+            extra={"verify_id": stored.id, "message_id": stored.message_id},
+        )
         return SentVerification(stored.id, stored.expires_at, stored.message_id)
 
     async def _body(
