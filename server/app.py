@@ -51,7 +51,8 @@ from server.domain.models import Channel, OutboundMessage, UseType
 from server.domain.ports import ProviderError
 from server.domain.templating import TemplateCatalog
 from server.domain.verification import Verifications
-from server.http.app import WebhookRejected, build_http_app
+from server.http.app import MetricsEndpoint, WebhookRejected, build_http_app
+from server.metrics import CONTENT_TYPE, GatewayMetrics
 from server.providers.webhooks import WebhookTransport
 from server.status.hub import StatusHub
 from server.status.watch import StatusWatcher
@@ -138,6 +139,8 @@ class Gateway:
         self._serving = False
         self._background: set[asyncio.Task[None]] = set()
         self._retired: list[ProviderSet] = []  # replaced by a reload, closing after grace
+        self.metrics = GatewayMetrics()
+        self.metrics.watch_breakers(self._breaker_states)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -157,7 +160,8 @@ class Gateway:
                 "(fine for development; set SMSGW_SECRET_KEY in production)"
             )
         codes = CodeKeys(s.secret_key or await load_or_create_key(pool))
-        outbox = PgOutbox(pool, codes)
+        outbox = PgOutbox(pool, codes, on_changes=self.metrics.message_changes)
+        self.metrics.watch_backlog(outbox.backlog)
         self._hub = StatusHub(dsn, events)
         await self._hub.start()
         self._receipts = ReceiptRecorder(outbox)
@@ -172,6 +176,7 @@ class Gateway:
             retry=RetryPolicy(max_attempts=s.max_attempts, base_delay=s.retry_base_seconds),
             retries_per_provider=s.retries_per_provider,
             message_ttl=s.message_ttl_seconds,
+            metrics=self.metrics,
         )
         self._dispatcher.start()
         self._poller = ReceiptPoller(
@@ -212,7 +217,9 @@ class Gateway:
             PgAccountStore(pool),
             failures=AuthFailureThrottle(s.limits.auth_failures_per_minute),
         )
-        self._interceptor = GatewayInterceptor(authenticator, RateLimits(s.limits))
+        self._interceptor = GatewayInterceptor(
+            authenticator, RateLimits(s.limits), metrics=self.metrics
+        )
         server = grpc.aio.server(
             interceptors=[self._interceptor],
             options=[
@@ -231,7 +238,11 @@ class Gateway:
         )
         batch_pb2_grpc.add_BatchServiceServicer_to_server(
             BatchServicer(
-                Batches(PgBatchStore(pool), templates, on_accepted=self._dispatcher.wake)
+                Batches(
+                    PgBatchStore(pool, on_changes=self.metrics.message_changes),
+                    templates,
+                    on_accepted=self._dispatcher.wake,
+                )
             ),
             server,
         )
@@ -257,7 +268,12 @@ class Gateway:
         watchdog.add_done_callback(self._background.discard)
 
         self._http = web.AppRunner(
-            build_http_app(self._is_healthy, self._receive_webhook), access_log=None
+            build_http_app(
+                self._is_healthy,
+                self._receive_webhook,
+                MetricsEndpoint(self.metrics.render, CONTENT_TYPE),
+            ),
+            access_log=None,
         )
         await self._http.setup()
         host, _, port = s.http_addr.rpartition(":")
@@ -274,6 +290,9 @@ class Gateway:
     def providers(self) -> ProviderSet:
         assert self._providers is not None, "the gateway is not started"
         return self._providers
+
+    def _breaker_states(self) -> dict[str, str]:
+        return {} if self._providers is None else self._providers.breaker_states()
 
     def _build_providers(self, settings: Settings) -> ProviderSet:
         assert self._receipts is not None

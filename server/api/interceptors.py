@@ -1,4 +1,5 @@
-"""The server interceptor: request id, Basic authentication, rate limits and error mapping.
+"""The server interceptor: request id, Basic authentication, rate limits, error mapping
+and the RPC metrics (calls by method and code, latency, rate-limit refusals).
 
 Every method of the sms.v1 services is wrapped; reflection and health are left
 open. Domain errors become their mapped status (api/errors.py); a method not built
@@ -19,6 +20,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+import time
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -27,10 +29,11 @@ from typing import Any
 import grpc
 
 from server.api.context import request_id_var, set_caller
-from server.api.errors import internal_status, to_status
+from server.api.errors import internal_status, status_code_for, to_status
 from server.domain.auth import Authenticator
-from server.domain.errors import DomainError, Unavailable
+from server.domain.errors import DomainError, ResourceExhausted, Unavailable
 from server.domain.limits import RateLimits
+from server.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +79,15 @@ def _metadata_value(metadata: Any, key: str) -> str | None:
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator, limits: RateLimits | None = None) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        limits: RateLimits | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self._authenticator = authenticator
         self._limits = limits
+        self._metrics = metrics or GatewayMetrics()
         # One wrapped handler per method, built on first use (not on every call).
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         # Request ids: a random per-process prefix and a counter (no syscall per call).
@@ -86,6 +95,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         self._id_counter = itertools.count(1)
         self._streams: set[_OpenStream] = set()
         self._closing = False
+        self._metrics.count_streams(self._streams.__len__)
 
     def end_streams(self) -> None:
         """Ends every open server stream with UNAVAILABLE, and refuses new ones.
@@ -152,22 +162,36 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         return request_id
 
     def _wrap_unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        rpc = self._metrics.rpc(method)
+
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            code = "OK"
             try:
                 await self._begin(context, method)
                 return await behavior(request, context)
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
             except Exception as exc:
+                code = self._code_of(exc, context)
                 await self._abort(exc, context, method)
+            finally:
+                rpc.done(code, time.perf_counter() - started)
 
         return unary
 
     def _wrap_stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        rpc = self._metrics.rpc(method)
+
         async def stream(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             task = asyncio.current_task()
             assert task is not None
             this = _OpenStream(task)
+            started = time.perf_counter()
+            code = "OK"
             try:
                 await self._begin(context, method)
                 self._streams.add(this)
@@ -183,19 +207,40 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                             this.in_servicer = False
                         yield item
                 raise Unavailable(SHUTTING_DOWN, reason="SHUTTING_DOWN")
+            except GeneratorExit:
+                code = "CANCELLED"  # closed by grpc: the caller went away
+                raise
             except asyncio.CancelledError:
                 if not this.ended:
+                    code = "CANCELLED"
                     raise  # the caller went away, or grpc cancels the call
                 task.uncancel()
+                code = "UNAVAILABLE"
                 await self._abort(
                     Unavailable(SHUTTING_DOWN, reason="SHUTTING_DOWN"), context, method
                 )
             except Exception as exc:
+                code = self._code_of(exc, context)
                 await self._abort(exc, context, method)
             finally:
                 self._streams.discard(this)
+                rpc.done(code, time.perf_counter() - started)
 
         return stream
+
+    def _code_of(self, exc: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """The status code a failed call is answered with (as ``_abort`` maps it);
+        counts rate-limit refusals by their reason on the way."""
+        if isinstance(exc, DomainError):
+            if isinstance(exc, ResourceExhausted):
+                self._metrics.rate_limited.labels(exc.reason).inc()
+            return status_code_for(exc).name
+        if isinstance(exc, NotImplementedError):
+            return "UNIMPLEMENTED"
+        if isinstance(exc, grpc.aio.AbortError):
+            code = context.code()
+            return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+        return "INTERNAL"
 
     async def _abort(
         self, exc: Exception, context: grpc.aio.ServicerContext[Any, Any], method: str

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -27,6 +28,7 @@ from server.dispatch.routing import failover_order
 from server.domain.errors import Unavailable
 from server.domain.models import Channel, MessageStatus, OutboundMessage
 from server.domain.ports import SendOutcome, Transport, VoiceTransport
+from server.metrics import GatewayMetrics
 from server.store.outbox import ClaimedMessage, PgOutbox, Transition
 
 log = logging.getLogger(__name__)
@@ -68,8 +70,10 @@ class Dispatcher:
         retry: RetryPolicy | None = None,
         retries_per_provider: int = 2,
         message_ttl: float = 86_400.0,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._outbox = outbox
+        self._metrics = metrics or GatewayMetrics()
         self.providers = providers
         self._workers = workers
         self._claim_size = claim_size
@@ -209,13 +213,21 @@ class Dispatcher:
                         not_before=datetime.now(UTC),
                         attempted=False,
                     )
-                async with asyncio.timeout(min(self._send_timeout, budget)):
-                    outcome = await send_with(transport, message)
+                started = time.perf_counter()
+                try:
+                    async with asyncio.timeout(min(self._send_timeout, budget)):
+                        outcome = await send_with(transport, message)
+                finally:
+                    self._metrics.provider_duration.labels(name).observe(
+                        time.perf_counter() - started
+                    )
         except TimeoutError:
             outcome = SendOutcome(accepted=False, retryable=True, error_code="PROVIDER_TIMEOUT")
         except Exception as exc:
             log.warning("transport %s raised %s", name, type(exc).__name__)
             outcome = SendOutcome(accepted=False, retryable=True, error_code="PROVIDER_ERROR")
+        if not outcome.accepted:
+            self._metrics.provider_errors.labels(name, outcome.error_code or "UNKNOWN").inc()
         if outcome.accepted:
             breaker.record_success()
             return Transition(

@@ -1,8 +1,9 @@
-"""The HTTP side of the gateway: /healthz, provider webhooks; /metrics later."""
+"""The HTTP side of the gateway: /healthz, /metrics (Prometheus), provider webhooks."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -16,8 +17,16 @@ class WebhookRejected(Exception):
 WebhookHandler = Callable[[str, str | None, dict[str, str]], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class MetricsEndpoint:
+    render: Callable[[], Awaitable[bytes]]  # the exposition
+    content_type: str
+
+
 def build_http_app(
-    is_healthy: Callable[[], Awaitable[bool]], receive_webhook: WebhookHandler | None = None
+    is_healthy: Callable[[], Awaitable[bool]],
+    receive_webhook: WebhookHandler | None = None,
+    metrics: MetricsEndpoint | None = None,
 ) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         healthy = await is_healthy()
@@ -37,8 +46,15 @@ def build_http_app(
             return web.json_response({"accepted": False, "reason": str(exc)}, status=403)
         return web.json_response({"accepted": True})
 
+    async def exposition(_: web.Request) -> web.Response:
+        assert metrics is not None
+        body = await metrics.render()
+        return web.Response(body=body, headers={"Content-Type": metrics.content_type})
+
     app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
     app.router.add_get("/healthz", healthz)
+    if metrics is not None:
+        app.router.add_get("/metrics", exposition)
     if receive_webhook is not None:
         app.router.add_post("/webhooks/{kind}", webhook)
         app.router.add_post("/webhooks/{kind}/{name}", webhook)

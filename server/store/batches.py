@@ -17,7 +17,7 @@ from server.domain.models import MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey
 from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log
 from server.store.idempotency import claim_key
-from server.store.outbox import Transition, apply_transitions
+from server.store.outbox import ChangeSink, Transition, apply_transitions
 from server.store.pool import unavailable_on_connection_errors
 
 MESSAGE_COLUMNS = (
@@ -69,8 +69,9 @@ def _batch(row: asyncpg.Record) -> BatchRecord:
 
 
 class PgBatchStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, on_changes: ChangeSink | None = None) -> None:
         self._pool = pool
+        self._on_changes = on_changes  # told of the cancellations once committed
 
     async def create(
         self,
@@ -180,10 +181,13 @@ class PgBatchStore:
                     "WHERE id = $1 AND status IN (1, 2)",
                     batch_id,
                 )
+                changes = []
                 if ids:
                     await lock_event_log(conn)
-                    await apply_transitions(
+                    changes = await apply_transitions(
                         conn, [Transition(r["id"], MessageStatus.CANCELLED) for r in ids]
                     )
                 row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM batches WHERE id = $1", batch_id)
+        if changes and self._on_changes is not None:
+            self._on_changes(changes)
         return None if row is None else _batch(row)

@@ -3,7 +3,7 @@ recording what happened to them (each status change with its event)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -112,7 +112,7 @@ upd AS (
     FROM u JOIN prev ON prev.id = u.id
     WHERE m.id = u.id AND u.status >= prev.status
     RETURNING m.id, m.account_id, m.batch_id, m.to_number, m.status, m.error_code,
-              m.updated_at, prev.status AS old_status
+              m.updated_at, m.provider, prev.status AS old_status
 ),
 batch_counts AS (
     -- Batch counts move with their messages, in the same statement.
@@ -140,12 +140,18 @@ batch_counts AS (
         GROUP BY batch_id
     ) c
     WHERE b.id = c.batch_id
+),
+events AS (
+    INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number, status,
+                                error_code, occurred_at)
+    SELECT nextval('message_event_ids'), id, account_id, batch_id, to_number, status,
+           error_code, updated_at
+    FROM upd WHERE status <> old_status
 )
-INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number, status,
-                            error_code, occurred_at)
-SELECT nextval('message_event_ids'), id, account_id, batch_id, to_number, status, error_code,
-       updated_at
+-- The changes recorded (one event each), for the metrics.
+SELECT status, coalesce(provider, '') AS provider, count(*) AS n
 FROM upd WHERE status <> old_status
+GROUP BY status, provider
 """
 
 
@@ -195,6 +201,19 @@ RETURNING m.id, m.provider_message_id
 """
 
 
+# Status changes recorded, as (new status, provider, how many).
+StatusChanges = list[tuple[MessageStatus, str, int]]
+ChangeSink = Callable[[StatusChanges], None]
+
+
+def _ignore(changes: StatusChanges) -> None:
+    pass
+
+
+# Read through the partial index of due rows (messages_due).
+_BACKLOG = "SELECT status, count(*) AS n FROM messages WHERE status IN (1, 2) GROUP BY status"
+
+
 @dataclass(frozen=True)
 class ClaimedMessage:
     message: OutboundMessage
@@ -220,9 +239,17 @@ class Transition:
 
 
 class PgOutbox:
-    def __init__(self, pool: asyncpg.Pool, codes: CodeKeys | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        codes: CodeKeys | None = None,
+        *,
+        on_changes: ChangeSink | None = None,
+    ) -> None:
         self._pool = pool
         self._codes = codes
+        # Told of the status changes each transaction recorded, once it has committed.
+        self._on_changes = on_changes or _ignore
 
     async def claim_due(self, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
         with unavailable_on_connection_errors():
@@ -270,13 +297,11 @@ class PgOutbox:
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
                 await lock_event_log(conn)
-                await self._apply_locked(conn, transitions)
+                changes = await apply_transitions(conn, transitions)
                 if sent_ids:
                     rows = await conn.fetch(_UNPARK, sent_ids)
-                    await self._apply_locked(conn, [_from_row(r) for r in rows])
-
-    async def _apply_locked(self, conn: Conn, transitions: Sequence[Transition]) -> None:
-        await apply_transitions(conn, transitions)
+                    changes += await apply_transitions(conn, [_from_row(r) for r in rows])
+        self._on_changes(changes)
 
     async def apply_provider_receipts(self, receipts: Sequence[ProviderReceipt]) -> int:
         """Records receipts known only by provider id; parks those not matched yet.
@@ -294,7 +319,8 @@ class PgOutbox:
                     [int(r.status) for r in receipts],
                     [r.error_code for r in receipts],
                 )
-                await self._apply_locked(conn, [_from_row(r) for r in rows])
+                changes = await apply_transitions(conn, [_from_row(r) for r in rows])
+        self._on_changes(changes)
         return len(rows)
 
     async def unpark_matched(self) -> int:
@@ -303,10 +329,11 @@ class PgOutbox:
             async with self._pool.acquire() as conn, conn.transaction():
                 await lock_event_log(conn)
                 rows = await conn.fetch(_UNPARK, None)
-                await self._apply_locked(conn, [_from_row(r) for r in rows])
+                changes = await apply_transitions(conn, [_from_row(r) for r in rows])
                 await conn.execute(
                     "DELETE FROM early_receipts WHERE received_at < now() - interval '1 day'"
                 )
+        self._on_changes(changes)
         return len(rows)
 
     async def due_for_poll(
@@ -316,6 +343,12 @@ class PgOutbox:
         with unavailable_on_connection_errors():
             rows = await self._pool.fetch(_DUE_FOR_POLL, provider, min_age, repoll_after, limit)
         return [(r["id"], r["provider_message_id"]) for r in rows]
+
+    async def backlog(self) -> dict[MessageStatus, int]:
+        """Messages waiting to be sent (PENDING, QUEUED), by status, over all replicas."""
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(_BACKLOG)
+        return {MessageStatus(r["status"]): r["n"] for r in rows}
 
     async def release(self, message_ids: Sequence[str]) -> None:
         """Gives claimed messages back (on shutdown) so another worker can take them now."""
@@ -346,11 +379,13 @@ def _from_row(row: asyncpg.Record) -> Transition:
     )
 
 
-async def apply_transitions(conn: Conn, transitions: Sequence[Transition]) -> None:
+async def apply_transitions(conn: Conn, transitions: Sequence[Transition]) -> StatusChanges:
     """Records status changes and their events; the caller holds the event-log lock
-    (lock_event_log) in its transaction."""
+    (lock_event_log) in its transaction. Returns the changes made (a transition that
+    would move a status back, or repeats it, is none)."""
+    changes: StatusChanges = []
     for group in _rounds(transitions):
-        await conn.execute(
+        rows = await conn.fetch(
             _TRANSITION,
             [t.message_id for t in group],
             [int(t.status) for t in group],
@@ -360,6 +395,8 @@ async def apply_transitions(conn: Conn, transitions: Sequence[Transition]) -> No
             [t.not_before for t in group],
             [t.attempted for t in group],
         )
+        changes += [(MessageStatus(r["status"]), r["provider"], r["n"]) for r in rows]
+    return changes
 
 
 def _rounds(transitions: Sequence[Transition]) -> list[list[Transition]]:
