@@ -8,4 +8,5 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install --quiet -e '.[dev]'
 npm ci --no-audit --no-fund --loglevel=error
+bash clients/install.sh   # what the example clients in clients/ need (tests/e2e/test_clients.py)
 exec .venv/bin/pytest "$@"
