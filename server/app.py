@@ -20,6 +20,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
 from sms.v1 import (
     batch_pb2,
     batch_pb2_grpc,
@@ -68,6 +69,7 @@ from server.store.server_keys import load_or_create_key
 from server.store.templates import PgTemplateStore
 from server.store.velocity import PgVelocityCounters
 from server.store.verifications import PgVerificationStore
+from server.tracing import Tracing, provider_for
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +123,17 @@ async def migrate(dsn: str) -> list[str]:
 class Gateway:
     """One running smsgw process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, tracer_provider: TracerProvider | None = None
+    ) -> None:
+        """``tracer_provider``: trace into this one (tests) instead of SMSGW_TRACING's."""
         self.settings = settings
         self.database = Database(settings)
+        if tracer_provider is not None:
+            self.tracing: Tracing | None = Tracing(tracer_provider, owns_provider=False)
+        else:
+            provider = provider_for(settings.tracing)
+            self.tracing = Tracing(provider) if provider is not None else None
         self.grpc_port = 0
         self.http_port = 0
         self._pool: asyncpg.Pool | None = None
@@ -149,6 +159,8 @@ class Gateway:
 
     async def start(self) -> None:
         s = self.settings
+        if self.tracing is not None:
+            self.tracing.start()
         dsn = await self.database.start()
         await migrate(dsn)
         self._pool = pool = await create_pool(dsn, max_size=s.pool_size)
@@ -177,6 +189,7 @@ class Gateway:
             retries_per_provider=s.retries_per_provider,
             message_ttl=s.message_ttl_seconds,
             metrics=self.metrics,
+            tracing=self.tracing,
         )
         self._dispatcher.start()
         self._poller = ReceiptPoller(
@@ -221,7 +234,11 @@ class Gateway:
             authenticator, RateLimits(s.limits), metrics=self.metrics
         )
         server = grpc.aio.server(
-            interceptors=[self._interceptor],
+            # The tracing interceptor first, so that a call's span holds our checks.
+            interceptors=[
+                *([self.tracing.server_interceptor()] if self.tracing is not None else []),
+                self._interceptor,
+            ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -451,4 +468,6 @@ class Gateway:
         if self._pool is not None:
             await self._pool.close()
         await self.database.stop()
+        if self.tracing is not None:
+            self.tracing.close()
         log.info("smsgw stopped")

@@ -20,6 +20,7 @@ from server.domain.verification import OtpSettings
 from server.providers.loopback import OUTCOMES, LoopbackConfig
 from server.routing_config import DEFAULT_ROUTING, RoutingConfig, RoutingConfigError, parse_routing
 from server.tls import ServerTls, TlsConfigError
+from server.tracing import TracingConfigError, mode_from_env
 
 
 class ConfigError(ValueError):
@@ -124,6 +125,8 @@ class Settings:
     # --- TLS for the gRPC port (SMSGW_TLS_CERT/KEY, SMSGW_TLS_CLIENT_CA: mutual TLS).
     # PEM bytes read at start-up; never in a repr or a log. None: plaintext.
     tls: ServerTls | None = field(default=None, repr=False)
+    # --- OpenTelemetry (SMSGW_TRACING: off, otlp, console; server/tracing.py).
+    tracing: str = "off"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -157,6 +160,10 @@ class Settings:
         try:
             tls = ServerTls.from_env(merged)
         except TlsConfigError as exc:
+            raise ConfigError(str(exc)) from exc
+        try:
+            tracing = mode_from_env(merged)
+        except TracingConfigError as exc:
             raise ConfigError(str(exc)) from exc
         return cls(
             database_url=merged.get("DATABASE_URL") or None,
@@ -216,6 +223,7 @@ class Settings:
                 outcome=OUTCOMES.get(outcome_name, MessageStatus.DELIVERED),
             ),
             tls=tls,
+            tracing=tracing,
         )
 
 

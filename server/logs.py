@@ -1,7 +1,8 @@
 """JSON-lines logging: one object per line with the time, level, logger and message,
 and what identifies the work it is about: the request id and account id of the call
 being handled (from the call's context), and the ids a log call passes in ``extra``
-(``message_id``, ``batch_id``, ``verify_id``, ``provider``). Secrets never reach a
+(``message_id``, ``batch_id``, ``verify_id``, ``provider``), and the trace and span
+ids when tracing is on. Secrets never reach a
 log call; nothing here adds any."""
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+
+from opentelemetry import trace
 
 from server.api.context import caller_or_none, request_id_var
 
@@ -31,6 +34,10 @@ class JsonFormatter(logging.Formatter):
         caller = caller_or_none()
         if caller is not None:
             entry["account_id"] = caller.account_id
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:  # tracing is on (server/tracing.py) and a span is recording
+            entry["trace_id"] = format(span.trace_id, "032x")
+            entry["span_id"] = format(span.span_id, "016x")
         for name in ID_FIELDS:
             value = record.__dict__.get(name)
             if value is not None:

@@ -30,6 +30,7 @@ from server.domain.models import Channel, MessageStatus, OutboundMessage
 from server.domain.ports import SendOutcome, Transport, VoiceTransport
 from server.metrics import GatewayMetrics
 from server.store.outbox import ClaimedMessage, PgOutbox, Transition
+from server.tracing import Tracing, dispatch_span
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,11 @@ class Dispatcher:
         retries_per_provider: int = 2,
         message_ttl: float = 86_400.0,
         metrics: GatewayMetrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._outbox = outbox
         self._metrics = metrics or GatewayMetrics()
+        self._tracing = tracing
         self.providers = providers
         self._workers = workers
         self._claim_size = claim_size
@@ -216,7 +219,8 @@ class Dispatcher:
                 started = time.perf_counter()
                 try:
                     async with asyncio.timeout(min(self._send_timeout, budget)):
-                        outcome = await send_with(transport, message)
+                        with dispatch_span(self._tracing, message.id, name):
+                            outcome = await send_with(transport, message)
                 finally:
                     self._metrics.provider_duration.labels(name).observe(
                         time.perf_counter() - started
