@@ -15,8 +15,8 @@ COPY generated ./generated
 RUN /opt/smsgw/bin/pip install .
 
 FROM python:3.11-slim
-RUN groupadd --system smsgw && useradd --system --gid smsgw --home-dir /var/lib/smsgw \
-      --create-home smsgw
+RUN groupadd --system --gid 10001 smsgw && useradd --system --uid 10001 --gid smsgw \
+      --home-dir /var/lib/smsgw --create-home smsgw
 COPY --from=build /opt/smsgw /opt/smsgw
 ENV PATH=/opt/smsgw/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -24,7 +24,7 @@ ENV PATH=/opt/smsgw/bin:$PATH \
     SMSGW_HTTP_ADDR=0.0.0.0:8080 \
     SMSGW_DATA_DIR=/var/lib/smsgw \
     XDG_RUNTIME_DIR=/tmp
-USER smsgw
+USER 10001:10001
 WORKDIR /var/lib/smsgw
 EXPOSE 50051 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
