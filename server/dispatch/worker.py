@@ -21,6 +21,8 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from aiolimiter import AsyncLimiter
+
 from server.aio import wait_event
 from server.dispatch.providers import ProviderSet
 from server.dispatch.retry import RetryPolicy
@@ -199,36 +201,46 @@ class Dispatcher:
             )
         transport = providers.transports[name]
         breaker = providers.breakers[name]
+        # A send must end while the lease holds: after it, another worker may claim
+        # the message and send it again. The wait for the provider's rate counts too;
+        # a message whose lease runs short first is given back untried (no rate
+        # token spent) to be claimed anew.
         loop = asyncio.get_running_loop()
+        budget = lease_ends - self._lease_margin - loop.time()
+        limiter = providers.limiters[name]
         try:
-            async with providers.limiters[name]:
-                # A send must end while the lease holds: after it, another worker may
-                # claim the message and send it again. One that waited too long for
-                # the provider's rate is given back, untried, to be claimed anew.
-                budget = lease_ends - self._lease_margin - loop.time()
-                if budget <= 0:
-                    breaker.abandon()
-                    log.warning("lease ran short waiting for %s; message given back", name)
-                    return Transition(
-                        message.id,
-                        MessageStatus.QUEUED,
-                        error_code="LEASE_RAN_SHORT",
-                        not_before=datetime.now(UTC),
-                        attempted=False,
-                    )
-                started = time.perf_counter()
-                try:
-                    async with asyncio.timeout(min(self._send_timeout, budget)):
-                        with dispatch_span(self._tracing, message.id, name):
-                            outcome = await send_with(transport, message)
-                finally:
-                    self._metrics.provider_duration.labels(name).observe(
-                        time.perf_counter() - started
-                    )
+            async with asyncio.timeout(max(budget, 0.0)):
+                if isinstance(limiter, AsyncLimiter):  # else the provider has no rate
+                    await limiter.acquire()
+        except TimeoutError:
+            breaker.abandon()
+            log.info(
+                "lease ran short waiting for %s's rate; message given back",
+                name,
+                extra={"message_id": message.id},
+            )
+            return Transition(
+                message.id,
+                MessageStatus.QUEUED,
+                error_code="LEASE_RAN_SHORT",
+                not_before=datetime.now(UTC),
+                attempted=False,
+            )
+        budget = lease_ends - self._lease_margin - loop.time()
+        try:
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(max(min(self._send_timeout, budget), 0.0)):
+                    with dispatch_span(self._tracing, message.id, name):
+                        outcome = await send_with(transport, message)
+            finally:
+                self._metrics.provider_duration.labels(name).observe(time.perf_counter() - started)
         except TimeoutError:
             outcome = SendOutcome(accepted=False, retryable=True, error_code="PROVIDER_TIMEOUT")
         except Exception as exc:
-            log.warning("transport %s raised %s", name, type(exc).__name__)
+            log.warning(
+                "transport %s raised %s", name, type(exc).__name__, extra={"message_id": message.id}
+            )
             outcome = SendOutcome(accepted=False, retryable=True, error_code="PROVIDER_ERROR")
         if not outcome.accepted:
             self._metrics.provider_errors.labels(name, outcome.error_code or "UNKNOWN").inc()
