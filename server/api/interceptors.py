@@ -70,6 +70,19 @@ def peer_ip(peer: str | None) -> str | None:
     return None
 
 
+def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """A stream's serializer that also takes items already serialized: an event sent
+    to many streams is serialized once (MessageServicer.WatchMessageStatus)."""
+    if serialize is None:
+        return None
+    encode = serialize
+
+    def serializer(item: Any) -> bytes:
+        return item if type(item) is bytes else encode(item)
+
+    return serializer
+
+
 def _metadata_value(metadata: Any, key: str) -> str | None:
     for item in metadata or ():
         if item[0] == key:
@@ -145,7 +158,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method),
                 request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=_passing_bytes(handler.response_serializer),
             )
         return None
 

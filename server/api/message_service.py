@@ -15,12 +15,19 @@ from server.domain.models import UseType
 from server.status.watch import StatusWatcher
 
 Context = grpc.aio.ServicerContext[Any, Any]
+ENCODED_EVENTS_KEPT = 16_384
 
 
 class MessageServicer(message_pb2_grpc.MessageServiceServicer):
     def __init__(self, messaging: Messaging, watcher: StatusWatcher) -> None:
         self._messaging = messaging
         self._watcher = watcher
+        # Serialized events by event id (ids of this gateway's database never repeat,
+        # events never change). Every watching stream of an account sends the same
+        # event: it is built and serialized once, not once per stream (profiled: with
+        # 100 streams an account that was a tenth of the server's time). Emptied when
+        # full, which only costs a rebuild.
+        self._encoded: dict[int, bytes] = {}
 
     async def SendMessage(
         self, request: message_pb2.SendMessageRequest, context: Context
@@ -55,11 +62,19 @@ class MessageServicer(message_pb2_grpc.MessageServiceServicer):
             messages=[convert.message_state(s) for s in found], not_found_ids=missing
         )
 
-    async def WatchMessageStatus(
+    # Yields each MessageStatusEvent already serialized (one encoding shared by every
+    # stream that sends it); the interceptor's serializer passes bytes through.
+    async def WatchMessageStatus(  # type: ignore[override]
         self, request: message_pb2.WatchMessageStatusRequest, context: Context
-    ) -> AsyncIterator[message_pb2.MessageStatusEvent]:
+    ) -> AsyncIterator[bytes]:
         caller = current_caller()
         async for event in self._watcher.watch(
             caller.account_id, list(request.ids), request.after_event_id
         ):
-            yield convert.status_event(event)
+            encoded = self._encoded.get(event.event_id)
+            if encoded is None:
+                if len(self._encoded) >= ENCODED_EVENTS_KEPT:
+                    self._encoded.clear()
+                encoded = convert.status_event(event).SerializeToString()
+                self._encoded[event.event_id] = encoded
+            yield encoded
