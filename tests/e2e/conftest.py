@@ -20,6 +20,7 @@ from sms.v1 import (
 
 from server.app import Gateway
 from server.config import Settings
+from server.emulators.common import RunningEmulator
 from server.providers.loopback import LoopbackConfig
 from server.store.accounts import PgAccountStore
 from tests.conftest import DatabaseFactory, basic_auth
@@ -68,6 +69,15 @@ class Running:
 
 
 GatewayFactory = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def emulators() -> AsyncIterator[list[RunningEmulator]]:
+    """Provider emulators a test starts (tests/e2e/emulated.py); stopped at its end."""
+    running: list[RunningEmulator] = []
+    yield running
+    for emulator in running:
+        await emulator.stop()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ cancel mid-run, watch, priority of codes over campaigns, isolation, idempotency.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -20,14 +19,6 @@ from tests.e2e.emulated import only, sky, start_skynoo
 from tests.e2e.errors import bad_fields
 
 S = common_pb2
-
-
-@pytest.fixture
-async def emulators() -> AsyncIterator[list[RunningEmulator]]:
-    running: list[RunningEmulator] = []
-    yield running
-    for emulator in running:
-        await emulator.stop()
 
 
 async def test_bad_numbers_and_values_are_rejected_one_by_one(gw: Running) -> None:

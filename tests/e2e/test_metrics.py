@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import grpc
@@ -69,14 +68,6 @@ async def send(client: Client, mobile: str = CN, **fields: object) -> str:
         metadata=client.metadata,
     )
     return reply.id
-
-
-@pytest.fixture
-async def emulators() -> AsyncIterator[list[RunningEmulator]]:
-    running: list[RunningEmulator] = []
-    yield running
-    for emulator in running:
-        await emulator.stop()
 
 
 async def test_every_metric_is_described_on_the_http_port(gw: Running) -> None:

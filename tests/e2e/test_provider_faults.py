@@ -34,14 +34,6 @@ FAULT_PERIOD = 0.3  # seconds each kind of fault lasts
 DELIVERED = common_pb2.MESSAGE_STATUS_DELIVERED
 
 
-@pytest.fixture
-async def emulators() -> AsyncIterator[list[RunningEmulator]]:
-    running: list[RunningEmulator] = []
-    yield running
-    for emulator in running:
-        await emulator.stop()
-
-
 @contextlib.asynccontextmanager
 async def rotating_faults(emulators: list[RunningEmulator]) -> AsyncIterator[list[str]]:
     """Cycles every emulator through every kind of fault while the block runs."""

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-from collections.abc import AsyncIterator
 
 import aiohttp
 import grpc
@@ -21,14 +20,6 @@ from tests.e2e.conftest import Client, GatewayFactory, Running, final_state, wai
 from tests.e2e.emulated import cloud, sky, start_sendcloud, start_skynoo
 
 CN = "+8613800138000"
-
-
-@pytest.fixture
-async def emulators() -> AsyncIterator[list[RunningEmulator]]:
-    running: list[RunningEmulator] = []
-    yield running
-    for emulator in running:
-        await emulator.stop()
 
 
 async def send_text(client: Client) -> str:

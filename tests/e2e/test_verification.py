@@ -7,7 +7,6 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -24,14 +23,6 @@ from tests.e2e.errors import bad_fields, details, reason
 
 CN = "+8613800138000"
 S = common_pb2
-
-
-@pytest.fixture
-async def emulators() -> AsyncIterator[list[RunningEmulator]]:
-    running: list[RunningEmulator] = []
-    yield running
-    for emulator in running:
-        await emulator.stop()
 
 
 def otp(**changes: object) -> OtpSettings:

@@ -3,19 +3,15 @@ provider emulators routed by country, calls retried until their answer is defini
 and what the database says about leases at the moment of a kill.
 
 The gateway keeps its ports across restarts, as a supervised process would, so the
-callers' channel and SendCloud's webhook URL stay valid; ``outage_support.serve``
-picks new ports each time, hence ``serve_on`` here.
+callers' channel and SendCloud's webhook URL stay valid (``outage_support.serve``
+with fixed ``ports``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +24,6 @@ from server.emulators import sendcloud as sendcloud_emulator
 from server.emulators import skynoo as skynoo_emulator
 from server.emulators.common import EmulatorControls, EmulatorSettings, RunningEmulator
 from tests.e2e.emulated import CLOUD, SKY
-from tests.faults.outage_support import ROOT, Serve
 
 T = TypeVar("T")
 
@@ -93,42 +88,6 @@ def routing_config(folder: Path, sky_url: str, cloud_url: str) -> dict[str, str]
         "CRASH_CLOUD_USER": CLOUD["sms_user"],
         "CRASH_CLOUD_KEY": CLOUD["sms_key"],
     }
-
-
-@contextlib.asynccontextmanager
-async def serve_on(
-    env: Mapping[str, str], log: Path, grpc_port: int, http_port: int
-) -> AsyncIterator[Serve]:
-    """``smsgw serve`` on the given ports, in its own process group, waited for until
-    SERVING; killed at the end of the block if it still runs."""
-    full_env = {
-        **os.environ,
-        "SMSGW_DATA_DIR": str(log.parent / "smsgw-data"),
-        **env,
-        "SMSGW_GRPC_ADDR": f"127.0.0.1:{grpc_port}",
-        "SMSGW_HTTP_ADDR": f"127.0.0.1:{http_port}",
-    }
-    with log.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            env=full_env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
-    running = Serve(proc, f"127.0.0.1:{grpc_port}", http_port, log)
-    try:
-        await running.wait_serving()
-        yield running
-    finally:
-        if not running.exited:
-            running.kill_group()
-            await proc.wait()
 
 
 @dataclass

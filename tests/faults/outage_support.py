@@ -201,17 +201,19 @@ class Serve:
                 await asyncio.sleep(0.1)
 
 
-@contextlib.asynccontextmanager
-async def serve(env: Mapping[str, str], log: Path) -> AsyncIterator[Serve]:
-    """Runs ``smsgw serve`` with ``env`` added to this process's environment and waits
-    until it is SERVING; the process is killed at the end if it still runs."""
-    grpc_port, http_port = free_port(), free_port()
+async def spawn_serve(
+    env: Mapping[str, str], log: Path, ports: tuple[int, int] | None = None
+) -> Serve:
+    """Starts ``smsgw serve`` in its own process group, with ``env`` added to this
+    process's environment, on ``ports`` (gRPC, HTTP; free ones if None), without
+    waiting for it: several can be started at the same moment."""
+    grpc_port, http_port = ports or (free_port(), free_port())
     full_env = {
         **os.environ,
-        "SMSGW_GRPC_ADDR": f"127.0.0.1:{grpc_port}",
-        "SMSGW_HTTP_ADDR": f"127.0.0.1:{http_port}",
         "SMSGW_DATA_DIR": str(log.parent / "smsgw-data"),
         **env,
+        "SMSGW_GRPC_ADDR": f"127.0.0.1:{grpc_port}",
+        "SMSGW_HTTP_ADDR": f"127.0.0.1:{http_port}",
     }
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
@@ -226,14 +228,23 @@ async def serve(env: Mapping[str, str], log: Path) -> AsyncIterator[Serve]:
             stderr=out,
             start_new_session=True,
         )
-    running = Serve(proc, f"127.0.0.1:{grpc_port}", http_port, log)
+    return Serve(proc, f"127.0.0.1:{grpc_port}", http_port, log)
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    env: Mapping[str, str], log: Path, ports: tuple[int, int] | None = None
+) -> AsyncIterator[Serve]:
+    """``spawn_serve``, waited for until SERVING; the process is killed at the end of
+    the block if it still runs."""
+    running = await spawn_serve(env, log, ports)
     try:
         await running.wait_serving()
         yield running
     finally:
         if not running.exited:
             running.kill_group()
-            await proc.wait()
+            await running.proc.wait()
 
 
 async def new_account(dsn: str, name: str = "faults") -> Metadata:

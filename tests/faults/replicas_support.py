@@ -25,7 +25,7 @@ import aiohttp
 import grpc
 
 from tests.e2e.emulated import SKY
-from tests.faults.outage_support import ROOT, Serve, free_port
+from tests.faults.outage_support import ROOT, Serve, spawn_serve
 
 
 @dataclass
@@ -74,26 +74,6 @@ async def skynoo_process(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
-
-
-async def spawn_serve(env: Mapping[str, str], log: Path) -> Serve:
-    """Starts ``smsgw serve`` (own ports, own process group) without waiting for it;
-    as ``outage_support.serve`` does, but several can be started at the same moment."""
-    grpc_port, http_port = free_port(), free_port()
-    full_env = {
-        **os.environ,
-        "SMSGW_GRPC_ADDR": f"127.0.0.1:{grpc_port}",
-        "SMSGW_HTTP_ADDR": f"127.0.0.1:{http_port}",
-        "SMSGW_DATA_DIR": str(log.parent / "smsgw-data"),
-        **env,
-    }
-    with log.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server.cli", "serve",
-            env=full_env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-            start_new_session=True,
-        )  # fmt: skip
-    return Serve(proc, f"127.0.0.1:{grpc_port}", http_port, log)
 
 
 @contextlib.asynccontextmanager

@@ -44,7 +44,6 @@ from tests.faults.crash_support import (
     Lease,
     leased_now,
     routing_config,
-    serve_on,
     start_emulators,
     until_definite,
     wait_sessions_gone,
@@ -56,6 +55,7 @@ from tests.faults.outage_support import (
     free_port,
     new_account,
     private_postgres,
+    serve,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -334,7 +334,7 @@ async def test_five_kills_lose_nothing_and_send_twice_only_without_a_key(
                 stack.push_async_callback(conn.close)
 
                 async def start() -> Serve:
-                    return await stack.enter_async_context(serve_on(env, log, *ports))
+                    return await stack.enter_async_context(serve(env, log, ports))
 
                 server = await start()
                 channel = await stack.enter_async_context(
