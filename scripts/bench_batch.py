@@ -13,18 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
 import grpc
-from bench_common import cleanup, database_label, smsgw_dsn, start_smsgw, stop_process
+from bench_common import database_label, smsgw_dsn, start_smsgw, stop_process, workspace
 from sms.v1 import batch_pb2, batch_pb2_grpc, common_pb2
 
 from server.store.batches import MESSAGE_COLUMNS
@@ -145,18 +141,13 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.numbers, args.seconds = 2_000, 60
-    procs: list[subprocess.Popen[bytes]] = []
-    tmp = Path(tempfile.mkdtemp(prefix="smsgw-bench-batch-"))
-    try:
+    with workspace("smsgw-bench-batch-") as (procs, tmp):
         gw = start_smsgw(tmp, procs, {"SMSGW_LOOPBACK_DELAY_MS": "5"}, 180)
         # The baseline first, while the database is idle (the batch's dispatch is not).
         dsn = smsgw_dsn(gw.log)
         copies = asyncio.run(raw_copy(dsn, args.numbers)) if dsn else {}
         figures = asyncio.run(run_batch(gw.target, gw.metadata, args.numbers, args.seconds))
         stop_process(gw.proc)
-    finally:
-        cleanup(procs, tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps({"numbers": args.numbers, **figures, "copy": copies}, indent=2))
         return 0 if figures["delivered"] == args.numbers else 1

@@ -11,11 +11,14 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -136,6 +139,19 @@ def wait_serving(proc: subprocess.Popen[bytes], target: str, timeout: float, log
                     return
             time.sleep(0.2)
     raise TimeoutError(f"smsgw not SERVING after {timeout:.0f} s:\n{tail(log)}")
+
+
+@contextlib.contextmanager
+def workspace(prefix: str = "smsgw-bench-") -> Iterator[tuple[list[subprocess.Popen[bytes]], Path]]:
+    """A temporary folder and a list for the processes a benchmark starts; afterwards
+    the processes are stopped (see ``cleanup``) and the folder removed."""
+    procs: list[subprocess.Popen[bytes]] = []
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield procs, tmp
+    finally:
+        cleanup(procs, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cleanup(procs: list[subprocess.Popen[bytes]], tmp: Path) -> None:

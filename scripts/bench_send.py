@@ -22,11 +22,9 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -38,7 +36,6 @@ import grpc
 from bench_common import (
     HOST,
     Metadata,
-    cleanup,
     database_label,
     free_port,
     process_cpu_seconds,
@@ -46,6 +43,7 @@ from bench_common import (
     start_smsgw,
     stop_process,
     tail,
+    workspace,
 )
 from sms.v1 import (
     common_pb2,
@@ -381,13 +379,8 @@ def main() -> int:
         args.warmup, args.count, args.seconds = 50, 500, 5.0
     if min(args.concurrency, args.channels, args.count) < 1 or args.warmup < 0:
         parser.error("--concurrency, --channels and --count must be >= 1, --warmup >= 0")
-    procs: list[subprocess.Popen[bytes]] = []
-    tmp = Path(tempfile.mkdtemp(prefix="smsgw-bench-"))
-    try:
+    with workspace() as (procs, tmp):
         return run(args, procs, tmp)
-    finally:
-        cleanup(procs, tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -37,10 +37,8 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from array import array
@@ -54,13 +52,13 @@ import grpc
 from bench_common import (
     ROOT,
     Metadata,
-    cleanup,
     database_label,
     process_cpu_seconds,
     smsgw_command,
     start_smsgw,
     stop_process,
     tail,
+    workspace,
 )
 from sms.v1 import common_pb2, message_pb2, message_pb2_grpc
 
@@ -925,13 +923,8 @@ def main() -> int:
         )
     if args.accounts > args.streams or args.seconds <= 0 or args.warmup < 0:
         parser.error("--accounts must be <= --streams, --seconds > 0, --warmup >= 0")
-    procs: list[subprocess.Popen[bytes]] = []
-    tmp = Path(tempfile.mkdtemp(prefix="smsgw-bench-"))
-    try:
+    with workspace() as (procs, tmp):
         return run(args, procs, tmp)
-    finally:
-        cleanup(procs, tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
