@@ -14,13 +14,13 @@ import dataclasses
 import logging
 import socket
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import asyncpg
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.sdk.trace import TracerProvider
 from sms.v1 import (
     batch_pb2,
     batch_pb2_grpc,
@@ -70,6 +70,9 @@ from server.store.templates import PgTemplateStore
 from server.store.velocity import PgVelocityCounters
 from server.store.verifications import PgVerificationStore
 from server.tracing import Tracing, provider_for
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from sms.v1 import (
     message_pb2_grpc,
 )
 
-from server.tls import TlsConfigError, read_pem
+from server.tls import TlsConfigError, client_channel
 
 USE_TYPES = {
     "verification": common_pb2.USE_TYPE_VERIFICATION,
@@ -157,18 +157,9 @@ def _metadata(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 
 def _channel(target: str, env: Mapping[str, str]) -> grpc.aio.Channel:
     try:
-        roots = read_pem(env, "SMSGW_TLS_CA", "CA bundle")
-        cert = read_pem(env, "SMSGW_TLS_CLIENT_CERT", "certificate chain")
-        key = read_pem(env, "SMSGW_TLS_CLIENT_KEY", "private key")
+        return client_channel(target, env)
     except TlsConfigError as exc:
         raise ClientError(str(exc)) from None
-    if roots is None:
-        return grpc.aio.insecure_channel(target)
-    name = env.get("SMSGW_TLS_SERVER_NAME")
-    options = [("grpc.ssl_target_name_override", name)] if name else []
-    return grpc.aio.secure_channel(
-        target, grpc.ssl_channel_credentials(roots, key, cert), options=options
-    )
 
 
 def _send_request(args: argparse.Namespace) -> message_pb2.SendMessageRequest:

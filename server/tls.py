@@ -103,11 +103,22 @@ def healthcheck_channel(
     the server certificate itself), presenting SMSGW_TLS_CLIENT_CERT/KEY if set."""
     if tls is None:
         return grpc.aio.insecure_channel(target)
-    roots = read_pem(env, "SMSGW_TLS_CA", "CA bundle") or tls.cert_chain
+    return client_channel(target, env, default_roots=tls.cert_chain)
+
+
+def client_channel(
+    target: str, env: Mapping[str, str], default_roots: bytes | None = None
+) -> grpc.aio.Channel:
+    """A client channel as the environment says: TLS trusting SMSGW_TLS_CA (or
+    ``default_roots``), with SMSGW_TLS_CLIENT_CERT/KEY for mutual TLS and
+    SMSGW_TLS_SERVER_NAME to verify against; plaintext when there is nothing to trust."""
+    roots = read_pem(env, "SMSGW_TLS_CA", "CA bundle") or default_roots
     cert = read_pem(env, "SMSGW_TLS_CLIENT_CERT", "certificate chain")
     key = read_pem(env, "SMSGW_TLS_CLIENT_KEY", "private key")
     if (cert is None) != (key is None):
         raise TlsConfigError("set both SMSGW_TLS_CLIENT_CERT and SMSGW_TLS_CLIENT_KEY, or neither")
+    if roots is None:
+        return grpc.aio.insecure_channel(target)
     server_name = env.get("SMSGW_TLS_SERVER_NAME")
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
     credentials = grpc.ssl_channel_credentials(roots, key, cert)

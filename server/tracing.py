@@ -22,12 +22,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+if TYPE_CHECKING:  # the SDK is imported only when tracing is on (start-up time)
+    from opentelemetry.sdk.trace import TracerProvider
 
 MODES = ("off", "otlp", "console")
 
@@ -47,6 +47,10 @@ def provider_for(mode: str) -> TracerProvider | None:
     """A TracerProvider exporting as ``mode`` says, or None when tracing is off."""
     if mode == "off":
         return None
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
     provider = TracerProvider(resource=Resource.create({"service.name": "smsgw"}))
     if mode == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

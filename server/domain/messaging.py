@@ -16,7 +16,7 @@ from server.domain.errors import (
     NotFound,
     PermissionDenied,
 )
-from server.domain.fields import NUL_DESCRIPTION, check_ids, check_text, storable
+from server.domain.fields import check_ids, check_text
 from server.domain.models import MessageState, MessageStatus, NewMessage, Priority, UseType
 from server.domain.phones import normalize_mobile
 from server.domain.ports import IdempotencyKey, MessageRepository, TemplateRepository
@@ -134,12 +134,8 @@ class Messaging:
                 violations.append(FieldViolation("data", "data is only used with template_id"))
             if not cmd.text.strip():
                 violations.append(FieldViolation("text", "must not be empty"))
-            elif len(cmd.text) > MAX_TEXT_CHARS:
-                violations.append(
-                    FieldViolation("text", f"must be at most {MAX_TEXT_CHARS} characters")
-                )
-            elif not storable(cmd.text):
-                violations.append(FieldViolation("text", NUL_DESCRIPTION))
+            else:
+                check_text(cmd.text, "text", MAX_TEXT_CHARS, violations)
             body = cmd.text
         elif cmd.template_id is None:
             violations.append(FieldViolation("text", "text or template_id is required"))

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from server.domain.errors import FieldViolation, InvalidArgument
-from server.domain.fields import MAX_REPORTED_PROBLEMS as MAX_REPORTED_PROBLEMS
 from server.domain.fields import at_most_reported, storable
 
 MAX_CONTENT_CHARS: Final = 460

@@ -5,9 +5,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from server.domain.errors import InvalidArgument
+from server.domain.fields import MAX_REPORTED_PROBLEMS
 from server.domain.templates import (
     FORBIDDEN_SYMBOLS,
-    MAX_REPORTED_PROBLEMS,
     ParsedTemplate,
     parse_template,
     render,
