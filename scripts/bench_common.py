@@ -46,6 +46,34 @@ def process_cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def postgres_cpu_seconds() -> float | None:
+    """User + system CPU seconds so far of every process named postgres on this machine
+    (the embedded server and its backends, or a local DATABASE_URL server); None if
+    /proc is not there. Backends that exit between two readings take theirs with them,
+    so the bench's own connections are opened before the first reading."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    total = 0.0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (entry / "comm").read_text().strip() == "postgres":
+                total += process_cpu_seconds(int(entry.name)) or 0.0
+    return total
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all cores have spent not idle so far (Linux /proc/stat); None elsewhere."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

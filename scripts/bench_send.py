@@ -38,6 +38,8 @@ from bench_common import (
     Metadata,
     database_label,
     free_port,
+    machine_busy_seconds,
+    postgres_cpu_seconds,
     process_cpu_seconds,
     smsgw_dsn,
     start_smsgw,
@@ -122,6 +124,11 @@ class Result:
     errors: dict[str, int] = field(default_factory=dict)
     client_cpu_pct: float = 0.0
     server_cpu_pct: float | None = None
+    # Every postgres process on the machine, and the whole machine (all cores: 100 per
+    # core), over the measured phase; machine CPU per unit is what the ratio trades in.
+    postgres_cpu_pct: float | None = None
+    machine_cpu_pct: float | None = None
+    machine_cpu_ms_per_call: float | None = None
     # P3: messages accepted and not yet handed to a provider, sampled during the
     # measured phase, and the growth of that backlog (least squares, messages/s).
     backlog: list[tuple[float, int]] = field(default_factory=list)
@@ -250,10 +257,12 @@ async def bench(
         errors.update({f"{code} (warm-up)": n for code, n in warm_errors.items()})
         backlog: list[tuple[float, int]] = []
         sampler = asyncio.create_task(sample_backlog(dsn, backlog)) if dsn else None
-        server0, client0, start = process_cpu_seconds(pid), time.process_time(), time.perf_counter()
+        server0, client0 = process_cpu_seconds(pid), time.process_time()
+        db0, machine0, start = postgres_cpu_seconds(), machine_busy_seconds(), time.perf_counter()
         await run_calls(channels, metadata, args, args.count, latencies, errors)
         elapsed = time.perf_counter() - start
         server1, client1 = process_cpu_seconds(pid), time.process_time()
+        db1, machine1 = postgres_cpu_seconds(), machine_busy_seconds()
         if sampler is not None:
             sampler.cancel()
             await asyncio.gather(sampler, return_exceptions=True)
@@ -261,6 +270,13 @@ async def bench(
         for channel in channels:
             await channel.close()
     latencies.sort()
+
+    def pct(before: float | None, after: float | None) -> float | None:
+        return (
+            None if before is None or after is None else round(100 * (after - before) / elapsed, 1)
+        )
+
+    machine = None if machine0 is None or machine1 is None else machine1 - machine0
     return Result(
         calls=len(latencies),
         seconds=round(elapsed, 3),
@@ -269,9 +285,12 @@ async def bench(
         p99_ms=ms(latencies, 0.99),
         errors=dict(errors),
         client_cpu_pct=round(100 * (client1 - client0) / elapsed, 1),
-        server_cpu_pct=None
-        if server0 is None or server1 is None
-        else round(100 * (server1 - server0) / elapsed, 1),
+        server_cpu_pct=pct(server0, server1),
+        postgres_cpu_pct=pct(db0, db1) if metadata is not None else None,
+        machine_cpu_pct=pct(machine0, machine1),
+        machine_cpu_ms_per_call=None
+        if machine is None or not latencies
+        else round(1000 * machine / len(latencies), 3),
         backlog=backlog,
         backlog_growth_per_s=growth_per_s(backlog),
     )
@@ -286,18 +305,34 @@ def print_table(figures: dict[str, Any]) -> None:
         f"loopback delay {p['loopback_delay_ms']} ms, rate limits {p['limits']}"
     )
     head = f"{'figure':<30}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-    print(head + f"{'calls':>8}{'client cpu%':>13}{'server cpu%':>13}")
+    print(
+        head + f"{'calls':>8}{'client cpu%':>13}{'server cpu%':>13}{'db cpu%':>9}"
+        f"{'machine cpu%':>14}{'cpu ms/call':>13}"
+    )
     ours = "smsgw Send+CheckVerification" if p["rpc"] == "verify" else "smsgw SendMessage (durable)"
     if p["rpc"] == "verify":
         print("(verify: the smsgw row counts Send+Check pairs per second)")
     for label, key in (("echo (bare grpc.aio)", "echo"), (ours, "smsgw")):
         r = figures[key]
-        cpu = "-" if r["server_cpu_pct"] is None else f"{r['server_cpu_pct']:.0f}"
+        cpu, db, machine, per_call = (
+            "-" if r[k] is None else f"{r[k]:.{d}f}"
+            for k, d in (
+                ("server_cpu_pct", 0),
+                ("postgres_cpu_pct", 0),
+                ("machine_cpu_pct", 0),
+                ("machine_cpu_ms_per_call", 3),
+            )
+        )
         print(
             f"{label:<30}{r['calls_per_s']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
             f"{sum(r['errors'].values()):>8}{r['calls']:>8}{r['client_cpu_pct']:>13.0f}{cpu:>13}"
+            f"{db:>9}{machine:>14}{per_call:>13}"
         )
     print(f"{'ratio smsgw/echo':<30}{figures['ratio']:>9.2f}")
+    print(
+        f"machine: {p['cpus']} cores ({100 * p['cpus']} cpu% in all). When the echo run uses "
+        "them all, the ratio cannot exceed echo cpu ms/call over smsgw cpu ms/call."
+    )
     growth = figures["smsgw"]["backlog_growth_per_s"]
     if growth is not None:
         peak = max(b for _, b in figures["smsgw"]["backlog"])
