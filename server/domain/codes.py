@@ -1,9 +1,10 @@
 """One-time codes: generation, keyed hashing and sealing (no I/O).
 
-A code is stored only as HMAC-SHA256(hash key, verify_id + ":" + code) and compared
-in constant time. The outbox message that carries it holds it sealed with Fernet
-(authenticated encryption) until a provider has taken it. Both keys are derived
-from one server key, so replicas sharing the key agree.
+A code is stored only as HMAC-SHA256(hash key, verify_id + ":" + code); a check
+hashes the code given the same way and the store compares the two hashes (without the
+key, how alike two hashes are says nothing about the codes). The outbox message that
+carries it holds it sealed with Fernet (authenticated encryption) until a provider has
+taken it. Both keys are derived from one server key, so replicas sharing the key agree.
 """
 
 from __future__ import annotations
@@ -31,9 +32,6 @@ class CodeKeys:
 
     def digest(self, verify_id: str, code: str) -> bytes:
         return hmac.new(self._hash_key, f"{verify_id}:{code}".encode(), hashlib.sha256).digest()
-
-    def matches(self, verify_id: str, code: str, stored: bytes) -> bool:
-        return hmac.compare_digest(self.digest(verify_id, code), stored)
 
     def seal(self, code: str) -> bytes:
         return self._fernet.encrypt(code.encode())

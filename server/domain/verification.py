@@ -139,8 +139,11 @@ class VerificationRepository(Protocol):
     ) -> StoredVerification: ...
 
     async def check(
-        self, account_id: int, verify_id: str, mobile: str, matches: Callable[[bytes], bool]
-    ) -> CheckOutcome: ...
+        self, account_id: int, verify_id: str, mobile: str, candidate: bytes
+    ) -> CheckOutcome:
+        """Compares ``candidate`` (``CodeKeys.digest`` of the code given) with the stored
+        hash, and uses an attempt, atomically."""
+        ...
 
 
 class Verifications:
@@ -351,7 +354,7 @@ class Verifications:
             caller.account_id,
             verify_id,
             normalized,
-            lambda stored: self._codes.matches(verify_id, code, stored),
+            self._codes.digest(verify_id, code),
         )
         match outcome.result:
             case CheckResult.NOT_FOUND:

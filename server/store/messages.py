@@ -24,8 +24,10 @@ from server.store.pool import Conn, unavailable_on_connection_errors
 MAX_GROUP = 500
 MAX_CONCURRENT_GROUPS = 2
 
-_INSERT_WITH_EVENTS = f"""
-WITH {LOCK_EVENT_LOG_CTE},
+# The messages' insert and their first events, as the tail of a WITH: another
+# statement can put its own CTE first and store its rows in the same round trip.
+_MESSAGES_AND_EVENTS = f"""
+{LOCK_EVENT_LOG_CTE},
 m AS (
     INSERT INTO messages (id, account_id, batch_id, to_number, use_type, body, template_id,
                           segments, priority, status, not_before, template_code, template_data,
@@ -46,9 +48,18 @@ INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_numbe
 SELECT nextval('message_event_ids'), m.id, m.account_id, m.batch_id, m.to_number, 1, m.created_at
 FROM m CROSS JOIN event_log_lock
 """
+MESSAGE_PARAMETERS = 14  # $1..$14; a statement built with_messages numbers its own from $15
+
+_INSERT_WITH_EVENTS = f"WITH {_MESSAGES_AND_EVENTS}"
 
 
-def _columns(messages: Sequence[NewMessage]) -> list[list[object]]:
+def with_messages(cte: str) -> str:
+    """A statement that runs ``cte`` (its parameters from $15) and inserts the messages
+    of ``message_columns`` with their events, atomically, in one round trip."""
+    return f"WITH {cte},{_MESSAGES_AND_EVENTS}"
+
+
+def message_columns(messages: Sequence[NewMessage]) -> list[list[object]]:
     return [
         [m.id for m in messages],
         [m.account_id for m in messages],
@@ -101,7 +112,7 @@ async def pass_mobile_interval(conn: Conn, message: NewMessage, interval: float)
 async def insert_messages(conn: Conn, messages: Sequence[NewMessage]) -> None:
     """Inserts PENDING messages and their first events in one statement (one round
     trip; atomic on its own, or part of the caller's transaction)."""
-    await conn.execute(_INSERT_WITH_EVENTS, *_columns(messages))
+    await conn.execute(_INSERT_WITH_EVENTS, *message_columns(messages))
 
 
 class PgMessageStore:

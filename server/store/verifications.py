@@ -3,11 +3,12 @@
 Send: in one transaction, claim the request_id (if any), enforce the per-mobile
 interval (an atomic conditional upsert), count the velocity windows (the caller's
 ``judge`` raises to refuse, which rolls everything back), store the verification
-and its outbox message. Nothing of a refused send remains.
+and its outbox message (one statement). Nothing of a refused send remains. With no
+request_id, interval or counters, that one statement is the whole send.
 
-Check: the verification row is locked (``FOR UPDATE``) while the code is compared,
-so concurrent checks are serialised: one success at most, and never more wrong
-attempts than allowed.
+Check: one statement locks the verification row (``FOR UPDATE``), compares the
+stored hash with the candidate's and writes the new state, so concurrent checks are
+serialised: one success at most, and never more wrong attempts than allowed.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from server.domain.verification import (
     StoredVerification,
 )
 from server.store.idempotency import claim_key
-from server.store.messages import insert_messages
-from server.store.pool import Conn, unavailable_on_connection_errors
+from server.store.messages import message_columns, with_messages
+from server.store.pool import unavailable_on_connection_errors
 from server.store.velocity import PgVelocityCounters
 
 _MOBILE_INTERVAL = """
@@ -36,6 +37,46 @@ INSERT INTO otp_mobile_last (account_id, mobile, last_sent_at) VALUES ($1, $2, n
 ON CONFLICT (account_id, mobile) DO UPDATE SET last_sent_at = now()
     WHERE otp_mobile_last.last_sent_at <= now() - make_interval(secs => $3)
 RETURNING last_sent_at
+"""
+
+
+# The verification and its outbox message (with its first event), in one statement.
+_CREATE = with_messages(
+    """
+v AS (
+    INSERT INTO verifications (id, account_id, mobile, scene, channel, code_hash, state,
+                               attempts_left, expires_at, message_id)
+    VALUES ($15, $16, $17, $18, $19, $20, 1, $21, $22, $23)
+)"""
+)
+
+# Locks the row, compares the hashes and moves a pending verification on: expired if
+# late; else one attempt used, and verified on a match or exhausted on the last miss.
+# Under READ COMMITTED, a check that waited for the lock sees the row as the check
+# before it left it. A wrong mobile changes nothing. The hashes are keyed HMACs, so
+# how long the comparison takes tells a caller nothing about the code.
+_CHECK = """
+WITH cur AS (
+    SELECT id, mobile, state, attempts_left, expires_at <= now() AS late,
+           code_hash = $4 AS ok
+    FROM verifications WHERE id = $1 AND account_id = $2 FOR UPDATE
+),
+next AS (
+    SELECT id,
+           CASE WHEN late THEN 3 WHEN ok THEN 2 WHEN attempts_left <= 1 THEN 4 ELSE 1 END
+               AS state,
+           CASE WHEN late THEN attempts_left ELSE greatest(attempts_left - 1, 0) END
+               AS attempts_left
+    FROM cur WHERE mobile = $3 AND state = 1
+),
+changed AS (
+    UPDATE verifications v SET state = next.state, attempts_left = next.attempts_left,
+                               updated_at = now()
+    FROM next WHERE v.id = next.id
+)
+SELECT cur.mobile, cur.state, cur.attempts_left, cur.late,
+       next.state AS new_state, next.attempts_left AS new_attempts_left
+FROM cur LEFT JOIN next ON true
 """
 
 
@@ -57,6 +98,11 @@ class PgVerificationStore:
         """Stores the verification and its message, or raises (storing nothing).
 
         With ``key``, a repeat of an earlier request returns the earlier verification."""
+        stored = StoredVerification(verification.id, verification.expires_at, message.id)
+        if key is None and mobile_interval <= 0 and not checks:
+            with unavailable_on_connection_errors():
+                await self._pool.execute(_CREATE, *_create_args(verification, message))
+            return stored
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
                 if key is not None:
@@ -94,61 +140,31 @@ class PgVerificationStore:
                         )
                 if checks:
                     judge(await self._velocity.hit(conn, checks))
-                await conn.execute(
-                    """
-                    INSERT INTO verifications (id, account_id, mobile, scene, channel, code_hash,
-                                               state, attempts_left, expires_at, message_id)
-                    VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8, $9)
-                    """,
-                    verification.id,
-                    verification.account_id,
-                    verification.mobile,
-                    verification.scene,
-                    verification.channel,
-                    verification.code_hash,
-                    verification.attempts,
-                    verification.expires_at,
-                    message.id,
-                )
-                await insert_messages(conn, [message])
-        return StoredVerification(verification.id, verification.expires_at, message.id)
+                await conn.execute(_CREATE, *_create_args(verification, message))
+        return stored
 
     async def check(
-        self,
-        account_id: int,
-        verify_id: str,
-        mobile: str,
-        matches: Callable[[bytes], bool],
+        self, account_id: int, verify_id: str, mobile: str, candidate: bytes
     ) -> CheckOutcome:
+        """Checks ``candidate`` (the keyed hash of the code given) against the stored one."""
         with unavailable_on_connection_errors():
-            async with self._pool.acquire() as conn, conn.transaction():
-                row = await conn.fetchrow(
-                    "SELECT mobile, state, attempts_left, code_hash, expires_at <= now() AS late "
-                    "FROM verifications WHERE id = $1 AND account_id = $2 FOR UPDATE",
-                    verify_id,
-                    account_id,
-                )
-                if row is None or row["mobile"] != mobile:
-                    return CheckOutcome(CheckResult.NOT_FOUND)
-                state = VerificationState(row["state"])
-                if state == VerificationState.VERIFIED:
-                    return CheckOutcome(CheckResult.ALREADY_VERIFIED, 0, state)
-                if state == VerificationState.EXHAUSTED:
-                    return CheckOutcome(CheckResult.EXHAUSTED, 0, state)
-                if state == VerificationState.EXPIRED or row["late"]:
-                    await _set_state(
-                        conn, verify_id, VerificationState.EXPIRED, row["attempts_left"]
-                    )
-                    return CheckOutcome(
-                        CheckResult.EXPIRED, row["attempts_left"], VerificationState.EXPIRED
-                    )
-                left = max(int(row["attempts_left"]) - 1, 0)
-                if matches(bytes(row["code_hash"])):
-                    await _set_state(conn, verify_id, VerificationState.VERIFIED, left)
-                    return CheckOutcome(CheckResult.VALID, 0, VerificationState.VERIFIED)
-                state = VerificationState.EXHAUSTED if left == 0 else VerificationState.PENDING
-                await _set_state(conn, verify_id, state, left)
-                return CheckOutcome(CheckResult.INVALID, left, state)
+            row = await self._pool.fetchrow(_CHECK, verify_id, account_id, mobile, candidate)
+        if row is None or row["mobile"] != mobile:
+            return CheckOutcome(CheckResult.NOT_FOUND)
+        state = VerificationState(row["state"])
+        if state == VerificationState.VERIFIED:
+            return CheckOutcome(CheckResult.ALREADY_VERIFIED, 0, state)
+        if state == VerificationState.EXHAUSTED:
+            return CheckOutcome(CheckResult.EXHAUSTED, 0, state)
+        if state == VerificationState.EXPIRED:
+            return CheckOutcome(CheckResult.EXPIRED, row["attempts_left"], state)
+        new_state = VerificationState(row["new_state"])
+        left = int(row["new_attempts_left"])
+        if new_state == VerificationState.EXPIRED:
+            return CheckOutcome(CheckResult.EXPIRED, left, new_state)
+        if new_state == VerificationState.VERIFIED:
+            return CheckOutcome(CheckResult.VALID, 0, new_state)
+        return CheckOutcome(CheckResult.INVALID, left, new_state)
 
     async def expire_pending(self, limit: int = 1000) -> int:
         """Marks pending verifications past their expiry EXPIRED (rows are kept)."""
@@ -166,10 +182,16 @@ class PgVerificationStore:
         return int(result.rsplit(" ", 1)[-1])
 
 
-async def _set_state(conn: Conn, verify_id: str, state: VerificationState, left: int) -> None:
-    await conn.execute(
-        "UPDATE verifications SET state = $2, attempts_left = $3, updated_at = now() WHERE id = $1",
-        verify_id,
-        int(state),
-        left,
-    )
+def _create_args(verification: NewVerification, message: NewMessage) -> list[object]:
+    return [
+        *message_columns([message]),
+        verification.id,
+        verification.account_id,
+        verification.mobile,
+        verification.scene,
+        verification.channel,
+        verification.code_hash,
+        verification.attempts,
+        verification.expires_at,
+        message.id,
+    ]
