@@ -144,6 +144,15 @@ def p4(figures: dict[str, Any], wanted_events: float) -> list[Row]:
         ),
         Row(
             "P4",
+            "SendMessage p50 while streaming, ms",
+            f"{figures.get('send_p50_ms', 0):.0f}",
+            f"{figures['sends_per_s']:.0f} of {figures['target_sends_per_s']:.0f} sends/s",
+            None,
+            "-",
+            None,
+        ),
+        Row(
+            "P4",
             "server peak memory under P4, MB",
             f"{figures['server_rss_peak_mb']:.0f}",
             "-",

@@ -266,6 +266,9 @@ class Result:
     sends_per_s: float = 0.0
     target_sends_per_s: float = 0.0
     send_errors: dict[str, int] = field(default_factory=dict)
+    send_p50_ms: float = 0.0
+    send_p99_ms: float = 0.0
+    sender_late_p99_ms: float = 0.0  # how far behind its schedule the sender fell
     undelivered: int = 0
     events_expected: int = 0
     events_received: int = 0
@@ -402,9 +405,12 @@ class Sender:
         self.stop = asyncio.Event()
         self.in_flight = asyncio.Semaphore(256)
         self.calls: set[asyncio.Task[None]] = set()
+        self.latencies: list[float] = []  # seconds per answered SendMessage
+        self.late: list[float] = []  # seconds each call started after it was due
 
     async def send(self, n: int) -> None:
         account = n % len(self.accounts)
+        start = time.perf_counter()
         try:
             sent = await self.stub.SendMessage(
                 send_request(n + len(self.accounts)),
@@ -412,6 +418,7 @@ class Sender:
                 timeout=CALL_TIMEOUT,
             )
             self.ids[account].append(sent.id)
+            self.latencies.append(time.perf_counter() - start)
         except grpc.aio.AioRpcError as exc:
             self.errors[exc.code().name] += 1
         finally:
@@ -428,6 +435,7 @@ class Sender:
             if self.stop.is_set():
                 break
             await self.in_flight.acquire()
+            self.late.append(loop.time() - due)
             task = asyncio.create_task(self.send(n))
             self.calls.add(task)
             task.add_done_callback(self.calls.discard)
@@ -723,6 +731,10 @@ async def measure(
     result.messages_sent = sender.sent
     result.sends_per_s = round((sent1 - sent0) / elapsed, 1)
     result.send_errors = dict(sender.errors)
+    send_latencies = sorted(sender.latencies)
+    result.send_p50_ms = percentile_ms(send_latencies, 0.50)
+    result.send_p99_ms = percentile_ms(send_latencies, 0.99)
+    result.sender_late_p99_ms = percentile_ms(sorted(sender.late), 0.99)
     result.undelivered = sum(
         n for status, n in finals.items() if status != "MESSAGE_STATUS_DELIVERED"
     )
@@ -815,7 +827,9 @@ def print_table(figures: dict[str, Any], quick: bool) -> None:
     f = figures
     print(
         f"sent {f['messages_sent']:,} messages ({f['sends_per_s']}/s measured, target "
-        f"{f['target_sends_per_s']}/s); events expected {f['events_expected']:,}, received "
+        f"{f['target_sends_per_s']}/s; SendMessage p50/p99 {f['send_p50_ms']}/{f['send_p99_ms']} "
+        f"ms, sender behind schedule p99 {f['sender_late_p99_ms']} ms); events expected "
+        f"{f['events_expected']:,}, received "
         f"{f['events_received']:,}, extra {f['extra_events']}, repeated/out of order "
         f"{f['repeated_events']}, streams incomplete {f['incomplete_streams']}; messages not "
         f"delivered {f['undelivered']}"
