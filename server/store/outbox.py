@@ -72,7 +72,11 @@ fill AS (
 ),
 due AS (SELECT ctid FROM urgent UNION ALL SELECT ctid FROM bulk UNION ALL SELECT ctid FROM fill)
 UPDATE messages m
-SET claimed_until = now() + make_interval(secs => $2), attempts = m.attempts + 1
+SET claimed_until = now() + make_interval(secs => $2), attempts = m.attempts + 1,
+    -- A message whose worker dies comes back when its lease runs out; a microsecond
+    -- earlier than the rows it was due with, it is taken over before them (rows that
+    -- tie on not_before come in storage order, and this update moves it to the end).
+    not_before = m.not_before - interval '1 microsecond'
 -- By row address (a TID scan; the rows are locked, so it cannot move): a join on id
 -- would be planned from the CTEs' unknowable sizes and stale statistics.
 WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM due))

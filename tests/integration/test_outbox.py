@@ -82,6 +82,27 @@ async def test_expired_lease_is_taken_over(pool: asyncpg.Pool) -> None:
     await _drain(pool)
 
 
+async def test_a_batch_message_taken_over_goes_before_the_rest_of_its_batch(
+    pool: asyncpg.Pool,
+) -> None:
+    """A dead worker's messages are not sent after the whole rest of their batch."""
+    await _drain(pool)
+    account_id = await _account(pool)
+    due = datetime.now(UTC)
+    batch = [replace(new_message(account_id, Priority.BATCH), not_before=due) for _ in range(60)]
+    store = PgMessageStore(pool)
+    for m in batch:
+        await store.insert(m)
+    outbox = PgOutbox(pool)
+    held = await outbox.claim_due(10, 1.0)  # the worker holding these dies
+    assert len(held) == 10
+    await asyncio.sleep(1.2)
+    taken_over = await outbox.claim_due(10, 30)
+    assert {c.message.id for c in taken_over} == {c.message.id for c in held}
+    assert all(c.message.attempts == 2 for c in taken_over)
+    await _drain(pool)
+
+
 async def test_verification_is_claimed_before_batch_and_single(pool: asyncpg.Pool) -> None:
     await _drain(pool)
     account_id = await _account(pool)
