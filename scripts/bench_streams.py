@@ -53,6 +53,7 @@ from bench_common import (
     ROOT,
     Metadata,
     database_label,
+    machine_busy_seconds,
     process_cpu_seconds,
     smsgw_command,
     start_smsgw,
@@ -475,16 +476,6 @@ async def wait_final(
     if any(pending):
         finals["NOT_FINAL"] += sum(len(p) for p in pending)
     return finals
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU seconds all processes have used (every core; /proc/stat), None elsewhere."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
