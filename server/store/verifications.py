@@ -74,7 +74,7 @@ changed AS (
                                updated_at = now()
     FROM next WHERE v.id = next.id
 )
-SELECT cur.mobile, cur.state, cur.attempts_left, cur.late,
+SELECT cur.mobile, cur.state, cur.attempts_left,
        next.state AS new_state, next.attempts_left AS new_attempts_left
 FROM cur LEFT JOIN next ON true
 """
