@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -44,6 +44,14 @@ def process_cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def percentile_ms(sorted_seconds: Sequence[float], q: float, digits: int = 1) -> float:
+    """The q-quantile of ascending durations in seconds, in milliseconds (0 if none)."""
+    if not sorted_seconds:
+        return 0.0
+    i = min(len(sorted_seconds) - 1, int(q * len(sorted_seconds)))
+    return round(1000 * sorted_seconds[i], digits)
 
 
 def postgres_cpu_seconds() -> float | None:

@@ -39,6 +39,7 @@ from bench_common import (
     database_label,
     free_port,
     machine_busy_seconds,
+    percentile_ms,
     postgres_cpu_seconds,
     process_cpu_seconds,
     smsgw_dsn,
@@ -229,14 +230,6 @@ async def run_calls(
     await asyncio.gather(*(worker(w) for w in range(args.concurrency)))
 
 
-def ms(sorted_seconds: list[float], q: float) -> float:
-    if not sorted_seconds:
-        return 0.0
-    return round(
-        1000 * sorted_seconds[min(len(sorted_seconds) - 1, int(q * len(sorted_seconds)))], 2
-    )
-
-
 async def bench(
     target: str,
     metadata: Metadata | None,
@@ -281,8 +274,8 @@ async def bench(
         calls=len(latencies),
         seconds=round(elapsed, 3),
         calls_per_s=round(len(latencies) / elapsed, 1),
-        p50_ms=ms(latencies, 0.50),
-        p99_ms=ms(latencies, 0.99),
+        p50_ms=percentile_ms(latencies, 0.50, 2),
+        p99_ms=percentile_ms(latencies, 0.99, 2),
         errors=dict(errors),
         client_cpu_pct=round(100 * (client1 - client0) / elapsed, 1),
         server_cpu_pct=pct(server0, server1),

@@ -43,7 +43,6 @@ import threading
 import time
 from array import array
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -54,6 +53,7 @@ from bench_common import (
     Metadata,
     database_label,
     machine_busy_seconds,
+    percentile_ms,
     process_cpu_seconds,
     smsgw_command,
     start_smsgw,
@@ -63,19 +63,14 @@ from bench_common import (
 )
 from sms.v1 import common_pb2, message_pb2, message_pb2_grpc
 
+from server.domain.models import FINAL_STATUSES
+
 CALL_TIMEOUT = 10.0  # seconds; bounds every unary call
 LIVE_TIMEOUT = 60.0  # seconds for every stream to receive its first event
 DRAIN_TIMEOUT = 30.0  # seconds for the last messages to be final and reach every stream
 STREAM_TIMEOUT = 600.0  # no stream outlives this
 RSS_EVERY = 0.2  # seconds between samples of the server's RSS
 EVENTS_PER_MESSAGE = 3  # PENDING, SENT, DELIVERED with the loopback provider
-FINAL = {
-    common_pb2.MESSAGE_STATUS_DELIVERED,
-    common_pb2.MESSAGE_STATUS_UNDELIVERED,
-    common_pb2.MESSAGE_STATUS_FAILED,
-    common_pb2.MESSAGE_STATUS_REJECTED,
-    common_pb2.MESSAGE_STATUS_CANCELLED,
-}
 PARAMETERS = (
     "streams",
     "accounts",
@@ -466,7 +461,7 @@ async def wait_final(
                     timeout=CALL_TIMEOUT,
                 )
                 for state in reply.messages:
-                    if state.status in FINAL:
+                    if state.status in FINAL_STATUSES:
                         finals[common_pb2.MessageStatus.Name(state.status)] += 1
                     else:
                         still.append(state.id)
@@ -538,7 +533,7 @@ async def reference_events(
     async for event in watch:
         ids.append(event.event_id)
         statuses[common_pb2.MessageStatus.Name(event.status)] += 1
-        if event.message_id == sentinel.id and event.status in FINAL:
+        if event.message_id == sentinel.id and event.status in FINAL_STATUSES:
             break
     watch.cancel()
     return ids, statuses
@@ -557,14 +552,6 @@ def write_line(proc: subprocess.Popen[bytes], message: dict[str, Any]) -> None:
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(message).encode() + b"\n")
     proc.stdin.flush()
-
-
-def percentile_ms(sorted_seconds: Sequence[float], q: float) -> float:
-    if not sorted_seconds:
-        return 0.0
-    return round(
-        1000 * sorted_seconds[min(len(sorted_seconds) - 1, int(q * len(sorted_seconds)))], 1
-    )
 
 
 def start_profile(pid: int, seconds: float, path: str) -> subprocess.Popen[bytes] | None:
