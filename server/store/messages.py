@@ -48,7 +48,6 @@ INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_numbe
 SELECT nextval('message_event_ids'), m.id, m.account_id, m.batch_id, m.to_number, 1, m.created_at
 FROM m CROSS JOIN event_log_lock
 """
-MESSAGE_PARAMETERS = 14  # $1..$14; a statement built with_messages numbers its own from $15
 
 _INSERT_WITH_EVENTS = f"WITH {_MESSAGES_AND_EVENTS}"
 
