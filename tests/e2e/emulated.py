@@ -28,7 +28,12 @@ def sky(emulator: RunningEmulator, name: str = "sky") -> ProviderSpec:
 
 
 def only(spec: ProviderSpec) -> RoutingConfig:
-    return RoutingConfig((spec,), (RouteSpec((spec.name,)),))
+    return failover(spec)
+
+
+def failover(*specs: ProviderSpec) -> RoutingConfig:
+    """One route for every number: the providers in this order."""
+    return RoutingConfig(specs, (RouteSpec(tuple(s.name for s in specs)),))
 
 
 async def start_sendcloud(

@@ -14,11 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sms.v1 import batch_pb2, common_pb2, message_pb2
 
 from server.emulators.common import RunningEmulator
-from server.routing_config import ProviderSpec, RouteSpec, RoutingConfig
+from server.routing_config import ProviderSpec
 from server.store.accounts import PgAccountStore
 from tests.e2e.batch_calls import create, numbers
 from tests.e2e.conftest import Client, GatewayFactory, Running, final_state, wait_for
-from tests.e2e.emulated import sky, start_skynoo
+from tests.e2e.emulated import failover, sky, start_skynoo
 
 SEND = "/sms.v1.MessageService/SendMessage"
 WATCH = "/sms.v1.MessageService/WatchMessageStatus"
@@ -162,10 +162,7 @@ async def test_a_failing_provider_opens_its_breaker_and_counts_errors(
     start_gateway: GatewayFactory, emulators: list[RunningEmulator]
 ) -> None:
     flaky = await start_skynoo(emulators, fail_rate=1.0, fault="http_500", delivery_delay=0.1)
-    routing = RoutingConfig(
-        (sky(flaky, "flaky"), ProviderSpec("spare", "loopback")),
-        (RouteSpec(("flaky", "spare")),),
-    )
+    routing = failover(sky(flaky, "flaky"), ProviderSpec("spare", "loopback"))
     running = await start_gateway(
         routing=routing,
         retries_per_provider=1,

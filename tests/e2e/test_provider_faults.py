@@ -23,7 +23,7 @@ from sms.v1 import common_pb2, message_pb2
 from server.emulators.common import FAULTS, RunningEmulator
 from server.routing_config import RouteSpec, RoutingConfig
 from tests.e2e.conftest import Client, GatewayFactory, Running, wait_for
-from tests.e2e.emulated import sky, start_skynoo
+from tests.e2e.emulated import failover, sky, start_skynoo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -108,9 +108,7 @@ async def test_half_the_requests_failing_every_way_still_delivers_everything_onc
     faults = {"fail_rate": 0.5, "timeout_seconds": 2.0, "delivery_delay": 0.1}
     first = await start_skynoo(emulators, **faults)
     second = await start_skynoo(emulators, **faults)
-    routing = RoutingConfig(
-        (sky(first, "first"), sky(second, "second")), (RouteSpec(("first", "second")),)
-    )
+    routing = failover(sky(first, "first"), sky(second, "second"))
     running = await start_gateway(
         routing=routing,
         retries_per_provider=1,
@@ -151,9 +149,7 @@ async def test_a_provider_that_goes_down_is_cut_off_and_taken_back(
 ) -> None:
     flaky = await start_skynoo(emulators, delivery_delay=0.1)
     steady = await start_skynoo(emulators, delivery_delay=0.1)
-    routing = RoutingConfig(
-        (sky(flaky, "flaky"), sky(steady, "steady")), (RouteSpec(("flaky", "steady")),)
-    )
+    routing = failover(sky(flaky, "flaky"), sky(steady, "steady"))
     running = await start_gateway(
         routing=routing,
         retries_per_provider=1,

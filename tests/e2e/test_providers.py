@@ -15,9 +15,9 @@ from sms.v1 import common_pb2, message_pb2, template_pb2
 
 from server.emulators import sendsms as sendsms_emulator
 from server.emulators.common import EmulatorControls, EmulatorSettings, RunningEmulator
-from server.routing_config import ProviderSpec, RouteSpec, RoutingConfig
+from server.routing_config import ProviderSpec
 from tests.e2e.conftest import Client, GatewayFactory, Running, final_state, wait_for
-from tests.e2e.emulated import cloud, sky, start_sendcloud, start_skynoo
+from tests.e2e.emulated import cloud, failover, only, sky, start_sendcloud, start_skynoo
 
 CN = "+8613800138000"
 
@@ -73,7 +73,7 @@ async def test_skynoo_send_is_polled_to_delivered(
     start_gateway: GatewayFactory, emulators: list[RunningEmulator]
 ) -> None:
     emulator = await start_skynoo(emulators, delivery_delay=0.2)
-    routing = RoutingConfig((sky(emulator),), (RouteSpec(("sky",)),))
+    routing = only(sky(emulator))
     running = await start_gateway(routing=routing, **FAST)
     client = await running.client()
     message_id = await send_text(client)
@@ -92,10 +92,7 @@ async def test_primary_answering_5xx_fails_over_to_the_secondary(
 ) -> None:
     broken = await start_skynoo(emulators, fail_rate=1.0, fault="http_500")
     healthy = await start_skynoo(emulators, delivery_delay=0.1)
-    routing = RoutingConfig(
-        (sky(broken, "primary"), sky(healthy, "secondary")),
-        (RouteSpec(("primary", "secondary")),),
-    )
+    routing = failover(sky(broken, "primary"), sky(healthy, "secondary"))
     running = await start_gateway(routing=routing, retries_per_provider=2, **FAST)
     client = await running.client()
     message_id = await send_text(client)
@@ -114,10 +111,7 @@ async def test_breaker_opens_on_repeated_failures_and_closes_after_a_probe(
     start_gateway: GatewayFactory, emulators: list[RunningEmulator]
 ) -> None:
     flaky = await start_skynoo(emulators, fail_rate=1.0, fault="http_500", delivery_delay=0.1)
-    routing = RoutingConfig(
-        (sky(flaky, "flaky"), ProviderSpec("spare", "loopback")),
-        (RouteSpec(("flaky", "spare")),),
-    )
+    routing = failover(sky(flaky, "flaky"), ProviderSpec("spare", "loopback"))
     running = await start_gateway(
         routing=routing,
         retries_per_provider=1,
@@ -143,7 +137,7 @@ async def test_free_text_is_never_sent_to_a_template_only_provider(
 ) -> None:
     sendcloud = await start_sendcloud(emulators, delivery_delay=0.1)
     skynoo = await start_skynoo(emulators, delivery_delay=0.1)
-    routing = RoutingConfig((cloud(sendcloud), sky(skynoo)), (RouteSpec(("cloud", "sky")),))
+    routing = failover(cloud(sendcloud), sky(skynoo))
     running = await start_gateway(routing=routing, **FAST)
     client = await running.client()
     text = await final_state(client, await send_text(client))
@@ -153,7 +147,7 @@ async def test_free_text_is_never_sent_to_a_template_only_provider(
     assert [r.content for r in sendcloud.state.received] == ["Your order A-1 has shipped."]
     assert len(skynoo.state.received) == 1
 
-    only_cloud = RoutingConfig((cloud(sendcloud),), (RouteSpec(("cloud",)),))
+    only_cloud = only(cloud(sendcloud))
     await running.gateway.reload(dataclasses.replace(running.gateway.settings, routing=only_cloud))
     stranded = await final_state(client, await send_text(client))
     assert (stranded.status, stranded.error_code) == (common_pb2.MESSAGE_STATUS_FAILED, "NO_ROUTE")
@@ -164,7 +158,7 @@ async def test_sendcloud_webhook_delivers_and_a_forged_one_is_refused(
     start_gateway: GatewayFactory, emulators: list[RunningEmulator]
 ) -> None:
     running = await start_gateway(
-        routing=RoutingConfig((ProviderSpec("lb", "loopback"),), (RouteSpec(("lb",)),)),
+        routing=only(ProviderSpec("lb", "loopback")),
         retry_base_seconds=0.05,
         poll_interval_seconds=3600,  # only the webhook can report delivery
     )
@@ -173,7 +167,7 @@ async def test_sendcloud_webhook_delivers_and_a_forged_one_is_refused(
     await running.gateway.reload(
         dataclasses.replace(
             running.gateway.settings,
-            routing=RoutingConfig((cloud(sendcloud),), (RouteSpec(("cloud",)),)),
+            routing=only(cloud(sendcloud)),
         )
     )
     client = await running.client()
@@ -205,7 +199,7 @@ async def test_bad_provider_answers_are_retried_never_a_crash(
     start_gateway: GatewayFactory, emulators: list[RunningEmulator], fault: str
 ) -> None:
     bad = await start_skynoo(emulators, fail_rate=1.0, fault=fault, timeout_seconds=3.0)
-    routing = RoutingConfig((sky(bad),), (RouteSpec(("sky",)),))
+    routing = only(sky(bad))
     running = await start_gateway(routing=routing, max_attempts=2, **FAST)
     client = await running.client()
     state = await final_state(client, await send_text(client))
@@ -234,7 +228,7 @@ async def test_a_providers_per_number_limit_delays_the_retry_by_its_window(
         timeout_seconds=1.0,
         templates={"order_shipped": "t1"},
     )
-    running = await start_gateway(routing=RoutingConfig((spec,), (RouteSpec(("sms",)),)), **FAST)
+    running = await start_gateway(routing=only(spec), **FAST)
     client = await running.client()
     first = await send_template(client)
     second = await send_template(client)
@@ -259,7 +253,7 @@ async def test_partial_status_answers_still_reach_every_message(
     start_gateway: GatewayFactory, emulators: list[RunningEmulator]
 ) -> None:
     emulator = await start_skynoo(emulators, delivery_delay=0.1, partial_rate=0.5)
-    routing = RoutingConfig((sky(emulator),), (RouteSpec(("sky",)),))
+    routing = only(sky(emulator))
     running = await start_gateway(routing=routing, **FAST)
     client = await running.client()
     ids = [await send_text(client) for _ in range(8)]
@@ -271,7 +265,7 @@ async def test_a_message_past_its_validity_period_fails_as_expired(
     start_gateway: GatewayFactory, emulators: list[RunningEmulator]
 ) -> None:
     down = await start_skynoo(emulators, fail_rate=1.0, fault="http_500")
-    routing = RoutingConfig((sky(down),), (RouteSpec(("sky",)),))
+    routing = only(sky(down))
     running = await start_gateway(
         routing=routing, max_attempts=1000, message_ttl_seconds=1.0, **FAST
     )
@@ -285,7 +279,7 @@ async def test_a_providers_rate_limit_paces_outbound_sends(
 ) -> None:
     emulator = await start_skynoo(emulators, delivery_delay=0.05)
     spec = dataclasses.replace(sky(emulator), rate_per_second=5.0)
-    running = await start_gateway(routing=RoutingConfig((spec,), (RouteSpec(("sky",)),)), **FAST)
+    running = await start_gateway(routing=only(spec), **FAST)
     client = await running.client()
     ids = [await send_text(client) for _ in range(12)]
     for message_id in ids:
