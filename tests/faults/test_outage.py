@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
@@ -33,6 +32,7 @@ from tests.faults.outage_support import (
     private_postgres,
     serve,
     skynoo_config,
+    wait_until_delivered,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -113,24 +113,6 @@ async def watch_everything(
     ):
         if event.status == DELIVERED:
             delivered.add(event.message_id)
-
-
-async def wait_until_delivered(dsn: str, ids: list[str], within: float) -> dict[str, int]:
-    """Each id's status once all are DELIVERED, or as they are when time runs out."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        deadline = time.monotonic() + within
-        while True:
-            rows = await conn.fetch(
-                "SELECT id, status FROM messages WHERE id = ANY($1::text[])", ids
-            )
-            states = {r["id"]: r["status"] for r in rows}
-            done = len(states) == len(ids) and all(s == DELIVERED for s in states.values())
-            if done or time.monotonic() > deadline:
-                return states
-            await asyncio.sleep(0.5)
-    finally:
-        await conn.close()
 
 
 async def test_database_outage_answers_unavailable_and_recovers_without_loss(

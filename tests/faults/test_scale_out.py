@@ -37,7 +37,14 @@ from sms.v1 import (
 from server.store.migrate import MIGRATION_LOCK_KEY, load_migrations
 from tests.conftest import DatabaseFactory
 from tests.e2e.errors import details, reason
-from tests.faults.outage_support import Metadata, Serve, background, new_account, skynoo_config
+from tests.faults.outage_support import (
+    Metadata,
+    Serve,
+    background,
+    new_account,
+    skynoo_config,
+    wait_until_delivered,
+)
 from tests.faults.replicas_support import (
     EmulatorProcess,
     channels,
@@ -247,7 +254,7 @@ async def test_each_message_reaches_the_provider_once_whichever_replica_took_it(
     assert len(accepted) == MESSAGES
     assert min(per_replica.values()) > MESSAGES / REPLICAS / 2, per_replica
 
-    states = await wait_until_final(cluster.dsn, list(accepted), within=90)
+    states = await wait_until_delivered(cluster.dsn, list(accepted), within=90)
     delivered_in = time.monotonic() - started
     not_delivered = {i: s for i, s in states.items() if s != DELIVERED}
     assert len(states) == MESSAGES, "accepted messages are missing from the database"
@@ -265,20 +272,3 @@ async def test_each_message_reaches_the_provider_once_whichever_replica_took_it(
     )
     assert not twice, f"sent more than once: {list(twice.items())[:5]}"
     assert set(at_provider) == set(accepted.values())
-
-
-async def wait_until_final(dsn: str, ids: list[str], within: float) -> dict[str, int]:
-    """Each message's status once none is left before DELIVERED (or when time is up)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        deadline = time.monotonic() + within
-        while True:
-            rows = await conn.fetch(
-                "SELECT id, status FROM messages WHERE id = ANY($1::text[])", ids
-            )
-            states = {r["id"]: int(r["status"]) for r in rows}
-            if all(s >= DELIVERED for s in states.values()) or time.monotonic() > deadline:
-                return states
-            await asyncio.sleep(0.5)
-    finally:
-        await conn.close()

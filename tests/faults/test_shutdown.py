@@ -29,7 +29,14 @@ from google.protobuf import timestamp_pb2
 from sms.v1 import batch_pb2, batch_pb2_grpc, common_pb2, message_pb2, message_pb2_grpc
 
 from tests.conftest import DatabaseFactory
-from tests.faults.outage_support import Metadata, Serve, background, new_account, serve
+from tests.faults.outage_support import (
+    Metadata,
+    Serve,
+    background,
+    new_account,
+    serve,
+    wait_until_delivered,
+)
 from tests.faults.outage_support import skynoo_config as sky_env
 from tests.faults.replicas_support import EmulatorProcess, skynoo_process
 
@@ -244,23 +251,6 @@ async def claimed_messages(dsn: str) -> int:
     finally:
         await conn.close()
     return int(count)
-
-
-async def wait_until_delivered(dsn: str, ids: list[str], within: float) -> dict[str, int]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        deadline = time.monotonic() + within
-        while True:
-            rows = await conn.fetch(
-                "SELECT id, status FROM messages WHERE id = ANY($1::text[])", ids
-            )
-            states = {r["id"]: int(r["status"]) for r in rows}
-            done = len(states) == len(ids) and all(s == DELIVERED for s in states.values())
-            if done or time.monotonic() > deadline:
-                return states
-            await asyncio.sleep(0.25)
-    finally:
-        await conn.close()
 
 
 async def check_resumed_stream(
