@@ -121,7 +121,11 @@ class Dispatcher:
                 await task
 
     async def _run(self, index: int) -> None:
+        loop = asyncio.get_running_loop()
         while not self._stopping:
+            # The lease is counted from before the claim: the database starts it when
+            # the claim's transaction begins, and the claim may take a while to return.
+            lease_ends = loop.time() + self._lease_seconds
             try:
                 claimed = await self._outbox.claim_due(self._claim_size, self._lease_seconds)
             except Exception as exc:
@@ -132,7 +136,7 @@ class Dispatcher:
                 await self._idle(self._idle_poll)
                 continue
             try:
-                await self._dispatch(claimed)
+                await self._dispatch(claimed, lease_ends)
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._outbox.release([c.message.id for c in claimed]))
@@ -146,8 +150,7 @@ class Dispatcher:
         await wait_event(self._wake, seconds)
         self._wake.clear()
 
-    async def _dispatch(self, claimed: Sequence[ClaimedMessage]) -> None:
-        lease_ends = asyncio.get_running_loop().time() + self._lease_seconds
+    async def _dispatch(self, claimed: Sequence[ClaimedMessage], lease_ends: float) -> None:
         providers = self.providers
         outcomes = await asyncio.gather(*(self._send(c, providers, lease_ends) for c in claimed))
         await self._record(outcomes, lease_ends)
@@ -203,19 +206,24 @@ class Dispatcher:
         breaker = providers.breakers[name]
         # A send must end while the lease holds: after it, another worker may claim
         # the message and send it again. The wait for the provider's rate counts too;
-        # a message whose lease runs short first is given back untried (no rate
-        # token spent) to be claimed anew.
+        # a message whose lease runs short first is given back untried, to be claimed
+        # anew.
         loop = asyncio.get_running_loop()
         budget = lease_ends - self._lease_margin - loop.time()
         limiter = providers.limiters[name]
         try:
-            async with asyncio.timeout(max(budget, 0.0)):
+            if budget <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(budget):
                 if isinstance(limiter, AsyncLimiter):  # else the provider has no rate
                     await limiter.acquire()
+            budget = lease_ends - self._lease_margin - loop.time()
+            if budget <= 0:
+                raise TimeoutError
         except TimeoutError:
             breaker.abandon()
             log.info(
-                "lease ran short waiting for %s's rate; message given back",
+                "lease ran short before sending to %s; message given back",
                 name,
                 extra={"message_id": message.id},
             )
@@ -226,11 +234,10 @@ class Dispatcher:
                 not_before=datetime.now(UTC),
                 attempted=False,
             )
-        budget = lease_ends - self._lease_margin - loop.time()
         try:
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(max(min(self._send_timeout, budget), 0.0)):
+                async with asyncio.timeout(min(self._send_timeout, budget)):
                     with dispatch_span(self._tracing, message.id, name):
                         outcome = await send_with(transport, message)
             finally:

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import dataclasses
 import itertools
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -23,7 +24,7 @@ from sms.v1 import common_pb2, message_pb2
 from server.emulators.common import FAULTS, RunningEmulator
 from server.routing_config import RouteSpec, RoutingConfig
 from tests.e2e.conftest import Client, GatewayFactory, Running, wait_for
-from tests.e2e.emulated import failover, sky, start_skynoo
+from tests.e2e.emulated import failover, only, sky, start_skynoo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -55,16 +56,20 @@ async def rotating_faults(emulators: list[RunningEmulator]) -> AsyncIterator[lis
             await task
 
 
-async def send_all(client: Client, texts: list[str]) -> list[str]:
-    """Sends each text once (CONCURRENCY at a time); returns the message ids in order."""
+async def send_all(client: Client, texts: list[str], send_at: float | None = None) -> list[str]:
+    """Sends each text once (CONCURRENCY at a time), at ``send_at`` (epoch seconds) if
+    given; returns the message ids in order."""
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(text: str) -> str:
+        request = message_pb2.SendMessageRequest(
+            mobile=CN, use_type=common_pb2.USE_TYPE_NOTIFICATION, text=text
+        )
+        if send_at is not None:
+            request.send_at.FromNanoseconds(int(send_at * 1e9))
         async with gate:
             reply = await client.messages.SendMessage(
-                message_pb2.SendMessageRequest(
-                    mobile=CN, use_type=common_pb2.USE_TYPE_NOTIFICATION, text=text
-                ),
+                request,
                 metadata=client.metadata,
                 timeout=10,
             )
@@ -225,6 +230,35 @@ async def test_a_slow_provider_rate_never_outlasts_the_lease(
     client = await running.client()
     texts = [f"Paced message {i}." for i in range(24)]
     ids = await send_all(client, texts)
+    await all_delivered(client, ids, within=40)
+    received = texts_received(emulator)
+    assert sorted(received) == sorted(texts)
+    assert max(received.values()) == 1, "a message was sent twice"
+
+
+async def test_a_slow_claim_does_not_stretch_the_lease(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+) -> None:
+    # The database starts a lease when the claim's transaction begins. A claim held
+    # up for 1.2 s (a table lock here; load or a slow network in life) leaves the
+    # worker 0.8 s of its 2 s lease; counting 2 s from the claim's return, it would
+    # go on sending after the other worker may have claimed the same messages.
+    emulator = await start_skynoo(emulators, delivery_delay=0.05)
+    spec = dataclasses.replace(sky(emulator), rate_per_second=4.0)
+    running = await start_gateway(
+        routing=only(spec),
+        lease_seconds=2.0,
+        dispatch_workers=2,
+        poll_interval_seconds=0.2,
+    )
+    client = await running.client()
+    due = time.time() + 2.0
+    texts = [f"Held-up message {i}." for i in range(12)]
+    ids = await send_all(client, texts, send_at=due)
+    async with running.gateway.pool.acquire() as conn, conn.transaction():
+        await asyncio.sleep(max(due + 0.1 - time.time(), 0))
+        await conn.execute("LOCK TABLE messages IN EXCLUSIVE MODE")  # claims wait
+        await asyncio.sleep(1.2)
     await all_delivered(client, ids, within=40)
     received = texts_received(emulator)
     assert sorted(received) == sorted(texts)
