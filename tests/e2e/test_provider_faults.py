@@ -22,7 +22,6 @@ import pytest
 from sms.v1 import common_pb2, message_pb2
 
 from server.emulators.common import FAULTS, RunningEmulator
-from server.routing_config import RouteSpec, RoutingConfig
 from tests.e2e.conftest import Client, GatewayFactory, Running, wait_for
 from tests.e2e.emulated import failover, only, sky, start_skynoo
 
@@ -190,7 +189,7 @@ async def test_waiting_on_open_breakers_uses_up_no_attempts(
 ) -> None:
     down = await start_skynoo(emulators, fail_rate=1.0, delivery_delay=0.1)
     running = await start_gateway(
-        routing=RoutingConfig((sky(down, "only"),), (RouteSpec(("only",)),)),
+        routing=only(sky(down, "only")),
         breaker_failures=1,
         breaker_reset_seconds=1.5,
         max_attempts=2,
@@ -222,7 +221,7 @@ async def test_a_slow_provider_rate_never_outlasts_the_lease(
     emulator = await start_skynoo(emulators, delivery_delay=0.05)
     spec = dataclasses.replace(sky(emulator), rate_per_second=4.0)
     running = await start_gateway(
-        routing=RoutingConfig((spec,), (RouteSpec(("sky",)),)),
+        routing=only(spec),
         lease_seconds=2.0,
         dispatch_workers=2,
         poll_interval_seconds=0.2,
