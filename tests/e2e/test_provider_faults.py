@@ -216,13 +216,16 @@ async def _breaker_open(running: Running) -> bool:
 async def test_a_slow_provider_rate_never_outlasts_the_lease(
     start_gateway: GatewayFactory, emulators: list[RunningEmulator]
 ) -> None:
-    # 24 messages at 4 a second take 6 s, three leases: a worker must not go on
-    # sending what another worker may have claimed since.
+    # 24 messages at 4 a second take 6 s, two leases: a worker must not go on
+    # sending what another worker may have claimed since. The lease leaves a quarter
+    # of itself (here 0.75 s) to record what was sent; a stall longer than that lets
+    # the other worker take the messages (leases are 30 s in life). With a 2 s lease
+    # (0.5 s to record) one run on a loaded CI machine sent a message twice.
     emulator = await start_skynoo(emulators, delivery_delay=0.05)
     spec = dataclasses.replace(sky(emulator), rate_per_second=4.0)
     running = await start_gateway(
         routing=only(spec),
-        lease_seconds=2.0,
+        lease_seconds=3.0,
         dispatch_workers=2,
         poll_interval_seconds=0.2,
     )
