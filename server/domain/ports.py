@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -151,6 +151,35 @@ class VoiceTransport(Protocol):
     """A transport that can read a verification code to the user by phone."""
 
     async def send_voice(self, message: OutboundMessage, code: str) -> SendOutcome: ...
+
+
+@runtime_checkable
+class BulkTransport(Protocol):
+    """A transport whose provider takes many recipients in one request (issue 15):
+    Skynoo's ``batch/create`` (per-number ``templateData``), SendCloud's ``send`` (up to
+    2,000 phones sharing one content).
+
+    The dispatcher groups the messages of a claim whose ``bulk_key`` is equal and not
+    None (at most ``max_bulk`` per request, each mobile at most once per request) and
+    hands each group to ``send_bulk``; a message whose key is None goes through
+    ``send`` alone. Routing, breakers, rate tokens (one per request) and the lease
+    apply to the request as a whole.
+    """
+
+    max_bulk: int
+
+    def bulk_key(self, message: OutboundMessage) -> Hashable | None:
+        """Messages with the same key may share one request (same template/content,
+        use type, ...); None: this message goes alone."""
+        ...
+
+    async def send_bulk(self, messages: Sequence[OutboundMessage]) -> list[SendOutcome]:
+        """One outcome per message, in the order given. A request that failed as a
+        whole answers the same retryable (or final) outcome for each message; a
+        provider's per-number refusal answers that message alone. Sending the same
+        group again after a lost answer must not reach a recipient twice where the
+        provider offers a way to prevent it (SendCloud's ``sendRequestId``)."""
+        ...
 
 
 class ProviderError(Exception):
