@@ -13,6 +13,9 @@ message     a human-readable reason
 timestamp   milliseconds since the epoch, when the event was sent
 token       32 random alphanumerics, new for every event
 signature   lowercase hex HMAC-SHA256 with key smsKey of timestamp + token
+tag         the ``tag`` of the request, when it had one (we send
+            {"smsgw": "<our message id>"}; the seed does not list the
+            event's fields, so an event without it is matched by smsId)
 =========== ==============================================================
 
 ``HookVerifier`` refuses a form whose signature does not match (constant-time
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import string
 import time
@@ -98,18 +102,32 @@ class HookVerifier:
             del self._seen[token]
 
 
+def tagged_message_id(tag: str | None) -> str:
+    """Our message id from a ``tag`` we sent ({"smsgw": id}), or "" for any other."""
+    if not tag:
+        return ""
+    try:
+        value = json.loads(tag)
+    except ValueError:
+        return ""
+    ours = value.get("smsgw") if isinstance(value, dict) else None
+    return ours if isinstance(ours, str) and 0 < len(ours) <= 128 else ""
+
+
 def receipt_from_hook(provider: str, form: Mapping[str, str]) -> Receipt:
-    """The receipt a verified event carries; ``message_id`` is left for the caller."""
+    """The receipt a verified event carries; ``message_id`` is ours when the event
+    brings back our tag, else empty (the caller matches by smsId)."""
     event = form["event"]
+    ours = tagged_message_id(form.get("tag"))
     if event in DELIVERED_EVENTS:
-        return Receipt(provider, "", MessageStatus.DELIVERED, provider_message_id=form["smsId"])
+        return Receipt(provider, ours, MessageStatus.DELIVERED, provider_message_id=form["smsId"])
     if event not in FAILED_EVENTS:
         raise ProviderError(f"SMSHook event {event!r} is not a delivery outcome")
     raw = form.get("statusCode", "")
     code = int(raw) if raw.isascii() and raw.isdigit() else 0
     return Receipt(
         provider,
-        "",
+        ours,
         failed_status(code),
         error_code=str(code) if code else "UNDELIVERED",
         provider_message_id=form["smsId"],
