@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 MAX_STATUS_IDS = sendcloud_status.MAX_IDS
 MAX_BULK = 2000  # phones per ``send`` (seed 001)
 MAX_REQUEST_ID = 128
+MAX_RECOVERY_PAGES = 20  # of 100 records, per 100 numbers
 MAX_TAG = 128
 _CODE = re.compile(r"[0-9]{4,6}")
 _CLOCK_SKEW = 461
@@ -344,19 +345,27 @@ class SendCloudTransport:
         return outcomes
 
     async def _recover(self, request: _Request) -> dict[str, str]:
-        """phone -> smsId of the latest request to each phone (status query by phone)."""
+        """phone -> smsId of the latest request to each phone (status query by phone,
+        every page: a number may have had other messages the same days)."""
         found: dict[str, str] = {}
-        for start in range(0, len(request.phones), MAX_STATUS_IDS):
-            chunk = request.phones[start : start + MAX_STATUS_IDS]
-            params = sendcloud_status.query_params(
-                days=2,  # yesterday too: the first request may have been before midnight
-                phones=chunk,
-                template_id=request.recover.get("templateId", ""),
-                msg_type=request.recover.get("msgTypeStr", ""),
-            )
+        for first in range(0, len(request.phones), MAX_STATUS_IDS):
+            chunk = request.phones[first : first + MAX_STATUS_IDS]
+            pages: list[Any] = []
             try:
-                body = await self._post("status/query", params, stamped=False)
-                found.update(sendcloud_status.newest_by_receiver(body))
+                while not pages or len(pages) * MAX_STATUS_IDS < sendcloud_status.total(pages[0]):
+                    params = sendcloud_status.query_params(
+                        days=2,  # yesterday too: the first request may have been before midnight
+                        phones=chunk,
+                        template_id=request.recover.get("templateId", ""),
+                        msg_type=request.recover.get("msgTypeStr", ""),
+                        start=len(pages) * MAX_STATUS_IDS,
+                    )
+                    body = await self._post("status/query", params, stamped=False)
+                    sendcloud_status.records(body)  # raises unless a 200 with a voList
+                    pages.append(body)
+                    if len(pages) >= MAX_RECOVERY_PAGES:
+                        break
+                found.update(sendcloud_status.newest_by_receiver(pages))
             except (TransientHttpError, ProviderError) as exc:
                 log.info("sendcloud: cannot recover smsIds (%s)", type(exc).__name__)
         return {p: found[p] for p in request.phones if p in found}

@@ -55,6 +55,7 @@ def query_params(
     phones: Sequence[str] = (),
     template_id: str = "",
     msg_type: str = "",
+    start: int = 0,
 ) -> dict[str, str]:
     """The fields of one query (without smsUser/signature)."""
     if not 1 <= days <= MAX_DAYS:
@@ -70,6 +71,8 @@ def query_params(
         params["templateId"] = template_id
     if msg_type:
         params["msgTypeStr"] = msg_type
+    if start:
+        params["start"] = str(start)
     return params
 
 
@@ -122,11 +125,18 @@ def receipts(provider: str, refs: Sequence[ProviderRef], body: Any) -> list[Rece
     return found
 
 
-def newest_by_receiver(body: Any) -> dict[str, str]:
-    """receiver -> smsId of the latest request to it (by requestTime), for recovering
-    the ids of a send whose answer was lost."""
+def total(body: Any) -> int:
+    """How many records match the query in all (``info.total``, a string on the page)."""
+    info = body.get("info") if isinstance(body, dict) else None
+    value = _as_int(info.get("total")) if isinstance(info, dict) else None
+    return value or 0
+
+
+def newest_by_receiver(pages: Sequence[Any]) -> dict[str, str]:
+    """receiver -> smsId of the latest request to it (by requestTime) over the pages
+    of one query, for recovering the ids of a send whose answer was lost."""
     newest: dict[str, tuple[str, str]] = {}
-    for record in records(body):
+    for record in (r for body in pages for r in records(body)):
         receiver, at = record.get("receiver"), record.get("requestTime")
         if not isinstance(receiver, str) or not receiver:
             continue
