@@ -18,6 +18,9 @@ tag         the ``tag`` of the request, when it had one (we send
             event's fields, so an event without it is matched by smsId)
 =========== ==============================================================
 
+The signature recipe is SendCloud's published one
+(https://docs.aurorasendcloud.com/reference/smshook, "verify_signature").
+
 ``HookVerifier`` refuses a form whose signature does not match (constant-time
 compare), whose timestamp is more than ``max_age`` seconds old or more than
 ``max_skew`` seconds in the future, or whose token was already seen within the
@@ -29,8 +32,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import secrets
-import string
 import time
 from collections.abc import Mapping
 
@@ -46,24 +47,6 @@ REQUIRED_FIELDS = ("event", "smsId", "timestamp", "token", "signature")
 def hook_signature(sms_key: str, timestamp: str, token: str) -> str:
     """The signature SendCloud puts on an SMSHook event."""
     return hmac.new(sms_key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
-
-
-def signed_hook_form(
-    sms_key: str, event: str, sms_id: str, phone: str, status_code: str, now_ms: int
-) -> dict[str, str]:
-    """An SMSHook form as SendCloud sends it (used by the emulator)."""
-    stamp = str(now_ms)
-    token = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
-    return {
-        "event": event,
-        "smsId": sms_id,
-        "phone": phone,
-        "statusCode": status_code,
-        "message": "delivered" if event in DELIVERED_EVENTS else "not delivered",
-        "timestamp": stamp,
-        "token": token,
-        "signature": hook_signature(sms_key, stamp, token),
-    }
 
 
 class HookVerifier:

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -247,6 +248,39 @@ async def test_status_query_takes_at_most_100_ids(
     assert await transport.query_status(refs) == []
     receipt = await settled(transport, refs[-1])
     assert (receipt.message_id, receipt.status) == ("mine", MessageStatus.DELIVERED)
+
+
+async def test_emulator_answers_the_published_status_shape(
+    emulator: Emulator, transport: SendCloudTransport
+) -> None:
+    emulator.running.state.settings.controls.delivery_delay = 0.0
+    sent = [await transport.send(message(f"+86138001380{i:02d}")) for i in range(3)]
+    ids = [o.provider_message_id for o in sent]
+    body = await emulator.call("status/query", smsIds=";".join(ids), days="1", limit="2")
+    assert (body["result"], body["statusCode"]) == (True, 200)
+    info = body["info"]
+    assert (info["voListSize"], info["total"]) == (2, "3")  # total is a string
+    record = info["voList"][0]
+    assert set(record) == {
+        "smsId", "msgType", "receiver", "requestTime", "sendLog", "smsUser", "status",
+        "statusCode", "templateId", "templateName", "updateTime",
+    }  # fmt: skip
+    assert (record["smsId"], record["receiver"], record["templateId"]) == (
+        ids[0],
+        "13800138000",
+        TEMPLATE_ID,
+    )
+    assert (record["status"], record["statusCode"], record["msgType"]) == ("送达", 200, "国内短信")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", record["requestTime"])
+    rest = await emulator.call("status/query", smsIds=";".join(ids), days="1", start="2")
+    assert [r["smsId"] for r in rest["info"]["voList"]] == ids[2:]
+    by_phone = await emulator.call("status/query", phones="13800138001", days="1")
+    assert [r["smsId"] for r in by_phone["info"]["voList"]] == [ids[1]]
+    # A span is required and at most 30 days.
+    assert (await emulator.call("status/query", smsIds=ids[0]))["statusCode"] == 481
+    assert (await emulator.call("status/query", smsIds=ids[0], days="31"))["statusCode"] == 441
+    dates = {"startDate": "2020-01-01", "endDate": "2020-01-02"}
+    assert (await emulator.call("status/query", smsIds=ids[0], **dates))["info"]["voList"] == []
 
 
 # -- idempotency (sendRequestId) -----------------------------------------------
