@@ -261,11 +261,10 @@ class SendCloudTransport:
         keys = {self.bulk_key(m) for m in messages}
         if len(messages) == 1 or len(keys) != 1 or None in keys:
             return [await self.send(m) for m in messages]
-        if len(messages) > MAX_BULK:
-            raise ValueError(f"sendcloud takes at most {MAX_BULK} numbers per request")
         phones = [sendcloud_phone(m.to_number)[0] for m in messages]
-        if len(set(phones)) != len(phones):
-            raise ValueError("a sendcloud bulk request takes each number once")
+        if len(messages) > MAX_BULK or len(set(phones)) != len(phones):
+            # The dispatcher should not hand us this; split rather than fail the group.
+            return await self._split(messages, phones)
         first = messages[0]
         template = self._template_of(first)
         assert template is not None
@@ -277,6 +276,29 @@ class SendCloudTransport:
             "sendRequestId": bulk_request_id([m.id for m in messages]),
         }
         return await self._send(_Request("send", params, phones, {"templateId": template}))
+
+    async def _split(
+        self, messages: Sequence[OutboundMessage], phones: Sequence[str]
+    ) -> list[SendOutcome]:
+        """Requests of at most MAX_BULK numbers, each number once per request; the
+        outcomes in the order given."""
+        rounds: list[list[int]] = []  # message indexes per request
+        numbers: list[set[str]] = []  # the phones of each request
+        for index, phone in enumerate(phones):
+            for indexes, taken in zip(rounds, numbers, strict=True):
+                if len(indexes) < MAX_BULK and phone not in taken:
+                    indexes.append(index)
+                    taken.add(phone)
+                    break
+            else:
+                rounds.append([index])
+                numbers.append({phone})
+        outcomes: list[SendOutcome | None] = [None] * len(messages)
+        for indexes in rounds:
+            answered = await self.send_bulk([messages[i] for i in indexes])
+            for i, outcome in zip(indexes, answered, strict=True):
+                outcomes[i] = outcome
+        return [o for o in outcomes if o is not None]
 
     # -- answers -------------------------------------------------------------------
 

@@ -88,8 +88,25 @@ async def test_one_request_carries_every_number_and_each_gets_its_own_id(
     for sent, outcome in zip(group, outcomes, strict=True):
         assert outcome.accepted
         assert by_id[outcome.provider_message_id] == sent.to_number.removeprefix("+86")
-    with pytest.raises(ValueError, match="2000"):
-        await transport.send_bulk([message(m) for m in mobiles(2001, start=5000)])
+
+
+async def test_a_group_past_the_limit_or_with_a_repeated_number_is_split(
+    emulator: RunningEmulator, transport: SendCloudTransport
+) -> None:
+    group = [message(m) for m in mobiles(2001)]
+    group.insert(1, message(group[0].to_number))  # the same number twice
+    outcomes = await transport.send_bulk(group)
+    assert all(o.accepted for o in outcomes) and len(outcomes) == 2002
+    received = emulator.state.received
+    assert len(received) == 2002
+    requests: dict[str, list[str]] = {}
+    for item in received:
+        requests.setdefault(item.request_key, []).append(item.phone)
+    assert sorted(len(p) for p in requests.values()) == [2, 2000]  # seed: at most 2,000
+    assert all(len(set(p)) == len(p) for p in requests.values())  # each number once
+    by_id = {r.provider_message_id: r.phone for r in received}
+    for sent, outcome in zip(group, outcomes, strict=True):
+        assert by_id[outcome.provider_message_id] == sent.to_number.removeprefix("+86")
 
 
 async def test_a_refused_number_fails_alone(
