@@ -244,14 +244,14 @@ class SendCloudTransport:
     # -- bulk (BulkTransport) ------------------------------------------------------
 
     def bulk_key(self, message: OutboundMessage) -> Hashable | None:
-        """Template sends with the same templateId and variables share a request;
+        """Template sends with the same use type, templateId and variables share a request;
         codes (sendCode, sendVoice take one number) and unmapped messages go alone."""
         if message.channel == Channel.VOICE or self._uses_send_code(message):
             return None
         template = self._template_of(message)
         if template is None:
             return None
-        return ("send", template, _vars(message.data))
+        return ("send", int(message.use_type), template, _vars(message.data))
 
     async def send_bulk(self, messages: Sequence[OutboundMessage]) -> list[SendOutcome]:
         """One ``send`` with every number (at most 2,000, each once); each message gets

@@ -63,6 +63,8 @@ def test_bulk_keys_group_identical_content_only(transport: SendCloudTransport) -
     a, b = message("+8613800000001"), message("+8613800000002")
     assert transport.bulk_key(a) == transport.bulk_key(b) is not None
     assert transport.bulk_key(message("+8613800000003", order_no="B-2")) != transport.bulk_key(a)
+    notice = replace(b, use_type=UseType.NOTIFICATION)
+    assert transport.bulk_key(notice) != transport.bulk_key(a)
     # Variables in another order are the same content.
     two = {"order_no": "A-1", "name": "x"}
     swapped = {"name": "x", "order_no": "A-1"}
