@@ -1,20 +1,44 @@
 """SendCloud emulator state beyond the shared one: its test controls, bookkeeping,
-settling with SMSHook codes, and the SMSHook pusher (a background task)."""
+settling with SMSHook codes, and the SMSHook pusher (a background task).
+
+Written from the documents only (seed 001 and SendCloud's public pages), never from
+our transport: the SMSHook signature is SendCloud's published recipe, lowercase hex
+HMAC-SHA256 keyed with the smsKey over ``timestamp + token``
+(https://docs.aurorasendcloud.com/reference/smshook, "verify_signature").
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import secrets
+import string
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from server.emulators.common import STATE_KEY, EmulatorState, Received
-from server.providers.sendcloud_hook import signed_hook_form
+
+# SendCloud is in Beijing: its days (status/query ``days``) and times are UTC+8.
+CHINA = timezone(timedelta(hours=8))
+
+
+@dataclass
+class Record:
+    """What SendCloud keeps of one accepted message beyond the shared Received."""
+
+    template_id: str  # "" for sendCode / sendVoice
+    msg_type: str  # "0" domestic SMS, "2" international SMS, "3" voice
+    requested_at: datetime  # wall clock, China time
+    tag: str = ""  # the request's tag, echoed in SMSHook events
+    updated_at: datetime | None = None
 
 
 @dataclass
@@ -27,25 +51,59 @@ class SendCloudExtras:
     unverified_templates: list[str] = field(default_factory=list)  # answer 432
     per_minute: int = 0  # messages per number per minute before 496 (0: no limit)
     per_day: int = 0  # messages per number per day before 498 (0: no limit)
+    # Fault injection: the next N send/sendCode/sendVoice calls are processed (the
+    # messages go out) and then the connection is closed without an answer.
+    drop_answers: int = 0
+    # Whether a 400 "duplicate request" answer repeats the first request's smsIds. The
+    # seed documents only the code, so by default the answer carries ``info: {}``.
+    duplicate_with_ids: bool = False
     hooks_sent: int = 0
+    answers_dropped: int = 0
     requests: dict[str, tuple[float, list[str]]] = field(default_factory=dict)
     history: dict[str, deque[float]] = field(default_factory=dict)
+    records: dict[str, Record] = field(default_factory=dict)  # smsId -> Record
     unhooked: deque[Received] = field(default_factory=deque)  # in acceptance order
 
 
 EXTRAS_KEY: web.AppKey[SendCloudExtras] = web.AppKey("sendcloud_extras", SendCloudExtras)
 _TUNABLE: tuple[str, ...] = ("clock_skew_ms", "force_code", "answer_delay", "unverified_templates")
-_TUNABLE += ("per_minute", "per_day")
+_TUNABLE += ("per_minute", "per_day", "drop_answers", "duplicate_with_ids")
 
 
 def server_ms(extras: SendCloudExtras) -> int:
     return int(time.time() * 1000) + extras.clock_skew_ms
 
 
+def china_now(extras: SendCloudExtras) -> datetime:
+    return datetime.fromtimestamp(server_ms(extras) / 1000, UTC).astimezone(CHINA)
+
+
 def settle(state: EmulatorState, item: Received, now: float) -> None:
     state.settle(item, now)
     if item.status == "undelivered" and not item.error_code:
         item.error_code = str(state.rng.choice((500, 590)))
+
+
+def hook_form(sms_key: str, item: Received, record: Record | None, now_ms: int) -> dict[str, str]:
+    """One SMSHook event for a settled message, signed as SendCloud signs it."""
+    delivered = item.status == "delivered"
+    stamp = str(now_ms)
+    token = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
+    form = {
+        "event": "delivered" if delivered else "undelivered",
+        "smsId": item.provider_message_id,
+        "phone": item.phone,
+        "statusCode": "200" if delivered else item.error_code,
+        "message": "delivered" if delivered else "not delivered",
+        "timestamp": stamp,
+        "token": token,
+        "signature": hmac.new(
+            sms_key.encode(), (stamp + token).encode(), hashlib.sha256
+        ).hexdigest(),
+    }
+    if record is not None and record.tag:
+        form["tag"] = record.tag
+    return form
 
 
 async def _push_hooks(app: web.Application, session: aiohttp.ClientSession) -> None:
@@ -60,15 +118,8 @@ async def _push_hooks(app: web.Application, session: aiohttp.ClientSession) -> N
             if item.status == "sent":
                 break  # later ones were accepted later: not settled either
             extras.unhooked.popleft()
-            delivered = item.status == "delivered"
-            form = signed_hook_form(
-                state.settings.credential_secret,
-                "delivered" if delivered else "undelivered",
-                item.provider_message_id,
-                item.phone,
-                "200" if delivered else item.error_code,
-                server_ms(extras),
-            )
+            record = extras.records.get(item.provider_message_id)
+            form = hook_form(state.settings.credential_secret, item, record, server_ms(extras))
             try:
                 async with session.post(url, data=form, timeout=aiohttp.ClientTimeout(total=2)):
                     extras.hooks_sent += 1
@@ -86,7 +137,8 @@ async def hook_pusher(app: web.Application) -> AsyncIterator[None]:
 
 async def get_extras(request: web.Request) -> web.Response:
     extras = request.app[EXTRAS_KEY]
-    return web.json_response({k: getattr(extras, k) for k in (*_TUNABLE, "hooks_sent")})
+    shown = (*_TUNABLE, "hooks_sent", "answers_dropped")
+    return web.json_response({k: getattr(extras, k) for k in shown})
 
 
 async def set_extras(request: web.Request) -> web.Response:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
+log = logging.getLogger(__name__)
+
 MAX_WEBHOOK_BYTES = 64 * 1024
+# Providers post forms; any other body is refused before it is read as one.
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
 class WebhookRejected(Exception):
@@ -36,8 +41,9 @@ def build_http_app(
 
     async def webhook(request: web.Request) -> web.Response:
         assert receive_webhook is not None
-        form = await request.post()
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        fields = await _form_fields(request)
+        if fields is None:
+            return web.json_response({"accepted": False, "reason": "malformed body"}, status=400)
         try:
             await receive_webhook(
                 request.match_info["kind"], request.match_info.get("name"), fields
@@ -59,3 +65,21 @@ def build_http_app(
         app.router.add_post("/webhooks/{kind}", webhook)
         app.router.add_post("/webhooks/{kind}/{name}", webhook)
     return app
+
+
+async def _form_fields(request: web.Request) -> dict[str, str] | None:
+    """The text fields of a posted form, or None (after one short log line) when the
+    body is not a readable form: another content type, bytes that are not UTF-8 (or
+    not the declared charset), a multipart body without its boundary or cut short."""
+    where = request.match_info.get("kind", "?")[:40]  # the caller's text: bounded, repr
+    if request.content_type not in FORM_TYPES:
+        log.warning("webhook %r: refused a %.60r body (not a form)", where, request.content_type)
+        return None
+    try:
+        form = await request.post()
+    except web.HTTPException:
+        raise  # too large (413): aiohttp's own answer
+    except Exception as exc:  # any parse failure is the sender's mistake
+        log.warning("webhook %r: refused a malformed form (%s)", where, type(exc).__name__)
+        return None
+    return {k: v for k, v in form.items() if isinstance(v, str)}

@@ -1,26 +1,37 @@
-"""SendCloud SMS transport (seed 001): template sends, verification and voice codes,
-status queries and SMSHook parsing.
+"""SendCloud SMS transport (seed 001): template sends (one number or up to 2,000
+sharing one content), verification codes (sendCode), voice codes (sendVoice), the
+status query and SMSHook parsing.
+
+Which endpoint carries what:
+
+* ``send``: a message whose template code maps to a SendCloud templateId (config
+  ``templates``); messages with the same template and variables can share one
+  request (``BulkTransport``: up to 2,000 phones, one smsId per number).
+* ``sendCode``: an SMS verification code of 4-6 digits when a signature is
+  configured (``sign_id`` wins over ``sign_name``) and the caller did not pick a
+  mapped template: SendCloud words the text itself, no template needed.
+* ``sendVoice``: a VOICE verification code of 4-6 digits.
+* ``status/query``: receipts by smsId (``sendcloud_status`` has the published shape).
 
 Wire format, as SendCloud documents it:
 
-* Every call is a form-encoded POST carrying ``smsUser``, a ``timestamp`` in
-  milliseconds (SendCloud's own ``timestamp/get`` and smsIds use milliseconds; more
-  than 6 s from server time is code 461) and ``signature``: sort all parameters but
-  ``smsKey``/``signature`` by name, join ``k=v`` with ``&`` (not URL-encoded), wrap
-  as ``smsKey&...&smsKey`` and take the lowercase hex MD5.
+* Every call is a form-encoded POST carrying ``smsUser`` and ``signature``: sort all
+  parameters but ``smsKey``/``signature`` by name, join ``k=v`` with ``&`` (not
+  URL-encoded), wrap as ``smsKey&...&smsKey`` and take the lowercase hex MD5. Sends
+  add a ``timestamp`` in milliseconds (more than 6 s from server time is code 461).
 * Numbers: mainland China (+86) goes as the 11-digit national number, others as
-  ``00`` + country code + number. ``send`` always uses msgType 0 (SMS);
-  ``sendCode`` uses msgType 0 for +86 and 2 (international SMS) otherwise.
+  ``00`` + country code + number. ``send`` uses msgType 0 (SMS); ``sendCode`` uses
+  msgType 0 for +86 and 2 (international SMS) otherwise.
 * ``vars`` is JSON with SendCloud's ``%name%`` keys: {"order_no": "A-1"} is sent as
   {"%order_no%": "A-1"}, matching templates written as "... %order_no% ...".
-* ``sendRequestId`` is our message id, so a retry never sends twice: SendCloud
-  answers a repeat within an hour with code 400 and the original smsIds, which we
-  treat as accepted with the original smsId.
-* Answers: {"result", "statusCode", "message", "info": {"successCount", "smsIds"}}.
-  ``sendcloud_codes`` says what every code means.
-* ``status/query`` (``smsIds`` joined by ``;``, at most 100) answers, in the same
-  envelope, ``info.items``: [{"smsId", "phone", "status": "sent" | "delivered" |
-  "failed", "statusCode": SMSHook code or 0, "message"}]. Unknown ids are left out.
+* ``sendRequestId`` makes a retry safe: a repeat within an hour is answered 400
+  "duplicate request" and not sent again. A single message uses our message id; a
+  bulk request a hash of its messages' ids, so the same group repeats the same id.
+* ``tag`` = {"smsgw": "<our message id>"} on single sends; SMSHook events carrying it
+  back are matched to the message by it, whatever smsId was recorded.
+* A 400 answer may come without the first request's smsIds (the seed shows none):
+  the transport then recovers them with a status query by phone (and templateId),
+  the latest request to each number.
 """
 
 from __future__ import annotations
@@ -30,24 +41,31 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
-from server.domain.models import MessageStatus, OutboundMessage
+from server.domain.models import Channel, MessageStatus, OutboundMessage, UseType
 from server.domain.ports import Capabilities, ProviderError, ProviderRef, Receipt, SendOutcome
+from server.providers import sendcloud_status
 from server.providers.http import TransientHttpError, call, new_session
-from server.providers.sendcloud_codes import RETURN_CODES, Verdict, failed_status, refusal
+from server.providers.sendcloud_codes import RETURN_CODES, Verdict, refusal
 from server.providers.sendcloud_hook import HookVerifier, receipt_from_hook
 
 log = logging.getLogger(__name__)
 
-MAX_STATUS_IDS = 100
+MAX_STATUS_IDS = sendcloud_status.MAX_IDS
+MAX_BULK = 2000  # phones per ``send`` (seed 001)
 MAX_REQUEST_ID = 128
+MAX_RECOVERY_PAGES = 20  # of 100 records, per 100 numbers
+MAX_TAG = 128
 _CODE = re.compile(r"[0-9]{4,6}")
 _CLOCK_SKEW = 461
+_DUPLICATE = 400
+_PARTIAL = 311
+_ALL_FAILED = 312
 
 
 def sign_request(params: Mapping[str, str], sms_key: str) -> str:
@@ -71,6 +89,23 @@ def request_id(message_id: str) -> str:
     return hashlib.sha256(message_id.encode()).hexdigest()
 
 
+def bulk_request_id(message_ids: Sequence[str]) -> str:
+    """One sendRequestId for a group: the same messages give the same id, in any order."""
+    digest = hashlib.sha256("\n".join(sorted(message_ids)).encode()).hexdigest()
+    return f"bulk-{digest}"
+
+
+def message_tag(message_id: str) -> str | None:
+    """The ``tag`` naming our message (None if it would pass SendCloud's 128 chars)."""
+    tag = json.dumps({"smsgw": message_id}, separators=(",", ":"))
+    return tag if len(tag) <= MAX_TAG else None
+
+
+def code_fits(code: str | None) -> bool:
+    """sendCode and sendVoice take codes of 4-6 digits (seed 001)."""
+    return code is not None and _CODE.fullmatch(code) is not None
+
+
 @dataclass(frozen=True)
 class SendCloudConfig:
     name: str
@@ -86,6 +121,8 @@ class SendCloudConfig:
     # How old (s) an SMSHook event may be, and how far in the future.
     hook_max_age: float = 300.0
     hook_max_skew: float = 60.0
+    # The status query's ``days`` (1 = today in Beijing; SendCloud allows up to 30).
+    status_days: int = 3
 
     def __post_init__(self) -> None:
         for name in ("name", "base_url", "sms_user", "sms_key"):
@@ -93,12 +130,26 @@ class SendCloudConfig:
                 raise ValueError(f"sendcloud provider config needs {name}")
         if self.timeout <= 0:
             raise ValueError("sendcloud timeout must be positive")
+        if not 1 <= self.status_days <= sendcloud_status.MAX_DAYS:
+            raise ValueError(f"sendcloud status_days must be 1 to {sendcloud_status.MAX_DAYS}")
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One request to an endpoint on behalf of some messages (one phone each)."""
+
+    endpoint: str
+    params: dict[str, str]
+    phones: list[str]
+    # How to find the smsIds again when a repeat is answered 400 without them.
+    recover: dict[str, str]
 
 
 class SendCloudTransport:
     capabilities = Capabilities(
         free_text=False, templates=True, voice=True, max_status_ids=MAX_STATUS_IDS
     )
+    max_bulk = MAX_BULK
 
     def __init__(
         self, config: SendCloudConfig, session: aiohttp.ClientSession | None = None
@@ -112,35 +163,63 @@ class SendCloudTransport:
             config.sms_key, max_age=config.hook_max_age, max_skew=config.hook_max_skew
         )
 
-    # -- sending ---------------------------------------------------------------
+    # -- what goes where -----------------------------------------------------------
 
     def can_carry(self, message: OutboundMessage) -> bool:
-        return message.template_code is not None and message.template_code in self._config.templates
+        """Whether SendCloud can take ``message`` as it is: a voice code of 4-6 digits
+        (sendVoice), an SMS code that fits sendCode, or a mapped template (send)."""
+        if message.channel == Channel.VOICE:
+            return code_fits(message.code)
+        return self._uses_send_code(message) or self._template_of(message) is not None
+
+    def _template_of(self, message: OutboundMessage) -> str | None:
+        return self._config.templates.get(message.template_code or "")
+
+    def _uses_send_code(self, message: OutboundMessage) -> bool:
+        """An SMS verification code goes through sendCode when it fits (4-6 digits, a
+        signature configured), unless the caller picked a template we can send."""
+        return (
+            message.channel != Channel.VOICE
+            and message.use_type == UseType.VERIFICATION
+            and code_fits(message.code)
+            and bool(self._config.sign_id or self._config.sign_name)
+            and self._template_of(message) is None
+        )
+
+    # -- sending -------------------------------------------------------------------
 
     async def send(self, message: OutboundMessage) -> SendOutcome:
-        template = self._config.templates.get(message.template_code or "")
+        if message.channel == Channel.VOICE:
+            if message.code is None:
+                return SendOutcome(accepted=False, error_code="INVALID_CODE")
+            return await self.send_voice(message, message.code)
+        if self._uses_send_code(message):
+            assert message.code is not None
+            return await self.send_code(message, message.code)
+        template = self._template_of(message)
         if template is None:
             return SendOutcome(accepted=False, error_code="NO_TEMPLATE")
         phone, _ = sendcloud_phone(message.to_number)
-        variables = {f"%{k.strip('%')}%": v for k, v in message.data.items()}
         params = {
             "templateId": template,
             "msgType": "0",
             "phone": phone,
-            "vars": json.dumps(variables, ensure_ascii=False, separators=(",", ":")),
+            "vars": _vars(message.data),
             "sendRequestId": request_id(message.id),
         }
-        return await self._send("send", params)
+        _add_tag(params, message.id)
+        return (await self._send(_Request("send", params, [phone], {"templateId": template})))[0]
 
     async def send_code(self, message: OutboundMessage, code: str) -> SendOutcome:
         """A verification code in SendCloud's own wording (no template needed)."""
-        if _CODE.fullmatch(code) is None:
+        if not code_fits(code):
             return SendOutcome(accepted=False, error_code="INVALID_CODE")
         if not (self._config.sign_id or self._config.sign_name):
             return SendOutcome(accepted=False, error_code="NO_SIGNATURE")
         phone, domestic = sendcloud_phone(message.to_number)
+        msg_type = "0" if domestic else "2"
         params = {
-            "msgType": "0" if domestic else "2",
+            "msgType": msg_type,
             "phone": phone,
             "code": code,
             "sendRequestId": request_id(message.id),
@@ -149,44 +228,171 @@ class SendCloudTransport:
             params["signId"] = self._config.sign_id
         else:
             params["signName"] = self._config.sign_name
-        return await self._send("sendCode", params)
+        _add_tag(params, message.id)
+        request = _Request("sendCode", params, [phone], {"msgTypeStr": msg_type})
+        return (await self._send(request))[0]
 
     async def send_voice(self, message: OutboundMessage, code: str) -> SendOutcome:
         """A verification code read out by a voice call."""
-        if _CODE.fullmatch(code) is None:
+        if not code_fits(code):
             return SendOutcome(accepted=False, error_code="INVALID_CODE")
         phone, _ = sendcloud_phone(message.to_number)
         params = {"phone": phone, "code": code, "sendRequestId": request_id(message.id)}
-        return await self._send("sendVoice", params)
+        _add_tag(params, message.id)
+        return (await self._send(_Request("sendVoice", params, [phone], {"msgTypeStr": "3"})))[0]
 
-    async def _send(self, endpoint: str, params: dict[str, str]) -> SendOutcome:
+    # -- bulk (BulkTransport) ------------------------------------------------------
+
+    def bulk_key(self, message: OutboundMessage) -> Hashable | None:
+        """Template sends with the same use type, templateId and variables share a request;
+        codes (sendCode, sendVoice take one number) and unmapped messages go alone."""
+        if message.channel == Channel.VOICE or self._uses_send_code(message):
+            return None
+        template = self._template_of(message)
+        if template is None:
+            return None
+        return ("send", int(message.use_type), template, _vars(message.data))
+
+    async def send_bulk(self, messages: Sequence[OutboundMessage]) -> list[SendOutcome]:
+        """One ``send`` with every number (at most 2,000, each once); each message gets
+        the outcome of its own number."""
+        if not messages:
+            return []
+        keys = {self.bulk_key(m) for m in messages}
+        if len(messages) == 1 or len(keys) != 1 or None in keys:
+            return [await self.send(m) for m in messages]
+        phones = [sendcloud_phone(m.to_number)[0] for m in messages]
+        if len(messages) > MAX_BULK or len(set(phones)) != len(phones):
+            # The dispatcher should not hand us this; split rather than fail the group.
+            return await self._split(messages, phones)
+        first = messages[0]
+        template = self._template_of(first)
+        assert template is not None
+        params = {
+            "templateId": template,
+            "msgType": "0",
+            "phone": ",".join(phones),
+            "vars": _vars(first.data),
+            "sendRequestId": bulk_request_id([m.id for m in messages]),
+        }
+        return await self._send(_Request("send", params, phones, {"templateId": template}))
+
+    async def _split(
+        self, messages: Sequence[OutboundMessage], phones: Sequence[str]
+    ) -> list[SendOutcome]:
+        """Requests of at most MAX_BULK numbers, each number once per request; the
+        outcomes in the order given."""
+        rounds: list[list[int]] = []  # message indexes per request
+        numbers: list[set[str]] = []  # the phones of each request
+        for index, phone in enumerate(phones):
+            for indexes, taken in zip(rounds, numbers, strict=True):
+                if len(indexes) < MAX_BULK and phone not in taken:
+                    indexes.append(index)
+                    taken.add(phone)
+                    break
+            else:
+                rounds.append([index])
+                numbers.append({phone})
+        outcomes: list[SendOutcome | None] = [None] * len(messages)
+        for indexes in rounds:
+            answered = await self.send_bulk([messages[i] for i in indexes])
+            for i, outcome in zip(indexes, answered, strict=True):
+                outcomes[i] = outcome
+        return [o for o in outcomes if o is not None]
+
+    # -- answers -------------------------------------------------------------------
+
+    async def _send(self, request: _Request) -> list[SendOutcome]:
+        """Posts ``request`` and returns one outcome per phone, in order."""
+        everyone = len(request.phones)
         try:
-            body = await self._post(endpoint, params)
+            body = await self._post(request.endpoint, request.params)
         except TransientHttpError as exc:
-            return SendOutcome(accepted=False, retryable=True, error_code=exc.code)
+            return [SendOutcome(accepted=False, retryable=True, error_code=exc.code)] * everyone
         code = _status_code(body)
         if code is None:
-            log.warning("sendcloud %s: answer without a statusCode", endpoint)
-            return SendOutcome(accepted=False, retryable=True, error_code="BAD_RESPONSE")
+            log.warning("sendcloud %s: answer without a statusCode", request.endpoint)
+            outcome = SendOutcome(accepted=False, retryable=True, error_code="BAD_RESPONSE")
+            return [outcome] * everyone
         rule = RETURN_CODES.get(code)
-        if rule is not None and rule.verdict is Verdict.ACCEPTED:
-            sms_ids = _sms_ids(body)
-            if sms_ids:
-                return SendOutcome(accepted=True, provider_message_id=sms_ids[0])
-            if code == 400:
-                # A repeat of a request SendCloud processed, without the original id:
-                # the message went out, we just cannot follow it.
-                return SendOutcome(accepted=True)
-            if code == 311:
-                return SendOutcome(
-                    accepted=False, error_code="311", final_status=MessageStatus.REJECTED
+        accepting = rule is not None and rule.verdict is Verdict.ACCEPTED
+        if accepting or code == _ALL_FAILED:
+            ids = _sms_ids(body)
+            if code == _DUPLICATE and not ids:
+                recovered = await self._recover(request)
+                log.info(
+                    "sendcloud %s: duplicate request, recovered %d of %d smsIds",
+                    request.endpoint,
+                    len(recovered),
+                    everyone,
                 )
+                # The first request was processed: what we cannot find went out all
+                # the same (its SMSHook still matches by tag on single sends).
+                return [
+                    SendOutcome(accepted=True, provider_message_id=recovered.get(p, ""))
+                    for p in request.phones
+                ]
+            return self._per_number(request, code, ids, _failed_phones(body))
         outcome = refusal(code)
         if outcome.retryable or code not in RETURN_CODES:
-            log.info("sendcloud %s: code %s, will retry", endpoint, code)
-        return outcome
+            log.info("sendcloud %s: code %s, will retry", request.endpoint, code)
+        return [outcome] * everyone
 
-    # -- status ----------------------------------------------------------------
+    def _per_number(
+        self, request: _Request, code: int, ids: list[str], failed: set[str]
+    ) -> list[SendOutcome]:
+        """Each phone's outcome of an accepting (200/311/400) or 312 answer."""
+        by_phone = _ids_by_phone(ids, request.phones)
+        outcomes = []
+        for phone in request.phones:
+            sms_id = by_phone.get(phone)
+            if sms_id is not None:
+                outcomes.append(SendOutcome(accepted=True, provider_message_id=sms_id))
+            elif code == 200 and len(request.phones) == 1:
+                # "Successful" without an id: ask again; the same sendRequestId makes
+                # the repeat a 400 whose smsId we recover, never a second message.
+                outcomes.append(
+                    SendOutcome(accepted=False, retryable=True, error_code="BAD_RESPONSE")
+                )
+            elif phone in failed or code in (_PARTIAL, _ALL_FAILED):
+                # SendCloud refused this number (the items list names it).
+                outcomes.append(
+                    SendOutcome(
+                        accepted=False, error_code=str(code), final_status=MessageStatus.REJECTED
+                    )
+                )
+            else:
+                # Accepted without an smsId we can attribute: do not send it twice.
+                outcomes.append(SendOutcome(accepted=True))
+        return outcomes
+
+    async def _recover(self, request: _Request) -> dict[str, str]:
+        """phone -> smsId of the latest request to each phone (status query by phone,
+        every page: a number may have had other messages the same days)."""
+        found: dict[str, str] = {}
+        for first in range(0, len(request.phones), MAX_STATUS_IDS):
+            chunk = request.phones[first : first + MAX_STATUS_IDS]
+            pages: list[Any] = []
+            try:
+                while not pages or len(pages) * MAX_STATUS_IDS < sendcloud_status.total(pages[0]):
+                    params = sendcloud_status.query_params(
+                        days=2,  # yesterday too: the first request may have been before midnight
+                        phones=chunk,
+                        template_id=request.recover.get("templateId", ""),
+                        msg_type=request.recover.get("msgTypeStr", ""),
+                        start=len(pages) * MAX_STATUS_IDS,
+                    )
+                    body = await self._post("status/query", params, stamped=False)
+                    sendcloud_status.records(body)  # raises unless a 200 with a voList
+                    pages.append(body)
+                    if len(pages) >= MAX_RECOVERY_PAGES:
+                        break
+                found.update(sendcloud_status.newest_by_receiver(pages))
+            except (TransientHttpError, ProviderError) as exc:
+                log.info("sendcloud: cannot recover smsIds (%s)", type(exc).__name__)
+        return {p: found[p] for p in request.phones if p in found}
+
+    # -- status --------------------------------------------------------------------
 
     async def query_status(self, refs: Sequence[ProviderRef]) -> list[Receipt]:
         receipts: list[Receipt] = []
@@ -196,67 +402,38 @@ class SendCloudTransport:
         return receipts
 
     async def _query(self, refs: Sequence[ProviderRef]) -> list[Receipt]:
-        params = {"smsIds": ";".join(r.provider_message_id for r in refs)}
+        params = sendcloud_status.query_params(
+            days=self._config.status_days, sms_ids=[r.provider_message_id for r in refs]
+        )
         try:
-            body = await self._post("status/query", params)
+            body = await self._post("status/query", params, stamped=False)
         except TransientHttpError as exc:
             raise ProviderError(f"sendcloud status query failed: {exc.code}") from exc
-        code = _status_code(body)
-        if code != 200:
-            raise ProviderError(f"sendcloud status query refused: statusCode {code}")
-        items = body.get("info", {}).get("items") if isinstance(body.get("info"), dict) else None
-        if not isinstance(items, list):
-            raise ProviderError("sendcloud status query: answer has no info.items list")
-        by_id: dict[str, Mapping[str, Any]] = {}
-        for item in items:
-            if not isinstance(item, dict) or not isinstance(item.get("smsId"), str):
-                raise ProviderError("sendcloud status query: malformed item")
-            by_id[item["smsId"]] = item
-        receipts = []
-        for ref in refs:
-            item = by_id.get(ref.provider_message_id)
-            if item is not None:
-                receipts.append(self._receipt(ref, item))
-        return receipts
+        return sendcloud_status.receipts(self.name, refs, body)
 
-    def _receipt(self, ref: ProviderRef, item: Mapping[str, Any]) -> Receipt:
-        status = item.get("status")
-        if status == "sent":
-            mapped, error = MessageStatus.SENT, ""
-        elif status == "delivered":
-            mapped, error = MessageStatus.DELIVERED, ""
-        elif status == "failed":
-            code = _as_int(item.get("statusCode")) or 0
-            mapped = failed_status(code)
-            error = str(code) if code else "UNDELIVERED"
-        else:
-            raise ProviderError(f"sendcloud status query: unknown status {status!r}")
-        return Receipt(self.name, ref.message_id, mapped, error, ref.provider_message_id)
-
-    # -- SMSHook ---------------------------------------------------------------
+    # -- SMSHook -------------------------------------------------------------------
 
     def parse_hook(self, form: Mapping[str, str], *, now: float | None = None) -> list[Receipt]:
         """The receipt of one SMSHook event; raises ProviderError for a forged, stale,
-        replayed or malformed event. ``message_id`` is empty: match on smsId."""
+        replayed or malformed event. ``message_id`` is ours when the event carries
+        the tag we sent, else empty: match on smsId."""
         self._hooks.verify(form, now)
         return [receipt_from_hook(self.name, form)]
 
-    # -- plumbing --------------------------------------------------------------
+    # -- plumbing ------------------------------------------------------------------
 
-    async def _post(self, endpoint: str, params: dict[str, str]) -> Any:
+    async def _post(self, endpoint: str, params: dict[str, str], *, stamped: bool = True) -> Any:
         """Signs and posts; on 461 (clock skew) learns SendCloud's time and retries once
         (safe: sends carry sendRequestId). Returns the parsed JSON body."""
-        body = await self._post_once(endpoint, params)
-        if _status_code(body) == _CLOCK_SKEW and await self._sync_clock():
-            body = await self._post_once(endpoint, params)
+        body = await self._post_once(endpoint, params, stamped)
+        if stamped and _status_code(body) == _CLOCK_SKEW and await self._sync_clock():
+            body = await self._post_once(endpoint, params, stamped)
         return body
 
-    async def _post_once(self, endpoint: str, params: dict[str, str]) -> Any:
-        signed = {
-            **params,
-            "smsUser": self._config.sms_user,
-            "timestamp": str(int(time.time() * 1000) + self._clock_offset_ms),
-        }
+    async def _post_once(self, endpoint: str, params: dict[str, str], stamped: bool) -> Any:
+        signed = {**params, "smsUser": self._config.sms_user}
+        if stamped:
+            signed["timestamp"] = str(int(time.time() * 1000) + self._clock_offset_ms)
         signed["signature"] = sign_request(signed, self._config.sms_key)
         answer = await call(
             self._client(),
@@ -296,6 +473,18 @@ class SendCloudTransport:
             self._session = None
 
 
+def _vars(data: Mapping[str, str]) -> str:
+    """``vars`` with SendCloud's %name% keys, in a stable order (also a bulk key)."""
+    variables = {f"%{k.strip('%')}%": data[k] for k in sorted(data)}
+    return json.dumps(variables, ensure_ascii=False, separators=(",", ":"))
+
+
+def _add_tag(params: dict[str, str], message_id: str) -> None:
+    tag = message_tag(message_id)
+    if tag is not None:
+        params["tag"] = tag
+
+
 def _as_int(value: object) -> int | None:
     if isinstance(value, bool):
         return None
@@ -316,3 +505,26 @@ def _sms_ids(body: Any) -> list[str]:
     if not isinstance(ids, list):
         return []
     return [i for i in ids if isinstance(i, str) and i]
+
+
+def _failed_phones(body: Any) -> set[str]:
+    """The numbers a partial (311) or total (312) failure lists in ``info.items``."""
+    info = body.get("info") if isinstance(body, dict) else None
+    items = info.get("items") if isinstance(info, dict) else None
+    if not isinstance(items, list):
+        return set()
+    return {i["phone"] for i in items if isinstance(i, dict) and isinstance(i.get("phone"), str)}
+
+
+def _ids_by_phone(ids: Sequence[str], phones: Sequence[str]) -> dict[str, str]:
+    """smsIds end with "$" and the number (seed 001: "..._1ainnq$131112345678"); a
+    single-number request takes its only id whatever its form."""
+    if len(phones) == 1 and len(ids) == 1:
+        return {phones[0]: ids[0]}
+    wanted = set(phones)
+    found: dict[str, str] = {}
+    for sms_id in ids:
+        _, dollar, phone = sms_id.rpartition("$")
+        if dollar and phone in wanted:
+            found[phone] = sms_id
+    return found

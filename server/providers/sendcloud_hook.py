@@ -13,7 +13,13 @@ message     a human-readable reason
 timestamp   milliseconds since the epoch, when the event was sent
 token       32 random alphanumerics, new for every event
 signature   lowercase hex HMAC-SHA256 with key smsKey of timestamp + token
+tag         the ``tag`` of the request, when it had one (we send
+            {"smsgw": "<our message id>"}; the seed does not list the
+            event's fields, so an event without it is matched by smsId)
 =========== ==============================================================
+
+The signature recipe is SendCloud's published one
+(https://docs.aurorasendcloud.com/reference/smshook, "verify_signature").
 
 ``HookVerifier`` refuses a form whose signature does not match (constant-time
 compare), whose timestamp is more than ``max_age`` seconds old or more than
@@ -25,8 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
-import string
+import json
 import time
 from collections.abc import Mapping
 
@@ -42,24 +47,6 @@ REQUIRED_FIELDS = ("event", "smsId", "timestamp", "token", "signature")
 def hook_signature(sms_key: str, timestamp: str, token: str) -> str:
     """The signature SendCloud puts on an SMSHook event."""
     return hmac.new(sms_key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
-
-
-def signed_hook_form(
-    sms_key: str, event: str, sms_id: str, phone: str, status_code: str, now_ms: int
-) -> dict[str, str]:
-    """An SMSHook form as SendCloud sends it (used by the emulator)."""
-    stamp = str(now_ms)
-    token = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
-    return {
-        "event": event,
-        "smsId": sms_id,
-        "phone": phone,
-        "statusCode": status_code,
-        "message": "delivered" if event in DELIVERED_EVENTS else "not delivered",
-        "timestamp": stamp,
-        "token": token,
-        "signature": hook_signature(sms_key, stamp, token),
-    }
 
 
 class HookVerifier:
@@ -98,18 +85,32 @@ class HookVerifier:
             del self._seen[token]
 
 
+def tagged_message_id(tag: str | None) -> str:
+    """Our message id from a ``tag`` we sent ({"smsgw": id}), or "" for any other."""
+    if not tag:
+        return ""
+    try:
+        value = json.loads(tag)
+    except ValueError:
+        return ""
+    ours = value.get("smsgw") if isinstance(value, dict) else None
+    return ours if isinstance(ours, str) and 0 < len(ours) <= 128 else ""
+
+
 def receipt_from_hook(provider: str, form: Mapping[str, str]) -> Receipt:
-    """The receipt a verified event carries; ``message_id`` is left for the caller."""
+    """The receipt a verified event carries; ``message_id`` is ours when the event
+    brings back our tag, else empty (the caller matches by smsId)."""
     event = form["event"]
+    ours = tagged_message_id(form.get("tag"))
     if event in DELIVERED_EVENTS:
-        return Receipt(provider, "", MessageStatus.DELIVERED, provider_message_id=form["smsId"])
+        return Receipt(provider, ours, MessageStatus.DELIVERED, provider_message_id=form["smsId"])
     if event not in FAILED_EVENTS:
         raise ProviderError(f"SMSHook event {event!r} is not a delivery outcome")
     raw = form.get("statusCode", "")
     code = int(raw) if raw.isascii() and raw.isdigit() else 0
     return Receipt(
         provider,
-        "",
+        ours,
         failed_status(code),
         error_code=str(code) if code else "UNDELIVERED",
         provider_message_id=form["smsId"],

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -152,6 +153,7 @@ async def test_send_posts_a_signed_form(to: str, phone: str) -> None:
         "phone": phone,
         "vars": '{"%order_no%":"A-1"}',
         "sendRequestId": sent.id,
+        "tag": json.dumps({"smsgw": sent.id}, separators=(",", ":")),
     }
 
 
@@ -235,14 +237,50 @@ async def test_emulator_refuses_unverified_templates(emulator: Emulator) -> None
 async def test_status_query_takes_at_most_100_ids(
     emulator: Emulator, transport: SendCloudTransport
 ) -> None:
-    assert (await emulator.call("status/query", smsIds=";".join(["x"] * 101)))["statusCode"] == 412
-    assert (await emulator.call("status/query", smsIds=""))["statusCode"] == 411
-    # The transport splits longer lists itself.
+    many = ";".join(["x"] * 101)
+    assert (await emulator.call("status/query", smsIds=many, days="1"))["statusCode"] == 412
+    # The published page requires a time span (days, or startDate and endDate).
+    assert (await emulator.call("status/query", smsIds="x"))["statusCode"] == 481
+    # The transport splits longer lists itself; records still "requesting" are left out.
     sent = await transport.send(message())
     refs = [ProviderRef(f"m{i}", f"unknown-{i}") for i in range(150)]
     refs.append(ProviderRef("mine", sent.provider_message_id))
-    receipts = await transport.query_status(refs)
-    assert [(r.message_id, r.status) for r in receipts] == [("mine", MessageStatus.SENT)]
+    assert await transport.query_status(refs) == []
+    receipt = await settled(transport, refs[-1])
+    assert (receipt.message_id, receipt.status) == ("mine", MessageStatus.DELIVERED)
+
+
+async def test_emulator_answers_the_published_status_shape(
+    emulator: Emulator, transport: SendCloudTransport
+) -> None:
+    emulator.running.state.settings.controls.delivery_delay = 0.0
+    sent = [await transport.send(message(f"+86138001380{i:02d}")) for i in range(3)]
+    ids = [o.provider_message_id for o in sent]
+    body = await emulator.call("status/query", smsIds=";".join(ids), days="1", limit="2")
+    assert (body["result"], body["statusCode"]) == (True, 200)
+    info = body["info"]
+    assert (info["voListSize"], info["total"]) == (2, "3")  # total is a string
+    record = info["voList"][0]
+    assert set(record) == {
+        "smsId", "msgType", "receiver", "requestTime", "sendLog", "smsUser", "status",
+        "statusCode", "templateId", "templateName", "updateTime",
+    }  # fmt: skip
+    assert (record["smsId"], record["receiver"], record["templateId"]) == (
+        ids[0],
+        "13800138000",
+        TEMPLATE_ID,
+    )
+    assert (record["status"], record["statusCode"], record["msgType"]) == ("送达", 200, "国内短信")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", record["requestTime"])
+    rest = await emulator.call("status/query", smsIds=";".join(ids), days="1", start="2")
+    assert [r["smsId"] for r in rest["info"]["voList"]] == ids[2:]
+    by_phone = await emulator.call("status/query", phones="13800138001", days="1")
+    assert [r["smsId"] for r in by_phone["info"]["voList"]] == [ids[1]]
+    # A span is required and at most 30 days.
+    assert (await emulator.call("status/query", smsIds=ids[0]))["statusCode"] == 481
+    assert (await emulator.call("status/query", smsIds=ids[0], days="31"))["statusCode"] == 441
+    dates = {"startDate": "2020-01-01", "endDate": "2020-01-02"}
+    assert (await emulator.call("status/query", smsIds=ids[0], **dates))["info"]["voList"] == []
 
 
 # -- idempotency (sendRequestId) -----------------------------------------------
@@ -261,7 +299,9 @@ async def test_repeated_send_is_accepted_once(
     raw = await emulator.call(
         "send", templateId=TEMPLATE_ID, phone="13800138000", sendRequestId=sent.id
     )
-    assert (raw["statusCode"], raw["info"]["smsIds"]) == (400, [first.provider_message_id])
+    # The seed documents only the code: the repeat brings no smsIds, the transport
+    # recovered the first request's id with a status query by phone.
+    assert (raw["statusCode"], raw["info"]) == (400, {})
 
 
 async def test_retry_after_a_lost_answer_does_not_send_twice(
@@ -381,9 +421,9 @@ async def test_clock_skew_is_learnt_from_the_server(
     first = await transport.send(message())
     assert first.accepted
     # The learnt offset is kept: a hand call with our clock is refused, the transport's not.
-    assert (await emulator.call("status/query", smsIds="x"))["statusCode"] == 461
-    assert await transport.query_status([ProviderRef("m", first.provider_message_id)])
-    assert len(emulator.received) == 1
+    assert (await emulator.call("send", templateId=TEMPLATE_ID, phone="1"))["statusCode"] == 461
+    assert (await transport.send(message())).accepted
+    assert len(emulator.received) == 2
 
 
 # -- status and SMSHook codes --------------------------------------------------
@@ -397,9 +437,11 @@ def test_smshook_codes(code: int, status: MessageStatus) -> None:
 
 
 async def settled(transport: SendCloudTransport, ref: ProviderRef) -> Receipt:
+    """The receipt of ``ref`` once SendCloud stops "requesting" (left out until then)."""
     for _ in range(100):
-        (receipt,) = await transport.query_status([ref])
-        if receipt.status != MessageStatus.SENT:
+        receipts = await transport.query_status([ref])
+        if receipts:
+            (receipt,) = receipts
             return receipt
         await asyncio.sleep(0.05)
     raise AssertionError("never settled")
@@ -516,11 +558,12 @@ async def test_smshook_delivers_verified_receipts() -> None:
         build_app(settings(controls, webhook_url=f"{receiver.base_url}/hook"))
     ).start()
     sender = SendCloudTransport(config(running.base_url))
+    second = message("+8613900139000")
     try:
         delivered = await sender.send(message())
         await until(lambda: len(receipts) == 1)
         controls.outcome = "undelivered"
-        undelivered = await sender.send(message("+8613900139000"))
+        undelivered = await sender.send(second)
         await until(lambda: len(receipts) == 2)
         await asyncio.sleep(0.1)  # no second hook per message
     finally:
@@ -533,7 +576,7 @@ async def test_smshook_delivers_verified_receipts() -> None:
     failed = by_id[undelivered.provider_message_id]
     assert (failed.status, failed.message_id, failed.provider) == (
         MessageStatus.UNDELIVERED,
-        "",
+        second.id,  # the tag we sent came back with the event
         "sc1",
     )
     assert failed.error_code in {"500", "590"}
