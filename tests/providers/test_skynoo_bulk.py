@@ -5,6 +5,7 @@ after a lost answer."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -271,3 +272,83 @@ async def test_a_group_that_does_not_share_one_content_is_a_programming_error(
     with pytest.raises(ValueError, match="twice"):
         await sky.transport.send_bulk([text(number(1)), text(number(1))])
     assert not sky.emulator.state.requests
+
+
+# --- the emulator's batch endpoints, as seed 000 shows them ------------------------
+
+SEED_CREATE = {
+    "useType": 2,
+    "content": "Your order #order_no# has been shipped.",
+    "numbers": ["+8613800138000", "+8613900139000"],
+    "templateData": {
+        "+8613800138000": {"order_no": "A001"},
+        "+8613900139000": {"order_no": "A002"},
+    },
+}
+
+
+async def call(sky: Sky, path: str, body: Any) -> tuple[int, Any]:
+    token = base64.b64encode(f"{API_KEY}:{API_SECRET}".encode()).decode()
+    headers = {"Authorization": f"Basic {token}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(sky.emulator.base_url + path, json=body, headers=headers) as answer,
+    ):
+        return answer.status, await answer.json()
+
+
+async def test_the_emulator_runs_the_seeds_batch_example(start: Start) -> None:
+    sky = await start(delivery_delay=0.4)
+    assert await call(sky, CREATE, SEED_CREATE) == (
+        200,
+        {
+            "code": "200",
+            "message": "Request successful",
+            "data": {"taskId": 1001, "status": "pending"},
+        },
+    )
+    status = "/api/sms/v1/batch/status"
+    assert (await call(sky, status, {"taskId": 1001}))[1]["data"] == {
+        "taskId": 1001,
+        "status": "pending",
+    }
+    _, detail = await call(sky, DETAIL, {"taskId": 1001})
+    data = detail["data"]
+    assert (data["total"], data["pageNo"], data["pageSize"]) == (2, 1, 20)
+    assert [(r["toNumber"], r["status"], r["errorCode"]) for r in data["records"]] == [
+        ("+8613800138000", "QUEUED", ""),
+        ("+8613900139000", "QUEUED", ""),
+    ]
+    assert {r.phone: r.content for r in sky.emulator.state.received} == {
+        "+8613800138000": "Your order A001 has been shipped.",
+        "+8613900139000": "Your order A002 has been shipped.",
+    }
+    await asyncio.sleep(0.45)
+    assert (await call(sky, status, {"taskId": 1001}))[1]["data"]["status"] == "success"
+    _, detail = await call(sky, DETAIL, {"taskId": 1001, "pageNo": 2, "pageSize": 1})
+    [record] = detail["data"]["records"]
+    assert (record["toNumber"], record["status"]) == ("+8613900139000", "DELIVERED")
+    assert isinstance(record["sendTime"], int) and isinstance(record["id"], str)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"templateData": {"+8613800138000": {"order_no": "A001"}}}, "Missing template variable"),
+        ({"numbers": ["+8613800138000", "+8613800138000"]}, "must not repeat"),
+        ({"numbers": ["13800138000"]}, "E.164"),
+        ({"numbers": []}, "non-empty"),
+        ({"useType": 4}, "useType"),
+        ({"content": "Sale ★ #order_no#"}, "unsupported symbol"),
+        ({"templateData": {"+8613700000000": {"order_no": "X"}}}, "not in numbers"),
+    ],
+)
+async def test_the_emulator_refuses_a_bad_task_whole(
+    start: Start, change: dict[str, Any], message: str
+) -> None:
+    sky = await start()
+    status, answer = await call(sky, CREATE, {**SEED_CREATE, **change})
+    assert (status, answer["code"]) == (400, "400")
+    assert message in answer["message"]
+    assert sky.emulator.state.received == []
+    assert (await call(sky, DETAIL, {"taskId": 1001}))[1]["code"] == "400"
