@@ -169,3 +169,9 @@ class OutboundMessage:
     channel: Channel = Channel.SMS
     # The verification code this message carries (for voice calls and code APIs).
     code: str | None = field(default=None, repr=False)
+    # Our template's variable names in their order of appearance in its text, and the
+    # text itself: positional providers (sendsms p1..pn) take the values in this
+    # order, never in the order ``data`` happens to hold them; bulk APIs that take
+    # the template text with per-number values (Skynoo batch/create) send ``content``.
+    variables: tuple[str, ...] = ()
+    template_content: str | None = field(default=None, repr=False)

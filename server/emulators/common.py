@@ -4,11 +4,14 @@ of what it received, and a runner for tests."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -57,10 +60,30 @@ class Received:
     accepted_at: float = 0.0
 
 
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One API request as it reached the emulator (before any fault), for tests that
+    check the exact wire format against the provider's document."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def form(self) -> dict[str, str]:
+        return dict(parse_qsl(self.body.decode(), keep_blank_values=True))
+
+
 @dataclass
 class EmulatorState:
     settings: EmulatorSettings
     received: list[Received] = field(default_factory=list)
+    # The latest API requests (a long benchmark run keeps only the last ones).
+    requests: deque[RecordedRequest] = field(default_factory=lambda: deque(maxlen=100_000))
     rng: random.Random = field(default_factory=random.Random)
 
     def by_id(self, provider_message_id: str) -> Received | None:
@@ -89,6 +112,15 @@ def fault_middleware() -> Callable[..., Awaitable[web.StreamResponse]]:
         if request.path.startswith("/_emulator/"):
             return await handler(request)
         state = request.app[STATE_KEY]
+        state.requests.append(
+            RecordedRequest(
+                request.method,
+                request.path,
+                request.query_string,
+                dict(request.headers),
+                await request.read(),  # kept by aiohttp for the handler
+            )
+        )
         controls = state.settings.controls
         if controls.latency:
             await asyncio.sleep(controls.latency)

@@ -5,7 +5,13 @@ Every answer is the documented envelope {"code", "message"[, "data"]} and its HT
 status equals the envelope code (200, 400, 401, 429): the seed shows only the
 envelope, and mirroring it keeps both readings of a failure consistent.
 Settings: ``templates`` maps Skynoo template ids ("15") to texts with #var#
-variables. Not emulated: the batch task endpoints (/api/sms/v1/batch/*).
+variables. Batch tasks (batch/create, batch/status, batch/detail): every number's
+text is made from ``content`` and its ``templateData`` before the task is accepted
+(any failure refuses the whole task); ``partial_rate`` blocks that share of numbers
+(REJECTED records, errorCode BLOCKED). A task is "pending" for the first half of
+``delivery_delay``, "executing" until its records settle, then "success" ("fail"
+when none went out). Records are also known to getStatus by their id.
+Written from the seed alone: nothing here comes from server/providers.
 
 Test-only controls (beside the shared /_emulator/state and /_emulator/controls):
 - POST /_emulator/skynoo/answer {"code", "message", "http_status", "times"}: the next
@@ -19,6 +25,7 @@ from __future__ import annotations
 import base64
 import hmac
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -28,16 +35,48 @@ from typing import Any
 from aiohttp import web
 
 from server.emulators.common import STATE_KEY, EmulatorSettings, EmulatorState, Received, new_app
-from server.providers.skynoo_codes import (
-    E164,
-    MAX_STATUS_IDS,
-    OTP_CHECK_PATH,
-    OTP_SEND_PATH,
-    SEND_PATH,
-    STATUS_PATH,
-    content_problem,
-    render_template,
-)
+
+# Everything below is read from the seed (000), not shared with the transport: a
+# misreading on either side shows up as a disagreement in the tests.
+SEND_PATH = "/api/sms/v1/send"
+STATUS_PATH = "/api/sms/v1/getStatus"
+OTP_SEND_PATH = "/api/sms/v1/verification/send"
+OTP_CHECK_PATH = "/api/sms/v1/verification/check"
+BATCH_CREATE_PATH = "/api/sms/v1/batch/create"
+BATCH_STATUS_PATH = "/api/sms/v1/batch/status"
+BATCH_DETAIL_PATH = "/api/sms/v1/batch/detail"
+# "The total length of the SMS body must be controlled within 460 characters.
+# Special symbols such as 【】 and ★, ※, →, ●, etc., are not supported."
+MAX_TEXT_CHARS = 460
+UNSUPPORTED_SYMBOLS = "【】★※→●"
+# "Query up to 100 messages per request."
+MAX_STATUS_IDS = 100
+# batch/detail: "pageSize ... (default 20, max 100)".
+DETAIL_PAGE_SIZE = 20
+DETAIL_MAX_PAGE_SIZE = 100
+# Not in the seed: how many numbers one batch task takes here.
+MAX_BATCH_NUMBERS = 10_000
+# "Recipient mobile number (E.164 format with country code)": "+", then up to 15 digits.
+E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+# "Variables are represented by #variable_name# ... letters, numbers, and
+# underscores, with a length of less than 24 characters."
+VARIABLE = re.compile(r"#([A-Za-z0-9_]{1,23})#")
+
+
+def content_problem(text: str) -> str | None:
+    """Why this SMS body is refused, or None."""
+    if len(text) > MAX_TEXT_CHARS:
+        return f"SMS body exceeds {MAX_TEXT_CHARS} characters (got {len(text)})"
+    for symbol in UNSUPPORTED_SYMBOLS:
+        if symbol in text:
+            return f"SMS body contains the unsupported symbol {symbol}"
+    return None
+
+
+def render_template(text: str, values: dict[str, str]) -> str:
+    """Every #name# replaced by its value; KeyError(name) for a missing one."""
+    return VARIABLE.sub(lambda match: values[match.group(1)], text)
+
 
 OK = "Request successful"
 OTP_ATTEMPTS = 3
@@ -71,6 +110,15 @@ class OtpSession:
 
 
 @dataclass
+class BatchTask:
+    """One batch/create task: its records in the order of ``numbers``."""
+
+    task_id: int
+    created_at: float  # monotonic
+    records: list[Received]
+
+
+@dataclass
 class SkynooBook:
     """Skynoo-only emulator state: forced answers, OTP sessions and limits."""
 
@@ -82,6 +130,8 @@ class SkynooBook:
     clock_offset: float = 0.0
     # Every authorized API request: (path, JSON body), for wire-format checks.
     requests: list[tuple[str, Any]] = field(default_factory=list)
+    tasks: dict[int, BatchTask] = field(default_factory=dict)
+    next_task_id: int = 1001
 
     def now(self) -> float:
         return time.monotonic() + self.clock_offset
@@ -285,6 +335,129 @@ async def otp_check(state: EmulatorState, book: SkynooBook, body: dict[str, Any]
     return {"valid": False, "remainingAttempts": session.attempts_left}
 
 
+def task_of(book: SkynooBook, body: dict[str, Any]) -> BatchTask:
+    task_id = body.get("taskId")
+    if type(task_id) is not int:
+        raise Refused("400", "taskId must be a number")
+    task = book.tasks.get(task_id)
+    if task is None:
+        raise Refused("400", f"Task {task_id} does not exist")
+    return task
+
+
+def numbers_of(body: dict[str, Any]) -> list[str]:
+    numbers = body.get("numbers")
+    if not isinstance(numbers, list) or not numbers:
+        raise Refused("400", "numbers must be a non-empty array")
+    if len(numbers) > MAX_BATCH_NUMBERS:
+        raise Refused("400", f"At most {MAX_BATCH_NUMBERS} numbers per task")
+    for number in numbers:
+        if not isinstance(number, str) or not E164.fullmatch(number):
+            raise Refused("400", f"Invalid number {str(number)[:20]!r}: use E.164")
+    if len(set(numbers)) != len(numbers):
+        raise Refused("400", "numbers must not repeat")
+    return numbers
+
+
+async def batch_create(
+    state: EmulatorState, book: SkynooBook, body: dict[str, Any]
+) -> dict[str, Any]:
+    """All or nothing: a number whose text cannot be made refuses the whole task; a
+    number the operator blocks (the ``partial_rate`` control) is a REJECTED record."""
+    whole_number(body, "useType", 0, 1, 3)
+    content = body.get("content")
+    if not isinstance(content, str) or not content.strip():
+        raise Refused("400", "content must be a non-empty string")
+    numbers = numbers_of(body)
+    data = body.get("templateData", {})
+    if data is None:
+        data = {}
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise Refused("400", "templateData must map numbers to objects of variables")
+    unknown = set(data) - set(numbers)
+    if unknown:
+        raise Refused("400", f"templateData names {sorted(unknown)[0]}, which is not in numbers")
+    texts: list[str] = []
+    for number in numbers:
+        values: dict[str, str] = {}
+        for key, value in data.get(number, {}).items():
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise Refused("400", f"templateData.{number}.{key} must be a string or a number")
+            values[key] = str(value)
+        try:
+            text = render_template(content, values)
+        except KeyError as missing:
+            raise Refused(
+                "400", f"Missing template variable {missing.args[0]} for {number}"
+            ) from None
+        problem = content_problem(text)
+        if problem is not None:
+            raise Refused("400", f"{problem} (for {number})")
+        texts.append(text)
+    now = time.monotonic()
+    partial = state.settings.controls.partial_rate
+    records = []
+    for number, text in zip(numbers, texts, strict=True):
+        item = Received(f"{state.rng.getrandbits(128):032x}", number, text, accepted_at=now)
+        if partial and state.rng.random() < partial:
+            item.status = "rejected"
+        state.received.append(item)
+        book.by_id[item.provider_message_id] = item
+        records.append(item)
+    task = BatchTask(book.next_task_id, now, records)
+    book.tasks[task.task_id] = task
+    book.next_task_id += 1
+    return {"taskId": task.task_id, "status": "pending"}
+
+
+def task_status(state: EmulatorState, task: BatchTask, now: float) -> str:
+    """pending, executing, success (some record went out) or fail (none did)."""
+    delay = state.settings.controls.delivery_delay
+    if now - task.created_at < delay / 2:
+        return "pending"
+    for item in task.records:
+        state.settle(item, now)
+    if any(item.status == "sent" for item in task.records):
+        return "executing"
+    gone_out = any(item.status in ("delivered", "undelivered") for item in task.records)
+    return "success" if gone_out else "fail"
+
+
+async def batch_status(
+    state: EmulatorState, book: SkynooBook, body: dict[str, Any]
+) -> dict[str, Any]:
+    task = task_of(book, body)
+    return {"taskId": task.task_id, "status": task_status(state, task, time.monotonic())}
+
+
+async def batch_detail(
+    state: EmulatorState, book: SkynooBook, body: dict[str, Any]
+) -> dict[str, Any]:
+    task = task_of(book, body)
+    page_no = whole_number(body, "pageNo", 1, 1, 1_000_000)
+    page_size = whole_number(body, "pageSize", DETAIL_PAGE_SIZE, 1, DETAIL_MAX_PAGE_SIZE)
+    now = time.monotonic()
+    wall = time.time()
+    records = []
+    for item in task.records[(page_no - 1) * page_size : page_no * page_size]:
+        status, item.error_code = wire_status(state, item, now)
+        records.append(
+            {
+                "id": item.provider_message_id,
+                "toNumber": item.phone,
+                "status": status,
+                "errorCode": item.error_code,
+                "sendTime": int((wall - (now - item.accepted_at)) * 1000),
+            }
+        )
+    return {
+        "records": records,
+        "total": len(task.records),
+        "pageNo": page_no,
+        "pageSize": page_size,
+    }
+
+
 async def force_answer(request: web.Request) -> web.Response:
     body = await request.json()
     code = str(body["code"])
@@ -311,6 +484,9 @@ def build_app(settings: EmulatorSettings) -> web.Application:
     app.router.add_post(STATUS_PATH, api(get_status))
     app.router.add_post(OTP_SEND_PATH, api(otp_send))
     app.router.add_post(OTP_CHECK_PATH, api(otp_check))
+    app.router.add_post(BATCH_CREATE_PATH, api(batch_create))
+    app.router.add_post(BATCH_STATUS_PATH, api(batch_status))
+    app.router.add_post(BATCH_DETAIL_PATH, api(batch_detail))
     app.router.add_post("/_emulator/skynoo/answer", force_answer)
     app.router.add_post("/_emulator/skynoo/advance", advance_clock)
     return app

@@ -21,9 +21,11 @@ def build_transport(
     if spec.kind == "loopback":
         return LoopbackTransport(loopback, receipts, name=spec.name)
     if spec.kind == "skynoo":
-        from server.providers.skynoo import SkynooConfig, SkynooTransport
+        # Single sends, and batch tasks for the dispatcher's bulk groups (BulkTransport).
+        from server.providers.skynoo import SkynooConfig
+        from server.providers.skynoo_bulk import SkynooBulkTransport
 
-        return SkynooTransport(
+        return SkynooBulkTransport(
             SkynooConfig(api_key=c["api_key"], api_secret=c["api_secret"], **common)
         )
     if spec.kind == "sendcloud":

@@ -14,8 +14,11 @@ Decisions where the seed is silent:
   (REJECTED, "INVALID_NUMBER") without a call.
 - Templates: the provider's template text has named placeholders (``${code}``) but
   ``contents`` carries positional ``p1..pn``: the k-th distinct placeholder of the
-  template takes ``pk``. We fill p1..pn from ``message.data`` in insertion order,
-  which is our template's variable order.
+  template takes ``pk``. We fill p1..pn in our template's variable order (order of
+  appearance in its text, ``message.variables``), never in the order ``data``
+  holds its keys (a jsonb column does not keep it: issue 15). A message with more
+  than one value whose order is not known is not sent (VARIABLE_ORDER_UNKNOWN).
+  So the provider template must name its placeholders in the order ours does.
 - The query takes one ``sms_uid``: ``max_status_ids`` is 1. A 404 answer to a query
   means the provider does not know that uid: no receipt (status unknown).
 - Status "error" (or "error_*", which the seed mentions) answered to a send is a
@@ -78,9 +81,20 @@ def provider_number(e164: str) -> str | None:
     return digits[2:] if digits.startswith("86") else digits
 
 
-def contents_for(data: dict[str, str]) -> list[dict[str, str]]:
-    """Our variable values, in the template's order, as the positional p1..pn."""
-    return [{f"p{i}": value for i, value in enumerate(data.values(), start=1)}]
+def ordered_values(message: OutboundMessage) -> list[str] | None:
+    """The message's values in its template's variable order; None when that order
+    is not known and matters (more than one value)."""
+    data = message.data
+    if set(message.variables) == set(data):
+        return [data[name] for name in message.variables]
+    if len(data) <= 1:
+        return list(data.values())
+    return None
+
+
+def contents_for(values: Sequence[str]) -> list[dict[str, str]]:
+    """Values in the template's order as the positional p1..pn."""
+    return [{f"p{i}": value for i, value in enumerate(values, start=1)}]
 
 
 def is_error_status(status: str) -> bool:
@@ -157,7 +171,11 @@ class SendsmsTransport:
         return self._session
 
     def can_carry(self, message: OutboundMessage) -> bool:
-        return message.template_code is not None and message.template_code in self.config.templates
+        return (
+            message.template_code is not None
+            and message.template_code in self.config.templates
+            and ordered_values(message) is not None
+        )
 
     async def _post(self, path: str, payload: dict[str, Any]) -> tuple[int, Any]:
         answer = await call(
@@ -183,10 +201,14 @@ class SendsmsTransport:
             return SendOutcome(
                 accepted=False, error_code="INVALID_NUMBER", final_status=MessageStatus.REJECTED
             )
+        values = ordered_values(message)
+        if values is None:
+            # Guessing the order would put the wrong words in front of a person.
+            return SendOutcome(accepted=False, error_code="VARIABLE_ORDER_UNKNOWN")
         payload = {
             "phone_number": phone,
             "templet_id": templet_id,
-            "contents": contents_for(message.data),
+            "contents": contents_for(values),
         }
         try:
             status, body = await self._post(SEND_PATH, payload)

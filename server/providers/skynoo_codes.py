@@ -1,8 +1,8 @@
 """What the Skynoo SMS API documents (seed 000), free of I/O: limits, the template
 syntax, the envelope codes and the delivery statuses, with what each means to us.
 
-Shared by the transport (server/providers/skynoo.py) and the emulator
-(server/emulators/skynoo.py) so both read the same documented numbers.
+For the transports (server/providers/skynoo.py, skynoo_bulk.py). The emulator
+(server/emulators/skynoo.py) reads the seed on its own, so the two can disagree.
 """
 
 from __future__ import annotations
@@ -17,6 +17,11 @@ SEND_PATH = "/api/sms/v1/send"
 STATUS_PATH = "/api/sms/v1/getStatus"
 OTP_SEND_PATH = "/api/sms/v1/verification/send"
 OTP_CHECK_PATH = "/api/sms/v1/verification/check"
+BATCH_CREATE_PATH = "/api/sms/v1/batch/create"
+BATCH_STATUS_PATH = "/api/sms/v1/batch/status"
+BATCH_DETAIL_PATH = "/api/sms/v1/batch/detail"
+# batch/detail: "pageSize ... (default 20, max 100)".
+DETAIL_MAX_PAGE_SIZE = 100
 
 # "The total length of the SMS body must be controlled within 460 characters.
 # Special symbols such as 【】 and ★, ※, →, ● etc. are not supported."

@@ -13,6 +13,7 @@ from server.domain.codes import CodeKeys
 from server.domain.models import CODE_MARK, Channel, MessageStatus, OutboundMessage, UseType
 from server.store.events import lock_event_log
 from server.store.pool import Conn, unavailable_on_connection_errors
+from server.store.templates import TemplateLayout, TemplateLayouts
 
 # Verification codes and single sends first (by priority, then due time); the room
 # left goes to batch messages, shared evenly between the accounts that have some due,
@@ -252,6 +253,8 @@ class PgOutbox:
     ) -> None:
         self._pool = pool
         self._codes = codes
+        # Template texts and variable order, for the messages sent by template.
+        self._layouts = TemplateLayouts(pool)
         # Told of the status changes each transaction recorded, once it has committed.
         self._on_changes = on_changes or _ignore
 
@@ -262,9 +265,12 @@ class PgOutbox:
                 # was small (before a large batch landed) would read all of it.
                 await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
                 rows = await conn.fetch(_CLAIM, limit, lease_seconds)
-        return sorted((self._claimed(r) for r in rows), key=lambda c: c.priority)
+        layouts = await self._layouts.get_many(
+            {r["template_id"] for r in rows if r["template_id"] is not None}
+        )
+        return sorted((self._claimed(r, layouts) for r in rows), key=lambda c: c.priority)
 
-    def _claimed(self, r: asyncpg.Record) -> ClaimedMessage:
+    def _claimed(self, r: asyncpg.Record, layouts: dict[int, TemplateLayout]) -> ClaimedMessage:
         body: str = r["body"]
         data = dict(r["template_data"] or {})
         code: str | None = None
@@ -274,6 +280,7 @@ class PgOutbox:
         if code is not None:
             body = body.replace(CODE_MARK, code)
             data = {k: code if v == CODE_MARK else v for k, v in data.items()}
+        layout = layouts.get(r["template_id"]) if r["template_id"] is not None else None
         return ClaimedMessage(
             message=OutboundMessage(
                 id=r["id"],
@@ -287,6 +294,8 @@ class PgOutbox:
                 data=data,
                 channel=Channel(r["channel"]),
                 code=code,
+                variables=layout.variables if layout is not None else (),
+                template_content=layout.content if layout is not None else None,
             ),
             priority=r["priority"],
             created_at=r["created_at"],

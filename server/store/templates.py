@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -91,3 +92,38 @@ class PgTemplateStore:
                 account_id,
             )
         return result.endswith(" 1")
+
+
+@dataclass(frozen=True)
+class TemplateLayout:
+    """What the dispatcher needs of a template: its text and its variables in order
+    of appearance (the order positional providers fill p1..pn in)."""
+
+    content: str
+    variables: tuple[str, ...]
+
+
+class TemplateLayouts:
+    """Template layouts by id, read once: a template's content never changes after it
+    is created (there is no update, and a delete only hides it), so a layout read is
+    kept, up to ``capacity`` templates (then the cache starts over)."""
+
+    def __init__(self, pool: asyncpg.Pool, capacity: int = 10_000) -> None:
+        self._pool = pool
+        self._capacity = capacity
+        self._known: dict[int, TemplateLayout] = {}
+
+    async def get_many(self, template_ids: Collection[int]) -> dict[int, TemplateLayout]:
+        """The layouts of those ids that exist (deleted templates included)."""
+        missing = sorted({i for i in template_ids if i not in self._known})
+        if missing:
+            with unavailable_on_connection_errors():
+                rows = await self._pool.fetch(
+                    "SELECT id, content, variables FROM templates WHERE id = ANY($1::bigint[])",
+                    missing,
+                )
+            if len(self._known) + len(rows) > self._capacity:
+                self._known.clear()
+            for row in rows:
+                self._known[row["id"]] = TemplateLayout(row["content"], tuple(row["variables"]))
+        return {i: self._known[i] for i in template_ids if i in self._known}

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from server.domain.models import MessageStatus, Priority
+from server.domain.models import MessageStatus, Priority, UseType
 from server.store.accounts import PgAccountStore
 from server.store.messages import PgMessageStore
 from server.store.outbox import PgOutbox, Transition
+from server.store.templates import PgTemplateStore
 from tests.integration.builders import new_message
 
 
@@ -219,4 +220,28 @@ async def test_event_ids_follow_commit_order_under_concurrent_writers(
     total = await pool.fetchval("SELECT count(*) FROM message_events WHERE event_id > $1", start)
     assert len(seen) == total == 320
     assert len(set(seen)) == len(seen)
+    await _drain(pool)
+
+
+async def test_a_claimed_template_message_carries_its_variables_in_text_order(
+    pool: asyncpg.Pool,
+) -> None:
+    await _drain(pool)
+    account_id = await _account(pool)
+    content = "#zeta# then #a# then #mid#"
+    template = await PgTemplateStore(pool).create(
+        account_id, "ordered", content, UseType.NOTIFICATION, ["zeta", "a", "mid"]
+    )
+    message = replace(
+        new_message(account_id),
+        template_id=template.id,
+        template_code="ordered",
+        template_data={"zeta": "1", "a": "2", "mid": "3"},
+    )
+    await PgMessageStore(pool).insert(message)
+    [claimed] = await PgOutbox(pool).claim_due(10, 30)
+    # jsonb hands the keys back shortest first; the template's order survives apart.
+    assert list(claimed.message.data) != ["zeta", "a", "mid"]
+    assert claimed.message.variables == ("zeta", "a", "mid")
+    assert claimed.message.template_content == content
     await _drain(pool)

@@ -107,7 +107,10 @@ def message(
     to: str = "+8613800138000",
     code: str | None = "order_shipped",
     data: dict[str, str] | None = None,
+    variables: tuple[str, ...] | None = None,
 ) -> OutboundMessage:
+    """A claimed message; ``variables`` (the template's order) defaults to data's keys."""
+    data = {"name": "Tom", "order_no": "A-1"} if data is None else data
     return OutboundMessage(
         id=uuid.uuid4().hex,
         account_id=1,
@@ -117,7 +120,8 @@ def message(
         attempts=1,
         template_id=7 if code else None,
         template_code=code,
-        data={"name": "Tom", "order_no": "A-1"} if data is None else data,
+        data=data,
+        variables=tuple(data) if variables is None else variables,
     )
 
 
@@ -153,6 +157,34 @@ async def test_requests_are_the_documented_json(start: Start) -> None:
     # Positional values fill the template's placeholders in order, repeats included.
     [received] = provider.emulator.state.received
     assert received.content == "Hi Tom, your order A-1 has shipped. Order A-1 [Cookpad]"
+
+
+async def test_values_go_in_the_templates_order_not_the_order_data_holds_them(
+    start: Start,
+) -> None:
+    provider = await start()
+    # As a jsonb column gives them back: keys by length, not the template's order.
+    shuffled = {"order_no": "A-1", "name": "Tom"}
+    sent = await provider.transport.send(message(data=shuffled, variables=("name", "order_no")))
+    assert sent.accepted
+    assert provider.seen[0][1]["contents"] == [{"p1": "Tom", "p2": "A-1"}]
+    [received] = provider.emulator.state.received
+    assert received.content == "Hi Tom, your order A-1 has shipped. Order A-1 [Cookpad]"
+
+
+async def test_values_whose_order_is_unknown_are_never_guessed(start: Start) -> None:
+    provider = await start()
+    unordered = message(variables=())
+    assert not provider.transport.can_carry(unordered)
+    outcome = await provider.transport.send(unordered)
+    assert (outcome.accepted, outcome.retryable, outcome.error_code) == (
+        False,
+        False,
+        "VARIABLE_ORDER_UNKNOWN",
+    )
+    assert provider.seen == []
+    # One value has one order: p1.
+    assert provider.transport.can_carry(message(data={"name": "Tom"}, variables=()))
 
 
 async def test_the_seed_example_is_answered_as_documented(start: Start) -> None:
