@@ -46,7 +46,7 @@ from server.dispatch.worker import Dispatcher, can_carry
 from server.domain.auth import Authenticator
 from server.domain.batching import Batches
 from server.domain.codes import CodeKeys
-from server.domain.limits import AuthFailureThrottle, RateLimits
+from server.domain.limits import AuthFailureThrottle, RateLimits, StreamCaps
 from server.domain.messaging import Messaging
 from server.domain.models import Channel, OutboundMessage, UseType
 from server.domain.ports import ProviderError
@@ -234,7 +234,10 @@ class Gateway:
             failures=AuthFailureThrottle(s.limits.auth_failures_per_minute),
         )
         self._interceptor = GatewayInterceptor(
-            authenticator, RateLimits(s.limits), metrics=self.metrics
+            authenticator,
+            RateLimits(s.limits),
+            metrics=self.metrics,
+            streams=StreamCaps(s.max_streams_per_account, s.max_streams),
         )
         server = grpc.aio.server(
             # The tracing interceptor first, so that a call's span holds our checks.
@@ -248,7 +251,10 @@ class Gateway:
             ],
         )
         message_pb2_grpc.add_MessageServiceServicer_to_server(
-            MessageServicer(messaging, StatusWatcher(events, self._hub)), server
+            MessageServicer(
+                messaging, StatusWatcher(events, self._hub, max_replay=s.max_replay_events)
+            ),
+            server,
         )
         template_pb2_grpc.add_TemplateServiceServicer_to_server(
             TemplateServicer(TemplateCatalog(templates)), server
