@@ -229,7 +229,7 @@ class Gateway:
         )
         self._background.add(maintenance)
         maintenance.add_done_callback(self._background.discard)
-        authenticator = Authenticator(
+        self.authenticator = authenticator = Authenticator(
             PgAccountStore(pool),
             failures=AuthFailureThrottle(s.limits.auth_failures_per_minute),
         )
