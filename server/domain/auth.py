@@ -21,9 +21,11 @@ import functools
 import hashlib
 import hmac
 import ipaddress
+import os
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from server.domain.errors import PermissionDenied, Unauthenticated
@@ -32,6 +34,10 @@ from server.domain.messaging import Caller
 from server.domain.models import Credential
 from server.domain.ports import CredentialRepository
 from server.domain.secrets import hash_secret, verify_secret
+
+_HASHING = ThreadPoolExecutor(
+    max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="secret-hash"
+)
 
 
 @functools.cache
@@ -147,8 +153,11 @@ class Authenticator:
         raise Unauthenticated("the credential was revoked", reason="CREDENTIAL_REVOKED")
 
     async def _slow_check(self, secret: str, secret_hash: str) -> bool:
+        """The scrypt check, on threads of its own: a flood of guesses queues there
+        instead of taking the default executor the rest of the process uses."""
         self.slow_checks += 1
-        return await asyncio.to_thread(verify_secret, secret, secret_hash)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_HASHING, verify_secret, secret, secret_hash)
 
     async def _verified_credential(
         self, api_key: str, secret: str, peer_ip: str | None
