@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # smsgw: multi-stage build, runs as a non-root user, health via grpc.health.v1.
 #   docker build -t smsgw .
-#   docker run -p 50051:50051 -p 8080:8080 -e DATABASE_URL=postgresql://... smsgw
+#   docker run -p 50051:50051 -p 8080:8080 -e DATABASE_URL=postgresql://... \
+#     -e SMSGW_SECRET_KEY=... smsgw
+# With DATABASE_URL, SMSGW_SECRET_KEY is required (serve refuses to start without it).
 # Without DATABASE_URL the container starts its embedded PostgreSQL in /var/lib/smsgw
 # (mount a volume there to keep data).
 

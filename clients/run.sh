@@ -30,6 +30,11 @@ tmp="$(mktemp -d "${TMPDIR:-/tmp}/smsgw-clients.XXXXXX")"
 export SMSGW_DATA_DIR="$tmp/data"
 export SMSGW_GRPC_ADDR="127.0.0.1:$(free_port)"
 export SMSGW_HTTP_ADDR="127.0.0.1:$(free_port)"
+# serve refuses a DATABASE_URL without SMSGW_SECRET_KEY: a throwaway key for this run.
+if [ -n "${DATABASE_URL:-}" ] && [ -z "${SMSGW_SECRET_KEY:-}" ]; then
+  SMSGW_SECRET_KEY="$("$python" -c 'import secrets,base64;print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())')"
+  export SMSGW_SECRET_KEY
+fi
 
 server=""
 stop() {

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -130,6 +131,9 @@ def start_smsgw(
         "SMSGW_GRPC_ADDR": f"{HOST}:{grpc_port}",
         "SMSGW_HTTP_ADDR": f"{HOST}:{http_port}",
         "SMSGW_DATA_DIR": str(tmp / "smsgw"),
+        # serve refuses a DATABASE_URL without a key: a throwaway one for the run.
+        "SMSGW_SECRET_KEY": os.environ.get("SMSGW_SECRET_KEY")
+        or base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         **extra_env,
     }
     log = tmp / "smsgw.log"

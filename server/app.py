@@ -46,7 +46,7 @@ from server.dispatch.worker import Dispatcher, can_carry
 from server.domain.auth import Authenticator
 from server.domain.batching import Batches
 from server.domain.codes import CodeKeys
-from server.domain.limits import AuthFailureThrottle, RateLimits
+from server.domain.limits import AuthFailureThrottle, RateLimits, StreamCaps
 from server.domain.messaging import Messaging
 from server.domain.models import Channel, OutboundMessage, UseType
 from server.domain.ports import ProviderError
@@ -91,6 +91,12 @@ HEALTH_PROBE_SECONDS = 1.0
 HEALTH_PROBE_TIMEOUT = 2.0
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def _retrieve(task: asyncio.Task[object]) -> None:
+    """Marks a background task's exception as seen (it is reported otherwise)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class Database:
@@ -150,6 +156,10 @@ class Gateway:
         self._providers: ProviderSet | None = None
         self._poller: ReceiptPoller | None = None
         self._serving = False
+        # The database's last known state, kept by the health watchdog: /healthz
+        # answers from it at once rather than querying a database that may hang.
+        self._database_ok = False
+        self._probe: asyncio.Task[object] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._retired: list[ProviderSet] = []  # replaced by a reload, closing after grace
         self.metrics = GatewayMetrics()
@@ -229,12 +239,15 @@ class Gateway:
         )
         self._background.add(maintenance)
         maintenance.add_done_callback(self._background.discard)
-        authenticator = Authenticator(
+        self.authenticator = authenticator = Authenticator(
             PgAccountStore(pool),
             failures=AuthFailureThrottle(s.limits.auth_failures_per_minute),
         )
         self._interceptor = GatewayInterceptor(
-            authenticator, RateLimits(s.limits), metrics=self.metrics
+            authenticator,
+            RateLimits(s.limits),
+            metrics=self.metrics,
+            streams=StreamCaps(s.max_streams_per_account, s.max_streams),
         )
         server = grpc.aio.server(
             # The tracing interceptor first, so that a call's span holds our checks.
@@ -248,7 +261,10 @@ class Gateway:
             ],
         )
         message_pb2_grpc.add_MessageServiceServicer_to_server(
-            MessageServicer(messaging, StatusWatcher(events, self._hub)), server
+            MessageServicer(
+                messaging, StatusWatcher(events, self._hub, max_replay=s.max_replay_events)
+            ),
+            server,
         )
         template_pb2_grpc.add_TemplateServiceServicer_to_server(
             TemplateServicer(TemplateCatalog(templates)), server
@@ -283,6 +299,7 @@ class Gateway:
         for name in ("", *SERVING_SERVICES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
+        self._database_ok = True  # it has just answered the migrations and the start
         watchdog = asyncio.create_task(self._watch_database(), name="health-watchdog")
         self._background.add(watchdog)
         watchdog.add_done_callback(self._background.discard)
@@ -399,30 +416,36 @@ class Gateway:
                 log.warning("maintenance failed (%s); will retry", type(exc).__name__)
 
     async def _is_healthy(self) -> bool:
-        return self._serving and await self._database_answers()
+        """From the last known state (at most HEALTH_PROBE_SECONDS +
+        HEALTH_PROBE_TIMEOUT old): a probe of a hung database would hold the answer
+        for the probe's whole timeout."""
+        return self._serving and self._database_ok
 
     async def _database_answers(self) -> bool:
+        """Whether ``SELECT 1`` answers within HEALTH_PROBE_TIMEOUT. A probe that does
+        not is left running rather than cancelled (cancelling a query on a hung
+        connection waits for the driver's cancel request, which hangs as well), and
+        no second probe starts while it runs."""
         if self._pool is None:
             return False
-        try:
-            async with asyncio.timeout(HEALTH_PROBE_TIMEOUT):
-                await self._pool.fetchval("SELECT 1")
-        except Exception:
-            return False
-        return True
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._pool.fetchval("SELECT 1"), name="db-probe")
+            self._probe.add_done_callback(_retrieve)
+        probe = self._probe
+        done, _ = await asyncio.wait({probe}, timeout=HEALTH_PROBE_TIMEOUT)
+        return bool(done) and not probe.cancelled() and probe.exception() is None
 
     async def _watch_database(self) -> None:
         """Keeps grpc.health.v1 in step with the database: NOT_SERVING while it cannot
         be reached (every RPC would answer UNAVAILABLE; balancers and orchestrators
         route around this replica), SERVING again once it answers. Shutdown's
         NOT_SERVING is final (the health servicer ignores later changes)."""
-        serving = True
         while self._serving:
             await asyncio.sleep(HEALTH_PROBE_SECONDS)
             answers = await self._database_answers()
-            if answers == serving or not self._serving:
+            if answers == self._database_ok or not self._serving:
                 continue
-            serving = answers
+            self._database_ok = answers
             if answers:
                 log.info("the database answers again: health SERVING")
             else:
@@ -454,6 +477,8 @@ class Gateway:
         await asyncio.gather(*drains)
         if self._poller is not None:
             await self._poller.stop()
+        if self._probe is not None:
+            self._probe.cancel()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

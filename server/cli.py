@@ -15,7 +15,7 @@ from typing import Any
 
 from server.app import Database, Gateway, migrate
 from server.client_cli import add_client_commands, run_client
-from server.config import ConfigError, Settings
+from server.config import ConfigError, Settings, check_serve
 from server.domain.errors import InvalidArgument
 from server.domain.quiet_hours import QuietHours
 from server.emulators.common import FAULTS, EmulatorControls, EmulatorSettings, RunningEmulator
@@ -387,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
+        if args.command == "serve":
+            check_serve(settings)
     except ConfigError as exc:
         print(f"smsgw: {exc}", file=sys.stderr)
         return 2

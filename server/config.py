@@ -127,6 +127,11 @@ class Settings:
     tls: ServerTls | None = field(default=None, repr=False)
     # --- OpenTelemetry (SMSGW_TRACING: off, otlp, console; server/tracing.py).
     tracing: str = "off"
+    # --- Server streams: events one resume may replay, streams open per account and
+    # in this process (past them: FAILED_PRECONDITION / RESOURCE_EXHAUSTED).
+    max_replay_events: int = 10_000
+    max_streams_per_account: int = 100
+    max_streams: int = 2_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -224,6 +229,24 @@ class Settings:
             ),
             tls=tls,
             tracing=tracing,
+            max_replay_events=_int(merged, "SMSGW_MAX_REPLAY_EVENTS", 10_000, 1, 10_000_000),
+            max_streams_per_account=_int(
+                merged, "SMSGW_MAX_STREAMS_PER_ACCOUNT", 100, 1, 1_000_000
+            ),
+            max_streams=_int(merged, "SMSGW_MAX_STREAMS", 2_000, 1, 1_000_000),
+        )
+
+
+def check_serve(settings: Settings) -> None:
+    """Refuses to serve outside development without SMSGW_SECRET_KEY: with a
+    DATABASE_URL set, a generated key would live in that database, next to the code
+    hashes it keys, so a dump alone would recover the codes."""
+    if settings.database_url and settings.secret_key is None:
+        raise ConfigError(
+            "SMSGW_SECRET_KEY must be set when DATABASE_URL is: without it the OTP key "
+            "would be kept in the database itself (a dump would recover the codes). "
+            "Generate one: python3 -c 'import secrets,base64;"
+            "print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())'"
         )
 
 

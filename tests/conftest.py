@@ -22,6 +22,11 @@ from server.store.pool import create_pool
 
 _counter = itertools.count()
 
+# ``smsgw serve`` refuses a DATABASE_URL without SMSGW_SECRET_KEY; every server a test
+# starts as a subprocess (inheriting this environment) gets this test-only key.
+TEST_SECRET_KEY = base64.urlsafe_b64encode(b"smsgw-tests-only-secret-key-32-bytes!").decode()
+os.environ.setdefault("SMSGW_SECRET_KEY", TEST_SECRET_KEY)
+
 
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:

@@ -6,11 +6,20 @@ open. Domain errors become their mapped status (api/errors.py); a method not bui
 yet answers UNIMPLEMENTED; anything unexpected is logged once, with the request
 id, and answered INTERNAL without internals.
 
-On shutdown ``end_streams`` ends the open server streams (WatchMessageStatus,
-WatchBatch) with UNAVAILABLE: they may last forever, so waiting for them would hold
-every shutdown for the whole grace, and grpc's cancel at its end leaves the caller a
-status without the reason or RetryInfo. The caller resumes at once on another replica
-(``after_event_id`` makes that lossless).
+Requests arrive as bytes and are decoded here, before authentication: a body that
+is not the method's message answers INVALID_ARGUMENT (grpc's own decoding would
+answer UNKNOWN with the parser's internals and log a traceback per call).
+
+Server streams (WatchMessageStatus, WatchBatch) are capped per account and per
+process (``StreamCaps``), and their credentials are re-checked every
+``recheck_seconds`` by one task for all of them: a revoked credential's streams end
+with UNAUTHENTICATED (CREDENTIAL_REVOKED).
+
+On shutdown ``end_streams`` ends the open server streams with UNAVAILABLE: they may
+last forever, so waiting for them would hold every shutdown for the whole grace, and
+grpc's cancel at its end leaves the caller a status without the reason or RetryInfo.
+The caller resumes at once on another replica (``after_event_id`` makes that
+lossless).
 """
 
 from __future__ import annotations
@@ -27,12 +36,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from server.api.context import request_id_var, set_caller
 from server.api.errors import internal_status, status_code_for, to_status
 from server.domain.auth import Authenticator
-from server.domain.errors import DomainError, ResourceExhausted, Unavailable
-from server.domain.limits import RateLimits
+from server.domain.errors import (
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from server.domain.limits import RateLimits, StreamCaps
+from server.domain.messaging import Caller
 from server.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -47,11 +65,34 @@ SHUTTING_DOWN = (
 
 @dataclass(eq=False)
 class _OpenStream:
-    """A server stream being answered, for ``end_streams``."""
+    """A server stream being answered, for ``end_streams`` and the credential check."""
 
     task: asyncio.Task[Any]
+    authorization: str | None
     in_servicer: bool = False  # awaiting the servicer's next item, not a write
-    ended: bool = False  # cancelled by end_streams
+    ending: DomainError | None = None  # why the server ends it (shutdown, revocation)
+    cancelled: bool = False  # its task was cancelled for ``ending``
+
+
+Decoder = Callable[[bytes], Any]
+
+
+def _decoder(handler: grpc.RpcMethodHandler[Any, Any]) -> Decoder | None:
+    """The method's request parser, run by the wrapper instead of grpc."""
+    parse: Decoder | None = handler.request_deserializer
+    return parse
+
+
+def _decode(parse: Decoder | None, request: Any, method: str) -> Any:
+    if parse is None or not isinstance(request, bytes):
+        return request
+    try:
+        return parse(request)
+    except (DecodeError, ValueError, TypeError) as exc:
+        name = method.rsplit("/", 1)[-1]
+        raise InvalidArgument(
+            FieldViolation("request", f"the body is not a valid {name} request message")
+        ) from exc
 
 
 def peer_ip(peer: str | None) -> str | None:
@@ -97,9 +138,11 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         authenticator: Authenticator,
         limits: RateLimits | None = None,
         metrics: GatewayMetrics | None = None,
+        streams: StreamCaps | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._limits = limits
+        self._caps = streams
         self._metrics = metrics or GatewayMetrics()
         # One wrapped handler per method, built on first use (not on every call).
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
@@ -108,19 +151,51 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         self._id_counter = itertools.count(1)
         self._streams: set[_OpenStream] = set()
         self._closing = False
+        self._checker: asyncio.Task[None] | None = None
         self._metrics.count_streams(self._streams.__len__)
 
     def end_streams(self) -> None:
-        """Ends every open server stream with UNAVAILABLE, and refuses new ones.
-
-        A stream waiting in its servicer (for the next event) is cancelled there; one
-        writing to a slow client ends after that write. Cancelling a task inside
-        grpc's write would end the call without a status the caller can act on."""
+        """Ends every open server stream with UNAVAILABLE, and refuses new ones."""
         self._closing = True
+        if self._checker is not None:
+            self._checker.cancel()
         for stream in self._streams:
-            if stream.in_servicer and not stream.ended:
-                stream.ended = True
-                stream.task.cancel()
+            self._end(stream, Unavailable(SHUTTING_DOWN, reason="SHUTTING_DOWN"))
+
+    @staticmethod
+    def _end(stream: _OpenStream, why: DomainError) -> None:
+        """Ends one stream with ``why``. A stream waiting in its servicer (for the next
+        event) is cancelled there; one writing to a slow client ends after that write.
+        Cancelling a task inside grpc's write would end the call without a status the
+        caller can act on."""
+        if stream.ending is None:
+            stream.ending = why
+        if stream.in_servicer and not stream.cancelled:
+            stream.cancelled = True
+            stream.task.cancel()
+
+    def _watch_credentials(self) -> None:
+        if self._checker is None or self._checker.done():
+            self._checker = asyncio.create_task(self._check_credentials(), name="stream-auth")
+
+    async def _check_credentials(self) -> None:
+        """Re-checks the credentials of the open streams, each one once per round,
+        every ``recheck_seconds`` (the time a revocation takes on calls too)."""
+        while self._streams:
+            await asyncio.sleep(self._authenticator.recheck_seconds)
+            by_credential: dict[str | None, list[_OpenStream]] = {}
+            for stream in self._streams:
+                if stream.ending is None:
+                    by_credential.setdefault(stream.authorization, []).append(stream)
+            for authorization, streams in by_credential.items():
+                try:
+                    await self._authenticator.recheck(authorization)
+                except Unauthenticated as exc:
+                    for stream in streams:
+                        self._end(stream, exc)
+                except Exception as exc:  # the database is away: keep them open
+                    log.warning("stream credential check failed (%s)", type(exc).__name__)
+                    break
 
     def _new_request_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):010x}"
@@ -148,21 +223,21 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(
         self, handler: grpc.RpcMethodHandler[Any, Any], method: str
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        # Requests reach the wrappers as bytes (no request_deserializer): they decode.
+        parse = _decoder(handler)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(handler.unary_unary, method, parse),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(handler.unary_stream, method, parse),
                 response_serializer=_passing_bytes(handler.response_serializer),
             )
         return None
 
-    async def _begin(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> str:
+    async def _begin(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> Caller:
         metadata = context.invocation_metadata()
         request_id = _metadata_value(metadata, "x-request-id") or self._new_request_id()
         request_id_var.set(request_id[:64])
@@ -172,15 +247,18 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         set_caller(caller)
         if self._limits is not None:
             self._limits.admit(caller, method)
-        return request_id
+        return caller
 
-    def _wrap_unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def _wrap_unary(
+        self, behavior: Callable[..., Any], method: str, parse: Decoder | None
+    ) -> Callable[..., Any]:
         rpc = self._metrics.rpc(method)
 
-        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def unary(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             code = "OK"
             try:
+                request = _decode(parse, raw, method)
                 await self._begin(context, method)
                 return await behavior(request, context)
             except asyncio.CancelledError:
@@ -194,23 +272,35 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
 
         return unary
 
-    def _wrap_stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def _wrap_stream(
+        self, behavior: Callable[..., Any], method: str, parse: Decoder | None
+    ) -> Callable[..., Any]:
         rpc = self._metrics.rpc(method)
 
         async def stream(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            raw: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             task = asyncio.current_task()
             assert task is not None
-            this = _OpenStream(task)
+            authorization = _metadata_value(context.invocation_metadata(), "authorization")
+            this = _OpenStream(task, authorization)
+            counted: int | None = None  # the account whose stream cap counts this one
             started = time.perf_counter()
             code = "OK"
             try:
-                await self._begin(context, method)
+                request = _decode(parse, raw, method)
+                caller = await self._begin(context, method)
+                if self._caps is not None:
+                    self._caps.open(caller.account_id)
+                    counted = caller.account_id
+                if self._closing:
+                    this.ending = Unavailable(SHUTTING_DOWN, reason="SHUTTING_DOWN")
                 self._streams.add(this)
+                if not self._closing:
+                    self._watch_credentials()
                 items: AsyncGenerator[Any, None] = behavior(request, context)
                 async with contextlib.aclosing(items):
-                    while not self._closing:
+                    while this.ending is None:
                         this.in_servicer = True
                         try:
                             item = await anext(items)
@@ -219,24 +309,24 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                         finally:
                             this.in_servicer = False
                         yield item
-                raise Unavailable(SHUTTING_DOWN, reason="SHUTTING_DOWN")
+                raise this.ending
             except GeneratorExit:
                 code = "CANCELLED"  # closed by grpc: the caller went away
                 raise
             except asyncio.CancelledError:
-                if not this.ended:
+                if not this.cancelled or this.ending is None:
                     code = "CANCELLED"
                     raise  # the caller went away, or grpc cancels the call
                 task.uncancel()
-                code = "UNAVAILABLE"
-                await self._abort(
-                    Unavailable(SHUTTING_DOWN, reason="SHUTTING_DOWN"), context, method
-                )
+                code = self._code_of(this.ending, context)
+                await self._abort(this.ending, context, method)
             except Exception as exc:
                 code = self._code_of(exc, context)
                 await self._abort(exc, context, method)
             finally:
                 self._streams.discard(this)
+                if counted is not None and self._caps is not None:
+                    self._caps.close(counted)
                 rpc.done(code, time.perf_counter() - started)
 
         return stream

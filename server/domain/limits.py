@@ -41,7 +41,7 @@ class RateLimitSettings:
     account_send_per_second: float = 1_000.0
     account_query_per_second: float = 1_000.0  # seed 002: 1,000 queries a second
     burst_seconds: float = 1.0
-    auth_failures_per_minute: int = 10  # per source address, then refused a while
+    auth_failures_per_minute: int = 10  # per (api key, source address), then refused a while
 
 
 class Bucket(AsyncLimiter):
@@ -132,21 +132,27 @@ class RateLimits:
 
 
 class AuthFailureThrottle:
-    """Refuses authentication from a source address that failed too often: at most
-    ``per_minute`` failures a minute; then every call from it is refused (before any
-    secret is hashed) until the bucket drains."""
+    """Limits the slow secret checks per (api key, source address): at most
+    ``per_minute`` wrong secrets a minute, then that key from that address is refused
+    until the bucket drains. Other keys from the same address (clients behind one
+    NAT) and the same key from elsewhere are not affected.
+
+    A check is counted *before* the secret is hashed (``reserve``) and given back
+    when the secret was right (``forgive``), so calls sent all at once cannot get
+    more hashes than the limit."""
 
     def __init__(self, per_minute: int) -> None:
         self._per_minute = per_minute
-        self._failures: KeyedBuckets[str] = KeyedBuckets(60.0)
+        self._failures: KeyedBuckets[tuple[str, str | None]] = KeyedBuckets(60.0)
 
-    def check(self, source: str | None) -> None:
-        if self._per_minute <= 0 or source is None:
+    def reserve(self, api_key: str, source: str | None) -> None:
+        """Counts one check as failed in advance, or raises RESOURCE_EXHAUSTED."""
+        if self._per_minute <= 0:
             return
-        wait = self._failures.bucket(source, self._per_minute / 60.0).wait()
+        wait = self._failures.bucket((api_key, source), self._per_minute / 60.0).take()
         if wait:
             raise _refusal(
-                f"source:{source}",
+                f"api_key:{api_key}@{source or '-'}",
                 "failed authentications",
                 self._per_minute,
                 wait,
@@ -154,16 +160,61 @@ class AuthFailureThrottle:
                 per="minute",
             )
 
-    def failed(self, source: str | None) -> None:
-        if self._per_minute <= 0 or source is None:
+    def forgive(self, api_key: str, source: str | None) -> None:
+        """The reserved check succeeded: it does not count."""
+        if self._per_minute <= 0:
             return
-        self._failures.bucket(source, self._per_minute / 60.0).take()
+        self._failures.bucket((api_key, source), self._per_minute / 60.0).give_back()
+
+
+class StreamCaps:
+    """Server streams open at once, per account and in this process: past either
+    cap a new stream is refused (RESOURCE_EXHAUSTED), so one account's thousands of
+    streams cannot slow every other account's calls."""
+
+    RETRY_AFTER = 1.0  # streams end at their callers' will: a hint, not a promise
+
+    def __init__(self, per_account: int, total: int) -> None:
+        self.per_account = per_account
+        self.total = total
+        self._open: dict[int, int] = {}
+        self._count = 0
+
+    def open(self, account_id: int) -> None:
+        """Counts one more stream of ``account_id``, or raises RESOURCE_EXHAUSTED."""
+        mine = self._open.get(account_id, 0)
+        if mine >= self.per_account:
+            raise _refusal(
+                f"account:{account_id}",
+                "open streams",
+                self.per_account,
+                self.RETRY_AFTER,
+                "ACCOUNT_STREAMS",
+                per=None,
+            )
+        if self._count >= self.total:
+            raise _refusal(
+                "server", "open streams", self.total, self.RETRY_AFTER, "SERVER_STREAMS", per=None
+            )
+        self._open[account_id] = mine + 1
+        self._count += 1
+
+    def close(self, account_id: int) -> None:
+        mine = self._open.get(account_id, 0) - 1
+        if mine > 0:
+            self._open[account_id] = mine
+        else:
+            self._open.pop(account_id, None)
+        self._count -= 1
+
+    def open_for(self, account_id: int) -> int:
+        return self._open.get(account_id, 0)
 
 
 def _refusal(
-    subject: str, what: str, rate: float, wait: float, reason: str, *, per: str = "second"
+    subject: str, what: str, rate: float, wait: float, reason: str, *, per: str | None = "second"
 ) -> ResourceExhausted:
-    description = f"at most {rate:g} {what} a {per}"
+    description = f"at most {rate:g} {what}" + (f" a {per}" if per else " at once")
     return ResourceExhausted(
         f"rate limit reached: {description}; retry in {wait:.3f} s",
         retry_after=wait,

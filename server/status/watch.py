@@ -1,5 +1,10 @@
 """WatchMessageStatus: snapshot or replay from message_events, then live events.
 
+``after_event_id`` 0 means no replay (the proto's contract): with ids the stream
+sends each message's current state, without ids it starts at the newest event. A
+resume (``after_event_id`` > 0) replays at most ``max_replay`` events; past that it
+is refused with FAILED_PRECONDITION (REPLAY_TOO_LONG) before anything is sent.
+
 The subscription is opened before the first read, so an event committed while the
 snapshot or replay is read is either in that read or in the live queue; ids below
 the stream's cursor are skipped, so nothing is sent twice or missed.
@@ -9,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from server.domain.errors import FieldViolation, InvalidArgument, NotFound
+from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from server.domain.fields import check_ids
 from server.domain.models import StatusEvent
 from server.status.hub import StatusHub, Subscription
@@ -17,12 +22,16 @@ from server.store.events import PgEventLog
 
 MAX_WATCH_IDS = 100
 REPLAY_PAGE = 500
+MAX_REPLAY_EVENTS = 10_000
 
 
 class StatusWatcher:
-    def __init__(self, events: PgEventLog, hub: StatusHub) -> None:
+    def __init__(
+        self, events: PgEventLog, hub: StatusHub, *, max_replay: int = MAX_REPLAY_EVENTS
+    ) -> None:
         self._events = events
         self._hub = hub
+        self._max_replay = max_replay
 
     async def watch(
         self, account_id: int, ids: Sequence[str], after_event_id: int
@@ -62,6 +71,12 @@ class StatusWatcher:
             open_ids = {i for i, e in found.items() if not e.status.is_final or e.event_id > cursor}
             if not open_ids:
                 return
+        elif after_event_id == 0:
+            # No replay: start at the newest event (the subscription is already open,
+            # so what is committed from here on is sent).
+            cursor = await self._events.last_event_id()
+        if after_event_id > 0:
+            await self._check_replay(account_id, watched, cursor)
         wanted = set(watched)
         # First what the table holds after the cursor, then live events; after an
         # overflow of the live buffer, the table again from the cursor.
@@ -81,6 +96,18 @@ class StatusWatcher:
             live = await sub.next_event()
             source = (
                 _single(live) if live is not None else self._replay(account_id, watched, cursor)
+            )
+
+    async def _check_replay(self, account_id: int, watched: list[str], cursor: int) -> None:
+        count = await self._events.count_after(
+            account_id, cursor, watched or None, self._max_replay + 1
+        )
+        if count > self._max_replay:
+            raise FailedPrecondition(
+                f"more than {self._max_replay} events to replay after event {cursor}: "
+                "resume from a later event_id, or with after_event_id 0 (no replay) "
+                "after reading the current state",
+                reason="REPLAY_TOO_LONG",
             )
 
     async def _replay(

@@ -98,6 +98,24 @@ class PgEventLog:
                 )
         return [_event(r) for r in rows]
 
+    async def count_after(
+        self, account_id: int, after_event_id: int, ids: Sequence[str] | None, limit: int
+    ) -> int:
+        """How many events ``events_after`` would return, counting at most ``limit``."""
+        where = "account_id = $1 AND event_id > $2"
+        args: list[object] = [account_id, after_event_id]
+        if ids:
+            where += " AND message_id = ANY($3::text[])"
+            args.append(list(ids))
+        with unavailable_on_connection_errors():
+            value = await self._pool.fetchval(
+                f"SELECT count(*) FROM (SELECT 1 FROM message_events WHERE {where} "
+                f"LIMIT ${len(args) + 1}) AS counted",
+                *args,
+                limit,
+            )
+        return int(value)
+
     async def latest_per_message(self, account_id: int, ids: Sequence[str]) -> list[StatusEvent]:
         """Each message's newest event: its current state with the event id that set it."""
         with unavailable_on_connection_errors():

@@ -17,7 +17,7 @@ from sms.v1 import common_pb2, message_pb2, message_pb2_grpc
 
 from server.tls import ServerTls
 from tests.certs import LOCAL_NAMES, Authority, Pem, self_signed
-from tests.conftest import DatabaseFactory
+from tests.conftest import TEST_SECRET_KEY, DatabaseFactory
 from tests.e2e.conftest import Client, GatewayFactory, Running
 from tests.e2e.test_cli_and_buf_curl import BUF, ROOT, SMSGW, _free_port, _wait_for_port
 
@@ -150,6 +150,7 @@ async def mtls_serve_env(
 ) -> dict[str, str]:
     return _clean_env(
         DATABASE_URL=await databases.new(migrate=False),
+        SMSGW_SECRET_KEY=TEST_SECRET_KEY,
         SMSGW_DATA_DIR=str(tmp_path_factory.mktemp("data")),
         SMSGW_GRPC_ADDR=f"127.0.0.1:{_free_port()}",
         SMSGW_HTTP_ADDR=f"127.0.0.1:{_free_port()}",

@@ -68,13 +68,24 @@ async def test_zero_turns_a_limit_off() -> None:
     assert all(refusal(limits, caller(), SEND) is None for _ in range(10_000))
 
 
-async def test_failed_authentications_close_a_source_for_a_while() -> None:
+async def test_failed_authentications_close_a_key_from_a_source_for_a_while() -> None:
     throttle = AuthFailureThrottle(2)
     for _ in range(2):
-        throttle.check("10.0.0.1")
-        throttle.failed("10.0.0.1")
+        throttle.reserve("app_a", "10.0.0.1")  # counted before the (slow) check
     with pytest.raises(ResourceExhausted) as caught:
-        throttle.check("10.0.0.1")
+        throttle.reserve("app_a", "10.0.0.1")
     assert caught.value.reason == "TOO_MANY_AUTH_FAILURES"
     assert 0 < caught.value.retry_after <= 30
-    throttle.check("10.0.0.2")  # other sources are not affected
+    throttle.reserve("app_a", "10.0.0.2")  # the same key from elsewhere is not affected
+    throttle.reserve("app_b", "10.0.0.1")  # nor another key from the same address
+
+
+async def test_a_right_secret_gives_its_reservation_back() -> None:
+    throttle = AuthFailureThrottle(2)
+    for _ in range(10):
+        throttle.reserve("app_a", "10.0.0.1")
+        throttle.forgive("app_a", "10.0.0.1")
+    throttle.reserve("app_a", "10.0.0.1")
+    throttle.reserve("app_a", "10.0.0.1")
+    with pytest.raises(ResourceExhausted):
+        throttle.reserve("app_a", "10.0.0.1")
