@@ -169,20 +169,14 @@ class Dispatcher:
 
     async def _dispatch(self, claimed: Sequence[ClaimedMessage], lease_ends: float) -> None:
         providers = self.providers
-        if not self._bulk:
-            outcomes = await asyncio.gather(
-                *(self._send(c, providers, lease_ends) for c in claimed)
-            )
-            await self._record(outcomes, lease_ends)
-            return
         # Codes and single sends go alone, at once; batch messages are routed first,
         # then grouped into provider requests (bulk APIs) by plan_requests.
-        alone = [c for c in claimed if c.priority != Priority.BATCH]
+        alone = [c for c in claimed if not self._shares(c)]
         now = datetime.now(UTC)
         settled: list[Transition] = []
         routed: list[Routed] = []
         for c in claimed:
-            if c.priority != Priority.BATCH:
+            if not self._shares(c):
                 continue
             route = self._route(c, providers, now, shareable=True)
             if isinstance(route, Transition):
@@ -199,6 +193,10 @@ class Dispatcher:
             ),
         )
         await self._record([*singles, *settled, *itertools.chain(*groups)], lease_ends)
+
+    def _shares(self, claimed: ClaimedMessage) -> bool:
+        """Whether the message may share a provider request with others."""
+        return self._bulk and claimed.priority == Priority.BATCH
 
     async def _record(self, outcomes: Sequence[Transition], lease_ends: float) -> None:
         """Records the outcomes; while the database cannot be reached, tries again until
@@ -335,7 +333,12 @@ class Dispatcher:
         same retryable outcome for each."""
         name = request.provider
         messages = [r.message for r in request.items]
-        outcomes: list[SendOutcome]
+
+        def failed(error_code: str) -> list[SendOutcome]:
+            return [SendOutcome(accepted=False, retryable=True, error_code=error_code)] * len(
+                messages
+            )
+
         try:
             started = time.perf_counter()
             try:
@@ -348,7 +351,7 @@ class Dispatcher:
             finally:
                 self._metrics.provider_duration.labels(name).observe(time.perf_counter() - started)
         except TimeoutError:
-            outcomes = [SendOutcome(accepted=False, retryable=True, error_code="PROVIDER_TIMEOUT")]
+            return failed("PROVIDER_TIMEOUT")
         except Exception as exc:
             log.warning(
                 "transport %s raised %s",
@@ -356,19 +359,16 @@ class Dispatcher:
                 type(exc).__name__,
                 extra={"message_id": messages[0].id},
             )
-            outcomes = [SendOutcome(accepted=False, retryable=True, error_code="PROVIDER_ERROR")]
+            return failed("PROVIDER_ERROR")
         if len(outcomes) != len(messages):
-            if len(outcomes) != 1 or outcomes[0].accepted:
-                log.warning(
-                    "transport %s answered %d outcomes for %d messages",
-                    name,
-                    len(outcomes),
-                    len(messages),
-                )
-                outcomes = [
-                    SendOutcome(accepted=False, retryable=True, error_code="PROVIDER_ERROR")
-                ]
-            outcomes = outcomes * len(messages)
+            log.warning(
+                "transport %s answered %d outcomes for %d messages",
+                name,
+                len(outcomes),
+                len(messages),
+                extra={"message_id": messages[0].id},
+            )
+            return failed("PROVIDER_ERROR")
         return outcomes
 
     def _transition(self, routed: Routed, outcome: SendOutcome, now: datetime) -> Transition:
