@@ -16,7 +16,9 @@ per-number variables against a raw COPY of the same rows; P3 the outbox backlog
 during P1's run (dispatch to the loopback provider keeps up when it does not grow);
 P4 1,000 WatchMessageStatus streams at 20,000 events/s, next to what a bare grpc.aio
 server does with the same streams and rate (bench_grpc_streams.py; not judged); P5
-SendVerification + CheckVerification pairs against the echo server. Under P1 and P5,
+SendVerification + CheckVerification pairs against the echo server; B1 (not judged)
+a 100,000-number batch through the loopback provider's bulk API against one request
+per number, with and without a provider rate (bench_bulk.py). Under P1 and P5,
 the machine's CPU per call against echo's is the most the ratio can be when both runs
 keep every core busy. Exits 0 when every benchmark ran
 without errors (a quick run judges nothing); with a full run, 2 when a target failed.
@@ -207,6 +209,41 @@ def p4_ceiling(figures: dict[str, Any]) -> list[Row]:
     ]
 
 
+def b1(figures: dict[str, Any]) -> list[Row]:
+    """A batch through the loopback provider's bulk API against one request per number
+    (issue 15), with the provider's request rate limited: not judged (no target)."""
+    runs = {(r["mode"], r["rate"] is not None): r for r in figures["runs"]}
+    rows = []
+    for limited in (False, True):
+        bulk, single = runs[("bulk", limited)], runs[("single", limited)]
+        rate = f"{bulk['rate']:g} req/s" if limited else "no rate limit"
+        rows.append(
+            Row(
+                "B1",
+                f"{figures['numbers']:,}-number batch, {rate}, s",
+                f"{bulk['batch_seconds']:.1f}",
+                f"single {single['batch_seconds']:.1f}"
+                + (" (proj.)" if single["projected"] else ""),
+                single["batch_seconds"] / max(bulk["batch_seconds"], 1e-9),
+                "-",
+                None,
+            )
+        )
+    bulk = runs[("bulk", True)]
+    rows.append(
+        Row(
+            "B1",
+            "provider requests for that batch",
+            f"{bulk['requests']:,}",
+            f"single {figures['numbers']:,}",
+            figures["numbers"] / max(bulk["requests"], 1),
+            "-",
+            None,
+        )
+    )
+    return rows
+
+
 STREAM_EVENTS = 20_000.0
 # (target, script, arguments, rows from its figures), run in this order
 BENCHMARKS: list[tuple[str, str, list[str], Callable[[dict[str, Any]], list[Row]]]] = [
@@ -225,6 +262,7 @@ BENCHMARKS: list[tuple[str, str, list[str], Callable[[dict[str, Any]], list[Row]
         p4_ceiling,
     ),
     ("P5", "bench_send.py", ["--rpc", "verify", "--count", "10000", "--seconds", "20"], p5),
+    ("B1", "bench_bulk.py", [], b1),
 ]
 
 
@@ -247,7 +285,7 @@ def print_table(rows: list[Row], quick: bool) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny runs (CI)")
-    parser.add_argument("--only", default="P1,P2,P3,P4,P5", help="targets, comma-separated")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5,B1", help="targets, comma-separated")
     parser.add_argument("--json", action="store_true", help="also print the raw figures")
     args = parser.parse_args()
     wanted = {t.strip().upper() for t in args.only.split(",") if t.strip()}

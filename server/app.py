@@ -197,6 +197,7 @@ class Gateway:
             self._providers,
             workers=s.dispatch_workers,
             claim_size=s.dispatch_claim_size,
+            bulk=s.dispatch_bulk,
             lease_seconds=s.lease_seconds,
             retry=RetryPolicy(max_attempts=s.max_attempts, base_delay=s.retry_base_seconds),
             retries_per_provider=s.retries_per_provider,

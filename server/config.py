@@ -44,11 +44,20 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return int(_float(env, name, default, low, high))
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = (env.get(name) or "false").lower()
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    raw = (env.get(name) or str(default)).lower()
     if raw not in ("1", "true", "yes", "0", "false", "no"):
         raise ConfigError(f"{name} must be true or false, got {raw!r}")
     return raw in ("1", "true", "yes")
+
+
+def _prefixes(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of E.164 numbers or prefixes of them ("+86138,+15550100")."""
+    entries = tuple(e.strip() for e in (env.get(name) or "").split(",") if e.strip())
+    for entry in entries:
+        if not entry.startswith("+") or not entry[1:].isdigit():
+            raise ConfigError(f"{name} must list E.164 numbers or prefixes, got {entry!r}")
+    return entries
 
 
 def _secret_key(env: Mapping[str, str]) -> bytes | None:
@@ -79,6 +88,9 @@ TOML_TABLES: dict[str, dict[str, str]] = {
         "delivery_delay_ms": "SMSGW_LOOPBACK_DELAY_MS",
         "failure_rate": "SMSGW_LOOPBACK_FAILURE_RATE",
         "outcome": "SMSGW_LOOPBACK_OUTCOME",
+        "max_bulk": "SMSGW_LOOPBACK_MAX_BULK",
+        "latency_ms": "SMSGW_LOOPBACK_LATENCY_MS",
+        "refused": "SMSGW_LOOPBACK_REFUSED",
     },
     "limits": {
         "global_send_per_second": "SMSGW_GLOBAL_SEND_RATE",
@@ -103,6 +115,8 @@ class Settings:
     pool_size: int = 10
     dispatch_workers: int = 2
     dispatch_claim_size: int = 100
+    # Batch messages go through providers' bulk APIs where they have one (issue 15).
+    dispatch_bulk: bool = True
     lease_seconds: float = 30.0
     max_attempts: int = 5
     retry_base_seconds: float = 1.0
@@ -179,6 +193,7 @@ class Settings:
             pool_size=_int(merged, "SMSGW_POOL_SIZE", 10, 2, 200),
             dispatch_workers=_int(merged, "SMSGW_DISPATCH_WORKERS", 2, 0, 64),
             dispatch_claim_size=_int(merged, "SMSGW_DISPATCH_CLAIM_SIZE", 100, 1, 5000),
+            dispatch_bulk=_flag(merged, "SMSGW_DISPATCH_BULK", default=True),
             lease_seconds=_float(merged, "SMSGW_LEASE_SECONDS", 30.0, 1.0, 3600.0),
             max_attempts=_int(merged, "SMSGW_MAX_ATTEMPTS", 5, 1, 100),
             retry_base_seconds=_float(merged, "SMSGW_RETRY_BASE_SECONDS", 1.0, 0.0, 600.0),
@@ -226,6 +241,9 @@ class Settings:
                 delivery_delay=_float(merged, "SMSGW_LOOPBACK_DELAY_MS", 1000, 0, 3_600_000) / 1000,
                 failure_rate=_float(merged, "SMSGW_LOOPBACK_FAILURE_RATE", 0.0, 0.0, 1.0),
                 outcome=OUTCOMES.get(outcome_name, MessageStatus.DELIVERED),
+                max_bulk=_int(merged, "SMSGW_LOOPBACK_MAX_BULK", 1000, 1, 100_000),
+                latency=_float(merged, "SMSGW_LOOPBACK_LATENCY_MS", 0, 0, 600_000) / 1000,
+                refused=_prefixes(merged, "SMSGW_LOOPBACK_REFUSED"),
             ),
             tls=tls,
             tracing=tracing,

@@ -107,7 +107,7 @@ class GatewayMetrics:
         )
         self.provider_duration = Histogram(
             "smsgw_provider_request_duration_seconds",
-            "Time a provider took to answer a send, by provider.",
+            "Time a provider took to answer a request (a bulk request counts once), by provider.",
             ("provider",),
             buckets=PROVIDER_BUCKETS,
             registry=registry,

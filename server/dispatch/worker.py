@@ -9,12 +9,19 @@ Per message: the route gives the providers in failover order (those that cannot
 carry it are skipped); each provider gets ``retries_per_provider`` attempts in turn,
 a provider whose breaker is open is passed over, and a message older than
 ``message_ttl`` becomes FAILED with EXPIRED.
+
+Batch messages routed to a provider with a bulk API share requests (``bulk``,
+dispatch/bulk.py plans them): a request takes one rate token and gives its breaker
+one outcome, and each number's answer becomes its own message's transition, so a
+number refused or failed alone is refused or retried alone. Codes and single sends
+always go alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import time
@@ -24,11 +31,12 @@ from datetime import UTC, datetime, timedelta
 from aiolimiter import AsyncLimiter
 
 from server.aio import wait_event
+from server.dispatch.bulk import Request, Routed, bulk_api, plan_requests
 from server.dispatch.providers import ProviderSet
 from server.dispatch.retry import RetryPolicy
 from server.dispatch.routing import failover_order
 from server.domain.errors import Unavailable
-from server.domain.models import Channel, MessageStatus, OutboundMessage
+from server.domain.models import Channel, MessageStatus, OutboundMessage, Priority
 from server.domain.ports import SendOutcome, Transport, VoiceTransport
 from server.metrics import GatewayMetrics
 from server.store.outbox import ClaimedMessage, PgOutbox, Transition
@@ -59,6 +67,12 @@ async def send_with(transport: Transport, message: OutboundMessage) -> SendOutco
     return await transport.send(message)
 
 
+async def send_bulk(transport: Transport, messages: Sequence[OutboundMessage]) -> list[SendOutcome]:
+    api = bulk_api(transport)
+    assert api is not None, "planned a bulk request for a transport without a bulk API"
+    return await api.send_bulk(messages)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -75,6 +89,7 @@ class Dispatcher:
         message_ttl: float = 86_400.0,
         metrics: GatewayMetrics | None = None,
         tracing: Tracing | None = None,
+        bulk: bool = True,
     ) -> None:
         self._outbox = outbox
         self._metrics = metrics or GatewayMetrics()
@@ -88,6 +103,8 @@ class Dispatcher:
         self._idle_poll = idle_poll
         self._retry = retry or RetryPolicy()
         self._per_provider = retries_per_provider
+        # Batch messages share requests to providers with a bulk API (dispatch/bulk.py).
+        self._bulk = bulk
         self._ttl = timedelta(seconds=message_ttl)
         self._wake = asyncio.Event()
         self._stopping = False
@@ -152,8 +169,34 @@ class Dispatcher:
 
     async def _dispatch(self, claimed: Sequence[ClaimedMessage], lease_ends: float) -> None:
         providers = self.providers
-        outcomes = await asyncio.gather(*(self._send(c, providers, lease_ends) for c in claimed))
-        await self._record(outcomes, lease_ends)
+        # Codes and single sends go alone, at once; batch messages are routed first,
+        # then grouped into provider requests (bulk APIs) by plan_requests.
+        alone = [c for c in claimed if not self._shares(c)]
+        now = datetime.now(UTC)
+        settled: list[Transition] = []
+        routed: list[Routed] = []
+        for c in claimed:
+            if not self._shares(c):
+                continue
+            route = self._route(c, providers, now, shareable=True)
+            if isinstance(route, Transition):
+                settled.append(route)
+            else:
+                routed.append(route)
+        singles, groups = await asyncio.gather(
+            asyncio.gather(*(self._send(c, providers, lease_ends) for c in alone)),
+            asyncio.gather(
+                *(
+                    self._send_request(r, providers, lease_ends)
+                    for r in plan_requests(routed, providers.transports)
+                )
+            ),
+        )
+        await self._record([*singles, *settled, *itertools.chain(*groups)], lease_ends)
+
+    def _shares(self, claimed: ClaimedMessage) -> bool:
+        """Whether the message may share a provider request with others."""
+        return self._bulk and claimed.priority == Priority.BATCH
 
     async def _record(self, outcomes: Sequence[Transition], lease_ends: float) -> None:
         """Records the outcomes; while the database cannot be reached, tries again until
@@ -175,8 +218,25 @@ class Dispatcher:
     async def _send(
         self, claimed: ClaimedMessage, providers: ProviderSet, lease_ends: float
     ) -> Transition:
+        """Sends one message alone: routed, then one request to the chosen provider."""
+        route = self._route(claimed, providers, datetime.now(UTC))
+        if isinstance(route, Transition):
+            return route
+        [transition] = await self._send_request(
+            Request(route.provider, (route,)), providers, lease_ends
+        )
+        return transition
+
+    def _route(
+        self,
+        claimed: ClaimedMessage,
+        providers: ProviderSet,
+        now: datetime,
+        *,
+        shareable: bool = False,
+    ) -> Routed | Transition:
+        """The provider for this attempt, or the message's outcome when none is asked."""
         message = claimed.message
-        now = datetime.now(UTC)
         if now - claimed.created_at > self._ttl:
             return Transition(message.id, MessageStatus.FAILED, error_code="EXPIRED")
         if claimed.code_unavailable:
@@ -202,12 +262,55 @@ class Dispatcher:
                 not_before=now + timedelta(seconds=wait + random.uniform(0, 0.1)),
                 attempted=False,
             )
+        return Routed(message, name, tuple(candidates), shareable)
+
+    async def _send_request(
+        self, request: Request, providers: ProviderSet, lease_ends: float
+    ) -> list[Transition]:
+        """One provider request (a message alone, or a bulk group): one rate token,
+        one breaker outcome; each message's own outcome becomes its transition."""
+        name = request.provider
         transport = providers.transports[name]
         breaker = providers.breakers[name]
-        # A send must end while the lease holds: after it, another worker may claim
-        # the message and send it again. The wait for the provider's rate counts too;
-        # a message whose lease runs short first is given back untried, to be claimed
-        # anew.
+        now = datetime.now(UTC)
+        budget = await self._take_turn(name, providers, lease_ends)
+        if budget is None:
+            breaker.abandon()
+            log.info(
+                "lease ran short before sending to %s; %d message(s) given back",
+                name,
+                len(request.items),
+                extra={"message_id": request.items[0].message.id},
+            )
+            return [
+                Transition(
+                    r.message.id,
+                    MessageStatus.QUEUED,
+                    error_code="LEASE_RAN_SHORT",
+                    not_before=datetime.now(UTC),
+                    attempted=False,
+                )
+                for r in request.items
+            ]
+        outcomes = await self._call(transport, request, budget)
+        if any(o.accepted or not o.retryable for o in outcomes):
+            breaker.record_success()  # the provider answered (refusals included)
+        else:
+            breaker.record_failure()
+        return [
+            self._transition(r, outcome, now)
+            for r, outcome in zip(request.items, outcomes, strict=True)
+        ]
+
+    async def _take_turn(
+        self, name: str, providers: ProviderSet, lease_ends: float
+    ) -> float | None:
+        """Waits for the provider's rate token; the seconds left to send in, or None.
+
+        A send must end while the lease holds: after it, another worker may claim
+        the messages and send them again. The wait for the provider's rate counts
+        too; messages whose lease runs short first are given back untried, to be
+        claimed anew."""
         loop = asyncio.get_running_loop()
         budget = lease_ends - self._lease_margin - loop.time()
         limiter = providers.limiters[name]
@@ -217,42 +320,63 @@ class Dispatcher:
             async with asyncio.timeout(budget):
                 if isinstance(limiter, AsyncLimiter):  # else the provider has no rate
                     await limiter.acquire()
-            budget = lease_ends - self._lease_margin - loop.time()
-            if budget <= 0:
-                raise TimeoutError
         except TimeoutError:
-            breaker.abandon()
-            log.info(
-                "lease ran short before sending to %s; message given back",
-                name,
-                extra={"message_id": message.id},
+            return None
+        budget = lease_ends - self._lease_margin - loop.time()
+        return budget if budget > 0 else None
+
+    async def _call(
+        self, transport: Transport, request: Request, budget: float
+    ) -> list[SendOutcome]:
+        """The provider's answer for each message of the request; a request that
+        failed as a whole (timeout, error, a wrong number of answers) answers the
+        same retryable outcome for each."""
+        name = request.provider
+        messages = [r.message for r in request.items]
+
+        def failed(error_code: str) -> list[SendOutcome]:
+            return [SendOutcome(accepted=False, retryable=True, error_code=error_code)] * len(
+                messages
             )
-            return Transition(
-                message.id,
-                MessageStatus.QUEUED,
-                error_code="LEASE_RAN_SHORT",
-                not_before=datetime.now(UTC),
-                attempted=False,
-            )
+
         try:
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(min(self._send_timeout, budget)):
-                    with dispatch_span(self._tracing, message.id, name):
-                        outcome = await send_with(transport, message)
+                    with dispatch_span(self._tracing, messages[0].id, name):
+                        if request.bulk:
+                            outcomes = await send_bulk(transport, messages)
+                        else:
+                            outcomes = [await send_with(transport, messages[0])]
             finally:
                 self._metrics.provider_duration.labels(name).observe(time.perf_counter() - started)
         except TimeoutError:
-            outcome = SendOutcome(accepted=False, retryable=True, error_code="PROVIDER_TIMEOUT")
+            return failed("PROVIDER_TIMEOUT")
         except Exception as exc:
             log.warning(
-                "transport %s raised %s", name, type(exc).__name__, extra={"message_id": message.id}
+                "transport %s raised %s",
+                name,
+                type(exc).__name__,
+                extra={"message_id": messages[0].id},
             )
-            outcome = SendOutcome(accepted=False, retryable=True, error_code="PROVIDER_ERROR")
+            return failed("PROVIDER_ERROR")
+        if len(outcomes) != len(messages):
+            log.warning(
+                "transport %s answered %d outcomes for %d messages",
+                name,
+                len(outcomes),
+                len(messages),
+                extra={"message_id": messages[0].id},
+            )
+            return failed("PROVIDER_ERROR")
+        return outcomes
+
+    def _transition(self, routed: Routed, outcome: SendOutcome, now: datetime) -> Transition:
+        """A message's transition from its provider's outcome (sent, refused, retried)."""
+        message, name = routed.message, routed.provider
         if not outcome.accepted:
             self._metrics.provider_errors.labels(name, outcome.error_code or "UNKNOWN").inc()
         if outcome.accepted:
-            breaker.record_success()
             return Transition(
                 message.id,
                 MessageStatus.SENT,
@@ -260,16 +384,14 @@ class Dispatcher:
                 provider_message_id=outcome.provider_message_id or message.id,
             )
         if not outcome.retryable:
-            breaker.record_success()  # the provider answered; the message was refused
             return Transition(
                 message.id, outcome.final_status, error_code=outcome.error_code, provider=name
             )
-        breaker.record_failure()
         if not self._retry.should_retry(message.attempts):
             return Transition(
                 message.id, MessageStatus.FAILED, error_code=outcome.error_code, provider=name
             )
-        following = failover_order(candidates, message.attempts + 1, self._per_provider)[0]
+        following = failover_order(routed.candidates, message.attempts + 1, self._per_provider)[0]
         return self._retry_later(
             message,
             name,

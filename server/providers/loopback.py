@@ -3,16 +3,25 @@
 It behaves like a real provider for everything downstream: the dispatcher hands it
 messages, it answers accepted (or a retryable failure at ``failure_rate``), and
 after ``delivery_delay`` seconds it reports ``outcome`` as a delivery receipt.
+
+It has a bulk API too (``send_bulk``, up to ``max_bulk`` numbers a request, any
+content: like Skynoo's ``batch/create`` with per-number data). Every request takes
+``latency`` seconds to answer; numbers starting with an entry of ``refused`` are
+refused one by one (final, ``LOOPBACK_REFUSED``), and ``failure_rate`` is the share
+of messages that fail retryably, whether they came alone or in a group. It counts
+the requests it answered and how often it accepted each message, so tests and
+benchmarks can see what reached the provider.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
-from server.domain.models import MessageStatus, OutboundMessage
+from server.domain.models import Channel, MessageStatus, OutboundMessage
 from server.domain.ports import Capabilities, ProviderRef, Receipt, ReceiptSink, SendOutcome
 
 OUTCOMES = {
@@ -28,6 +37,12 @@ class LoopbackConfig:
     delivery_delay: float = 1.0
     failure_rate: float = 0.0
     outcome: MessageStatus = MessageStatus.DELIVERED
+    # Most numbers in one bulk request (1: no bulk API).
+    max_bulk: int = 1000
+    # Seconds each request (single or bulk) takes to answer.
+    latency: float = 0.0
+    # Numbers, or prefixes of numbers, the provider refuses (final, one by one).
+    refused: tuple[str, ...] = ()
 
 
 class LoopbackTransport:
@@ -46,17 +61,52 @@ class LoopbackTransport:
         self._rng = rng or random.Random()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.max_bulk = config.max_bulk
+        # What reached this provider: requests answered (bulk ones among them), and
+        # how many times each message id was accepted (more than once: a duplicate).
+        self.requests = 0
+        self.bulk_requests = 0
+        self.accepted: Counter[str] = Counter()
 
     def can_carry(self, message: OutboundMessage) -> bool:
         return True
 
     async def send(self, message: OutboundMessage) -> SendOutcome:
+        await self._answer_after_latency()
+        return self._take(message)
+
+    def bulk_key(self, message: OutboundMessage) -> Hashable | None:
+        """Any texts of one use type share a request (each number has its own body);
+        calls go alone."""
+        if message.channel != Channel.SMS:
+            return None
+        return message.use_type
+
+    async def send_bulk(self, messages: Sequence[OutboundMessage]) -> list[SendOutcome]:
+        if len(messages) > self.max_bulk or len({m.to_number for m in messages}) < len(messages):
+            # What a provider answers to a request it cannot take: the sender's bug.
+            return [SendOutcome(accepted=False, error_code="LOOPBACK_BAD_REQUEST")] * len(messages)
+        await self._answer_after_latency()
+        self.bulk_requests += 1
+        return [self._take(m) for m in messages]
+
+    async def _answer_after_latency(self) -> None:
+        if self._config.latency > 0:
+            await asyncio.sleep(self._config.latency)
+        self.requests += 1
+
+    def _take(self, message: OutboundMessage) -> SendOutcome:
+        if message.to_number.startswith(self._config.refused):
+            return SendOutcome(
+                accepted=False, error_code="LOOPBACK_REFUSED", final_status=MessageStatus.REJECTED
+            )
         if self._rng.random() < self._config.failure_rate:
             return SendOutcome(accepted=False, retryable=True, error_code="LOOPBACK_UNAVAILABLE")
         loop = asyncio.get_running_loop()
         self._timers[message.id] = loop.call_later(
             self._config.delivery_delay, self._report, message.id
         )
+        self.accepted[message.id] += 1
         return SendOutcome(accepted=True, provider_message_id=f"lb-{message.id}")
 
     async def send_voice(self, message: OutboundMessage, code: str) -> SendOutcome:

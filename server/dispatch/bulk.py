@@ -1,0 +1,83 @@
+"""Planning provider requests (pure, no I/O): which routed messages share one request.
+
+A provider with a bulk API (``BulkTransport``) takes many recipients in one request.
+Batch messages routed to it go together when the transport gives them the same
+``bulk_key`` and they belong to the same account (so one account's refused content
+or failed request never takes another account's messages with it); a request holds
+at most ``max_bulk`` messages and each mobile at most once. Everything else goes
+alone: codes and single sends (they must not wait for a group), messages whose key
+is None, and every message of a provider without a bulk API.
+
+Requests come out in the order of their first message, so the claim's order (codes
+first, then the accounts' fair shares) is the order in which they queue for rate
+tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+from server.domain.models import OutboundMessage
+from server.domain.ports import BulkTransport
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A claimed message and the provider chosen for this attempt."""
+
+    message: OutboundMessage
+    provider: str
+    # Every provider that can carry the message, in failover order (decides retries).
+    candidates: tuple[str, ...]
+    # May share a request with others (a batch message).
+    shareable: bool = False
+
+
+@dataclass(frozen=True)
+class Request:
+    """One call to a provider: a single message, or a bulk group."""
+
+    provider: str
+    items: tuple[Routed, ...]
+    bulk: bool = False
+
+
+def bulk_api(transport: object) -> BulkTransport | None:
+    """The transport as a BulkTransport when it takes more than one recipient a request."""
+    if isinstance(transport, BulkTransport) and transport.max_bulk > 1:
+        return transport
+    return None
+
+
+def plan_requests(routed: Sequence[Routed], transports: Mapping[str, object]) -> list[Request]:
+    """Groups routed messages into provider requests (see the module docstring)."""
+    # Per group key, the requests still open (not full), each with its mobiles.
+    open_requests: dict[tuple[str, int, Hashable], list[tuple[list[Routed], set[str]]]] = {}
+    planned: list[list[Routed]] = []
+    bulk_flags: list[bool] = []
+    for item in routed:
+        api = bulk_api(transports.get(item.provider)) if item.shareable else None
+        key = api.bulk_key(item.message) if api is not None else None
+        if api is None or key is None:
+            planned.append([item])
+            bulk_flags.append(False)
+            continue
+        groups = open_requests.setdefault((item.provider, item.message.account_id, key), [])
+        mobile = item.message.to_number
+        for members, mobiles in groups:
+            if len(members) < api.max_bulk and mobile not in mobiles:
+                members.append(item)
+                mobiles.add(mobile)
+                break
+        else:
+            members = [item]
+            groups.append((members, {mobile}))
+            planned.append(members)
+            bulk_flags.append(True)
+        # Full requests leave the open list, so a long batch does not rescan them.
+        groups[:] = [g for g in groups if len(g[0]) < api.max_bulk]
+    return [
+        Request(members[0].provider, tuple(members), bulk)
+        for members, bulk in zip(planned, bulk_flags, strict=True)
+    ]
