@@ -36,6 +36,7 @@ Wire format, as SendCloud documents it:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -66,6 +67,26 @@ _CLOCK_SKEW = 461
 _DUPLICATE = 400
 _PARTIAL = 311
 _ALL_FAILED = 312
+BULK_REPEAT_DELAYS = (0.5, 2.0)  # seconds before asking a lost bulk answer again
+OUTCOME_UNKNOWN = "BULK_OUTCOME_UNKNOWN"
+# Answers that say SendCloud did not act on the request: safe to send again later.
+_UNSENT_STATUSES = frozenset({"HTTP_500", "HTTP_503", "HTTP_429"})
+
+
+def bulk_outcome_unknown() -> SendOutcome:
+    """A bulk request that may have been sent, though no answer says so."""
+    return SendOutcome(
+        accepted=False,
+        retryable=False,
+        error_code=OUTCOME_UNKNOWN,
+        final_status=MessageStatus.UNDELIVERED,
+    )
+
+
+def _was_not_sent(exc: TransientHttpError) -> bool:
+    if exc.code in _UNSENT_STATUSES:
+        return True
+    return exc.code == "CONNECTION" and isinstance(exc.__cause__, aiohttp.ClientConnectorError)
 
 
 def sign_request(params: Mapping[str, str], sms_key: str) -> str:
@@ -275,7 +296,35 @@ class SendCloudTransport:
             "vars": _vars(first.data),
             "sendRequestId": bulk_request_id([m.id for m in messages]),
         }
-        return await self._send(_Request("send", params, phones, {"templateId": template}))
+        return await self._send_bulk(_Request("send", params, phones, {"templateId": template}))
+
+    async def _send_bulk(self, request: _Request) -> list[SendOutcome]:
+        """A bulk ``send`` whose answer may be lost. Its sendRequestId is a hash of the
+        group, so only this exact request is recognised as a repeat: the dispatcher,
+        retrying each message, would regroup them under another id and SendCloud would
+        send twice. So a lost answer is asked again here, with the same id (a 400
+        "duplicate request" then names the smsIds), and when no answer comes at all the
+        numbers end UNDELIVERED with BULK_OUTCOME_UNKNOWN rather than risk a second
+        message. What SendCloud cannot have acted on (refused connection, 500, 503,
+        429) stays retryable."""
+        for delay in (*BULK_REPEAT_DELAYS, None):
+            try:
+                body = await self._post(request.endpoint, request.params)
+            except TransientHttpError as exc:
+                if _was_not_sent(exc):
+                    outcome = SendOutcome(accepted=False, retryable=True, error_code=exc.code)
+                    return [outcome] * len(request.phones)
+                if delay is None:
+                    log.warning(
+                        "sendcloud send: %d numbers, answer lost (%s): outcome unknown",
+                        len(request.phones),
+                        exc.code,
+                    )
+                    return [bulk_outcome_unknown()] * len(request.phones)
+                await asyncio.sleep(delay)
+                continue
+            return await self._answered(request, body)
+        raise AssertionError("unreachable")
 
     async def _split(
         self, messages: Sequence[OutboundMessage], phones: Sequence[str]
@@ -304,11 +353,16 @@ class SendCloudTransport:
 
     async def _send(self, request: _Request) -> list[SendOutcome]:
         """Posts ``request`` and returns one outcome per phone, in order."""
-        everyone = len(request.phones)
         try:
             body = await self._post(request.endpoint, request.params)
         except TransientHttpError as exc:
-            return [SendOutcome(accepted=False, retryable=True, error_code=exc.code)] * everyone
+            outcome = SendOutcome(accepted=False, retryable=True, error_code=exc.code)
+            return [outcome] * len(request.phones)
+        return await self._answered(request, body)
+
+    async def _answered(self, request: _Request, body: Any) -> list[SendOutcome]:
+        """One outcome per phone of ``request`` from SendCloud's answer ``body``."""
+        everyone = len(request.phones)
         code = _status_code(body)
         if code is None:
             log.warning("sendcloud %s: answer without a statusCode", request.endpoint)

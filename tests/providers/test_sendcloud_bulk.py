@@ -14,7 +14,7 @@ import pytest
 from server.domain.models import Channel, MessageStatus, OutboundMessage, UseType
 from server.emulators.common import EmulatorControls, RunningEmulator
 from server.emulators.sendcloud import build_app
-from server.providers.sendcloud import SendCloudTransport
+from server.providers.sendcloud import BULK_REPEAT_DELAYS, SendCloudTransport
 from tests.contract.pair_sendcloud import config, settings
 
 pytestmark = pytest.mark.timeout(20)
@@ -139,17 +139,30 @@ async def test_a_lost_answer_is_not_sent_twice_and_the_ids_are_recovered(
 ) -> None:
     group = [message(m) for m in mobiles(150)]
     await tune(emulator, drop_answers=1)
-    lost = await transport.send_bulk(group)
-    assert {(o.accepted, o.retryable) for o in lost} == {(False, True)}
-    # The same group again: 400 "duplicate request" (no smsIds), recovered by phone
-    # with status queries of at most 100 numbers each.
-    again = await transport.send_bulk(list(reversed(group)))
+    # The answer is lost; the transport asks again with the same sendRequestId, is
+    # answered 400 "duplicate request" (no smsIds) and recovers them by phone with
+    # status queries of at most 100 numbers each, all within the one call: the
+    # dispatcher, regrouping, would send under another id.
+    outcomes = await transport.send_bulk(group)
     received = emulator.state.received
     assert len(received) == 150  # once each
     by_phone = {r.phone: r.provider_message_id for r in received}
-    for sent, outcome in zip(reversed(group), again, strict=True):
+    for sent, outcome in zip(group, outcomes, strict=True):
         assert outcome.accepted
         assert outcome.provider_message_id == by_phone[sent.to_number.removeprefix("+86")]
+
+
+async def test_a_bulk_answer_lost_for_good_ends_unknown_never_resent(
+    emulator: RunningEmulator, transport: SendCloudTransport
+) -> None:
+    group = [message(m) for m in mobiles(20)]
+    await tune(emulator, drop_answers=len(BULK_REPEAT_DELAYS) + 1)
+    outcomes = await transport.send_bulk(group)
+    assert len(emulator.state.received) == 20  # sent once, though never answered
+    for outcome in outcomes:
+        assert not outcome.accepted and not outcome.retryable
+        assert outcome.error_code == "BULK_OUTCOME_UNKNOWN"
+        assert outcome.final_status == MessageStatus.UNDELIVERED
 
 
 async def test_recovery_reads_every_page_of_a_busy_number(
