@@ -259,6 +259,8 @@ class Gateway:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # A second server on a taken port fails to bind instead of sharing it.
+                ("grpc.so_reuseport", 0),
             ],
         )
         message_pb2_grpc.add_MessageServiceServicer_to_server(

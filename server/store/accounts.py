@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -41,6 +43,23 @@ def _credential(row: asyncpg.Record) -> Credential:
     )
 
 
+@dataclass(frozen=True)
+class AccountListing:
+    """An account as an operator lists it: its settings (None: the server's default)
+    and how many credentials can still call."""
+
+    id: int
+    name: str
+    verified: bool
+    created_at: datetime
+    active_credentials: int
+    otp_max_attempts: int | None
+    otp_allowed_regions: tuple[str, ...] | None
+    quiet_hours: QuietHours | None
+    send_per_second: float | None
+    query_per_second: float | None
+
+
 class PgAccountStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -62,6 +81,38 @@ class PgAccountStore:
                 "SELECT id, name, verified FROM accounts WHERE id = $1", account_id
             )
         return None if row is None else Account(row["id"], row["name"], row["verified"])
+
+    async def list_accounts(self) -> list[AccountListing]:
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(
+                """
+                SELECT a.id, a.name, a.verified, a.created_at, a.otp_max_attempts,
+                       a.otp_allowed_regions, a.quiet_hours, a.send_per_second,
+                       a.query_per_second,
+                       (SELECT count(*) FROM credentials c
+                        WHERE c.account_id = a.id AND c.revoked_at IS NULL) AS active
+                FROM accounts a ORDER BY a.id
+                """
+            )
+        return [
+            AccountListing(
+                id=r["id"],
+                name=r["name"],
+                verified=r["verified"],
+                created_at=r["created_at"],
+                active_credentials=r["active"],
+                otp_max_attempts=r["otp_max_attempts"],
+                otp_allowed_regions=None
+                if r["otp_allowed_regions"] is None
+                else tuple(r["otp_allowed_regions"]),
+                quiet_hours=None
+                if r["quiet_hours"] is None
+                else QuietHours.from_json(r["quiet_hours"]),
+                send_per_second=r["send_per_second"],
+                query_per_second=r["query_per_second"],
+            )
+            for r in rows
+        ]
 
     async def update_otp_settings(
         self,

@@ -158,6 +158,33 @@ def test_user_journey_with_cli_and_buf_curl(
     assert "unauthenticated" in after.stdout + after.stderr
 
 
+def test_a_second_serve_on_taken_ports_names_the_address_and_variable(
+    server_env: dict[str, str], serve: subprocess.Popen[str]
+) -> None:
+    """The emulator walkthrough's mistake: a second `smsgw serve` on the first's ports
+    says which address is taken and which variable moves it, instead of a traceback
+    (and never shares the gRPC port with the first)."""
+    grpc_taken = _cli(server_env, "serve")
+    assert grpc_taken.returncode == 1
+    assert (
+        f"cannot listen on {server_env['SMSGW_GRPC_ADDR']} (SMSGW_GRPC_ADDR): "
+        "the address is already in use" in grpc_taken.stderr
+    )
+    assert "set SMSGW_GRPC_ADDR to another host:port" in grpc_taken.stderr
+    assert "Traceback" not in grpc_taken.stderr
+
+    moved = {**server_env, "SMSGW_GRPC_ADDR": f"127.0.0.1:{_free_port()}"}
+    http_taken = _cli(moved, "serve")
+    assert http_taken.returncode == 1
+    assert f"cannot listen on {server_env['SMSGW_HTTP_ADDR']} (SMSGW_HTTP_ADDR)" in (
+        http_taken.stderr
+    )
+    assert "Traceback" not in http_taken.stderr
+    health = _cli(server_env, "healthcheck")
+    assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
+    assert serve.poll() is None
+
+
 def test_sigterm_drains_and_exits_cleanly(serve: subprocess.Popen[str]) -> None:
     started = time.monotonic()
     serve.send_signal(signal.SIGTERM)
@@ -326,3 +353,25 @@ def test_account_update_changes_only_the_given_settings(databases_url: str) -> N
     assert asyncio.run(read())["quiet_hours"] is None
     missing = _cli(env, "account", "update", "999999", "--all-countries")
     assert missing.returncode == 1
+
+
+def test_account_list_shows_every_account_and_its_settings(databases_url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": databases_url}
+    first = json.loads(_cli(env, "account", "create", "list-a", check=True).stdout)
+    second = json.loads(_cli(env, "account", "create", "list-b", "--unverified", check=True).stdout)
+    _cli(env, "credential", "revoke", second["api_key"], check=True)
+    _cli(env, "account", "update", str(first["account_id"]), "--send-rate", "5", check=True)
+
+    listed = _cli(env, "account", "list", check=True)
+    accounts = {a["account_id"]: a for a in map(json.loads, listed.stdout.splitlines())}
+    assert accounts[first["account_id"]]["name"] == "list-a"
+    assert accounts[first["account_id"]]["active_credentials"] == 1
+    assert accounts[first["account_id"]]["send_per_second"] == 5
+    assert accounts[second["account_id"]]["verified"] is False
+    assert accounts[second["account_id"]]["active_credentials"] == 0
+    assert first["api_secret"] not in listed.stdout
+
+    table = _cli(env, "account", "list", "-o", "table", check=True).stdout.splitlines()
+    assert table[0].split()[:4] == ["ACCOUNT_ID", "NAME", "VERIFIED", "ACTIVE_CREDENTIALS"]
+    row = next(r for r in table if r.split()[1] == "list-b")
+    assert row.split()[:4] == [str(second["account_id"]), "list-b", "false", "0"]

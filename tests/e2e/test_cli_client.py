@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sms.v1 import batch_pb2
 
-from server.client_cli import progress_line
+from server.cli.batches import progress_line
 from tests.e2e.conftest import Client, Running
 
 ROOT = Path(__file__).resolve().parents[2]
