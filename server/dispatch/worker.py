@@ -41,17 +41,6 @@ log = logging.getLogger(__name__)
 LEASE_MARGIN = 2.0
 
 
-def can_carry(transport: Transport, message: OutboundMessage) -> bool:
-    """Voice codes need a provider that places calls; everything else asks the transport."""
-    if message.channel == Channel.VOICE:
-        return (
-            transport.capabilities.voice
-            and message.code is not None
-            and isinstance(transport, VoiceTransport)
-        )
-    return transport.can_carry(message)
-
-
 async def send_with(transport: Transport, message: OutboundMessage) -> SendOutcome:
     if message.channel == Channel.VOICE and isinstance(transport, VoiceTransport):
         assert message.code is not None
@@ -182,19 +171,20 @@ class Dispatcher:
         if claimed.code_unavailable:
             # Sealed with another server key (SMSGW_SECRET_KEY changed): cannot be sent.
             return Transition(message.id, MessageStatus.FAILED, error_code="CODE_UNAVAILABLE")
-        candidates = [
-            name
-            for name in providers.router.candidates(message)
-            if name in providers.transports and can_carry(providers.transports[name], message)
-        ]
+        candidates = providers.carriers(message)
         if not candidates:
             return Transition(message.id, MessageStatus.FAILED, error_code="NO_ROUTE")
         order = failover_order(candidates, message.attempts, self._per_provider)
         name = next((n for n in order if providers.breakers[n].allow()), None)
+        trickle = name is None
+        if trickle:
+            # Every provider that could carry it is open: a trickle still goes, so
+            # the only route is never stopped while messages wait.
+            name = next((n for n in order if providers.breakers[n].allow(last_resort=True)), None)
         if name is None:
-            # Every breaker is open: no provider was asked, so this was no attempt.
-            # Come back when the first breaker lets a probe through.
-            wait = min(providers.breakers[n].opens_in() for n in order)
+            # No provider was asked, so this was no attempt. Come back when the
+            # first breaker lets a call through.
+            wait = min(providers.breakers[n].opens_in(last_resort=True) for n in order)
             return Transition(
                 message.id,
                 MessageStatus.QUEUED,
@@ -265,6 +255,18 @@ class Dispatcher:
                 message.id, outcome.final_status, error_code=outcome.error_code, provider=name
             )
         breaker.record_failure()
+        if trickle:
+            # A try through an open breaker tells the breaker, not the message: it
+            # costs no attempt (the message's age still bounds its wait).
+            return Transition(
+                message.id,
+                MessageStatus.QUEUED,
+                error_code=outcome.error_code,
+                provider=name,
+                not_before=now
+                + timedelta(seconds=breaker.opens_in(last_resort=True) + random.uniform(0, 0.1)),
+                attempted=False,
+            )
         if not self._retry.should_retry(message.attempts):
             return Transition(
                 message.id, MessageStatus.FAILED, error_code=outcome.error_code, provider=name
