@@ -12,7 +12,7 @@ import asyncpg
 from server.domain.codes import CodeKeys
 from server.domain.models import CODE_MARK, Channel, MessageStatus, OutboundMessage, UseType
 from server.store.events import lock_event_log
-from server.store.pool import Conn, unavailable_on_connection_errors
+from server.store.pool import Conn, retry_on_conflict, unavailable_on_connection_errors
 
 # Verification codes and single sends first (by priority, then due time); the room
 # left goes to batch messages, shared evenly between the accounts that have some due,
@@ -298,13 +298,18 @@ class PgOutbox:
         if not transitions:
             return
         sent_ids = [t.message_id for t in transitions if t.provider_message_id]
-        with unavailable_on_connection_errors():
+
+        async def record() -> StatusChanges:
             async with self._pool.acquire() as conn, conn.transaction():
                 await lock_event_log(conn)
                 changes = await apply_transitions(conn, transitions)
                 if sent_ids:
                     rows = await conn.fetch(_UNPARK, sent_ids)
                     changes += await apply_transitions(conn, [_from_row(r) for r in rows])
+            return changes
+
+        with unavailable_on_connection_errors():
+            changes = await retry_on_conflict(record, what="recording status changes")
         self._on_changes(changes)
 
     async def apply_provider_receipts(self, receipts: Sequence[ProviderReceipt]) -> int:
@@ -313,7 +318,8 @@ class PgOutbox:
         Returns how many matched a message."""
         if not receipts:
             return 0
-        with unavailable_on_connection_errors():
+
+        async def record() -> tuple[StatusChanges, int]:
             async with self._pool.acquire() as conn, conn.transaction():
                 await lock_event_log(conn)
                 rows = await conn.fetch(
@@ -324,12 +330,17 @@ class PgOutbox:
                     [r.error_code for r in receipts],
                 )
                 changes = await apply_transitions(conn, [_from_row(r) for r in rows])
+            return changes, len(rows)
+
+        with unavailable_on_connection_errors():
+            changes, matched = await retry_on_conflict(record, what="recording receipts")
         self._on_changes(changes)
-        return len(rows)
+        return matched
 
     async def unpark_matched(self) -> int:
         """Applies parked receipts whose send has been recorded meanwhile (a sweep)."""
-        with unavailable_on_connection_errors():
+
+        async def record() -> tuple[StatusChanges, int]:
             async with self._pool.acquire() as conn, conn.transaction():
                 await lock_event_log(conn)
                 rows = await conn.fetch(_UNPARK, None)
@@ -337,8 +348,12 @@ class PgOutbox:
                 await conn.execute(
                     "DELETE FROM early_receipts WHERE received_at < now() - interval '1 day'"
                 )
+            return changes, len(rows)
+
+        with unavailable_on_connection_errors():
+            changes, matched = await retry_on_conflict(record, what="applying parked receipts")
         self._on_changes(changes)
-        return len(rows)
+        return matched
 
     async def due_for_poll(
         self, provider: str, min_age: float, repoll_after: float, limit: int
