@@ -201,6 +201,7 @@ class Gateway:
             interval=s.poll_interval_seconds,
             min_age=min(1.0, s.poll_interval_seconds),
             repoll_after=2 * s.poll_interval_seconds,
+            receipt_deadline=s.receipt_deadline_seconds,
         )
         if s.dispatch_workers > 0:
             self._poller.start()

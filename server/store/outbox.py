@@ -205,6 +205,19 @@ RETURNING m.id, m.provider_message_id
 """
 
 
+# SENT messages whose provider has not reported on them for too long (read through
+# the partial index of SENT rows, messages_sent_by_provider).
+_UNRECEIPTED = """
+SELECT id, provider FROM messages
+WHERE status = 3 AND coalesce(sent_at, updated_at) < now() - make_interval(secs => $1)
+ORDER BY coalesce(sent_at, updated_at)
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+NO_RECEIPT = "NO_RECEIPT"
+
+
 # Status changes recorded, as (new status, provider, how many).
 StatusChanges = list[tuple[MessageStatus, str, int]]
 ChangeSink = Callable[[StatusChanges], None]
@@ -354,6 +367,34 @@ class PgOutbox:
             changes, matched = await retry_on_conflict(record, what="applying parked receipts")
         self._on_changes(changes)
         return matched
+
+    async def expire_unreceipted(self, deadline_seconds: float, limit: int) -> int:
+        """Ends SENT messages with no receipt for ``deadline_seconds`` as UNDELIVERED
+        with NO_RECEIPT (a final state: a receipt arriving later changes nothing).
+        Returns how many."""
+
+        async def expire() -> tuple[StatusChanges, int]:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await lock_event_log(conn)
+                rows = await conn.fetch(_UNRECEIPTED, deadline_seconds, limit)
+                changes = await apply_transitions(
+                    conn,
+                    [
+                        Transition(
+                            r["id"],
+                            MessageStatus.UNDELIVERED,
+                            error_code=NO_RECEIPT,
+                            provider=r["provider"] or "",
+                        )
+                        for r in rows
+                    ],
+                )
+            return changes, len(rows)
+
+        with unavailable_on_connection_errors():
+            changes, expired = await retry_on_conflict(expire, what="ending unreceipted sends")
+        self._on_changes(changes)
+        return expired
 
     async def due_for_poll(
         self, provider: str, min_age: float, repoll_after: float, limit: int

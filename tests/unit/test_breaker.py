@@ -138,3 +138,38 @@ def test_a_provider_failing_half_its_sends_keeps_moving() -> None:
                 b.record_success()
     assert made > 3000, made
     assert longest_gap <= 1.0
+
+
+def test_the_breaker_and_receipt_settings_are_read_from_the_environment() -> None:
+    from server.config import ConfigError, Settings
+
+    defaults = Settings.from_env({})
+    assert (
+        defaults.breaker_window_seconds,
+        defaults.breaker_failures,
+        defaults.breaker_failure_rate,
+        defaults.breaker_probes,
+        defaults.receipt_deadline_seconds,
+    ) == (30.0, 10, 0.5, 3, 72 * 3600.0)
+    s = Settings.from_env(
+        {
+            "SMSGW_BREAKER_WINDOW_SECONDS": "5",
+            "SMSGW_BREAKER_FAILURES": "3",
+            "SMSGW_BREAKER_FAILURE_RATE": "0.8",
+            "SMSGW_BREAKER_PROBES": "6",
+            "SMSGW_RECEIPT_DEADLINE_SECONDS": "600",
+        }
+    )
+    assert (
+        s.breaker_window_seconds,
+        s.breaker_failures,
+        s.breaker_failure_rate,
+        s.breaker_probes,
+        s.receipt_deadline_seconds,
+    ) == (5.0, 3, 0.8, 6, 600.0)
+    try:
+        Settings.from_env({"SMSGW_BREAKER_FAILURE_RATE": "1.5"})
+    except ConfigError as exc:
+        assert "SMSGW_BREAKER_FAILURE_RATE" in str(exc)
+    else:
+        raise AssertionError("a failure rate above 1 was taken")
