@@ -67,6 +67,7 @@ async def test_half_the_sends_failing_still_ends_every_message(
         log = running.log_tail()
 
     statuses = collections.Counter(MessageStatus(r["status"]).name for r in rows)
+    print(f"50% failing loopback: {dict(statuses)} of {MESSAGES} final in {took:.1f} s")
     assert all(MessageStatus(r["status"]) in FINAL for r in rows), (statuses, took, log)
     delivered = [r for r in rows if r["status"] == MessageStatus.DELIVERED]
     failed = [r for r in rows if r["status"] == MessageStatus.FAILED]
