@@ -7,7 +7,8 @@ leaves its lease to run out; another worker then takes the rows.
 
 Per message: the route gives the providers in failover order (those that cannot
 carry it are skipped); each provider gets ``retries_per_provider`` attempts in turn,
-a provider whose breaker is open is passed over, and a message older than
+a provider whose breaker is open is passed over (when all are, the breakers' trickle
+still goes, and a failed trickle send costs no attempt), and a message older than
 ``message_ttl`` becomes FAILED with EXPIRED.
 """
 
