@@ -39,16 +39,15 @@ from server.api.template_service import TemplateServicer
 from server.api.verification_service import VerificationServicer
 from server.config import Settings
 from server.dispatch.poller import ReceiptPoller
-from server.dispatch.providers import BreakerSettings, ProviderSet
+from server.dispatch.providers import BreakerSettings, ProviderRoutes, ProviderSet
 from server.dispatch.receipts import ReceiptRecorder
 from server.dispatch.retry import RetryPolicy
-from server.dispatch.worker import Dispatcher, can_carry
+from server.dispatch.worker import Dispatcher
 from server.domain.auth import Authenticator
 from server.domain.batching import Batches
 from server.domain.codes import CodeKeys
 from server.domain.limits import AuthFailureThrottle, RateLimits, StreamCaps
 from server.domain.messaging import Messaging
-from server.domain.models import Channel, OutboundMessage, UseType
 from server.domain.ports import ProviderError
 from server.domain.templating import TemplateCatalog
 from server.domain.verification import Verifications
@@ -213,15 +212,18 @@ class Gateway:
             interval=s.poll_interval_seconds,
             min_age=min(1.0, s.poll_interval_seconds),
             repoll_after=2 * s.poll_interval_seconds,
+            receipt_deadline=s.receipt_deadline_seconds,
         )
         if s.dispatch_workers > 0:
             self._poller.start()
 
         templates = PgTemplateStore(pool)
         message_store = PgMessageStore(pool)
+        routes = ProviderRoutes(self.providers)
         messaging = Messaging(
             message_store,
             templates,
+            routes=routes,
             on_accepted=self._dispatcher.wake,
             mobile_intervals=s.mobile_intervals,
         )
@@ -232,7 +234,7 @@ class Gateway:
             templates,
             codes,
             s.otp,
-            voice_available=self._voice_available,
+            routes=routes,
             on_accepted=self._dispatcher.wake,
         )
         maintenance = asyncio.create_task(
@@ -281,6 +283,7 @@ class Gateway:
                     PgBatchStore(pool, on_changes=self.metrics.message_changes),
                     templates,
                     on_accepted=self._dispatcher.wake,
+                    routes=routes,
                 )
             ),
             server,
@@ -340,7 +343,13 @@ class Gateway:
             settings.routing,
             receipts=self._receipts,
             loopback=settings.loopback,
-            breaker=BreakerSettings(settings.breaker_failures, settings.breaker_reset_seconds),
+            breaker=BreakerSettings(
+                window_seconds=settings.breaker_window_seconds,
+                min_failures=settings.breaker_failures,
+                failure_rate=settings.breaker_failure_rate,
+                reset_seconds=settings.breaker_reset_seconds,
+                probes=settings.breaker_probes,
+            ),
         )
 
     async def reload(self, settings: Settings) -> None:
@@ -388,18 +397,6 @@ class Gateway:
             await self._receipts.flush()
             return
         raise WebhookRejected("; ".join(errors))
-
-    def _voice_available(self, mobile: str) -> bool:
-        """Whether some routed provider can read a code to ``mobile`` by phone."""
-        providers = self.providers()
-        probe = OutboundMessage(
-            "voice-probe", 0, mobile, "", UseType.VERIFICATION, 1, channel=Channel.VOICE, code="0"
-        )
-        return any(
-            can_carry(providers.transports[name], probe)
-            for name in providers.router.candidates(probe)
-            if name in providers.transports
-        )
 
     async def _maintain(
         self,

@@ -126,8 +126,13 @@ class Settings:
     routing: RoutingConfig = DEFAULT_ROUTING
     retries_per_provider: int = 2
     message_ttl_seconds: float = 86_400.0
-    breaker_failures: int = 5
+    breaker_failures: int = 10
     breaker_reset_seconds: float = 30.0
+    breaker_window_seconds: float = 30.0
+    breaker_failure_rate: float = 0.5
+    breaker_probes: int = 3
+    # A SENT message with no receipt by then is UNDELIVERED with NO_RECEIPT.
+    receipt_deadline_seconds: float = 72 * 3600.0
     poll_interval_seconds: float = 2.0
     webhook_max_age_seconds: float = 300.0
     secret_key: bytes | None = field(default=None, repr=False)
@@ -202,8 +207,14 @@ class Settings:
             routing=routing,
             retries_per_provider=_int(merged, "SMSGW_RETRIES_PER_PROVIDER", 2, 1, 100),
             message_ttl_seconds=_float(merged, "SMSGW_MESSAGE_TTL_SECONDS", 86_400, 1, 30 * 86_400),
-            breaker_failures=_int(merged, "SMSGW_BREAKER_FAILURES", 5, 1, 1000),
+            breaker_failures=_int(merged, "SMSGW_BREAKER_FAILURES", 10, 1, 100_000),
             breaker_reset_seconds=_float(merged, "SMSGW_BREAKER_RESET_SECONDS", 30, 0.01, 3600),
+            breaker_window_seconds=_float(merged, "SMSGW_BREAKER_WINDOW_SECONDS", 30, 0.1, 3600),
+            breaker_failure_rate=_float(merged, "SMSGW_BREAKER_FAILURE_RATE", 0.5, 0.01, 1.0),
+            breaker_probes=_int(merged, "SMSGW_BREAKER_PROBES", 3, 1, 1000),
+            receipt_deadline_seconds=_float(
+                merged, "SMSGW_RECEIPT_DEADLINE_SECONDS", 72 * 3600, 1, 30 * 86_400
+            ),
             poll_interval_seconds=_float(merged, "SMSGW_POLL_INTERVAL_SECONDS", 2, 0.05, 3600),
             secret_key=_secret_key(merged),
             otp=OtpSettings(

@@ -13,8 +13,8 @@ import socket
 import sys
 from typing import Any
 
-from server.cli.settings import server_settings
-from server.config import ConfigError, Settings
+from server.cli.settings import UsageError, server_settings
+from server.config import ConfigError, Settings, check_serve
 
 log = logging.getLogger("server.cli")
 
@@ -40,6 +40,10 @@ def add_commands(commands: Any) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     settings = server_settings()
+    try:
+        check_serve(settings)  # outside development, refuse to start without a secret key
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     return asyncio.run(serve(settings))
 
 

@@ -32,6 +32,8 @@ class Routed:
     candidates: tuple[str, ...]
     # May share a request with others (a batch message).
     shareable: bool = False
+    # Sent through an open breaker's trickle: a retryable failure costs no attempt.
+    trickle: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Every ``interval`` seconds, for each provider with a status query: take SENT
 messages older than ``min_age`` that were not asked about for ``repoll_after``
 seconds (claimed with SKIP LOCKED, so replicas split the work), query them in
 chunks of the provider's maximum, and hand the answers to the receipt recorder.
-Also applies parked early receipts whose send has been recorded meanwhile.
+Also applies parked early receipts whose send has been recorded meanwhile, and ends
+messages that stayed SENT past the receipt deadline (every provider: one that never
+reports, a receipt lost on the way) as UNDELIVERED with NO_RECEIPT.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class ReceiptPoller:
         min_age: float = 1.0,
         repoll_after: float = 5.0,
         batch: int = 500,
+        receipt_deadline: float | None = None,
     ) -> None:
         self._outbox = outbox
         self._providers = providers
@@ -41,6 +44,11 @@ class ReceiptPoller:
         self._min_age = min_age
         self._repoll_after = repoll_after
         self._batch = batch
+        self._deadline = receipt_deadline  # None: a message may stay SENT for ever
+        # The deadline sweep reads every SENT row: often enough to keep the deadline
+        # to a tenth of itself, at most once a minute.
+        self._sweep_every = 0.0 if receipt_deadline is None else min(receipt_deadline / 10, 60.0)
+        self._swept_at = -float("inf")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -85,4 +93,25 @@ class ReceiptPoller:
                 found += len(receipts)
         await self._recorder.flush()
         await self._outbox.unpark_matched()
+        await self._end_unreceipted()
         return found
+
+    async def _end_unreceipted(self) -> None:
+        if self._deadline is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._swept_at < self._sweep_every:
+            return
+        self._swept_at = now
+        total = 0
+        for _ in range(10):  # at most ten groups a sweep; the next sweep goes on
+            expired = await self._outbox.expire_unreceipted(self._deadline, self._batch)
+            total += expired
+            if expired < self._batch:
+                break
+        if total:
+            log.info(
+                "%d messages had no delivery receipt within %.0f s: UNDELIVERED (NO_RECEIPT)",
+                total,
+                self._deadline,
+            )

@@ -8,22 +8,38 @@ the set they started with.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
-from server.dispatch.breaker import CircuitBreaker
+from server.dispatch.breaker import BreakerSettings, CircuitBreaker
 from server.dispatch.routing import Router
-from server.domain.ports import ReceiptSink, Transport
+from server.domain.models import Channel, OutboundMessage, UseType
+from server.domain.ports import ReceiptSink, Transport, VoiceTransport
 from server.providers.loopback import LoopbackConfig
 from server.providers.registry import build_transport
 from server.routing_config import RoutingConfig
 
+__all__ = ["BreakerSettings", "ProviderRoutes", "ProviderSet", "can_carry"]
 
-@dataclass(frozen=True)
-class BreakerSettings:
-    failure_threshold: int = 5
-    reset_seconds: float = 30.0
+
+def can_carry(transport: Transport, message: OutboundMessage) -> bool:
+    """Whether ``transport`` could send ``message`` at all (routing skips it if not).
+
+    Voice codes need a provider that places calls; a transport with rules of its own
+    for them (SendCloud: codes of 4 to 6 digits) says so in ``can_carry_voice``.
+    Everything else asks the transport's ``can_carry``."""
+    if message.channel == Channel.VOICE:
+        if not (
+            transport.capabilities.voice
+            and message.code is not None
+            and isinstance(transport, VoiceTransport)
+        ):
+            return False
+        voice_rule = getattr(transport, "can_carry_voice", None)
+        return True if voice_rule is None else bool(voice_rule(message))
+    return transport.can_carry(message)
 
 
 @dataclass
@@ -62,12 +78,40 @@ class ProviderSet:
             transports=transports,
             kinds={spec.name: spec.kind for spec in routing.providers},
             router=Router(routing.routes),
-            breakers={
-                name: CircuitBreaker(breaker.failure_threshold, breaker.reset_seconds)
-                for name in transports
-            },
+            breakers={name: CircuitBreaker(breaker) for name in transports},
             limiters=limiters,
         )
+
+    def carriers(self, message: OutboundMessage) -> list[str]:
+        """The providers that could send ``message``, in its route's failover order
+        (empty: no route can carry it)."""
+        return [
+            name
+            for name in self.router.candidates(message)
+            if name in self.transports and can_carry(self.transports[name], message)
+        ]
+
+    def can_carry(self, message: OutboundMessage) -> bool:
+        return bool(self.carriers(message))
+
+    def can_carry_batch(self, messages: Sequence[OutboundMessage]) -> list[bool]:
+        """``can_carry`` for each message; messages alike in what routing looks at
+        (number prefix aside, a batch's messages share all of it) are judged once."""
+        verdicts: dict[tuple[object, ...], bool] = {}
+        out: list[bool] = []
+        for message in messages:
+            route = self.router.route_for(message)
+            key = (
+                id(route),
+                message.channel,
+                message.template_code,
+                message.use_type,
+                message.code is None or len(message.code),
+            )
+            if key not in verdicts:
+                verdicts[key] = self.can_carry(message)
+            out.append(verdicts[key])
+        return out
 
     def breaker_states(self) -> dict[str, str]:
         return {name: b.state for name, b in self.breakers.items()}
@@ -76,3 +120,29 @@ class ProviderSet:
         for transport in self.transports.values():
             with contextlib.suppress(Exception):
                 await transport.close()
+
+
+class ProviderRoutes:
+    """The domain's Routes port, answered by the provider set in use (a reload
+    replaces it; each question reads the current one)."""
+
+    def __init__(self, providers: Callable[[], ProviderSet]) -> None:
+        self._providers = providers
+
+    def can_carry(self, message: OutboundMessage) -> bool:
+        return self._providers().can_carry(message)
+
+    def can_carry_batch(self, messages: Sequence[OutboundMessage]) -> list[bool]:
+        return self._providers().can_carry_batch(messages)
+
+    def places_calls(self, mobile: str) -> bool:
+        providers = self._providers()
+        call = OutboundMessage(
+            "", 0, mobile, "", UseType.VERIFICATION, 0, channel=Channel.VOICE, code=""
+        )
+        return any(
+            providers.transports[name].capabilities.voice
+            and isinstance(providers.transports[name], VoiceTransport)
+            for name in providers.router.candidates(call)
+            if name in providers.transports
+        )

@@ -7,7 +7,8 @@ leaves its lease to run out; another worker then takes the rows.
 
 Per message: the route gives the providers in failover order (those that cannot
 carry it are skipped); each provider gets ``retries_per_provider`` attempts in turn,
-a provider whose breaker is open is passed over, and a message older than
+a provider whose breaker is open is passed over (when all are, the breakers' trickle
+still goes, and a failed trickle send costs no attempt), and a message older than
 ``message_ttl`` becomes FAILED with EXPIRED.
 
 Batch messages routed to a provider with a bulk API share requests (``bulk``,
@@ -31,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from aiolimiter import AsyncLimiter
 
 from server.aio import wait_event
+from server.dispatch.breaker import CircuitBreaker
 from server.dispatch.bulk import Request, Routed, bulk_api, plan_requests
 from server.dispatch.providers import ProviderSet
 from server.dispatch.retry import RetryPolicy
@@ -47,17 +49,6 @@ log = logging.getLogger(__name__)
 # Seconds of a lease kept free after the last send, to record the outcomes (at most a
 # quarter of the lease).
 LEASE_MARGIN = 2.0
-
-
-def can_carry(transport: Transport, message: OutboundMessage) -> bool:
-    """Voice codes need a provider that places calls; everything else asks the transport."""
-    if message.channel == Channel.VOICE:
-        return (
-            transport.capabilities.voice
-            and message.code is not None
-            and isinstance(transport, VoiceTransport)
-        )
-    return transport.can_carry(message)
 
 
 async def send_with(transport: Transport, message: OutboundMessage) -> SendOutcome:
@@ -242,19 +233,20 @@ class Dispatcher:
         if claimed.code_unavailable:
             # Sealed with another server key (SMSGW_SECRET_KEY changed): cannot be sent.
             return Transition(message.id, MessageStatus.FAILED, error_code="CODE_UNAVAILABLE")
-        candidates = [
-            name
-            for name in providers.router.candidates(message)
-            if name in providers.transports and can_carry(providers.transports[name], message)
-        ]
+        candidates = providers.carriers(message)
         if not candidates:
             return Transition(message.id, MessageStatus.FAILED, error_code="NO_ROUTE")
         order = failover_order(candidates, message.attempts, self._per_provider)
         name = next((n for n in order if providers.breakers[n].allow()), None)
+        trickle = name is None
+        if trickle:
+            # Every provider that could carry it is open: a trickle still goes, so
+            # the only route is never stopped while messages wait.
+            name = next((n for n in order if providers.breakers[n].allow(last_resort=True)), None)
         if name is None:
-            # Every breaker is open: no provider was asked, so this was no attempt.
-            # Come back when the first breaker lets a probe through.
-            wait = min(providers.breakers[n].opens_in() for n in order)
+            # No provider was asked, so this was no attempt. Come back when the
+            # first breaker lets a call through.
+            wait = min(providers.breakers[n].opens_in(last_resort=True) for n in order)
             return Transition(
                 message.id,
                 MessageStatus.QUEUED,
@@ -262,7 +254,7 @@ class Dispatcher:
                 not_before=now + timedelta(seconds=wait + random.uniform(0, 0.1)),
                 attempted=False,
             )
-        return Routed(message, name, tuple(candidates), shareable)
+        return Routed(message, name, tuple(candidates), shareable, trickle)
 
     async def _send_request(
         self, request: Request, providers: ProviderSet, lease_ends: float
@@ -298,7 +290,7 @@ class Dispatcher:
         else:
             breaker.record_failure()
         return [
-            self._transition(r, outcome, now)
+            self._transition(r, outcome, now, breaker)
             for r, outcome in zip(request.items, outcomes, strict=True)
         ]
 
@@ -371,7 +363,9 @@ class Dispatcher:
             return failed("PROVIDER_ERROR")
         return outcomes
 
-    def _transition(self, routed: Routed, outcome: SendOutcome, now: datetime) -> Transition:
+    def _transition(
+        self, routed: Routed, outcome: SendOutcome, now: datetime, breaker: CircuitBreaker
+    ) -> Transition:
         """A message's transition from its provider's outcome (sent, refused, retried)."""
         message, name = routed.message, routed.provider
         if not outcome.accepted:
@@ -386,6 +380,18 @@ class Dispatcher:
         if not outcome.retryable:
             return Transition(
                 message.id, outcome.final_status, error_code=outcome.error_code, provider=name
+            )
+        if routed.trickle:
+            # A try through an open breaker tells the breaker, not the message: it
+            # costs no attempt (the message's age still bounds its wait).
+            return Transition(
+                message.id,
+                MessageStatus.QUEUED,
+                error_code=outcome.error_code,
+                provider=name,
+                not_before=now
+                + timedelta(seconds=breaker.opens_in(last_resort=True) + random.uniform(0, 0.1)),
+                attempted=False,
             )
         if not self._retry.should_retry(message.attempts):
             return Transition(

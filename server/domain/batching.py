@@ -23,11 +23,13 @@ from server.domain.messaging import (
     Caller,
     check_request_id,
     check_use_type,
+    no_route,
+    outbound,
     request_fingerprint,
 )
 from server.domain.models import MessageStatus, NewMessage, Priority, UseType
 from server.domain.pagination import decode_page_token, encode_page_token, page_size
-from server.domain.ports import IdempotencyKey, TemplateRepository
+from server.domain.ports import IdempotencyKey, Routes, TemplateRepository
 from server.domain.segments import count_segments
 from server.domain.templates import ParsedTemplate, parse_template, render, validate_values
 
@@ -103,6 +105,9 @@ class MessagesPage:
     next_page_token: str
 
 
+NO_ROUTE_REASON = "NO_ROUTE: no configured route can carry this message"
+
+
 class Batches:
     def __init__(
         self,
@@ -111,8 +116,10 @@ class Batches:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_accepted: Callable[[], None] = lambda: None,
+        routes: Routes | None = None,
     ) -> None:
         self._store = store
+        self._routes = routes  # None: every number is taken (dispatch alone decides)
         self._templates = templates
         self._clock = clock
         self._on_accepted = on_accepted
@@ -169,6 +176,8 @@ class Batches:
             messages, rejected = await asyncio.to_thread(_prepare, *prepare)
         else:
             messages, rejected = _prepare(*prepare)
+        if self._routes is not None and messages:
+            messages = self._routable(messages, rejected)
         key = None
         if cmd.request_id:
             key = IdempotencyKey(
@@ -195,6 +204,24 @@ class Batches:
             extra={"batch_id": batch.id},
         )
         return batch
+
+    def _routable(
+        self, messages: list[NewMessage], rejected: list[tuple[str, str]]
+    ) -> list[NewMessage]:
+        """The messages some route can carry; the others' numbers are rejected with
+        NO_ROUTE. When no number can be carried, the call is refused."""
+        assert self._routes is not None
+        verdicts = self._routes.can_carry_batch([outbound(m) for m in messages])
+        if not any(verdicts):
+            raise no_route("these messages (their numbers, use type and content)")
+        if all(verdicts):
+            return messages
+        rejected.extend(
+            (m.to_number, NO_ROUTE_REASON)
+            for m, ok in zip(messages, verdicts, strict=True)
+            if not ok
+        )
+        return [m for m, ok in zip(messages, verdicts, strict=True) if ok]
 
     async def get(self, caller: Caller, batch_id: str) -> BatchRecord:
         _check_task_id(batch_id)

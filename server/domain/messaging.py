@@ -11,15 +11,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from server.domain.errors import (
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
     PermissionDenied,
 )
 from server.domain.fields import check_ids, check_text
-from server.domain.models import MessageState, MessageStatus, NewMessage, Priority, UseType
+from server.domain.models import (
+    CODE_MARK,
+    MessageState,
+    MessageStatus,
+    NewMessage,
+    OutboundMessage,
+    Priority,
+    UseType,
+)
 from server.domain.phones import normalize_mobile
-from server.domain.ports import IdempotencyKey, MessageRepository, TemplateRepository
+from server.domain.ports import IdempotencyKey, MessageRepository, Routes, TemplateRepository
 from server.domain.quiet_hours import QuietHours
 from server.domain.segments import count_segments
 from server.domain.templates import ParsedTemplate, render, validate_values
@@ -74,6 +83,33 @@ def new_message_id() -> str:
     return uuid.uuid4().hex
 
 
+def outbound(message: NewMessage, code: str | None = None) -> OutboundMessage:
+    """The message as the dispatcher will hand it to a transport (for ``Routes``)."""
+    body, data = message.body, dict(message.template_data or {})
+    if code is not None:
+        body = body.replace(CODE_MARK, code)
+        data = {k: code if v == CODE_MARK else v for k, v in data.items()}
+    return OutboundMessage(
+        id=message.id,
+        account_id=message.account_id,
+        to_number=message.to_number,
+        body=body,
+        use_type=message.use_type,
+        attempts=0,
+        template_id=message.template_id,
+        template_code=message.template_code,
+        data=data,
+        channel=message.channel,
+        code=code,
+    )
+
+
+def no_route(what: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"no configured route can carry {what}; nothing was stored", reason="NO_ROUTE"
+    )
+
+
 def check_request_id(request_id: str, violations: list[FieldViolation]) -> None:
     check_text(request_id, "request_id", MAX_REQUEST_ID_CHARS, violations)
 
@@ -103,8 +139,11 @@ class Messaging:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_accepted: Callable[[], None] = lambda: None,
         mobile_intervals: Mapping[UseType, float] | None = None,
+        routes: Routes | None = None,
     ) -> None:
         self._messages = messages
+        # None: every message is taken (dispatch alone decides).
+        self._routes = routes
         self._templates = templates
         self._clock = clock
         self._on_accepted = on_accepted
@@ -170,6 +209,8 @@ class Messaging:
             template_code=template_code,
             template_data=template_data,
         )
+        if self._routes is not None and not self._routes.can_carry(outbound(message)):
+            raise no_route("this message (its number, use type and content)")
         interval = self._mobile_intervals.get(cmd.use_type, 0.0)
         key: IdempotencyKey | None = None
         if cmd.request_id:

@@ -182,6 +182,25 @@ class BulkTransport(Protocol):
         ...
 
 
+class Routes(Protocol):
+    """What routing can already tell at call time (issue 15, item 5): a message no
+    route can carry is refused at the call (FAILED_PRECONDITION, reason NO_ROUTE),
+    never accepted and then failed at dispatch."""
+
+    def can_carry(self, message: OutboundMessage) -> bool:
+        """Whether some provider of the message's route could send it."""
+        ...
+
+    def can_carry_batch(self, messages: Sequence[OutboundMessage]) -> list[bool]:
+        """``can_carry`` for each message, in order."""
+        ...
+
+    def places_calls(self, mobile: str) -> bool:
+        """Whether some provider routed for verification codes to ``mobile`` places
+        voice calls at all."""
+        ...
+
+
 class ProviderError(Exception):
     """A provider call failed as a whole (status query, webhook parsing)."""
 

@@ -27,7 +27,13 @@ from server.domain.errors import (
     ResourceExhausted,
 )
 from server.domain.fields import check_id
-from server.domain.messaging import Caller, check_request_id, request_fingerprint
+from server.domain.messaging import (
+    Caller,
+    check_request_id,
+    no_route,
+    outbound,
+    request_fingerprint,
+)
 from server.domain.models import CODE_MARK, Channel, NewMessage, Priority, UseType
 from server.domain.models import VerificationState as State
 from server.domain.otp_guard import (
@@ -40,7 +46,7 @@ from server.domain.otp_guard import (
     raise_if_blocked,
 )
 from server.domain.phones import normalize_mobile
-from server.domain.ports import IdempotencyKey, TemplateRepository
+from server.domain.ports import IdempotencyKey, Routes, TemplateRepository
 from server.domain.segments import count_segments
 from server.domain.templates import ParsedTemplate, render
 
@@ -154,7 +160,7 @@ class Verifications:
         codes: CodeKeys,
         settings: OtpSettings,
         *,
-        voice_available: Callable[[str], bool],
+        routes: Routes,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_accepted: Callable[[], None] = lambda: None,
     ) -> None:
@@ -162,7 +168,7 @@ class Verifications:
         self._templates = templates
         self._codes = codes
         self._settings = settings
-        self._voice_available = voice_available
+        self._routes = routes
         self._clock = clock
         self._on_accepted = on_accepted
 
@@ -206,7 +212,7 @@ class Verifications:
             raise InvalidArgument(violations)
 
         channel = Channel.VOICE if cmd.channel == Channel.VOICE else Channel.SMS
-        if channel == Channel.VOICE and not self._voice_available(mobile):
+        if channel == Channel.VOICE and not self._routes.places_calls(mobile):
             raise FailedPrecondition(
                 "no configured provider can place voice calls to this number",
                 reason="VOICE_UNAVAILABLE",
@@ -240,6 +246,9 @@ class Verifications:
             channel=channel,
             sealed_code=self._codes.seal(code),
         )
+        if not self._routes.can_carry(outbound(message, code)):
+            what = "a voice call with this code" if channel == Channel.VOICE else "this code"
+            raise no_route(f"{what} to this number")
         verification = NewVerification(
             id=verify_id,
             account_id=caller.account_id,

@@ -193,6 +193,11 @@ class SendCloudTransport:
             return code_fits(message.code)
         return self._uses_send_code(message) or self._template_of(message) is not None
 
+    def can_carry_voice(self, message: OutboundMessage) -> bool:
+        """sendVoice takes codes of 4-6 digits only (seed 001); routing asks this for
+        voice, so a longer code is refused at the call, never accepted and dropped."""
+        return code_fits(message.code)
+
     def _template_of(self, message: OutboundMessage) -> str | None:
         return self._config.templates.get(message.template_code or "")
 

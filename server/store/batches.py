@@ -17,8 +17,8 @@ from server.domain.models import MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey
 from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log
 from server.store.idempotency import claim_key
-from server.store.outbox import ChangeSink, Transition, apply_transitions
-from server.store.pool import unavailable_on_connection_errors
+from server.store.outbox import ChangeSink, StatusChanges, Transition, apply_transitions
+from server.store.pool import retry_on_conflict, unavailable_on_connection_errors
 
 MESSAGE_COLUMNS = (
     "id",
@@ -162,14 +162,22 @@ class PgBatchStore:
         ]
 
     async def cancel(self, account_id: int, batch_id: str) -> BatchRecord | None:
-        """Cancels the messages no worker holds; the ones handed out go on."""
-        with unavailable_on_connection_errors():
+        """Cancels the messages no worker holds; the ones handed out go on.
+
+        Locks in the one order every status change uses: the event log first, then
+        rows. (Taking the batch and message rows first and the event log last
+        deadlocked with a worker recording a sent group of the batch: it holds the
+        event log and waits for the batch row to count its messages.)"""
+
+        async def cancel() -> tuple[asyncpg.Record | None, StatusChanges] | None:
             async with self._pool.acquire() as conn, conn.transaction():
                 owner = await conn.fetchval(
-                    "SELECT account_id FROM batches WHERE id = $1 FOR UPDATE", batch_id
+                    "SELECT account_id FROM batches WHERE id = $1", batch_id
                 )
                 if owner != account_id:
                     return None
+                await lock_event_log(conn)
+                await conn.execute("SELECT 1 FROM batches WHERE id = $1 FOR UPDATE", batch_id)
                 ids = await conn.fetch(
                     "SELECT id FROM messages WHERE batch_id = $1 AND status IN (1, 2) "
                     "AND (claimed_until IS NULL OR claimed_until < now()) "
@@ -181,13 +189,19 @@ class PgBatchStore:
                     "WHERE id = $1 AND status IN (1, 2)",
                     batch_id,
                 )
-                changes = []
+                changes: StatusChanges = []
                 if ids:
-                    await lock_event_log(conn)
                     changes = await apply_transitions(
                         conn, [Transition(r["id"], MessageStatus.CANCELLED) for r in ids]
                     )
                 row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM batches WHERE id = $1", batch_id)
+            return row, changes
+
+        with unavailable_on_connection_errors():
+            done = await retry_on_conflict(cancel, what="cancelling a batch")
+        if done is None:
+            return None
+        row, changes = done
         if changes and self._on_changes is not None:
             self._on_changes(changes)
         return None if row is None else _batch(row)

@@ -12,7 +12,7 @@ import asyncpg
 from server.domain.codes import CodeKeys
 from server.domain.models import CODE_MARK, Channel, MessageStatus, OutboundMessage, UseType
 from server.store.events import lock_event_log
-from server.store.pool import Conn, unavailable_on_connection_errors
+from server.store.pool import Conn, retry_on_conflict, unavailable_on_connection_errors
 from server.store.templates import TemplateLayout, TemplateLayouts
 
 # Verification codes and single sends first (by priority, then due time); the room
@@ -206,6 +206,19 @@ RETURNING m.id, m.provider_message_id
 """
 
 
+# SENT messages whose provider has not reported on them for too long (read through
+# the partial index of SENT rows, messages_sent_by_provider).
+_UNRECEIPTED = """
+SELECT id, provider FROM messages
+WHERE status = 3 AND coalesce(sent_at, updated_at) < now() - make_interval(secs => $1)
+ORDER BY coalesce(sent_at, updated_at)
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+NO_RECEIPT = "NO_RECEIPT"
+
+
 # Status changes recorded, as (new status, provider, how many).
 StatusChanges = list[tuple[MessageStatus, str, int]]
 ChangeSink = Callable[[StatusChanges], None]
@@ -307,13 +320,18 @@ class PgOutbox:
         if not transitions:
             return
         sent_ids = [t.message_id for t in transitions if t.provider_message_id]
-        with unavailable_on_connection_errors():
+
+        async def record() -> StatusChanges:
             async with self._pool.acquire() as conn, conn.transaction():
                 await lock_event_log(conn)
                 changes = await apply_transitions(conn, transitions)
                 if sent_ids:
                     rows = await conn.fetch(_UNPARK, sent_ids)
                     changes += await apply_transitions(conn, [_from_row(r) for r in rows])
+            return changes
+
+        with unavailable_on_connection_errors():
+            changes = await retry_on_conflict(record, what="recording status changes")
         self._on_changes(changes)
 
     async def apply_provider_receipts(self, receipts: Sequence[ProviderReceipt]) -> int:
@@ -322,7 +340,8 @@ class PgOutbox:
         Returns how many matched a message."""
         if not receipts:
             return 0
-        with unavailable_on_connection_errors():
+
+        async def record() -> tuple[StatusChanges, int]:
             async with self._pool.acquire() as conn, conn.transaction():
                 await lock_event_log(conn)
                 rows = await conn.fetch(
@@ -333,12 +352,17 @@ class PgOutbox:
                     [r.error_code for r in receipts],
                 )
                 changes = await apply_transitions(conn, [_from_row(r) for r in rows])
+            return changes, len(rows)
+
+        with unavailable_on_connection_errors():
+            changes, matched = await retry_on_conflict(record, what="recording receipts")
         self._on_changes(changes)
-        return len(rows)
+        return matched
 
     async def unpark_matched(self) -> int:
         """Applies parked receipts whose send has been recorded meanwhile (a sweep)."""
-        with unavailable_on_connection_errors():
+
+        async def record() -> tuple[StatusChanges, int]:
             async with self._pool.acquire() as conn, conn.transaction():
                 await lock_event_log(conn)
                 rows = await conn.fetch(_UNPARK, None)
@@ -346,8 +370,40 @@ class PgOutbox:
                 await conn.execute(
                     "DELETE FROM early_receipts WHERE received_at < now() - interval '1 day'"
                 )
+            return changes, len(rows)
+
+        with unavailable_on_connection_errors():
+            changes, matched = await retry_on_conflict(record, what="applying parked receipts")
         self._on_changes(changes)
-        return len(rows)
+        return matched
+
+    async def expire_unreceipted(self, deadline_seconds: float, limit: int) -> int:
+        """Ends SENT messages with no receipt for ``deadline_seconds`` as UNDELIVERED
+        with NO_RECEIPT (a final state: a receipt arriving later changes nothing).
+        Returns how many."""
+
+        async def expire() -> tuple[StatusChanges, int]:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await lock_event_log(conn)
+                rows = await conn.fetch(_UNRECEIPTED, deadline_seconds, limit)
+                changes = await apply_transitions(
+                    conn,
+                    [
+                        Transition(
+                            r["id"],
+                            MessageStatus.UNDELIVERED,
+                            error_code=NO_RECEIPT,
+                            provider=r["provider"] or "",
+                        )
+                        for r in rows
+                    ],
+                )
+            return changes, len(rows)
+
+        with unavailable_on_connection_errors():
+            changes, expired = await retry_on_conflict(expire, what="ending unreceipted sends")
+        self._on_changes(changes)
+        return expired
 
     async def due_for_poll(
         self, provider: str, min_age: float, repoll_after: float, limit: int

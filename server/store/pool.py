@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
-from typing import TypeAlias
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeAlias, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from server.domain.errors import Unavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A connection as handed out by the pool, or a plain one.
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
@@ -39,6 +45,38 @@ def unavailable_on_connection_errors() -> Iterator[None]:
         yield
     except _UNAVAILABLE_ERRORS as exc:
         raise Unavailable("the database is unavailable; retry later") from exc
+
+
+# A transaction PostgreSQL rolled back because it collided with another one: run
+# again, it succeeds (the other has moved on). Every status-changing transaction
+# takes the event-log lock first (store/events.py), so deadlocks between them cannot
+# happen; this is the safety net for the rest (and for serializable transactions).
+CONFLICT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+
+
+async def retry_on_conflict(
+    work: Callable[[], Awaitable[T]],
+    *,
+    attempts: int = 6,
+    base_delay: float = 0.01,
+    what: str = "transaction",
+) -> T:
+    """Runs ``work`` (one whole transaction) again when PostgreSQL broke a deadlock
+    or a serialization conflict by rolling it back, with a short jittered backoff.
+    Still conflicting after ``attempts``: Unavailable (the caller may retry), never
+    an internal error."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await work()
+        except CONFLICT_ERRORS as exc:
+            if attempt == attempts:
+                raise Unavailable("the database is busy; retry later") from exc
+            log.info("%s conflicted (%s); running it again", what, type(exc).__name__)
+            await asyncio.sleep(base_delay * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+    raise AssertionError("unreachable")
 
 
 # One encoder for every value: json.dumps with non-default arguments builds a new

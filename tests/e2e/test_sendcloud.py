@@ -15,6 +15,7 @@ from server.emulators.common import RunningEmulator
 from server.routing_config import ProviderSpec
 from tests.e2e.conftest import GatewayFactory, Running, final_state
 from tests.e2e.emulated import cloud, only, start_sendcloud
+from tests.e2e.errors import reason
 from tests.e2e.test_providers import history, send_template
 from tests.e2e.test_verification import otp, send
 
@@ -64,15 +65,12 @@ async def test_an_sms_code_goes_through_send_code_with_the_configured_sign_name(
         "13800138000",
         "【Shop】Your verification code is 4711.",
     )
-    # A code sendCode cannot carry (8 digits is not 4-6) on a SendCloud-only route:
-    # the call is refused or the message fails without reaching SendCloud.
-    try:
-        long_code = await send(client, "+8613900139000", code="12345678")
-    except grpc.aio.AioRpcError as refused:  # refused at the call (issue 15.5)
-        assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
-    else:
-        state = await final_state(client, long_code.message_id)
-        assert (state.status, state.error_code) == (common_pb2.MESSAGE_STATUS_FAILED, "NO_ROUTE")
+    # A code sendCode cannot carry (8 digits is not 4-6) on a SendCloud-only route is
+    # refused at the call (issue 15.5), never accepted and dropped.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await send(client, "+8613900139000", code="12345678")
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(refused.value) == "NO_ROUTE"
     assert len(emulator.state.received) == 1
 
 
@@ -129,6 +127,12 @@ async def test_a_voice_code_still_goes_to_send_voice(
 ) -> None:
     running, emulator = await with_webhook(start_gateway, emulators, delivery_delay=0.1)
     client = await running.client()
+    # sendVoice takes 4-6 digits (seed 001): 8 digits is refused at the call.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await send(client, channel=common_pb2.CHANNEL_VOICE, code="12345678")
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(refused.value) == "NO_ROUTE"
+    assert emulator.state.received == []
     sent = await send(client, channel=common_pb2.CHANNEL_VOICE, code="4711")
     state = await final_state(client, sent.message_id)
     assert state.status == common_pb2.MESSAGE_STATUS_DELIVERED

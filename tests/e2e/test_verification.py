@@ -306,7 +306,10 @@ async def test_a_voice_code_is_placed_through_sendcloud_send_voice(
     )
     assert (state["provider"], state["channel"], state["sealed_code"]) == ("cloud", 2, None)
     # A text code cannot go there (SendCloud sends templates only, none is mapped):
-    # it is accepted, then fails at dispatch with NO_ROUTE.
-    text = await send(client, "+8613900139000", code="4711")
-    state = await final_state(client, text.message_id)
-    assert (state.status, state.error_code) == (S.MESSAGE_STATUS_FAILED, "NO_ROUTE")
+    # routing knows it at the call, so the call is refused and nothing is stored.
+    stored = await running.gateway.pool.fetchval("SELECT count(*) FROM messages")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await send(client, "+8613900139000", code="4711")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(caught.value) == "NO_ROUTE"
+    assert await running.gateway.pool.fetchval("SELECT count(*) FROM messages") == stored

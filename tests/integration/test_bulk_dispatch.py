@@ -14,7 +14,7 @@ from dataclasses import replace
 import asyncpg
 from aiolimiter import AsyncLimiter
 
-from server.dispatch.breaker import CLOSED, OPEN, CircuitBreaker
+from server.dispatch.breaker import CLOSED, OPEN, BreakerSettings, CircuitBreaker
 from server.dispatch.providers import ProviderSet
 from server.dispatch.retry import RetryPolicy
 from server.dispatch.routing import Router
@@ -121,7 +121,7 @@ async def test_a_request_failed_as_a_whole_retries_each_message_and_counts_once(
 ) -> None:
     ids = await six_batch_messages(pool)
     transport = ScriptedBulk("raise")
-    breaker = CircuitBreaker(failure_threshold=3, reset_seconds=60)
+    breaker = CircuitBreaker(BreakerSettings(min_failures=3, reset_seconds=60))
     rows = await run_until(
         pool,
         provider_set(transport, breaker),

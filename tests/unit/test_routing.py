@@ -1,10 +1,9 @@
-"""Routing and the circuit breaker: pure, so tested without any I/O."""
+"""Routing: pure, so tested without any I/O (the breaker: test_breaker.py)."""
 
 from __future__ import annotations
 
 from collections import Counter
 
-from server.dispatch.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from server.dispatch.routing import Router, failover_order
 from server.domain.models import OutboundMessage, UseType
 from server.routing_config import RouteSpec
@@ -44,41 +43,3 @@ def test_failover_order_gives_each_provider_its_attempts_in_turn() -> None:
     firsts = [failover_order(names, attempt, 2)[0] for attempt in range(1, 8)]
     assert firsts == ["a", "a", "b", "b", "c", "c", "a"]
     assert failover_order([], 3, 2) == []
-
-
-def test_breaker_opens_after_failures_probes_then_closes() -> None:
-    now = [0.0]
-    breaker = CircuitBreaker(failure_threshold=3, reset_seconds=10, clock=lambda: now[0])
-    for _ in range(2):
-        breaker.record_failure()
-    assert breaker.state == CLOSED and breaker.allow()
-    breaker.record_success()
-    for _ in range(3):
-        breaker.record_failure()
-    assert breaker.state == OPEN and not breaker.allow()
-    now[0] = 10.0
-    assert breaker.allow()  # the probe
-    assert breaker.state == HALF_OPEN
-    assert not breaker.allow()  # only one probe at a time
-    breaker.record_failure()
-    assert breaker.state == OPEN and not breaker.allow()
-    now[0] = 20.0
-    assert breaker.allow()
-    breaker.record_success()
-    assert breaker.state == CLOSED and breaker.allow() and breaker.allow()
-
-
-def test_breaker_says_when_it_lets_a_call_through_again() -> None:
-    now = [0.0]
-    breaker = CircuitBreaker(failure_threshold=1, reset_seconds=10, clock=lambda: now[0])
-    assert breaker.opens_in() == 0.0
-    breaker.record_failure()
-    now[0] = 4.0
-    assert breaker.opens_in() == 6.0
-    now[0] = 12.0
-    assert breaker.opens_in() == 0.0 and breaker.allow()  # the probe goes out
-    assert 0 < breaker.opens_in() <= 10  # wait for the probe's answer
-    breaker.abandon()  # the probe was not made after all
-    assert breaker.opens_in() == 0.0 and breaker.allow()
-    breaker.record_success()
-    assert breaker.opens_in() == 0.0
