@@ -99,6 +99,9 @@ def outbound(message: NewMessage, code: str | None = None) -> OutboundMessage:
         template_id=message.template_id,
         template_code=message.template_code,
         data=data,
+        # template_data is built in the template's variable order (dicts keep it):
+        # what the dispatcher reads from the template at claim time.
+        variables=tuple(data),
         channel=message.channel,
         code=code,
     )
