@@ -12,14 +12,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import socket
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import asyncpg
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 from sms.v1 import (
     batch_pb2,
@@ -48,20 +46,21 @@ from server.domain.batching import Batches
 from server.domain.codes import CodeKeys
 from server.domain.limits import AuthFailureThrottle, RateLimits, StreamCaps
 from server.domain.messaging import Messaging
-from server.domain.ports import ProviderError
 from server.domain.templating import TemplateCatalog
 from server.domain.verification import Verifications
-from server.http.app import MetricsEndpoint, WebhookRejected, build_http_app
+from server.health import DatabaseHealth
+from server.http.app import MetricsEndpoint, build_http_app
+from server.http.webhooks import WebhookReceiver
+from server.listen import bind_http, listen_grpc
 from server.metrics import CONTENT_TYPE, GatewayMetrics
-from server.providers.webhooks import WebhookTransport
 from server.status.hub import StatusHub
 from server.status.watch import StatusWatcher
 from server.store.accounts import PgAccountStore
 from server.store.batches import PgBatchStore
-from server.store.embedded import EmbeddedPostgres
+from server.store.database import Database, migrate
 from server.store.events import PgEventLog
+from server.store.maintenance import Maintenance
 from server.store.messages import PgMessageStore
-from server.store.migrate import apply_migrations
 from server.store.outbox import PgOutbox
 from server.store.pool import create_pool
 from server.store.server_keys import load_or_create_key
@@ -82,50 +81,7 @@ SERVICE_NAMES = (
     template_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
 )
 
-SERVING_SERVICES = SERVICE_NAMES
-MAINTENANCE_SECONDS = 30.0
-# How often grpc.health.v1 is brought in step with the database, and how long one
-# probe may take before the database counts as unreachable.
-HEALTH_PROBE_SECONDS = 1.0
-HEALTH_PROBE_TIMEOUT = 2.0
-
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-def _retrieve(task: asyncio.Task[object]) -> None:
-    """Marks a background task's exception as seen (it is reported otherwise)."""
-    if not task.cancelled():
-        task.exception()
-
-
-class Database:
-    """Where the data lives: the server named by DATABASE_URL, or the embedded one."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._embedded: EmbeddedPostgres | None = None
-        self.dsn = ""
-
-    async def start(self) -> str:
-        if self._settings.database_url:
-            self.dsn = self._settings.database_url
-        else:
-            self._embedded = EmbeddedPostgres(self._settings.data_dir)
-            self.dsn = await asyncio.to_thread(self._embedded.start)
-        return self.dsn
-
-    async def stop(self) -> None:
-        if self._embedded is not None:
-            await asyncio.to_thread(self._embedded.stop)
-            self._embedded = None
-
-
-async def migrate(dsn: str) -> list[str]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await apply_migrations(conn)
-    finally:
-        await conn.close()
 
 
 class Gateway:
@@ -136,7 +92,7 @@ class Gateway:
     ) -> None:
         """``tracer_provider``: trace into this one (tests) instead of SMSGW_TRACING's."""
         self.settings = settings
-        self.database = Database(settings)
+        self.database = Database(settings.database_url, settings.data_dir)
         if tracer_provider is not None:
             self.tracing: Tracing | None = Tracing(tracer_provider, owns_provider=False)
         else:
@@ -147,18 +103,14 @@ class Gateway:
         self._pool: asyncpg.Pool | None = None
         self._server: grpc.aio.Server | None = None
         self._interceptor: GatewayInterceptor | None = None
-        self._health = health.aio.HealthServicer()
+        self.health = DatabaseHealth(SERVICE_NAMES)
         self._http: web.AppRunner | None = None
         self._hub: StatusHub | None = None
         self._dispatcher: Dispatcher | None = None
         self._receipts: ReceiptRecorder | None = None
         self._providers: ProviderSet | None = None
         self._poller: ReceiptPoller | None = None
-        self._serving = False
-        # The database's last known state, kept by the health watchdog: /healthz
-        # answers from it at once rather than querying a database that may hang.
-        self._database_ok = False
-        self._probe: asyncio.Task[object] | None = None
+        self._maintenance: Maintenance | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._retired: list[ProviderSet] = []  # replaced by a reload, closing after grace
         self.metrics = GatewayMetrics()
@@ -237,11 +189,8 @@ class Gateway:
             routes=routes,
             on_accepted=self._dispatcher.wake,
         )
-        maintenance = asyncio.create_task(
-            self._maintain(verification_store, velocity, message_store), name="maintenance"
-        )
-        self._background.add(maintenance)
-        maintenance.add_done_callback(self._background.discard)
+        self._maintenance = Maintenance(verification_store, velocity, message_store)
+        self._maintenance.start()
         self.authenticator = authenticator = Authenticator(
             PgAccountStore(pool),
             failures=AuthFailureThrottle(s.limits.auth_failures_per_minute),
@@ -288,42 +237,25 @@ class Gateway:
             ),
             server,
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self.health.add_to_server(server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        if s.tls is None:
-            self.grpc_port = server.add_insecure_port(s.grpc_addr)
-        else:
-            self.grpc_port = server.add_secure_port(s.grpc_addr, s.tls.credentials())
-        if self.grpc_port == 0:
-            raise OSError(f"cannot listen on {s.grpc_addr}")
-        if s.tls is not None:
-            log.info("gRPC port uses %s", s.tls.describe())
+        self.grpc_port = listen_grpc(server, s.grpc_addr, s.tls)
         await server.start()
         self._server = server
-        for name in ("", *SERVING_SERVICES):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._serving = True
-        self._database_ok = True  # it has just answered the migrations and the start
-        watchdog = asyncio.create_task(self._watch_database(), name="health-watchdog")
-        self._background.add(watchdog)
-        watchdog.add_done_callback(self._background.discard)
+        await self.health.start(pool)
 
         self._http = web.AppRunner(
             build_http_app(
-                self._is_healthy,
-                self._receive_webhook,
+                self.health.is_healthy,
+                WebhookReceiver(self.providers, self._receipts),
                 MetricsEndpoint(self.metrics.render, CONTENT_TYPE),
             ),
             access_log=None,
         )
         await self._http.setup()
-        host, _, port = s.http_addr.rpartition(":")
-        host = host.strip("[]")
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, int(port)))
+        sock = bind_http(s.http_addr)
         self.http_port = sock.getsockname()[1]
         await web.SockSite(self._http, sock).start()
         log.info(
@@ -372,92 +304,6 @@ class Gateway:
         self._retired.remove(old)
         await old.close()
 
-    async def _receive_webhook(self, kind: str, name: str | None, form: dict[str, str]) -> None:
-        """Verifies and records a provider's delivery push (SendCloud SMSHook)."""
-        providers = self.providers()
-        candidates = [
-            transport
-            for n, transport in providers.transports.items()
-            if (name is None or n == name)
-            and providers.kinds[n] == kind
-            and isinstance(transport, WebhookTransport)
-        ]
-        if not candidates:
-            raise WebhookRejected(f"no {kind} provider" + (f" named {name}" if name else ""))
-        errors: list[str] = []
-        for transport in candidates:
-            try:
-                receipts = transport.parse_hook(form)
-            except ProviderError as exc:
-                errors.append(str(exc))
-                continue
-            assert self._receipts is not None
-            for receipt in receipts:
-                await self._receipts(receipt)
-            await self._receipts.flush()
-            return
-        raise WebhookRejected("; ".join(errors))
-
-    async def _maintain(
-        self,
-        verifications: PgVerificationStore,
-        velocity: PgVelocityCounters,
-        messages: PgMessageStore,
-    ) -> None:
-        """Expires pending verifications past their time; drops old velocity windows
-        and mobile send times (intervals are at most a day)."""
-        while True:
-            await asyncio.sleep(MAINTENANCE_SECONDS)
-            try:
-                await verifications.expire_pending()
-                await velocity.purge(timedelta(days=1))
-                await messages.purge_mobile_intervals(timedelta(days=1))
-            except Exception as exc:
-                log.warning("maintenance failed (%s); will retry", type(exc).__name__)
-
-    async def _is_healthy(self) -> bool:
-        """From the last known state (at most HEALTH_PROBE_SECONDS +
-        HEALTH_PROBE_TIMEOUT old): a probe of a hung database would hold the answer
-        for the probe's whole timeout."""
-        return self._serving and self._database_ok
-
-    async def _database_answers(self) -> bool:
-        """Whether ``SELECT 1`` answers within HEALTH_PROBE_TIMEOUT. A probe that does
-        not is left running rather than cancelled (cancelling a query on a hung
-        connection waits for the driver's cancel request, which hangs as well), and
-        no second probe starts while it runs."""
-        if self._pool is None:
-            return False
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.create_task(self._pool.fetchval("SELECT 1"), name="db-probe")
-            self._probe.add_done_callback(_retrieve)
-        probe = self._probe
-        done, _ = await asyncio.wait({probe}, timeout=HEALTH_PROBE_TIMEOUT)
-        return bool(done) and not probe.cancelled() and probe.exception() is None
-
-    async def _watch_database(self) -> None:
-        """Keeps grpc.health.v1 in step with the database: NOT_SERVING while it cannot
-        be reached (every RPC would answer UNAVAILABLE; balancers and orchestrators
-        route around this replica), SERVING again once it answers. Shutdown's
-        NOT_SERVING is final (the health servicer ignores later changes)."""
-        while self._serving:
-            await asyncio.sleep(HEALTH_PROBE_SECONDS)
-            answers = await self._database_answers()
-            if answers == self._database_ok or not self._serving:
-                continue
-            self._database_ok = answers
-            if answers:
-                log.info("the database answers again: health SERVING")
-            else:
-                log.warning("the database cannot be reached: health NOT_SERVING")
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if answers
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            for name in ("", *SERVING_SERVICES):
-                await self._health.set(name, status)
-
     async def stop(self) -> None:
         """Stops within SMSGW_SHUTDOWN_GRACE: status streams end at once (UNAVAILABLE,
         their callers resume elsewhere); unary calls in flight and the workers' groups
@@ -465,8 +311,7 @@ class Gateway:
         grace after the RPCs'. Workers claim nothing new: what is accepted meanwhile
         waits in the outbox for another replica or the restart."""
         grace = self.settings.shutdown_grace
-        self._serving = False
-        await self._health.enter_graceful_shutdown()
+        await self.health.enter_shutdown()
         if self._interceptor is not None:
             self._interceptor.end_streams()
         drains = []
@@ -477,8 +322,9 @@ class Gateway:
         await asyncio.gather(*drains)
         if self._poller is not None:
             await self._poller.stop()
-        if self._probe is not None:
-            self._probe.cancel()
+        if self._maintenance is not None:
+            await self._maintenance.stop()
+        await self.health.stop()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

@@ -19,6 +19,7 @@ from server.domain.models import Channel, OutboundMessage, UseType
 from server.domain.ports import ReceiptSink, Transport, VoiceTransport
 from server.providers.loopback import LoopbackConfig
 from server.providers.registry import build_transport
+from server.providers.webhooks import WebhookTransport
 from server.routing_config import RoutingConfig
 
 __all__ = ["BreakerSettings", "ProviderRoutes", "ProviderSet", "can_carry"]
@@ -112,6 +113,17 @@ class ProviderSet:
                 verdicts[key] = self.can_carry(message)
             out.append(verdicts[key])
         return out
+
+    def hook_receivers(self, kind: str, name: str | None = None) -> list[WebhookTransport]:
+        """The transports that take pushes posted for provider ``kind`` (and ``name``,
+        when the post names one)."""
+        return [
+            transport
+            for n, transport in self.transports.items()
+            if (name is None or n == name)
+            and self.kinds[n] == kind
+            and isinstance(transport, WebhookTransport)
+        ]
 
     def breaker_states(self) -> dict[str, str]:
         return {name: b.state for name, b in self.breakers.items()}
