@@ -1,16 +1,16 @@
 """The dispatcher's side of the outbox: claiming due messages under a lease and
-recording what happened to them (each status change with its event)."""
+recording what happened to them (each status change with its event). PgOutbox
+implements the domain's Outbox, ReceiptOutbox and PolledOutbox ports."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 
 import asyncpg
 
 from server.domain.codes import CodeKeys
 from server.domain.models import CODE_MARK, Channel, MessageStatus, OutboundMessage, UseType
+from server.domain.ports import ClaimedMessage, ProviderReceipt, Transition
 from server.store.events import lock_event_log
 from server.store.pool import Conn, retry_on_conflict, unavailable_on_connection_errors
 from server.store.templates import TemplateLayout, TemplateLayouts
@@ -219,6 +219,16 @@ FOR UPDATE SKIP LOCKED
 NO_RECEIPT = "NO_RECEIPT"
 
 
+__all__ = [
+    "ChangeSink",
+    "ClaimedMessage",
+    "PgOutbox",
+    "ProviderReceipt",
+    "StatusChanges",
+    "Transition",
+    "apply_transitions",
+]
+
 # Status changes recorded, as (new status, provider, how many).
 StatusChanges = list[tuple[MessageStatus, str, int]]
 ChangeSink = Callable[[StatusChanges], None]
@@ -230,30 +240,6 @@ def _ignore(changes: StatusChanges) -> None:
 
 # Read through the partial index of due rows (messages_due).
 _BACKLOG = "SELECT status, count(*) AS n FROM messages WHERE status IN (1, 2) GROUP BY status"
-
-
-@dataclass(frozen=True)
-class ClaimedMessage:
-    message: OutboundMessage
-    priority: int
-    created_at: datetime
-    # A sealed verification code that this server's key cannot open.
-    code_unavailable: bool = False
-
-
-@dataclass(frozen=True)
-class Transition:
-    """A status change for one message (dispatch outcome, retry or receipt)."""
-
-    message_id: str
-    status: MessageStatus
-    error_code: str = ""
-    provider: str = ""
-    provider_message_id: str | None = None
-    not_before: datetime | None = None
-    # False: no provider was asked (every breaker open), so the claim's attempt is
-    # given back; a message must not run out of attempts while it cannot be tried.
-    attempted: bool = True
 
 
 class PgOutbox:
@@ -429,14 +415,6 @@ class PgOutbox:
                 "WHERE id = ANY($1::text[]) AND status < 3",
                 list(message_ids),
             )
-
-
-@dataclass(frozen=True)
-class ProviderReceipt:
-    provider: str
-    provider_message_id: str
-    status: MessageStatus
-    error_code: str = ""
 
 
 def _from_row(row: asyncpg.Record) -> Transition:
