@@ -110,9 +110,6 @@ class StatusHub:
             if not subs:
                 del self._subscriptions[subscription.account_id]
 
-    def poke(self) -> None:
-        self._wake.set()
-
     async def _connect_listener(self) -> None:
         try:
             self._listener = await asyncpg.connect(self._dsn)
