@@ -46,6 +46,7 @@ from server.domain.batching import Batches
 from server.domain.codes import CodeKeys
 from server.domain.limits import AuthFailureThrottle, RateLimits, StreamCaps
 from server.domain.messaging import Messaging
+from server.domain.outbox_codes import CodeOpeningOutbox
 from server.domain.templating import TemplateCatalog
 from server.domain.verification import Verifications
 from server.health import DatabaseHealth
@@ -136,7 +137,7 @@ class Gateway:
                 "(fine for development; set SMSGW_SECRET_KEY in production)"
             )
         codes = CodeKeys(s.secret_key or await load_or_create_key(pool))
-        outbox = PgOutbox(pool, codes, on_changes=self.metrics.message_changes)
+        outbox = PgOutbox(pool, on_changes=self.metrics.message_changes)
         self.metrics.watch_backlog(outbox.backlog)
         self._hub = StatusHub(dsn, events)
         await self._hub.start()
@@ -144,7 +145,7 @@ class Gateway:
         self._receipts.start()
         self._providers = self._build_providers(s)
         self._dispatcher = Dispatcher(
-            outbox,
+            CodeOpeningOutbox(outbox, codes),
             self._providers,
             workers=s.dispatch_workers,
             claim_size=s.dispatch_claim_size,

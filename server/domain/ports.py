@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -243,8 +243,11 @@ class ClaimedMessage:
     message: OutboundMessage
     priority: int
     created_at: datetime
-    # A sealed verification code that this server's key cannot open.
+    # A verification code not in the message: still sealed as the store keeps it,
+    # or sealed under a key this server does not have. outbox_codes.open_claimed
+    # opens it into the message (whose text holds CODE_MARK where it goes).
     code_unavailable: bool = False
+    sealed_code: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

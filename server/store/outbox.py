@@ -8,8 +8,7 @@ from collections.abc import Callable, Sequence
 
 import asyncpg
 
-from server.domain.codes import CodeKeys
-from server.domain.models import CODE_MARK, Channel, MessageStatus, OutboundMessage, UseType
+from server.domain.models import Channel, MessageStatus, OutboundMessage, UseType
 from server.domain.ports import ClaimedMessage, ProviderReceipt, Transition
 from server.store.events import lock_event_log
 from server.store.pool import Conn, retry_on_conflict, unavailable_on_connection_errors
@@ -246,12 +245,10 @@ class PgOutbox:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        codes: CodeKeys | None = None,
         *,
         on_changes: ChangeSink | None = None,
     ) -> None:
         self._pool = pool
-        self._codes = codes
         # Template texts and variable order, for the messages sent by template.
         self._layouts = TemplateLayouts(pool)
         # Told of the status changes each transaction recorded, once it has committed.
@@ -270,35 +267,29 @@ class PgOutbox:
         return sorted((self._claimed(r, layouts) for r in rows), key=lambda c: c.priority)
 
     def _claimed(self, r: asyncpg.Record, layouts: dict[int, TemplateLayout]) -> ClaimedMessage:
-        body: str = r["body"]
-        data = dict(r["template_data"] or {})
-        code: str | None = None
         sealed = r["sealed_code"]
-        if sealed is not None and self._codes is not None:
-            code = self._codes.unseal(bytes(sealed))
-        if code is not None:
-            body = body.replace(CODE_MARK, code)
-            data = {k: code if v == CODE_MARK else v for k, v in data.items()}
         layout = layouts.get(r["template_id"]) if r["template_id"] is not None else None
         return ClaimedMessage(
             message=OutboundMessage(
                 id=r["id"],
                 account_id=r["account_id"],
                 to_number=r["to_number"],
-                body=body,
+                body=r["body"],
                 use_type=UseType(r["use_type"]),
                 attempts=r["attempts"],
                 template_id=r["template_id"],
                 template_code=r["template_code"],
-                data=data,
+                data=dict(r["template_data"] or {}),
                 channel=Channel(r["channel"]),
-                code=code,
                 variables=layout.variables if layout is not None else (),
                 template_content=layout.content if layout is not None else None,
             ),
             priority=r["priority"],
             created_at=r["created_at"],
-            code_unavailable=sealed is not None and code is None,
+            # Opened by the domain (outbox_codes), which holds the key; until then
+            # the message cannot be sent.
+            code_unavailable=sealed is not None,
+            sealed_code=bytes(sealed) if sealed is not None else None,
         )
 
     async def apply(self, transitions: Sequence[Transition]) -> None:
