@@ -125,6 +125,17 @@ class ProviderSet:
             and isinstance(transport, WebhookTransport)
         ]
 
+    def places_calls(self, mobile: str) -> bool:
+        """Whether some provider routed for verification codes to ``mobile`` places
+        voice calls at all."""
+        route = self.router.route(mobile, UseType.VERIFICATION)
+        return route is not None and any(
+            self.transports[name].capabilities.voice
+            and isinstance(self.transports[name], VoiceTransport)
+            for name in route.providers
+            if name in self.transports
+        )
+
     def breaker_states(self) -> dict[str, str]:
         return {name: b.state for name, b in self.breakers.items()}
 
@@ -148,13 +159,4 @@ class ProviderRoutes:
         return self._providers().can_carry_batch(messages)
 
     def places_calls(self, mobile: str) -> bool:
-        providers = self._providers()
-        call = OutboundMessage(
-            "", 0, mobile, "", UseType.VERIFICATION, 0, channel=Channel.VOICE, code=""
-        )
-        return any(
-            providers.transports[name].capabilities.voice
-            and isinstance(providers.transports[name], VoiceTransport)
-            for name in providers.router.candidates(call)
-            if name in providers.transports
-        )
+        return self._providers().places_calls(mobile)
