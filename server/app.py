@@ -37,7 +37,12 @@ from server.api.template_service import TemplateServicer
 from server.api.verification_service import VerificationServicer
 from server.config import Settings
 from server.dispatch.poller import ReceiptPoller
-from server.dispatch.providers import BreakerSettings, ProviderRoutes, ProviderSet
+from server.dispatch.providers import (
+    BreakerSettings,
+    LiveProviders,
+    ProviderRoutes,
+    ProviderSet,
+)
 from server.dispatch.receipts import ReceiptRecorder
 from server.dispatch.retry import RetryPolicy
 from server.dispatch.worker import Dispatcher
@@ -109,13 +114,11 @@ class Gateway:
         self._hub: StatusHub | None = None
         self._dispatcher: Dispatcher | None = None
         self._receipts: ReceiptRecorder | None = None
-        self._providers: ProviderSet | None = None
+        self._providers = LiveProviders(settings.shutdown_grace)
         self._poller: ReceiptPoller | None = None
         self._maintenance: Maintenance | None = None
-        self._background: set[asyncio.Task[None]] = set()
-        self._retired: list[ProviderSet] = []  # replaced by a reload, closing after grace
         self.metrics = GatewayMetrics()
-        self.metrics.watch_breakers(self._breaker_states)
+        self.metrics.watch_breakers(self._providers.breaker_states)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -143,10 +146,9 @@ class Gateway:
         await self._hub.start()
         self._receipts = ReceiptRecorder(outbox)
         self._receipts.start()
-        self._providers = self._build_providers(s)
         self._dispatcher = Dispatcher(
             CodeOpeningOutbox(outbox, codes),
-            self._providers,
+            self._providers.use(self._build_providers(s)),
             workers=s.dispatch_workers,
             claim_size=s.dispatch_claim_size,
             bulk=s.dispatch_bulk,
@@ -264,46 +266,32 @@ class Gateway:
         )
 
     def providers(self) -> ProviderSet:
-        assert self._providers is not None, "the gateway is not started"
-        return self._providers
+        """The provider set in use (a reload replaces it)."""
+        return self._providers()
 
-    def _breaker_states(self) -> dict[str, str]:
-        return {} if self._providers is None else self._providers.breaker_states()
-
-    def _build_providers(self, settings: Settings) -> ProviderSet:
+    def _build_providers(self, s: Settings) -> ProviderSet:
         assert self._receipts is not None
         return ProviderSet.build(
-            settings.routing,
+            s.routing,
             receipts=self._receipts,
-            loopback=settings.loopback,
+            loopback=s.loopback,
             breaker=BreakerSettings(
-                window_seconds=settings.breaker_window_seconds,
-                min_failures=settings.breaker_failures,
-                failure_rate=settings.breaker_failure_rate,
-                reset_seconds=settings.breaker_reset_seconds,
-                probes=settings.breaker_probes,
+                window_seconds=s.breaker_window_seconds,
+                min_failures=s.breaker_failures,
+                failure_rate=s.breaker_failure_rate,
+                reset_seconds=s.breaker_reset_seconds,
+                probes=s.breaker_probes,
             ),
         )
 
     async def reload(self, settings: Settings) -> None:
         """Switches to new providers and routes (SIGHUP) without dropping work: sends
         in flight finish on the old transports, which close once they are done."""
-        old = self._providers
-        self._providers = self._build_providers(settings)
+        providers = self._providers.use(self._build_providers(settings))
         if self._dispatcher is not None:
-            self._dispatcher.use(self._providers)
+            self._dispatcher.use(providers)
         self.settings = dataclasses.replace(self.settings, routing=settings.routing)
-        log.info("providers reloaded: %s", ", ".join(self._providers.transports))
-        if old is not None:
-            self._retired.append(old)
-            task = asyncio.create_task(self._close_later(old), name="close-old-providers")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    async def _close_later(self, old: ProviderSet) -> None:
-        await asyncio.sleep(self.settings.shutdown_grace)
-        self._retired.remove(old)
-        await old.close()
+        log.info("providers reloaded: %s", ", ".join(providers.transports))
 
     async def stop(self) -> None:
         """Stops within SMSGW_SHUTDOWN_GRACE: status streams end at once (UNAVAILABLE,
@@ -326,13 +314,7 @@ class Gateway:
         if self._maintenance is not None:
             await self._maintenance.stop()
         await self.health.stop()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        for retired in [*self._retired, self._providers]:
-            if retired is not None:
-                await retired.close()
-        self._retired.clear()
+        await self._providers.close()
         if self._receipts is not None:
             with contextlib.suppress(Exception):
                 await self._receipts.stop()
