@@ -1,9 +1,14 @@
 """The composition root: builds every part from Settings, starts and stops them in order.
+It holds no behaviour of its own: each part lives where it serves (health in
+server/health.py, webhooks in server/http/, maintenance in server/store/, listening
+sockets in server/listen.py, provider reloads in dispatch/providers.py).
 
 Start: database (embedded unless DATABASE_URL) -> migrations -> status hub ->
-dispatcher -> gRPC server -> HTTP server. Stop: health NOT_SERVING -> open streams
+receipts, providers, dispatcher, poller -> maintenance -> gRPC server -> health
+SERVING (and its watchdog) -> HTTP server. Stop: health NOT_SERVING -> open streams
 end (UNAVAILABLE) -> gRPC drain and dispatcher drain, side by side within one grace
--> receipts flushed -> hub -> HTTP -> pool -> database.
+-> poller, maintenance, watchdog -> providers -> receipts flushed -> hub -> HTTP ->
+pool -> database.
 """
 
 from __future__ import annotations
@@ -17,22 +22,17 @@ from typing import TYPE_CHECKING
 import asyncpg
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health
-from grpc_reflection.v1alpha import reflection
 from sms.v1 import (
-    batch_pb2,
     batch_pb2_grpc,
-    message_pb2,
     message_pb2_grpc,
-    template_pb2,
     template_pb2_grpc,
-    verification_pb2,
     verification_pb2_grpc,
 )
 
 from server.api.batch_service import BatchServicer
 from server.api.interceptors import GatewayInterceptor
 from server.api.message_service import MessageServicer
+from server.api.server import SERVICE_NAMES, enable_reflection, grpc_server
 from server.api.template_service import TemplateServicer
 from server.api.verification_service import VerificationServicer
 from server.config import Settings
@@ -79,15 +79,6 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAMES = (
-    message_pb2.DESCRIPTOR.services_by_name["MessageService"].full_name,
-    verification_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
-    batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name,
-    template_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
-)
-
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class Gateway:
@@ -204,18 +195,12 @@ class Gateway:
             metrics=self.metrics,
             streams=StreamCaps(s.max_streams_per_account, s.max_streams),
         )
-        server = grpc.aio.server(
+        server = grpc_server(
             # The tracing interceptor first, so that a call's span holds our checks.
-            interceptors=[
+            [
                 *([self.tracing.server_interceptor()] if self.tracing is not None else []),
                 self._interceptor,
-            ],
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                # A second server on a taken port fails to bind instead of sharing it.
-                ("grpc.so_reuseport", 0),
-            ],
+            ]
         )
         message_pb2_grpc.add_MessageServiceServicer_to_server(
             MessageServicer(
@@ -241,9 +226,7 @@ class Gateway:
             server,
         )
         self.health.add_to_server(server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        enable_reflection(server)
         self.grpc_port = listen_grpc(server, s.grpc_addr, s.tls)
         await server.start()
         self._server = server
