@@ -1,9 +1,14 @@
 """The composition root: builds every part from Settings, starts and stops them in order.
+It holds no behaviour of its own: each part lives where it serves (health in
+server/health.py, webhooks in server/http/, maintenance in server/store/, listening
+sockets in server/listen.py, provider reloads in dispatch/providers.py).
 
 Start: database (embedded unless DATABASE_URL) -> migrations -> status hub ->
-dispatcher -> gRPC server -> HTTP server. Stop: health NOT_SERVING -> open streams
+receipts, providers, dispatcher, poller -> maintenance -> gRPC server -> health
+SERVING (and its watchdog) -> HTTP server. Stop: health NOT_SERVING -> open streams
 end (UNAVAILABLE) -> gRPC drain and dispatcher drain, side by side within one grace
--> receipts flushed -> hub -> HTTP -> pool -> database.
+-> poller, maintenance, watchdog -> providers -> receipts flushed -> hub -> HTTP ->
+pool -> database.
 """
 
 from __future__ import annotations
@@ -12,34 +17,32 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import socket
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import asyncpg
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from sms.v1 import (
-    batch_pb2,
     batch_pb2_grpc,
-    message_pb2,
     message_pb2_grpc,
-    template_pb2,
     template_pb2_grpc,
-    verification_pb2,
     verification_pb2_grpc,
 )
 
 from server.api.batch_service import BatchServicer
 from server.api.interceptors import GatewayInterceptor
 from server.api.message_service import MessageServicer
+from server.api.server import SERVICE_NAMES, enable_reflection, grpc_server
 from server.api.template_service import TemplateServicer
 from server.api.verification_service import VerificationServicer
 from server.config import Settings
 from server.dispatch.poller import ReceiptPoller
-from server.dispatch.providers import BreakerSettings, ProviderRoutes, ProviderSet
+from server.dispatch.providers import (
+    BreakerSettings,
+    LiveProviders,
+    ProviderRoutes,
+    ProviderSet,
+)
 from server.dispatch.receipts import ReceiptRecorder
 from server.dispatch.retry import RetryPolicy
 from server.dispatch.worker import Dispatcher
@@ -48,20 +51,22 @@ from server.domain.batching import Batches
 from server.domain.codes import CodeKeys
 from server.domain.limits import AuthFailureThrottle, RateLimits, StreamCaps
 from server.domain.messaging import Messaging
-from server.domain.ports import ProviderError
+from server.domain.outbox_codes import CodeOpeningOutbox
 from server.domain.templating import TemplateCatalog
 from server.domain.verification import Verifications
-from server.http.app import MetricsEndpoint, WebhookRejected, build_http_app
+from server.health import DatabaseHealth
+from server.http.app import MetricsEndpoint, build_http_app
+from server.http.webhooks import WebhookReceiver
+from server.listen import bind_http, listen_grpc
 from server.metrics import CONTENT_TYPE, GatewayMetrics
-from server.providers.webhooks import WebhookTransport
 from server.status.hub import StatusHub
 from server.status.watch import StatusWatcher
 from server.store.accounts import PgAccountStore
 from server.store.batches import PgBatchStore
-from server.store.embedded import EmbeddedPostgres
+from server.store.database import Database, migrate
 from server.store.events import PgEventLog
+from server.store.maintenance import Maintenance
 from server.store.messages import PgMessageStore
-from server.store.migrate import apply_migrations
 from server.store.outbox import PgOutbox
 from server.store.pool import create_pool
 from server.store.server_keys import load_or_create_key
@@ -75,58 +80,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (
-    message_pb2.DESCRIPTOR.services_by_name["MessageService"].full_name,
-    verification_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
-    batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name,
-    template_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
-)
-
-SERVING_SERVICES = SERVICE_NAMES
-MAINTENANCE_SECONDS = 30.0
-# How often grpc.health.v1 is brought in step with the database, and how long one
-# probe may take before the database counts as unreachable.
-HEALTH_PROBE_SECONDS = 1.0
-HEALTH_PROBE_TIMEOUT = 2.0
-
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-def _retrieve(task: asyncio.Task[object]) -> None:
-    """Marks a background task's exception as seen (it is reported otherwise)."""
-    if not task.cancelled():
-        task.exception()
-
-
-class Database:
-    """Where the data lives: the server named by DATABASE_URL, or the embedded one."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._embedded: EmbeddedPostgres | None = None
-        self.dsn = ""
-
-    async def start(self) -> str:
-        if self._settings.database_url:
-            self.dsn = self._settings.database_url
-        else:
-            self._embedded = EmbeddedPostgres(self._settings.data_dir)
-            self.dsn = await asyncio.to_thread(self._embedded.start)
-        return self.dsn
-
-    async def stop(self) -> None:
-        if self._embedded is not None:
-            await asyncio.to_thread(self._embedded.stop)
-            self._embedded = None
-
-
-async def migrate(dsn: str) -> list[str]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await apply_migrations(conn)
-    finally:
-        await conn.close()
-
 
 class Gateway:
     """One running smsgw process."""
@@ -136,7 +89,7 @@ class Gateway:
     ) -> None:
         """``tracer_provider``: trace into this one (tests) instead of SMSGW_TRACING's."""
         self.settings = settings
-        self.database = Database(settings)
+        self.database = Database(settings.database_url, settings.data_dir)
         if tracer_provider is not None:
             self.tracing: Tracing | None = Tracing(tracer_provider, owns_provider=False)
         else:
@@ -147,22 +100,16 @@ class Gateway:
         self._pool: asyncpg.Pool | None = None
         self._server: grpc.aio.Server | None = None
         self._interceptor: GatewayInterceptor | None = None
-        self._health = health.aio.HealthServicer()
+        self.health = DatabaseHealth(SERVICE_NAMES)
         self._http: web.AppRunner | None = None
         self._hub: StatusHub | None = None
         self._dispatcher: Dispatcher | None = None
         self._receipts: ReceiptRecorder | None = None
-        self._providers: ProviderSet | None = None
+        self._providers = LiveProviders(settings.shutdown_grace)
         self._poller: ReceiptPoller | None = None
-        self._serving = False
-        # The database's last known state, kept by the health watchdog: /healthz
-        # answers from it at once rather than querying a database that may hang.
-        self._database_ok = False
-        self._probe: asyncio.Task[object] | None = None
-        self._background: set[asyncio.Task[None]] = set()
-        self._retired: list[ProviderSet] = []  # replaced by a reload, closing after grace
+        self._maintenance: Maintenance | None = None
         self.metrics = GatewayMetrics()
-        self.metrics.watch_breakers(self._breaker_states)
+        self.metrics.watch_breakers(self._providers.breaker_states)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -184,16 +131,15 @@ class Gateway:
                 "(fine for development; set SMSGW_SECRET_KEY in production)"
             )
         codes = CodeKeys(s.secret_key or await load_or_create_key(pool))
-        outbox = PgOutbox(pool, codes, on_changes=self.metrics.message_changes)
+        outbox = PgOutbox(pool, on_changes=self.metrics.message_changes)
         self.metrics.watch_backlog(outbox.backlog)
         self._hub = StatusHub(dsn, events)
         await self._hub.start()
         self._receipts = ReceiptRecorder(outbox)
         self._receipts.start()
-        self._providers = self._build_providers(s)
         self._dispatcher = Dispatcher(
-            outbox,
-            self._providers,
+            CodeOpeningOutbox(outbox, codes),
+            self._providers.use(self._build_providers(s)),
             workers=s.dispatch_workers,
             claim_size=s.dispatch_claim_size,
             bulk=s.dispatch_bulk,
@@ -237,11 +183,8 @@ class Gateway:
             routes=routes,
             on_accepted=self._dispatcher.wake,
         )
-        maintenance = asyncio.create_task(
-            self._maintain(verification_store, velocity, message_store), name="maintenance"
-        )
-        self._background.add(maintenance)
-        maintenance.add_done_callback(self._background.discard)
+        self._maintenance = Maintenance(verification_store, velocity, message_store)
+        self._maintenance.start()
         self.authenticator = authenticator = Authenticator(
             PgAccountStore(pool),
             failures=AuthFailureThrottle(s.limits.auth_failures_per_minute),
@@ -252,18 +195,12 @@ class Gateway:
             metrics=self.metrics,
             streams=StreamCaps(s.max_streams_per_account, s.max_streams),
         )
-        server = grpc.aio.server(
+        server = grpc_server(
             # The tracing interceptor first, so that a call's span holds our checks.
-            interceptors=[
+            [
                 *([self.tracing.server_interceptor()] if self.tracing is not None else []),
                 self._interceptor,
-            ],
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                # A second server on a taken port fails to bind instead of sharing it.
-                ("grpc.so_reuseport", 0),
-            ],
+            ]
         )
         message_pb2_grpc.add_MessageServiceServicer_to_server(
             MessageServicer(
@@ -288,42 +225,23 @@ class Gateway:
             ),
             server,
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        if s.tls is None:
-            self.grpc_port = server.add_insecure_port(s.grpc_addr)
-        else:
-            self.grpc_port = server.add_secure_port(s.grpc_addr, s.tls.credentials())
-        if self.grpc_port == 0:
-            raise OSError(f"cannot listen on {s.grpc_addr}")
-        if s.tls is not None:
-            log.info("gRPC port uses %s", s.tls.describe())
+        self.health.add_to_server(server)
+        enable_reflection(server)
+        self.grpc_port = listen_grpc(server, s.grpc_addr, s.tls)
         await server.start()
         self._server = server
-        for name in ("", *SERVING_SERVICES):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._serving = True
-        self._database_ok = True  # it has just answered the migrations and the start
-        watchdog = asyncio.create_task(self._watch_database(), name="health-watchdog")
-        self._background.add(watchdog)
-        watchdog.add_done_callback(self._background.discard)
+        await self.health.start(pool)
 
         self._http = web.AppRunner(
             build_http_app(
-                self._is_healthy,
-                self._receive_webhook,
+                self.health.is_healthy,
+                WebhookReceiver(self.providers, self._receipts),
                 MetricsEndpoint(self.metrics.render, CONTENT_TYPE),
             ),
             access_log=None,
         )
         await self._http.setup()
-        host, _, port = s.http_addr.rpartition(":")
-        host = host.strip("[]")
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, int(port)))
+        sock = bind_http(s.http_addr)
         self.http_port = sock.getsockname()[1]
         await web.SockSite(self._http, sock).start()
         log.info(
@@ -331,132 +249,32 @@ class Gateway:
         )
 
     def providers(self) -> ProviderSet:
-        assert self._providers is not None, "the gateway is not started"
-        return self._providers
+        """The provider set in use (a reload replaces it)."""
+        return self._providers()
 
-    def _breaker_states(self) -> dict[str, str]:
-        return {} if self._providers is None else self._providers.breaker_states()
-
-    def _build_providers(self, settings: Settings) -> ProviderSet:
+    def _build_providers(self, s: Settings) -> ProviderSet:
         assert self._receipts is not None
         return ProviderSet.build(
-            settings.routing,
+            s.routing,
             receipts=self._receipts,
-            loopback=settings.loopback,
+            loopback=s.loopback,
             breaker=BreakerSettings(
-                window_seconds=settings.breaker_window_seconds,
-                min_failures=settings.breaker_failures,
-                failure_rate=settings.breaker_failure_rate,
-                reset_seconds=settings.breaker_reset_seconds,
-                probes=settings.breaker_probes,
+                window_seconds=s.breaker_window_seconds,
+                min_failures=s.breaker_failures,
+                failure_rate=s.breaker_failure_rate,
+                reset_seconds=s.breaker_reset_seconds,
+                probes=s.breaker_probes,
             ),
         )
 
     async def reload(self, settings: Settings) -> None:
         """Switches to new providers and routes (SIGHUP) without dropping work: sends
         in flight finish on the old transports, which close once they are done."""
-        old = self._providers
-        self._providers = self._build_providers(settings)
+        providers = self._providers.use(self._build_providers(settings))
         if self._dispatcher is not None:
-            self._dispatcher.use(self._providers)
+            self._dispatcher.use(providers)
         self.settings = dataclasses.replace(self.settings, routing=settings.routing)
-        log.info("providers reloaded: %s", ", ".join(self._providers.transports))
-        if old is not None:
-            self._retired.append(old)
-            task = asyncio.create_task(self._close_later(old), name="close-old-providers")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    async def _close_later(self, old: ProviderSet) -> None:
-        await asyncio.sleep(self.settings.shutdown_grace)
-        self._retired.remove(old)
-        await old.close()
-
-    async def _receive_webhook(self, kind: str, name: str | None, form: dict[str, str]) -> None:
-        """Verifies and records a provider's delivery push (SendCloud SMSHook)."""
-        providers = self.providers()
-        candidates = [
-            transport
-            for n, transport in providers.transports.items()
-            if (name is None or n == name)
-            and providers.kinds[n] == kind
-            and isinstance(transport, WebhookTransport)
-        ]
-        if not candidates:
-            raise WebhookRejected(f"no {kind} provider" + (f" named {name}" if name else ""))
-        errors: list[str] = []
-        for transport in candidates:
-            try:
-                receipts = transport.parse_hook(form)
-            except ProviderError as exc:
-                errors.append(str(exc))
-                continue
-            assert self._receipts is not None
-            for receipt in receipts:
-                await self._receipts(receipt)
-            await self._receipts.flush()
-            return
-        raise WebhookRejected("; ".join(errors))
-
-    async def _maintain(
-        self,
-        verifications: PgVerificationStore,
-        velocity: PgVelocityCounters,
-        messages: PgMessageStore,
-    ) -> None:
-        """Expires pending verifications past their time; drops old velocity windows
-        and mobile send times (intervals are at most a day)."""
-        while True:
-            await asyncio.sleep(MAINTENANCE_SECONDS)
-            try:
-                await verifications.expire_pending()
-                await velocity.purge(timedelta(days=1))
-                await messages.purge_mobile_intervals(timedelta(days=1))
-            except Exception as exc:
-                log.warning("maintenance failed (%s); will retry", type(exc).__name__)
-
-    async def _is_healthy(self) -> bool:
-        """From the last known state (at most HEALTH_PROBE_SECONDS +
-        HEALTH_PROBE_TIMEOUT old): a probe of a hung database would hold the answer
-        for the probe's whole timeout."""
-        return self._serving and self._database_ok
-
-    async def _database_answers(self) -> bool:
-        """Whether ``SELECT 1`` answers within HEALTH_PROBE_TIMEOUT. A probe that does
-        not is left running rather than cancelled (cancelling a query on a hung
-        connection waits for the driver's cancel request, which hangs as well), and
-        no second probe starts while it runs."""
-        if self._pool is None:
-            return False
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.create_task(self._pool.fetchval("SELECT 1"), name="db-probe")
-            self._probe.add_done_callback(_retrieve)
-        probe = self._probe
-        done, _ = await asyncio.wait({probe}, timeout=HEALTH_PROBE_TIMEOUT)
-        return bool(done) and not probe.cancelled() and probe.exception() is None
-
-    async def _watch_database(self) -> None:
-        """Keeps grpc.health.v1 in step with the database: NOT_SERVING while it cannot
-        be reached (every RPC would answer UNAVAILABLE; balancers and orchestrators
-        route around this replica), SERVING again once it answers. Shutdown's
-        NOT_SERVING is final (the health servicer ignores later changes)."""
-        while self._serving:
-            await asyncio.sleep(HEALTH_PROBE_SECONDS)
-            answers = await self._database_answers()
-            if answers == self._database_ok or not self._serving:
-                continue
-            self._database_ok = answers
-            if answers:
-                log.info("the database answers again: health SERVING")
-            else:
-                log.warning("the database cannot be reached: health NOT_SERVING")
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if answers
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            for name in ("", *SERVING_SERVICES):
-                await self._health.set(name, status)
+        log.info("providers reloaded: %s", ", ".join(providers.transports))
 
     async def stop(self) -> None:
         """Stops within SMSGW_SHUTDOWN_GRACE: status streams end at once (UNAVAILABLE,
@@ -465,8 +283,7 @@ class Gateway:
         grace after the RPCs'. Workers claim nothing new: what is accepted meanwhile
         waits in the outbox for another replica or the restart."""
         grace = self.settings.shutdown_grace
-        self._serving = False
-        await self._health.enter_graceful_shutdown()
+        await self.health.enter_shutdown()
         if self._interceptor is not None:
             self._interceptor.end_streams()
         drains = []
@@ -477,15 +294,10 @@ class Gateway:
         await asyncio.gather(*drains)
         if self._poller is not None:
             await self._poller.stop()
-        if self._probe is not None:
-            self._probe.cancel()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        for retired in [*self._retired, self._providers]:
-            if retired is not None:
-                await retired.close()
-        self._retired.clear()
+        if self._maintenance is not None:
+            await self._maintenance.stop()
+        await self.health.stop()
+        await self._providers.close()
         if self._receipts is not None:
             with contextlib.suppress(Exception):
                 await self._receipts.stop()

@@ -134,7 +134,6 @@ class Settings:
     # A SENT message with no receipt by then is UNDELIVERED with NO_RECEIPT.
     receipt_deadline_seconds: float = 72 * 3600.0
     poll_interval_seconds: float = 2.0
-    webhook_max_age_seconds: float = 300.0
     secret_key: bytes | None = field(default=None, repr=False)
     otp: OtpSettings = field(default_factory=OtpSettings)
     limits: RateLimitSettings = field(default_factory=RateLimitSettings)

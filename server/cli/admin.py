@@ -97,11 +97,11 @@ def _admin_command(parser: argparse.ArgumentParser, action: Action) -> None:
 
 
 async def _with_accounts(action: Action, args: argparse.Namespace) -> int:
-    from server.app import Database, migrate
+    from server.store.database import Database, migrate
     from server.store.pool import create_pool
 
     settings = server_settings()
-    database = Database(settings)
+    database = Database(settings.database_url, settings.data_dir)
     dsn = await database.start()
     try:
         await migrate(dsn)

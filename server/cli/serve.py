@@ -137,9 +137,9 @@ def cannot_listen(settings: Settings, exc: BaseException) -> str:
 
 
 async def _migrate(settings: Settings) -> int:
-    from server.app import Database, migrate
+    from server.store.database import Database, migrate
 
-    database = Database(settings)
+    database = Database(settings.database_url, settings.data_dir)
     dsn = await database.start()
     try:
         applied = await migrate(dsn)

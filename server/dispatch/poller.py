@@ -18,8 +18,7 @@ from collections.abc import Callable
 
 from server.dispatch.providers import ProviderSet
 from server.dispatch.receipts import ReceiptRecorder
-from server.domain.ports import ProviderError, ProviderRef
-from server.store.outbox import PgOutbox
+from server.domain.ports import PolledOutbox, ProviderError, ProviderRef
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ log = logging.getLogger(__name__)
 class ReceiptPoller:
     def __init__(
         self,
-        outbox: PgOutbox,
+        outbox: PolledOutbox,
         providers: Callable[[], ProviderSet],
         recorder: ReceiptRecorder,
         *,

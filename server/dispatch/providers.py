@@ -7,6 +7,7 @@ the set they started with.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ from server.domain.models import Channel, OutboundMessage, UseType
 from server.domain.ports import ReceiptSink, Transport, VoiceTransport
 from server.providers.loopback import LoopbackConfig
 from server.providers.registry import build_transport
+from server.providers.webhooks import WebhookTransport
 from server.routing_config import RoutingConfig
 
-__all__ = ["BreakerSettings", "ProviderRoutes", "ProviderSet", "can_carry"]
+__all__ = ["BreakerSettings", "LiveProviders", "ProviderRoutes", "ProviderSet", "can_carry"]
 
 
 def can_carry(transport: Transport, message: OutboundMessage) -> bool:
@@ -113,6 +115,28 @@ class ProviderSet:
             out.append(verdicts[key])
         return out
 
+    def hook_receivers(self, kind: str, name: str | None = None) -> list[WebhookTransport]:
+        """The transports that take pushes posted for provider ``kind`` (and ``name``,
+        when the post names one)."""
+        return [
+            transport
+            for n, transport in self.transports.items()
+            if (name is None or n == name)
+            and self.kinds[n] == kind
+            and isinstance(transport, WebhookTransport)
+        ]
+
+    def places_calls(self, mobile: str) -> bool:
+        """Whether some provider routed for verification codes to ``mobile`` places
+        voice calls at all."""
+        route = self.router.route(mobile, UseType.VERIFICATION)
+        return route is not None and any(
+            self.transports[name].capabilities.voice
+            and isinstance(self.transports[name], VoiceTransport)
+            for name in route.providers
+            if name in self.transports
+        )
+
     def breaker_states(self) -> dict[str, str]:
         return {name: b.state for name, b in self.breakers.items()}
 
@@ -136,13 +160,48 @@ class ProviderRoutes:
         return self._providers().can_carry_batch(messages)
 
     def places_calls(self, mobile: str) -> bool:
-        providers = self._providers()
-        call = OutboundMessage(
-            "", 0, mobile, "", UseType.VERIFICATION, 0, channel=Channel.VOICE, code=""
-        )
-        return any(
-            providers.transports[name].capabilities.voice
-            and isinstance(providers.transports[name], VoiceTransport)
-            for name in providers.router.candidates(call)
-            if name in providers.transports
-        )
+        return self._providers().places_calls(mobile)
+
+
+class LiveProviders:
+    """The provider set in use. A reload replaces it; the set replaced stays open for
+    ``grace`` seconds so that sends in flight on its transports finish, then closes."""
+
+    def __init__(self, grace: float) -> None:
+        self._grace = grace
+        self._current: ProviderSet | None = None
+        self._retired: list[ProviderSet] = []
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def __call__(self) -> ProviderSet:
+        assert self._current is not None, "no providers yet"
+        return self._current
+
+    def breaker_states(self) -> dict[str, str]:
+        return {} if self._current is None else self._current.breaker_states()
+
+    def use(self, providers: ProviderSet) -> ProviderSet:
+        """Puts ``providers`` in use (returned); the set it replaces closes after the
+        grace."""
+        old, self._current = self._current, providers
+        if old is not None:
+            self._retired.append(old)
+            task = asyncio.create_task(self._close_later(old), name="close-old-providers")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return providers
+
+    async def close(self) -> None:
+        """Closes every set, the one in use and those still in their grace."""
+        for task in list(self._closing):
+            task.cancel()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        for retired in [*self._retired, self._current]:
+            if retired is not None:
+                await retired.close()
+        self._retired.clear()
+
+    async def _close_later(self, old: ProviderSet) -> None:
+        await asyncio.sleep(self._grace)
+        self._retired.remove(old)
+        await old.close()

@@ -12,14 +12,15 @@ import contextlib
 import logging
 
 from server.aio import wait_event
-from server.domain.ports import Receipt
-from server.store.outbox import PgOutbox, ProviderReceipt, Transition
+from server.domain.ports import ProviderReceipt, Receipt, ReceiptOutbox, Transition
 
 log = logging.getLogger(__name__)
 
 
 class ReceiptRecorder:
-    def __init__(self, outbox: PgOutbox, *, flush_interval: float = 0.05, max_group: int = 500):
+    def __init__(
+        self, outbox: ReceiptOutbox, *, flush_interval: float = 0.05, max_group: int = 500
+    ) -> None:
         self._outbox = outbox
         self._flush_interval = flush_interval
         self._max_group = max_group

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from server.domain.models import OutboundMessage
+from server.domain.models import OutboundMessage, UseType
 from server.routing_config import RouteSpec
 
 
@@ -20,13 +20,17 @@ class Router:
         self._routes = list(routes)
 
     def route_for(self, message: OutboundMessage) -> RouteSpec | None:
+        return self.route(message.to_number, message.use_type)
+
+    def route(self, to_number: str, use_type: UseType) -> RouteSpec | None:
+        """The route for messages of ``use_type`` to ``to_number`` (None: no route)."""
         best: RouteSpec | None = None
         best_score = (-1, -1)
         for route in self._routes:
-            if route.use_types and message.use_type not in route.use_types:
+            if route.use_types and use_type not in route.use_types:
                 continue
             prefixes = route.prefixes or ("",)
-            length = max((len(p) for p in prefixes if message.to_number.startswith(p)), default=-1)
+            length = max((len(p) for p in prefixes if to_number.startswith(p)), default=-1)
             # Longest prefix first; on a tie, a route naming the use type is more specific.
             score = (length, 1 if route.use_types else 0)
             if length >= 0 and score > best_score:

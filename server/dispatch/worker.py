@@ -39,9 +39,15 @@ from server.dispatch.retry import RetryPolicy
 from server.dispatch.routing import failover_order
 from server.domain.errors import Unavailable
 from server.domain.models import Channel, MessageStatus, OutboundMessage, Priority
-from server.domain.ports import SendOutcome, Transport, VoiceTransport
+from server.domain.ports import (
+    ClaimedMessage,
+    Outbox,
+    SendOutcome,
+    Transition,
+    Transport,
+    VoiceTransport,
+)
 from server.metrics import GatewayMetrics
-from server.store.outbox import ClaimedMessage, PgOutbox, Transition
 from server.tracing import Tracing, dispatch_span
 
 log = logging.getLogger(__name__)
@@ -67,7 +73,7 @@ async def send_bulk(transport: Transport, messages: Sequence[OutboundMessage]) -
 class Dispatcher:
     def __init__(
         self,
-        outbox: PgOutbox,
+        outbox: Outbox,
         providers: ProviderSet,
         *,
         workers: int = 2,

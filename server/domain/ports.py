@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from server.domain.models import (
@@ -205,7 +206,119 @@ class ProviderError(Exception):
     """A provider call failed as a whole (status query, webhook parsing)."""
 
 
-class EventSource(Protocol):
+class EventLog(Protocol):
+    """The ordered log of status changes (message_events) that streams read and
+    replay. Event ids follow commit order: a reader that has seen id N has seen every
+    committed event below N."""
+
+    async def last_event_id(self) -> int:
+        """The newest event's id (0: none yet)."""
+        ...
+
+    async def all_after(self, after_event_id: int, limit: int) -> list[StatusEvent]:
+        """Events of every account after the cursor, in id order."""
+        ...
+
     async def events_after(
         self, account_id: int, after_event_id: int, ids: Sequence[str] | None, limit: int
-    ) -> list[StatusEvent]: ...
+    ) -> list[StatusEvent]:
+        """One account's events after the cursor, in id order, optionally only for ``ids``."""
+        ...
+
+    async def count_after(
+        self, account_id: int, after_event_id: int, ids: Sequence[str] | None, limit: int
+    ) -> int:
+        """How many events ``events_after`` would return, counting at most ``limit``."""
+        ...
+
+    async def latest_per_message(self, account_id: int, ids: Sequence[str]) -> list[StatusEvent]:
+        """Each message's newest event: its current state with the event id that set it."""
+        ...
+
+
+@dataclass(frozen=True)
+class ClaimedMessage:
+    """A due message the dispatcher holds under a lease."""
+
+    message: OutboundMessage
+    priority: int
+    created_at: datetime
+    # A verification code not in the message: still sealed as the store keeps it,
+    # or sealed under a key this server does not have. outbox_codes.open_claimed
+    # opens it into the message (whose text holds CODE_MARK where it goes).
+    code_unavailable: bool = False
+    sealed_code: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A status change for one message (dispatch outcome, retry or receipt)."""
+
+    message_id: str
+    status: MessageStatus
+    error_code: str = ""
+    provider: str = ""
+    provider_message_id: str | None = None
+    not_before: datetime | None = None
+    # False: no provider was asked (every breaker open), so the claim's attempt is
+    # given back; a message must not run out of attempts while it cannot be tried.
+    attempted: bool = True
+
+
+@dataclass(frozen=True)
+class ProviderReceipt:
+    """A receipt known only by the provider's message id (a webhook's)."""
+
+    provider: str
+    provider_message_id: str
+    status: MessageStatus
+    error_code: str = ""
+
+
+class Outbox(Protocol):
+    """Accepted messages waiting to be sent, as the dispatcher sees them."""
+
+    async def claim_due(self, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
+        """Up to ``limit`` due messages (verification codes and single sends first),
+        each leased for ``lease_seconds``: no other worker claims it meanwhile."""
+        ...
+
+    async def apply(self, transitions: Sequence[Transition]) -> None:
+        """Records status changes in one transaction, each with its event, in order."""
+        ...
+
+    async def release(self, message_ids: Sequence[str]) -> None:
+        """Gives claimed messages back (on shutdown) so another worker can take them now."""
+        ...
+
+
+class ReceiptOutbox(Protocol):
+    """Where delivery receipts are recorded."""
+
+    async def apply(self, transitions: Sequence[Transition]) -> None:
+        """Records status changes in one transaction, each with its event, in order."""
+        ...
+
+    async def apply_provider_receipts(self, receipts: Sequence[ProviderReceipt]) -> int:
+        """Records receipts known only by provider id; parks those not matched yet.
+        Returns how many matched a message."""
+        ...
+
+
+class PolledOutbox(Protocol):
+    """Sent messages waiting for a receipt, as the receipt poller sees them."""
+
+    async def due_for_poll(
+        self, provider: str, min_age: float, repoll_after: float, limit: int
+    ) -> list[tuple[str, str]]:
+        """SENT messages of a provider to ask about, as (message id, provider id)."""
+        ...
+
+    async def unpark_matched(self) -> int:
+        """Applies parked receipts whose send has been recorded meanwhile."""
+        ...
+
+    async def expire_unreceipted(self, deadline_seconds: float, limit: int) -> int:
+        """Ends SENT messages with no receipt for ``deadline_seconds`` as UNDELIVERED
+        (NO_RECEIPT); returns how many."""
+        ...

@@ -8,15 +8,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from server.http.webhooks import WebhookRejected
+
 log = logging.getLogger(__name__)
 
 MAX_WEBHOOK_BYTES = 64 * 1024
 # Providers post forms; any other body is refused before it is read as one.
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
-
-
-class WebhookRejected(Exception):
-    """A webhook that failed verification (signature, freshness, replay, provider)."""
 
 
 WebhookHandler = Callable[[str, str | None, dict[str, str]], Awaitable[None]]

@@ -35,11 +35,6 @@ E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 VARIABLE = re.compile(r"#([A-Za-z0-9_]{1,23})#")
 
 
-def template_variables(text: str) -> list[str]:
-    """The variable names of a Skynoo template text, in order of appearance."""
-    return VARIABLE.findall(text)
-
-
 def render_template(text: str, values: Mapping[str, str]) -> str:
     """Replaces every #name# with its value; raises KeyError(name) for a missing one."""
     return VARIABLE.sub(lambda match: values[match.group(1)], text)

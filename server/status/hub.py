@@ -20,7 +20,8 @@ import asyncpg
 
 from server.aio import wait_event
 from server.domain.models import StatusEvent
-from server.store.events import EVENTS_CHANNEL, PgEventLog
+from server.domain.ports import EventLog
+from server.store.events import EVENTS_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class Subscription:
 
 
 class StatusHub:
-    def __init__(self, dsn: str, events: PgEventLog, *, poll_interval: float = 1.0) -> None:
+    def __init__(self, dsn: str, events: EventLog, *, poll_interval: float = 1.0) -> None:
         self._dsn = dsn
         self._events = events
         self._poll_interval = poll_interval
@@ -108,9 +109,6 @@ class StatusHub:
             subs.discard(subscription)
             if not subs:
                 del self._subscriptions[subscription.account_id]
-
-    def poke(self) -> None:
-        self._wake.set()
 
     async def _connect_listener(self) -> None:
         try:

@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator, Sequence
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from server.domain.fields import check_ids
 from server.domain.models import StatusEvent
+from server.domain.ports import EventLog
 from server.status.hub import StatusHub, Subscription
-from server.store.events import PgEventLog
 
 MAX_WATCH_IDS = 100
 REPLAY_PAGE = 500
@@ -27,7 +27,7 @@ MAX_REPLAY_EVENTS = 10_000
 
 class StatusWatcher:
     def __init__(
-        self, events: PgEventLog, hub: StatusHub, *, max_replay: int = MAX_REPLAY_EVENTS
+        self, events: EventLog, hub: StatusHub, *, max_replay: int = MAX_REPLAY_EVENTS
     ) -> None:
         self._events = events
         self._hub = hub

@@ -14,10 +14,10 @@ import asyncpg
 
 from server.domain.batching import BatchMessageRow, BatchRecord
 from server.domain.models import MessageStatus, NewMessage
-from server.domain.ports import IdempotencyKey
+from server.domain.ports import IdempotencyKey, Transition
 from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log
 from server.store.idempotency import claim_key
-from server.store.outbox import ChangeSink, StatusChanges, Transition, apply_transitions
+from server.store.outbox import ChangeSink, StatusChanges, apply_transitions
 from server.store.pool import retry_on_conflict, unavailable_on_connection_errors
 
 MESSAGE_COLUMNS = (

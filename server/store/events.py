@@ -52,6 +52,8 @@ def _event(row: asyncpg.Record) -> StatusEvent:
 
 
 class PgEventLog:
+    """The domain's EventLog port over message_events."""
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 

@@ -1,16 +1,15 @@
 """The dispatcher's side of the outbox: claiming due messages under a lease and
-recording what happened to them (each status change with its event)."""
+recording what happened to them (each status change with its event). PgOutbox
+implements the domain's Outbox, ReceiptOutbox and PolledOutbox ports."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 
 import asyncpg
 
-from server.domain.codes import CodeKeys
-from server.domain.models import CODE_MARK, Channel, MessageStatus, OutboundMessage, UseType
+from server.domain.models import Channel, MessageStatus, OutboundMessage, UseType
+from server.domain.ports import ClaimedMessage, ProviderReceipt, Transition
 from server.store.events import lock_event_log
 from server.store.pool import Conn, retry_on_conflict, unavailable_on_connection_errors
 from server.store.templates import TemplateLayout, TemplateLayouts
@@ -219,6 +218,16 @@ FOR UPDATE SKIP LOCKED
 NO_RECEIPT = "NO_RECEIPT"
 
 
+__all__ = [
+    "ChangeSink",
+    "ClaimedMessage",
+    "PgOutbox",
+    "ProviderReceipt",
+    "StatusChanges",
+    "Transition",
+    "apply_transitions",
+]
+
 # Status changes recorded, as (new status, provider, how many).
 StatusChanges = list[tuple[MessageStatus, str, int]]
 ChangeSink = Callable[[StatusChanges], None]
@@ -232,40 +241,14 @@ def _ignore(changes: StatusChanges) -> None:
 _BACKLOG = "SELECT status, count(*) AS n FROM messages WHERE status IN (1, 2) GROUP BY status"
 
 
-@dataclass(frozen=True)
-class ClaimedMessage:
-    message: OutboundMessage
-    priority: int
-    created_at: datetime
-    # A sealed verification code that this server's key cannot open.
-    code_unavailable: bool = False
-
-
-@dataclass(frozen=True)
-class Transition:
-    """A status change for one message (dispatch outcome, retry or receipt)."""
-
-    message_id: str
-    status: MessageStatus
-    error_code: str = ""
-    provider: str = ""
-    provider_message_id: str | None = None
-    not_before: datetime | None = None
-    # False: no provider was asked (every breaker open), so the claim's attempt is
-    # given back; a message must not run out of attempts while it cannot be tried.
-    attempted: bool = True
-
-
 class PgOutbox:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        codes: CodeKeys | None = None,
         *,
         on_changes: ChangeSink | None = None,
     ) -> None:
         self._pool = pool
-        self._codes = codes
         # Template texts and variable order, for the messages sent by template.
         self._layouts = TemplateLayouts(pool)
         # Told of the status changes each transaction recorded, once it has committed.
@@ -284,35 +267,29 @@ class PgOutbox:
         return sorted((self._claimed(r, layouts) for r in rows), key=lambda c: c.priority)
 
     def _claimed(self, r: asyncpg.Record, layouts: dict[int, TemplateLayout]) -> ClaimedMessage:
-        body: str = r["body"]
-        data = dict(r["template_data"] or {})
-        code: str | None = None
         sealed = r["sealed_code"]
-        if sealed is not None and self._codes is not None:
-            code = self._codes.unseal(bytes(sealed))
-        if code is not None:
-            body = body.replace(CODE_MARK, code)
-            data = {k: code if v == CODE_MARK else v for k, v in data.items()}
         layout = layouts.get(r["template_id"]) if r["template_id"] is not None else None
         return ClaimedMessage(
             message=OutboundMessage(
                 id=r["id"],
                 account_id=r["account_id"],
                 to_number=r["to_number"],
-                body=body,
+                body=r["body"],
                 use_type=UseType(r["use_type"]),
                 attempts=r["attempts"],
                 template_id=r["template_id"],
                 template_code=r["template_code"],
-                data=data,
+                data=dict(r["template_data"] or {}),
                 channel=Channel(r["channel"]),
-                code=code,
                 variables=layout.variables if layout is not None else (),
                 template_content=layout.content if layout is not None else None,
             ),
             priority=r["priority"],
             created_at=r["created_at"],
-            code_unavailable=sealed is not None and code is None,
+            # Opened by the domain (outbox_codes), which holds the key; until then
+            # the message cannot be sent.
+            code_unavailable=sealed is not None,
+            sealed_code=bytes(sealed) if sealed is not None else None,
         )
 
     async def apply(self, transitions: Sequence[Transition]) -> None:
@@ -429,14 +406,6 @@ class PgOutbox:
                 "WHERE id = ANY($1::text[]) AND status < 3",
                 list(message_ids),
             )
-
-
-@dataclass(frozen=True)
-class ProviderReceipt:
-    provider: str
-    provider_message_id: str
-    status: MessageStatus
-    error_code: str = ""
 
 
 def _from_row(row: asyncpg.Record) -> Transition:

@@ -41,7 +41,7 @@ from sms.v1 import (
     verification_pb2,
 )
 
-from server.app import SERVICE_NAMES
+from server.api.server import SERVICE_NAMES
 from server.domain.otp_guard import GuardSettings
 from server.domain.verification import OtpSettings
 from tests.e2e.conftest import Client, GatewayFactory, Running

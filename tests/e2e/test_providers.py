@@ -209,7 +209,7 @@ async def test_bad_provider_answers_are_retried_never_a_crash(
     state = await final_state(client, await send_text(client))
     assert state.status == common_pb2.MESSAGE_STATUS_FAILED
     assert state.error_code in {"BAD_RESPONSE", "HTTP_502", "CONNECTION", "TIMEOUT"}
-    assert await running.gateway._is_healthy()
+    assert await running.gateway.health.is_healthy()
     assert os.getpid()  # still here: the process did not crash
 
 

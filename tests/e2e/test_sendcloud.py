@@ -178,4 +178,4 @@ async def test_malformed_webhook_bodies_answer_400_with_one_short_log_line(
         # A well-formed but unsigned form is still refused as before (403), not 400.
         async with session.post(url, data={"event": "delivered"}) as reply:
             assert reply.status == 403
-    assert await running.gateway._is_healthy()
+    assert await running.gateway.health.is_healthy()

@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from server.domain.models import MessageStatus, Priority, UseType
+from server.domain.codes import CodeKeys
+from server.domain.models import CODE_MARK, MessageStatus, Priority, UseType
+from server.domain.outbox_codes import CodeOpeningOutbox
 from server.store.accounts import PgAccountStore
 from server.store.messages import PgMessageStore
 from server.store.outbox import PgOutbox, Transition
@@ -244,4 +246,34 @@ async def test_a_claimed_template_message_carries_its_variables_in_text_order(
     assert list(claimed.message.data) != ["zeta", "a", "mid"]
     assert claimed.message.variables == ("zeta", "a", "mid")
     assert claimed.message.template_content == content
+    await _drain(pool)
+
+
+async def test_a_code_leaves_the_store_sealed_and_opens_only_with_the_server_key(
+    pool: asyncpg.Pool,
+) -> None:
+    await _drain(pool)
+    account_id = await _account(pool)
+    key, other = CodeKeys(b"k" * 32), CodeKeys(b"o" * 32)
+    mine, theirs = (
+        replace(
+            new_message(account_id, Priority.VERIFICATION),
+            use_type=UseType.VERIFICATION,
+            body=f"Your code is {CODE_MARK}",
+            sealed_code=keys.seal("4711"),
+        )
+        for keys in (key, other)
+    )
+    store = PgMessageStore(pool)
+    await store.insert(mine)
+    await store.insert(theirs)
+    raw = {c.message.id: c for c in await PgOutbox(pool).claim_due(10, 30)}
+    assert raw[mine.id].code_unavailable and "4711" not in raw[mine.id].message.body
+    await PgOutbox(pool).release(list(raw))
+
+    opened = await CodeOpeningOutbox(PgOutbox(pool), key).claim_due(10, 30)
+    by_id = {c.message.id: c for c in opened}
+    assert by_id[mine.id].message.body == "Your code is 4711"
+    assert not by_id[mine.id].code_unavailable
+    assert by_id[theirs.id].code_unavailable  # sealed under another SMSGW_SECRET_KEY
     await _drain(pool)
