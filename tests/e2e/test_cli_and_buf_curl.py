@@ -1,11 +1,13 @@
 """The README's user journey against a real `smsgw serve` process: create an account
-with the CLI, list, send and watch with `buf curl` through reflection, then SIGTERM."""
+with the CLI into a private file outside the repository, list, send and watch with
+`buf curl` through reflection, send and follow with the CLI, then SIGTERM."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -94,10 +96,23 @@ def _buf(
 
 
 def test_user_journey_with_cli_and_buf_curl(
-    server_env: dict[str, str], serve: subprocess.Popen[str]
+    server_env: dict[str, str], serve: subprocess.Popen[str], tmp_path: Path
 ) -> None:
-    created = _cli(server_env, "account", "create", "acme", check=True)
-    account = json.loads(created.stdout)
+    # README: (umask 077; smsgw account create acme > ~/smsgw-account.json)
+    home = tmp_path / "home"
+    home.mkdir()
+    smsgw = shlex.join(SMSGW)
+    subprocess.run(
+        ["bash", "-c", f"(umask 077; {smsgw} account create acme > ~/smsgw-account.json)"],
+        env={**server_env, "HOME": str(home)},
+        cwd=ROOT,
+        check=True,
+        timeout=120,
+    )
+    account_file = home / "smsgw-account.json"
+    assert account_file.stat().st_mode & 0o777 == 0o600  # the secret: readable by its owner only
+    assert not (ROOT / "smsgw-account.json").exists() and not (ROOT / "account.json").exists()
+    account = json.loads(account_file.read_text())
     assert account["api_key"].startswith("app_") and account["api_secret"].startswith("sec_")
     auth = (
         "Basic "
@@ -130,6 +145,33 @@ def test_user_journey_with_cli_and_buf_curl(
     )
     assert watched.returncode == 0, watched.stderr
     assert '"MESSAGE_STATUS_DELIVERED"' in watched.stdout
+
+    # README: a watch typed after the message is final shows its current status only
+    # (DELIVERED) and ends; it does not replay PENDING and SENT.
+    again = _buf(
+        server_env,
+        f"{url}/sms.v1.MessageService/WatchMessageStatus",
+        auth=auth,
+        data=json.dumps({"ids": [message["id"]]}),
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count('"status"') == 1
+    assert '"MESSAGE_STATUS_DELIVERED"' in again.stdout
+
+    # README: the CLI takes the credential from the environment; `send --watch` follows
+    # the message from the status it has when the watch opens to DELIVERED.
+    cli_env = {
+        **server_env,
+        "SMSGW_API_KEY": account["api_key"],
+        "SMSGW_API_SECRET": account["api_secret"],
+    }
+    followed = _cli(cli_env, "send", "+8613800138000", "Your parcel is on its way.", "--watch")
+    assert followed.returncode == 0, followed.stderr
+    reply, *events = followed.stdout.split("\n{")  # the answer, then one event a line
+    assert json.loads(reply)["status"] == "MESSAGE_STATUS_PENDING"
+    statuses = [json.loads("{" + event)["status"] for event in events]
+    assert statuses[-1] == "MESSAGE_STATUS_DELIVERED"
+    assert "MESSAGE_STATUS_SENT" in statuses
 
     refused = _buf(
         server_env,
