@@ -31,7 +31,7 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 @dataclass(frozen=True)
 class BreakerSettings:
-    """SMSGW_BREAKER_* settings (README: Routing)."""
+    """SMSGW_BREAKER_* settings (docs/providers.md)."""
 
     window_seconds: float = 30.0
     min_failures: int = 10
