@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import socket
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,7 @@ from server.dispatch.receipts import ReceiptRecorder
 from server.dispatch.retry import RetryPolicy
 from server.dispatch.worker import Dispatcher, can_carry
 from server.domain.auth import Authenticator
+from server.domain.batch_slots import BatchSlots
 from server.domain.batching import Batches
 from server.domain.codes import CodeKeys
 from server.domain.limits import AuthFailureThrottle, RateLimits
@@ -262,6 +264,7 @@ class Gateway:
                     PgBatchStore(pool, on_changes=self.metrics.message_changes),
                     templates,
                     on_accepted=self._dispatcher.wake,
+                    slots=BatchSlots(s.large_batches, clock=time.monotonic),
                 )
             ),
             server,
