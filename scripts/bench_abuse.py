@@ -255,6 +255,7 @@ async def run(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--numbers", type=int, default=100_000)
+    parser.add_argument("--abusers", type=int, default=ABUSERS, help="accounts sending a batch")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -263,17 +264,17 @@ def main() -> int:
         args.numbers, args.idle_seconds = 5_000, 3.0
     with workspace("smsgw-bench-abuse-") as (procs, tmp):
         gw = start_smsgw(tmp, procs, {}, 180)
-        abusers = [create_account(tmp, f"abuser{k}") for k in range(ABUSERS)]
+        abusers = [create_account(tmp, f"abuser{k}") for k in range(args.abusers)]
         f = asyncio.run(
             run(gw.proc.pid, gw.target, gw.metadata, abusers, args.numbers, args.idle_seconds)
         )
         stop_process(gw.proc)
-    expected = ABUSERS * args.numbers
+    expected = args.abusers * args.numbers
     if args.json:
         print(json.dumps({"numbers": args.numbers, **f}, indent=2))
     else:
         print(
-            f"{ABUSERS} concurrent CreateBatch x {args.numbers} numbers, database: "
+            f"{args.abusers} concurrent CreateBatch x {args.numbers} numbers, database: "
             f"{database_label()}"
         )
         rows = [
