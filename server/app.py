@@ -226,12 +226,8 @@ class Gateway:
             voice_available=self._voice_available,
             on_accepted=self._dispatcher.wake,
         )
-        batch_store = PgBatchStore(pool, on_changes=self.metrics.message_changes)
-        # A batch stored whole but not all published when the last process stopped.
-        await batch_store.publish_staged()
         maintenance = asyncio.create_task(
-            self._maintain(verification_store, velocity, message_store, batch_store),
-            name="maintenance",
+            self._maintain(verification_store, velocity, message_store), name="maintenance"
         )
         self._background.add(maintenance)
         maintenance.add_done_callback(self._background.discard)
@@ -265,7 +261,7 @@ class Gateway:
         batch_pb2_grpc.add_BatchServiceServicer_to_server(
             BatchServicer(
                 Batches(
-                    batch_store,
+                    PgBatchStore(pool, on_changes=self.metrics.message_changes),
                     templates,
                     on_accepted=self._dispatcher.wake,
                     slots=BatchSlots(s.large_batches, clock=time.monotonic),
@@ -393,18 +389,15 @@ class Gateway:
         verifications: PgVerificationStore,
         velocity: PgVelocityCounters,
         messages: PgMessageStore,
-        batches: PgBatchStore,
     ) -> None:
         """Expires pending verifications past their time; drops old velocity windows
-        and mobile send times (intervals are at most a day); publishes batch messages
-        a lost connection left staged."""
+        and mobile send times (intervals are at most a day)."""
         while True:
             await asyncio.sleep(MAINTENANCE_SECONDS)
             try:
                 await verifications.expire_pending()
                 await velocity.purge(timedelta(days=1))
                 await messages.purge_mobile_intervals(timedelta(days=1))
-                await batches.publish_staged()
             except Exception as exc:
                 log.warning("maintenance failed (%s); will retry", type(exc).__name__)
 

@@ -1,20 +1,13 @@
 """Batch tasks: creation in one transaction (COPY), counts, paging and cancel.
 
-Creation writes the batch row and COPYs every accepted message, staged (status 0:
-no worker claims it, no count includes it), in one transaction: a crash or error
-stores nothing. The staged messages are then published, PENDING with their first
-events, PUBLISH_ROWS at a time, each slice in a short transaction of its own: the
-event-log lock that every send takes is held for one slice, never for the whole
-batch (100k first events took 0.6 s under it). Staged rows a crash leaves behind
-(the batch stored whole, its publishing cut off) are published at start-up and by
-the maintenance loop (``publish_staged``); the call is answered only once all are.
-Counts change in the statement that records each message's status
-(store/outbox.py), so they are exact at any moment.
+Creation writes the batch row, COPYs every accepted message and inserts their
+first events with one statement under the event-log lock, all in one transaction:
+a crash or error stores nothing. Counts change in the statement that records each
+message's status (store/outbox.py), so they are exact at any moment.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterable, Sequence
 
 import asyncpg
@@ -25,9 +18,7 @@ from server.domain.ports import IdempotencyKey
 from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log
 from server.store.idempotency import claim_key
 from server.store.outbox import ChangeSink, Transition, apply_transitions
-from server.store.pool import Conn, unavailable_on_connection_errors
-
-log = logging.getLogger(__name__)
+from server.store.pool import unavailable_on_connection_errors
 
 MESSAGE_COLUMNS = (
     "id",
@@ -45,55 +36,20 @@ MESSAGE_COLUMNS = (
     "template_data",
 )
 
-STAGED = 0  # a batch message stored but not yet published (not a MessageStatus)
-PUBLISH_ROWS = 2_000  # staged messages published (and event-log lock held) at a time
-
-# One slice of a batch's staged messages made PENDING, with their first events, in
-# id order after a cursor (dead index entries of the slices before are never read
-# again). The rows are taken (and updated) before the event-log lock, so the lock
-# is held only for the events' insert and the commit.
-_PUBLISH_SLICE = f"""
-WITH slice AS (
-    SELECT id FROM messages WHERE batch_id = $1 AND id > $2 AND status = 0
-    ORDER BY id
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-),
-m AS (
-    UPDATE messages SET status = 1 FROM slice WHERE messages.id = slice.id
-    RETURNING messages.id, messages.account_id, messages.batch_id, messages.to_number,
-              messages.created_at
-),
-{LOCK_EVENT_LOG_CTE},
-events AS (
-    INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number,
-                                status, occurred_at)
-    SELECT nextval('message_event_ids'), m.id, m.account_id, m.batch_id, m.to_number, 1,
-           m.created_at
-    FROM m CROSS JOIN event_log_lock
-)
-SELECT (SELECT count(*) FROM slice) AS n, (SELECT max(id) FROM slice) AS last
+_FIRST_EVENTS = f"""
+WITH {LOCK_EVENT_LOG_CTE}
+INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number, status,
+                            occurred_at)
+SELECT nextval('message_event_ids'), m.id, m.account_id, m.batch_id, m.to_number, 1,
+       m.created_at
+FROM messages m CROSS JOIN event_log_lock
+WHERE m.batch_id = $1
 """
 
 _COLUMNS = (
     "id, status, total, sent, delivered, failed, cancelled, finished, created_at, updated_at,"
     " rejected"
 )
-
-
-async def _publish(conn: Conn, batch_id: str) -> int:
-    """Makes a batch's staged messages PENDING with their first events, a slice per
-    transaction; the number published."""
-    published = 0
-    after = ""
-    while True:
-        row = await conn.fetchrow(_PUBLISH_SLICE, batch_id, after, PUBLISH_ROWS)
-        assert row is not None
-        count = int(row["n"])
-        published += count
-        if count < PUBLISH_ROWS:
-            return published
-        after = str(row["last"])
 
 
 def _row(m: NewMessage) -> tuple[object, ...]:
@@ -107,7 +63,7 @@ def _row(m: NewMessage) -> tuple[object, ...]:
         m.template_id,
         m.segments,
         int(m.priority),
-        STAGED,
+        int(MessageStatus.PENDING),
         m.not_before,
         m.template_code,
         m.template_data,
@@ -144,69 +100,48 @@ class PgBatchStore:
         rejected: Sequence[tuple[str, str]],
         key: IdempotencyKey | None = None,
     ) -> BatchRecord:
-        """Stores the batch with all its messages, or nothing, then publishes them.
-        With ``key``, a repeat of an earlier request returns the earlier batch.
+        """Stores the batch with all its messages, or nothing. With ``key``, a repeat
+        of an earlier request returns the earlier batch.
 
         The messages come in slices, each COPYed before the next is read, so only
         one slice is in memory; the batch row gets its total and the rejected
         numbers once the last has been read."""
-        earlier_id: str | None = None
         with unavailable_on_connection_errors():
-            async with self._pool.acquire() as conn:
-                async with conn.transaction():
-                    if key is not None:
-                        earlier_id = await claim_key(conn, key, batch_id)
-                    if earlier_id is None:
-                        await self._stage(conn, batch_id, account_id, use_type, messages, rejected)
-                # A repeat answers once the earlier batch is published too.
-                batch_id = earlier_id or batch_id
-                await _publish(conn, batch_id)
-                row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM batches WHERE id = $1", batch_id)
+            async with self._pool.acquire() as conn, conn.transaction():
+                if key is not None:
+                    earlier_id = await claim_key(conn, key, batch_id)
+                    if earlier_id is not None:
+                        earlier = await conn.fetchrow(
+                            f"SELECT {_COLUMNS} FROM batches WHERE id = $1", earlier_id
+                        )
+                        assert earlier is not None
+                        return _batch(earlier)
+                await conn.execute(
+                    "INSERT INTO batches (id, account_id, status, use_type, total) "
+                    "VALUES ($1, $2, 1, $3, 0)",
+                    batch_id,
+                    account_id,
+                    use_type,
+                )
+                total = 0
+                async for part in messages:
+                    await conn.copy_records_to_table(
+                        "messages", columns=MESSAGE_COLUMNS, records=map(_row, part)
+                    )
+                    total += len(part)
+                # Nothing accepted: nothing can be sent (failed).
+                row = await conn.fetchrow(
+                    f"UPDATE batches SET total = $2, status = $3, rejected = $4 "
+                    f"WHERE id = $1 RETURNING {_COLUMNS}",
+                    batch_id,
+                    total,
+                    1 if total else 4,
+                    [list(r) for r in rejected],
+                )
+                if total:
+                    await conn.execute(_FIRST_EVENTS, batch_id)
         assert row is not None
         return _batch(row)
-
-    @staticmethod
-    async def _stage(
-        conn: Conn,
-        batch_id: str,
-        account_id: int,
-        use_type: int,
-        messages: AsyncIterable[Sequence[NewMessage]],
-        rejected: Sequence[tuple[str, str]],
-    ) -> None:
-        await conn.execute(
-            "INSERT INTO batches (id, account_id, status, use_type, total) "
-            "VALUES ($1, $2, 1, $3, 0)",
-            batch_id,
-            account_id,
-            use_type,
-        )
-        total = 0
-        async for part in messages:
-            await conn.copy_records_to_table(
-                "messages", columns=MESSAGE_COLUMNS, records=map(_row, part)
-            )
-            total += len(part)
-        await conn.execute(
-            "UPDATE batches SET total = $2, status = $3, rejected = $4 WHERE id = $1",
-            batch_id,
-            total,
-            1 if total else 4,  # nothing accepted: nothing can be sent (failed)
-            [list(r) for r in rejected],
-        )
-
-    async def publish_staged(self) -> int:
-        """Publishes the staged messages of every batch (left by a crash or a lost
-        connection while publishing); the number published."""
-        published = 0
-        with unavailable_on_connection_errors():
-            async with self._pool.acquire() as conn:
-                ids = await conn.fetch("SELECT DISTINCT batch_id FROM messages WHERE status = 0")
-                for r in ids:
-                    published += await _publish(conn, r["batch_id"])
-        if published:
-            log.info("published %d staged batch messages", published)
-        return published
 
     async def get(self, account_id: int, batch_id: str) -> BatchRecord | None:
         with unavailable_on_connection_errors():

@@ -2,9 +2,8 @@
 server), the rest are refused at once with RESOURCE_EXHAUSTED and RetryInfo and store
 nothing; one stored in slices is still stored whole or not at all.
 
-A test holds the event-log advisory lock to keep batches "being stored": each is
-stored (staged) and waits to publish its messages with their first events, holding
-its slot."""
+A test holds the event-log advisory lock to keep batches "being stored": each waits
+at its first events, the last step of its transaction, holding its slot."""
 
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ from sms.v1 import batch_pb2, common_pb2
 
 from server.config import Settings
 from server.domain.batching import SLICE_NUMBERS
-from server.store.batches import STAGED, PgBatchStore
 from server.store.events import EVENTS_LOCK_KEY
 from tests.e2e.batch_calls import create, numbers
 from tests.e2e.conftest import Client, GatewayFactory, Running, wait_for
@@ -48,10 +46,10 @@ async def event_log_held(running: Running) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def batches_waiting(running: Running) -> int:
-    """Batches waiting for the event log (to publish a slice of their messages)."""
+    """Batches waiting for the event log (their first events' statement)."""
     waiting: int = await running.gateway.pool.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-        "AND query LIKE '%SET status = 1 FROM slice%'"
+        "AND query LIKE '%WHERE m.batch_id = $1%'"
     )
     return waiting
 
@@ -158,7 +156,7 @@ async def test_a_large_batch_is_stored_whole_across_its_slices(running: Running)
     assert body == f"Hi u{last}, order A-{last} shipped."
 
 
-async def test_a_batch_cut_off_while_published_is_published_whole_later(
+async def test_a_large_batch_cut_off_at_its_last_step_stores_nothing(
     running: Running, event_log_held: asyncpg.Connection
 ) -> None:
     client = await running.client()
@@ -171,26 +169,18 @@ async def test_a_batch_cut_off_while_published_is_published_whole_later(
         timeout=30,
     )
     task = asyncio.ensure_future(call)
-    # The batch is stored; publishing waits for the event log: the caller gives up.
+    # Every slice is in; the batch waits for the event log: the caller gives up.
     await waiting_at_lock(running, 1)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    async def gave_up() -> bool:
+    async def rolled_back() -> bool:
         return await batches_waiting(running) == 0
 
-    await wait_for(gave_up, 30)
+    await wait_for(rolled_back, 30)
     await event_log_held.execute("SELECT pg_advisory_unlock_all()")
-    # Stored whole, staged: nothing of it claimed, sent or announced.
-    assert await stored(running, client.account_id) == (1, n, 0)
-    pool = running.gateway.pool
-    sql = "SELECT count(*) FROM messages WHERE account_id = $1 AND status = $2"
-    assert await pool.fetchval(sql, client.account_id, STAGED) == n
-    # What a restart (or the maintenance loop) does: all of it published.
-    assert await PgBatchStore(pool).publish_staged() == n
-    assert await stored(running, client.account_id) == (1, n, n)
-    assert await pool.fetchval(sql, client.account_id, STAGED) == 0
+    assert await stored(running, client.account_id) == (0, 0, 0)
     # Its slot is back too.
-    reply = await create(client, content="Sale on Friday.", numbers=numbers(n, n))
+    reply = await create(client, content="Sale on Friday.", numbers=numbers(n))
     assert reply.accepted_count == n
