@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -47,6 +48,7 @@ from server.dispatch.receipts import ReceiptRecorder
 from server.dispatch.retry import RetryPolicy
 from server.dispatch.worker import Dispatcher
 from server.domain.auth import Authenticator
+from server.domain.batch_slots import BatchSlots
 from server.domain.batching import Batches
 from server.domain.codes import CodeKeys
 from server.domain.limits import AuthFailureThrottle, RateLimits, StreamCaps
@@ -221,6 +223,7 @@ class Gateway:
                     templates,
                     on_accepted=self._dispatcher.wake,
                     routes=routes,
+                    slots=BatchSlots(s.large_batches, clock=time.monotonic),
                 )
             ),
             server,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.domain.batch_slots import SlotLimits
 from server.domain.limits import RateLimitSettings
 from server.domain.models import MessageStatus, UseType
 from server.domain.otp_guard import GuardSettings
@@ -137,6 +138,8 @@ class Settings:
     secret_key: bytes | None = field(default=None, repr=False)
     otp: OtpSettings = field(default_factory=OtpSettings)
     limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    # CreateBatch: batches of more than 1,000 numbers stored at once (server/domain/batch_slots.py).
+    large_batches: SlotLimits = field(default_factory=SlotLimits)
     # SendMessage: seconds between two messages of a use type to one mobile (0: none).
     mobile_intervals: Mapping[UseType, float] = field(default_factory=dict)
 
@@ -242,6 +245,10 @@ class Settings:
                 auth_failures_per_minute=_int(
                     merged, "SMSGW_AUTH_FAILURES_PER_MINUTE", 10, 0, 1_000_000
                 ),
+            ),
+            large_batches=SlotLimits(
+                per_account=_int(merged, "SMSGW_LARGE_BATCHES_PER_ACCOUNT", 1, 1, 1000),
+                per_server=_int(merged, "SMSGW_LARGE_BATCHES_PER_SERVER", 2, 1, 1000),
             ),
             mobile_intervals={
                 use_type: _float(merged, f"SMSGW_MOBILE_INTERVAL_{use_type.name}", 0, 0, 86_400)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -29,6 +29,28 @@ def batch_message(b: BatchRecord) -> batch_pb2.Batch:
     )
 
 
+class TemplateDataView(Mapping[str, Mapping[str, str]]):
+    """``CreateBatchRequest.template_data`` read as number -> values, without a copy.
+
+    A message-valued protobuf map creates an entry when a missing key is read, so
+    every read checks the key first."""
+
+    def __init__(self, data: Any) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> Mapping[str, str]:
+        if key not in self._data:
+            raise KeyError(key)
+        values: Mapping[str, str] = self._data[key].values
+        return values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
 class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     def __init__(self, batches: Batches) -> None:
         self._batches = batches
@@ -41,10 +63,12 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             current_caller(),
             CreateBatchCommand(
                 use_type=convert.enum_value(UseType, request.use_type, UseType.UNSPECIFIED),
-                numbers=list(request.numbers),
+                # Views of the request, not copies: a refused large batch (no slot)
+                # costs nothing more, and an accepted one is read a slice at a time.
+                numbers=request.numbers,
                 content=request.content if source == "content" else None,
                 template_id=request.template_id if source == "template_id" else None,
-                template_data={k: dict(v.values) for k, v in request.template_data.items()},
+                template_data=TemplateDataView(request.template_data),
                 request_id=request.request_id,
                 send_at=convert.from_timestamp(request.send_at, "send_at")
                 if request.HasField("send_at")

@@ -30,6 +30,7 @@ import itertools
 import logging
 import secrets
 import time
+import traceback
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -266,6 +267,10 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 raise
             except Exception as exc:
                 code = self._code_of(exc, context)
+                # grpc keeps an aborted call in a reference cycle until a GC: not its
+                # request (a refused 100k-number batch would stay in memory).
+                del request
+                traceback.clear_frames(exc.__traceback__)
                 await self._abort(exc, context, method)
             finally:
                 rpc.done(code, time.perf_counter() - started)

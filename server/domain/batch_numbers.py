@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -76,6 +76,17 @@ def validate_numbers(numbers: Sequence[str]) -> NumberVerdicts:
     """
     accepted: list[tuple[str, str]] = []
     rejected: list[tuple[str, str]] = []
+    for raw, e164, reason in judge_numbers(numbers):
+        if e164 is not None:
+            accepted.append((raw, e164))
+        else:
+            rejected.append((raw, reason))
+    return NumberVerdicts(accepted=accepted, rejected=rejected)
+
+
+def judge_numbers(numbers: Iterable[str]) -> Iterator[tuple[str, str | None, str]]:
+    """``validate_numbers`` one number at a time, in input order, holding only the
+    E.164 forms seen so far: (as given, E.164 or None if rejected, reason or "")."""
     seen: set[str] = set()
     # normalize_mobile's sentence for a well-formed number its country does not have.
     invalid_reason: str | None = None
@@ -84,7 +95,7 @@ def validate_numbers(numbers: Sequence[str]) -> NumberVerdicts:
         if valid:
             e164 = raw
         elif valid is False and invalid_reason is not None:
-            rejected.append((raw, invalid_reason))
+            yield raw, None, invalid_reason
             continue
         else:
             try:
@@ -93,14 +104,13 @@ def validate_numbers(numbers: Sequence[str]) -> NumberVerdicts:
                 reason = _reason(exc)
                 if valid is False:
                     invalid_reason = reason
-                rejected.append((raw, reason))
+                yield raw, None, reason
                 continue
         if e164 in seen:
-            rejected.append((raw, DUPLICATE_REASON))
+            yield raw, None, DUPLICATE_REASON
         else:
             seen.add(e164)
-            accepted.append((raw, e164))
-    return NumberVerdicts(accepted=accepted, rejected=rejected)
+            yield raw, e164, ""
 
 
 def _reason(exc: InvalidArgument) -> str:

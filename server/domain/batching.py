@@ -8,16 +8,25 @@ accepted messages are stored in one transaction, so a failure stores nothing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from server.domain.batch_numbers import validate_numbers
+from server.domain.batch_numbers import judge_numbers
+from server.domain.batch_slots import BatchSlots, SlotLimits
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound
-from server.domain.fields import at_most_reported, check_id, check_text
+from server.domain.fields import (
+    NUL_DESCRIPTION,
+    at_most_reported,
+    check_id,
+    check_text,
+    storable,
+)
 from server.domain.messaging import (
     MAX_SCHEDULE_AHEAD,
     Caller,
@@ -25,7 +34,6 @@ from server.domain.messaging import (
     check_use_type,
     no_route,
     outbound,
-    request_fingerprint,
 )
 from server.domain.models import MessageStatus, NewMessage, Priority, UseType
 from server.domain.pagination import decode_page_token, encode_page_token, page_size
@@ -44,6 +52,9 @@ MAX_REASON_PROBLEMS = 3
 FINAL_BATCH = frozenset({3, 4, 5})  # succeeded, failed, cancelled
 WATCH_INTERVAL = 0.25  # at most four snapshots a second
 INLINE_NUMBERS = 1_000  # larger batches are prepared in a worker thread
+# Messages prepared and stored (COPY) at a time: a batch's memory does not grow
+# with its size beyond the numbers themselves.
+SLICE_NUMBERS = 5_000
 
 
 @dataclass(frozen=True)
@@ -87,10 +98,15 @@ class BatchRepository(Protocol):
         batch_id: str,
         account_id: int,
         use_type: int,
-        messages: Sequence[NewMessage],
+        messages: AsyncIterable[Sequence[NewMessage]],
         rejected: Sequence[tuple[str, str]],
         key: IdempotencyKey | None = None,
-    ) -> BatchRecord: ...
+    ) -> BatchRecord:
+        """Stores the batch row and every message of ``messages`` (slices, read in
+        turn) in one transaction, or nothing. ``rejected`` is complete only once
+        ``messages`` is exhausted (it grows as the slices are prepared)."""
+        ...
+
     async def get(self, account_id: int, batch_id: str) -> BatchRecord | None: ...
     async def messages_page(
         self, batch_id: str, after_id: str, limit: int
@@ -117,12 +133,15 @@ class Batches:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_accepted: Callable[[], None] = lambda: None,
         routes: Routes | None = None,
+        slots: BatchSlots | None = None,
     ) -> None:
         self._store = store
         self._routes = routes  # None: every number is taken (dispatch alone decides)
         self._templates = templates
         self._clock = clock
         self._on_accepted = on_accepted
+        # Large batches being stored at once (per account and server); None: no cap.
+        self._slots = slots if slots is not None else BatchSlots(SlotLimits(1 << 30, 1 << 30))
 
     async def create(self, caller: Caller, cmd: CreateBatchCommand) -> BatchRecord:
         violations: list[FieldViolation] = []
@@ -147,6 +166,8 @@ class Batches:
                     f"keys are numbers as given in numbers: at most {MAX_NUMBER_CHARS} characters",
                 )
             )
+        elif not _storable_data(cmd.template_data):
+            violations.append(FieldViolation("template_data", NUL_DESCRIPTION))
         now = self._clock()
         if cmd.send_at is not None and cmd.send_at > now + MAX_SCHEDULE_AHEAD:
             violations.append(FieldViolation("send_at", "must be at most 30 days in the future"))
@@ -169,51 +190,79 @@ class Batches:
             template_code = template.code
         assert parsed is not None
 
-        batch_id = "b_" + secrets.token_hex(12)
-        prepare = (caller, cmd, parsed, template_code, batch_id, now)
-        if len(cmd.numbers) > INLINE_NUMBERS:
-            # Validation and rendering of a large batch are CPU work: off the event loop.
-            messages, rejected = await asyncio.to_thread(_prepare, *prepare)
-        else:
-            messages, rejected = _prepare(*prepare)
-        if self._routes is not None and messages:
-            messages = self._routable(messages, rejected)
-        key = None
-        if cmd.request_id:
-            key = IdempotencyKey(
-                caller.account_id,
-                "CreateBatch",
-                cmd.request_id,
-                request_fingerprint(
-                    int(cmd.use_type),
-                    cmd.content,
-                    cmd.template_id,
-                    list(cmd.numbers),
-                    sorted((k, sorted(v.items())) for k, v in cmd.template_data.items()),
-                    cmd.send_at.isoformat() if cmd.send_at else None,
-                ),
+        slot = self._slots.take(caller.account_id, len(cmd.numbers), cmd.request_id)
+        stored = False
+        try:
+            batch, accepted, rejected = await self._store_batch(
+                caller, cmd, parsed, template_code, now
             )
-        batch = await self._store.create(
-            batch_id, caller.account_id, int(cmd.use_type), messages, rejected, key
-        )
+            stored = True
+        finally:
+            self._slots.release(slot, stored=stored)
         self._on_accepted()
         log.info(
             "batch accepted: %d messages, %d numbers rejected",
-            len(messages),
-            len(rejected),
+            accepted,
+            rejected,
             extra={"batch_id": batch.id},
         )
         return batch
+
+    async def _store_batch(
+        self,
+        caller: Caller,
+        cmd: CreateBatchCommand,
+        parsed: ParsedTemplate,
+        template_code: str | None,
+        now: datetime,
+    ) -> tuple[BatchRecord, int, int]:
+        batch_id = "b_" + secrets.token_hex(12)
+        rejected: list[tuple[str, str]] = []
+        prepared = _prepare(caller, cmd, parsed, template_code, batch_id, now, rejected)
+        inline = len(cmd.numbers) <= INLINE_NUMBERS
+        accepted = 0
+        valid = 0  # numbers that passed validation (before routing)
+
+        async def slices() -> AsyncIterator[list[NewMessage]]:
+            # Validation and rendering of a large batch are CPU work: off the event
+            # loop, one slice at a time, each stored before the next is made.
+            nonlocal accepted, valid
+            while True:
+                messages = (
+                    next(prepared, None)
+                    if inline
+                    else await asyncio.to_thread(next, prepared, None)
+                )
+                if messages is None:
+                    if valid and not accepted:
+                        # No route carries any of them: refuse the call (nothing is
+                        # stored: this ends the store's transaction).
+                        raise no_route("these messages (their numbers, use type and content)")
+                    return
+                valid += len(messages)
+                if self._routes is not None and messages:
+                    messages = self._routable(messages, rejected)
+                if not messages:
+                    continue
+                accepted += len(messages)
+                yield messages
+
+        key = None
+        if cmd.request_id:
+            fingerprint = batch_fingerprint(cmd)
+            key = IdempotencyKey(caller.account_id, "CreateBatch", cmd.request_id, fingerprint)
+        batch = await self._store.create(
+            batch_id, caller.account_id, int(cmd.use_type), slices(), rejected, key
+        )
+        return batch, accepted, len(rejected)
 
     def _routable(
         self, messages: list[NewMessage], rejected: list[tuple[str, str]]
     ) -> list[NewMessage]:
         """The messages some route can carry; the others' numbers are rejected with
-        NO_ROUTE. When no number can be carried, the call is refused."""
+        NO_ROUTE (the caller refuses the call when no number of the batch can be)."""
         assert self._routes is not None
         verdicts = self._routes.can_carry_batch([outbound(m) for m in messages])
-        if not any(verdicts):
-            raise no_route("these messages (their numbers, use type and content)")
         if all(verdicts):
             return messages
         rejected.extend(
@@ -274,6 +323,15 @@ def _check_task_id(task_id: str) -> None:
         raise InvalidArgument(violations)
 
 
+def _storable_data(data: Mapping[str, Mapping[str, str]]) -> bool:
+    """Whether every key, variable name and value of ``template_data`` can be stored
+    (a NUL cannot: it would reach a rejected number's reason or a message's values)."""
+    return all(
+        storable(key) and all(storable(n) and storable(v) for n, v in values.items())
+        for key, values in data.items()
+    )
+
+
 def _unreadable_numbers(numbers: Sequence[str]) -> list[FieldViolation]:
     """Numbers that are not even a string to judge and store: too long, or a NUL."""
     violations: list[FieldViolation] = []
@@ -298,15 +356,18 @@ def _prepare(
     template_code: str | None,
     batch_id: str,
     now: datetime,
-) -> tuple[list[NewMessage], list[tuple[str, str]]]:
-    """Validates every number and its values and renders its message (pure CPU)."""
-    verdicts = validate_numbers(cmd.numbers)
-    rejected = list(verdicts.rejected)
-    messages: list[NewMessage] = []
+    rejected: list[tuple[str, str]],
+) -> Iterator[list[NewMessage]]:
+    """Validates every number and its values and renders its message (pure CPU), in
+    slices of at most SLICE_NUMBERS messages; rejected numbers go to ``rejected``."""
     not_before = max(now, cmd.send_at) if cmd.send_at else now
-    # Message ids, drawn from the OS in one call rather than one per number.
-    random_hex = secrets.token_bytes(16 * len(verdicts.accepted)).hex()
-    for index, (raw, e164) in enumerate(verdicts.accepted):
+    messages: list[NewMessage] = []
+    # Message ids, drawn from the OS in one call per slice rather than one per number.
+    random_hex = ""
+    for raw, e164, reason in judge_numbers(cmd.numbers):
+        if e164 is None:
+            rejected.append((raw, reason))
+            continue
         values = cmd.template_data.get(raw) or cmd.template_data.get(e164) or {}
         if parsed.variables or values:
             try:
@@ -315,6 +376,9 @@ def _prepare(
                 rejected.append((raw, _reason(exc)))
                 continue
         body = render(parsed, values) if parsed.variables else parsed.content
+        if not random_hex:
+            random_hex = secrets.token_bytes(16 * SLICE_NUMBERS).hex()
+        index = len(messages)
         messages.append(
             NewMessage(
                 id=random_hex[32 * index : 32 * index + 32],
@@ -331,4 +395,36 @@ def _prepare(
                 template_data={v: values[v] for v in parsed.variables} or None,
             )
         )
-    return messages, rejected
+        if len(messages) == SLICE_NUMBERS:
+            yield messages
+            messages, random_hex = [], ""
+    if messages:
+        yield messages
+
+
+def batch_fingerprint(cmd: CreateBatchCommand) -> bytes:
+    """``request_fingerprint`` of a batch's content, byte for byte, without building
+    the whole canonical text (or a sorted copy of the values) at once."""
+    digest = hashlib.sha256()
+
+    def dump(value: object) -> str:
+        return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+
+    digest.update(
+        f"[{dump(int(cmd.use_type))},{dump(cmd.content)},{dump(cmd.template_id)},[".encode()
+    )
+    numbers = cmd.numbers
+    for start in range(0, len(numbers), SLICE_NUMBERS):
+        part = ",".join(dump(n) for n in numbers[start : start + SLICE_NUMBERS])
+        digest.update(("," if start else "").encode() + part.encode())
+    digest.update(b"],[")
+    keys = sorted(cmd.template_data)
+    for start in range(0, len(keys), SLICE_NUMBERS):
+        part = ",".join(
+            dump([k, sorted(cmd.template_data[k].items())])
+            for k in keys[start : start + SLICE_NUMBERS]
+        )
+        digest.update(("," if start else "").encode() + part.encode())
+    send_at = cmd.send_at.isoformat() if cmd.send_at else None
+    digest.update(f"],{dump(send_at)}]".encode())
+    return digest.digest()

@@ -8,7 +8,7 @@ message's status (store/outbox.py), so they are exact at any moment.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Sequence
 
 import asyncpg
 
@@ -52,6 +52,24 @@ _COLUMNS = (
 )
 
 
+def _row(m: NewMessage) -> tuple[object, ...]:
+    return (
+        m.id,
+        m.account_id,
+        m.batch_id,
+        m.to_number,
+        int(m.use_type),
+        m.body,
+        m.template_id,
+        m.segments,
+        int(m.priority),
+        int(MessageStatus.PENDING),
+        m.not_before,
+        m.template_code,
+        m.template_data,
+    )
+
+
 def _batch(row: asyncpg.Record) -> BatchRecord:
     return BatchRecord(
         id=row["id"],
@@ -78,12 +96,16 @@ class PgBatchStore:
         batch_id: str,
         account_id: int,
         use_type: int,
-        messages: Sequence[NewMessage],
+        messages: AsyncIterable[Sequence[NewMessage]],
         rejected: Sequence[tuple[str, str]],
         key: IdempotencyKey | None = None,
     ) -> BatchRecord:
         """Stores the batch with all its messages, or nothing. With ``key``, a repeat
-        of an earlier request returns the earlier batch."""
+        of an earlier request returns the earlier batch.
+
+        The messages come in slices, each COPYed before the next is read, so only
+        one slice is in memory; the batch row gets its total and the rejected
+        numbers once the last has been read."""
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
                 if key is not None:
@@ -94,42 +116,30 @@ class PgBatchStore:
                         )
                         assert earlier is not None
                         return _batch(earlier)
-                status = 1 if messages else 4  # nothing accepted: nothing can be sent
                 await conn.execute(
-                    "INSERT INTO batches (id, account_id, status, use_type, total, rejected) "
-                    "VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO batches (id, account_id, status, use_type, total) "
+                    "VALUES ($1, $2, 1, $3, 0)",
                     batch_id,
                     account_id,
-                    status,
                     use_type,
-                    len(messages),
+                )
+                total = 0
+                async for part in messages:
+                    await conn.copy_records_to_table(
+                        "messages", columns=MESSAGE_COLUMNS, records=map(_row, part)
+                    )
+                    total += len(part)
+                # Nothing accepted: nothing can be sent (failed).
+                row = await conn.fetchrow(
+                    f"UPDATE batches SET total = $2, status = $3, rejected = $4 "
+                    f"WHERE id = $1 RETURNING {_COLUMNS}",
+                    batch_id,
+                    total,
+                    1 if total else 4,
                     [list(r) for r in rejected],
                 )
-                if messages:
-                    await conn.copy_records_to_table(
-                        "messages",
-                        columns=MESSAGE_COLUMNS,
-                        records=[
-                            (
-                                m.id,
-                                m.account_id,
-                                m.batch_id,
-                                m.to_number,
-                                int(m.use_type),
-                                m.body,
-                                m.template_id,
-                                m.segments,
-                                int(m.priority),
-                                int(MessageStatus.PENDING),
-                                m.not_before,
-                                m.template_code,
-                                m.template_data,
-                            )
-                            for m in messages
-                        ],
-                    )
+                if total:
                     await conn.execute(_FIRST_EVENTS, batch_id)
-                row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM batches WHERE id = $1", batch_id)
         assert row is not None
         return _batch(row)
 

@@ -249,3 +249,23 @@ async def test_limits_validation_and_idempotency(gw: Running) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await create(unverified, content="Promo", numbers=numbers(1), use_type=S.USE_TYPE_MARKETING)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_nul_in_template_data_is_a_bad_field_not_an_internal_error(
+    start_gateway: GatewayFactory,
+) -> None:
+    # PostgreSQL stores no NUL (text or jsonb): a key, a variable name or a value with
+    # one is refused at the call, naming template_data, and nothing is stored.
+    running = await start_gateway()
+    client = await running.client()
+    for values in ({"na\x00me": "x"}, {"name": "x\x00y"}):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await create(
+                client,
+                content="Hi #name#",
+                numbers=numbers(2),
+                template_data={numbers(1)[0]: batch_pb2.TemplateData(values=values)},
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_fields(refused.value) == {"template_data"}
+    assert await running.gateway.pool.fetchval("SELECT count(*) FROM batches") == 0

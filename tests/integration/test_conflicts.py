@@ -9,6 +9,7 @@ status change now takes the event log first; what still collides is run again.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -16,7 +17,7 @@ import asyncpg
 import pytest
 
 from server.domain.errors import Unavailable
-from server.domain.models import MessageStatus, Priority
+from server.domain.models import MessageStatus, NewMessage, Priority
 from server.store.accounts import PgAccountStore
 from server.store.batches import PgBatchStore
 from server.store.events import lock_event_log
@@ -86,6 +87,11 @@ async def test_a_conflict_that_never_clears_is_unavailable_not_internal() -> Non
     assert calls == 3
 
 
+async def one_slice(messages: list[NewMessage]) -> AsyncIterator[list[NewMessage]]:
+    """The batch store takes its messages in slices (bounded memory): here, one."""
+    yield messages
+
+
 async def test_cancel_while_a_worker_records_its_group_does_not_deadlock(
     pool: asyncpg.Pool,
 ) -> None:
@@ -95,7 +101,7 @@ async def test_cancel_while_a_worker_records_its_group_does_not_deadlock(
     messages = [
         replace(new_message(account_id, Priority.BATCH), batch_id=batch_id) for _ in range(5)
     ]
-    await batches.create(batch_id, account_id, 2, messages, [])
+    await batches.create(batch_id, account_id, 2, one_slice(messages), [])
     taken = messages[0].id
     # A worker has claimed one message and handed it to the provider...
     await pool.execute(
