@@ -101,10 +101,12 @@ class BatchRepository(Protocol):
         messages: AsyncIterable[Sequence[NewMessage]],
         rejected: Sequence[tuple[str, str]],
         key: IdempotencyKey | None = None,
+        content: str | None = None,
     ) -> BatchRecord:
         """Stores the batch row and every message of ``messages`` (slices, read in
         turn) in one transaction, or nothing. ``rejected`` is complete only once
-        ``messages`` is exhausted (it grows as the slices are prepared)."""
+        ``messages`` is exhausted (it grows as the slices are prepared). ``content``:
+        a campaign's own text when its numbers fill variables without a template."""
         ...
 
     async def get(self, account_id: int, batch_id: str) -> BatchRecord | None: ...
@@ -251,8 +253,11 @@ class Batches:
         if cmd.request_id:
             fingerprint = batch_fingerprint(cmd)
             key = IdempotencyKey(caller.account_id, "CreateBatch", cmd.request_id, fingerprint)
+        # A campaign of content with per-number variables keeps its text: a provider's
+        # bulk API can then take the one text and each number's values.
+        content = parsed.content if cmd.template_id is None and parsed.variables else None
         batch = await self._store.create(
-            batch_id, caller.account_id, int(cmd.use_type), slices(), rejected, key
+            batch_id, caller.account_id, int(cmd.use_type), slices(), rejected, key, content
         )
         return batch, accepted, len(rejected)
 

@@ -99,9 +99,11 @@ class PgBatchStore:
         messages: AsyncIterable[Sequence[NewMessage]],
         rejected: Sequence[tuple[str, str]],
         key: IdempotencyKey | None = None,
+        content: str | None = None,
     ) -> BatchRecord:
         """Stores the batch with all its messages, or nothing. With ``key``, a repeat
-        of an earlier request returns the earlier batch.
+        of an earlier request returns the earlier batch. ``content``: the text of a
+        campaign with per-number variables and no template (``BatchContents``).
 
         The messages come in slices, each COPYed before the next is read, so only
         one slice is in memory; the batch row gets its total and the rejected
@@ -117,11 +119,12 @@ class PgBatchStore:
                         assert earlier is not None
                         return _batch(earlier)
                 await conn.execute(
-                    "INSERT INTO batches (id, account_id, status, use_type, total) "
-                    "VALUES ($1, $2, 1, $3, 0)",
+                    "INSERT INTO batches (id, account_id, status, use_type, total, content) "
+                    "VALUES ($1, $2, 1, $3, 0, $4)",
                     batch_id,
                     account_id,
                     use_type,
+                    content,
                 )
                 total = 0
                 async for part in messages:

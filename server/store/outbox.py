@@ -12,7 +12,7 @@ from server.domain.models import Channel, MessageStatus, OutboundMessage, UseTyp
 from server.domain.ports import ClaimedMessage, ProviderReceipt, Transition
 from server.store.events import lock_event_log
 from server.store.pool import Conn, retry_on_conflict, unavailable_on_connection_errors
-from server.store.templates import TemplateLayout, TemplateLayouts
+from server.store.templates import BatchContents, TemplateLayout, TemplateLayouts
 
 # Verification codes and single sends first (by priority, then due time); the room
 # left goes to batch messages, shared evenly between the accounts that have some due,
@@ -82,7 +82,7 @@ SET claimed_until = now() + make_interval(secs => $2), attempts = m.attempts + 1
 WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM due))
 RETURNING m.id, m.account_id, m.to_number, m.body, m.use_type, m.attempts, m.template_id,
           m.priority, m.template_code, m.template_data, m.created_at, m.channel,
-          m.sealed_code
+          m.sealed_code, m.batch_id
 """
 
 # Applies status changes forward only: a final status is never changed, and a
@@ -251,6 +251,7 @@ class PgOutbox:
         self._pool = pool
         # Template texts and variable order, for the messages sent by template.
         self._layouts = TemplateLayouts(pool)
+        self._contents = BatchContents(pool)
         # Told of the status changes each transaction recorded, once it has committed.
         self._on_changes = on_changes or _ignore
 
@@ -264,11 +265,20 @@ class PgOutbox:
         layouts = await self._layouts.get_many(
             {r["template_id"] for r in rows if r["template_id"] is not None}
         )
-        return sorted((self._claimed(r, layouts) for r in rows), key=lambda c: c.priority)
+        contents = await self._contents.get_many(
+            {r["batch_id"] for r in rows if r["batch_id"] is not None and r["template_data"]}
+        )
+        return sorted((self._claimed(r, layouts, contents) for r in rows), key=lambda c: c.priority)
 
-    def _claimed(self, r: asyncpg.Record, layouts: dict[int, TemplateLayout]) -> ClaimedMessage:
+    def _claimed(
+        self,
+        r: asyncpg.Record,
+        layouts: dict[int, TemplateLayout],
+        contents: dict[str, str],
+    ) -> ClaimedMessage:
         sealed = r["sealed_code"]
         layout = layouts.get(r["template_id"]) if r["template_id"] is not None else None
+        content = layout.content if layout is not None else contents.get(r["batch_id"] or "")
         return ClaimedMessage(
             message=OutboundMessage(
                 id=r["id"],
@@ -282,7 +292,8 @@ class PgOutbox:
                 data=dict(r["template_data"] or {}),
                 channel=Channel(r["channel"]),
                 variables=layout.variables if layout is not None else (),
-                template_content=layout.content if layout is not None else None,
+                # The text the values fill (a template's, or a campaign's own).
+                template_content=content,
             ),
             priority=r["priority"],
             created_at=r["created_at"],

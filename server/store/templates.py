@@ -127,3 +127,29 @@ class TemplateLayouts:
             for row in rows:
                 self._known[row["id"]] = TemplateLayout(row["content"], tuple(row["variables"]))
         return {i: self._known[i] for i in template_ids if i in self._known}
+
+
+class BatchContents:
+    """The content of campaigns sent as text with per-number variables, by batch id,
+    read once: a batch's content never changes. Kept up to ``capacity`` batches (then
+    the cache starts over); batches without one are remembered as None."""
+
+    def __init__(self, pool: asyncpg.Pool, capacity: int = 10_000) -> None:
+        self._pool = pool
+        self._capacity = capacity
+        self._known: dict[str, str | None] = {}
+
+    async def get_many(self, batch_ids: Collection[str]) -> dict[str, str]:
+        """The contents of those batches that have one."""
+        missing = sorted({i for i in batch_ids if i not in self._known})
+        if missing:
+            with unavailable_on_connection_errors():
+                rows = await self._pool.fetch(
+                    "SELECT id, content FROM batches WHERE id = ANY($1::text[])", missing
+                )
+            if len(self._known) + len(missing) > self._capacity:
+                self._known.clear()
+            found = {row["id"]: row["content"] for row in rows}
+            for batch_id in missing:
+                self._known[batch_id] = found.get(batch_id)
+        return {i: c for i in batch_ids if (c := self._known.get(i)) is not None}

@@ -9,6 +9,7 @@ import contextlib
 
 import aiohttp
 import grpc
+import pytest
 from sms.v1 import batch_pb2, common_pb2, template_pb2
 
 from server.emulators.common import RunningEmulator
@@ -38,17 +39,24 @@ async def template_id(client: Client, content: str) -> int:
     return template.id
 
 
+@pytest.mark.parametrize("source", ["template", "content"])
 async def test_a_skynoo_campaign_goes_through_batch_create_with_each_numbers_values(
-    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator], source: str
 ) -> None:
     emulator = await start_skynoo(emulators, delivery_delay=0.1)
     running = await start_gateway(routing=only(sky(emulator)), **POLL)
     client = await running.client()
-    tid = await template_id(client, "Hi #name#, your order has shipped.")
+    text = "Hi #name#, your order has shipped."
+    # A stored template, or the campaign's own content with the same variables.
+    by: dict[str, object] = (
+        {"template_id": await template_id(client, text)}
+        if source == "template"
+        else {"content": text}
+    )
     to = numbers(250)
     reply = await create(
         client,
-        template_id=tid,
+        **by,
         numbers=to,
         template_data={
             n: batch_pb2.TemplateData(values={"name": f"u{i}"}) for i, n in enumerate(to)
