@@ -37,6 +37,7 @@ from sms.v1 import (
 from server.store.migrate import MIGRATION_LOCK_KEY, load_migrations
 from tests.conftest import DatabaseFactory
 from tests.e2e.errors import details, reason
+from tests.eventually import eventually
 from tests.faults.outage_support import (
     Metadata,
     Serve,
@@ -116,17 +117,20 @@ async def cluster(
 async def open_when_waiting(gate: asyncpg.Connection, count: int, within: float) -> int:
     """Releases the migration lock once ``count`` sessions wait for it (or when time
     is up); returns how many waited."""
-    waiting = 0
-    deadline = time.monotonic() + within
-    while waiting < count and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        waiting = await gate.fetchval(
+
+    async def waiting_sessions() -> int:
+        waiting: int = await gate.fetchval(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
             " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             " AND classid = $1 AND objid = $2 AND objsubid = 1",
             MIGRATION_LOCK_KEY >> 32,
             MIGRATION_LOCK_KEY & 0xFFFF_FFFF,
         )
+        return waiting
+
+    waiting = await eventually(
+        waiting_sessions, until=lambda n: n >= count, within=within, raise_on_timeout=False
+    )
     await gate.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     return int(waiting)
 
@@ -200,11 +204,11 @@ async def test_a_stream_on_one_replica_sees_sends_accepted_by_the_others(
         return [e.status for e in seen if e.message_id == message_id]
 
     async def until(done: Callable[[], bool], within: float) -> None:
-        deadline = time.monotonic() + within
-        while not done():
+        def seen() -> bool:
             assert not stream.done(), f"the stream ended: {stream.exception()!r}"
-            assert time.monotonic() < deadline, "not seen in time"
-            await asyncio.sleep(0.05)
+            return done()
+
+        await eventually(seen, within=within, what="the events on the stream")
 
     async with background(watch()) as (stream,):
         # A first send through the stream's own replica: once its event is there, the

@@ -30,6 +30,7 @@ from server.providers.sendcloud import SendCloudConfig, SendCloudTransport, sign
 from server.providers.sendcloud_codes import HOOK_CODES, RETURN_CODES, failed_status
 from server.providers.sendcloud_hook import hook_signature
 from tests.contract.pair_sendcloud import SMS_KEY, SMS_USER, TEMPLATE_ID, config, settings
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -532,11 +533,7 @@ async def test_send_voice(emulator: Emulator, transport: SendCloudTransport) -> 
 
 
 async def until(condition: Callable[[], bool]) -> None:
-    for _ in range(200):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition never held")
+    await eventually(condition, within=2, interval=0.01)
 
 
 async def test_smshook_delivers_verified_receipts() -> None:
