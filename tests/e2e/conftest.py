@@ -41,10 +41,10 @@ class Client:
     api_key: str
     api_secret: str
     metadata: tuple[tuple[str, str], ...]
-    messages: message_pb2_grpc.MessageServiceStub
-    templates: template_pb2_grpc.TemplateServiceStub
-    verifications: verification_pb2_grpc.VerificationServiceStub
-    batches: batch_pb2_grpc.BatchServiceStub
+    messages: message_pb2_grpc.MessageServiceAsyncStub
+    templates: template_pb2_grpc.TemplateServiceAsyncStub
+    verifications: verification_pb2_grpc.VerificationServiceAsyncStub
+    batches: batch_pb2_grpc.BatchServiceAsyncStub
 
 
 @dataclass

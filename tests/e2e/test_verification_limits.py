@@ -140,7 +140,7 @@ async def test_guard_limits_a_number_prefix_and_can_only_monitor(
     err = await refused(client, "+8613800138003")  # same prefix +861380013
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert reason(err) == "PREFIX_VELOCITY"
-    assert "+861380013" not in err.details()
+    assert "+861380013" not in (err.details() or "")
     await send(client, "+8613900139000", code="4711")  # another prefix
 
     monitoring = await start_gateway(
@@ -188,9 +188,10 @@ async def test_expired_pending_verifications_are_swept_and_kept(
     )
     swept = await PgVerificationStore(pool, PgVelocityCounters(pool)).expire_pending()
     assert swept == 1
-    rows = dict(
-        await pool.fetch(
+    rows = {
+        verify_id: state
+        for verify_id, state in await pool.fetch(
             "SELECT id, state FROM verifications WHERE account_id = $1", client.account_id
         )
-    )
+    }
     assert rows == {old.verify_id: 3, fresh.verify_id: 1}

@@ -194,7 +194,8 @@ class Serve:
                     raise AssertionError(
                         f"smsgw serve exited ({self.proc.returncode}):\n{self.log_tail()}"
                     )
-                return await self.health(channel) == health_pb2.HealthCheckResponse.SERVING
+                status = await self.health(channel)
+                return bool(status == health_pb2.HealthCheckResponse.SERVING)
 
             await eventually(
                 serving,

@@ -71,10 +71,10 @@ class Cluster:
     provider: EmulatorProcess
     lock_waiters: int  # replicas seen waiting together for the migration lock
 
-    def messages(self, replica: int) -> message_pb2_grpc.MessageServiceStub:
+    def messages(self, replica: int) -> message_pb2_grpc.MessageServiceAsyncStub:
         return message_pb2_grpc.MessageServiceStub(self.channels[replica])
 
-    def verifications(self, replica: int) -> verification_pb2_grpc.VerificationServiceStub:
+    def verifications(self, replica: int) -> verification_pb2_grpc.VerificationServiceAsyncStub:
         return verification_pb2_grpc.VerificationServiceStub(self.channels[replica])
 
 
@@ -183,7 +183,8 @@ def retry_delay(error: grpc.aio.AioRpcError) -> duration_pb2.Duration:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)
-            return info.retry_delay
+            delay: duration_pb2.Duration = info.retry_delay
+            return delay
     raise AssertionError("no RetryInfo in the details")
 
 
@@ -228,7 +229,9 @@ async def test_a_stream_on_one_replica_sees_sends_accepted_by_the_others(
     assert event_ids == sorted(set(event_ids)), "events repeated or out of order"
 
 
-async def send(stub: message_pb2_grpc.MessageServiceStub, metadata: Metadata, mobile: str) -> str:
+async def send(
+    stub: message_pb2_grpc.MessageServiceAsyncStub, metadata: Metadata, mobile: str
+) -> str:
     request = message_pb2.SendMessageRequest(
         mobile=mobile, use_type=common_pb2.USE_TYPE_NOTIFICATION, text="Your parcel is here."
     )

@@ -74,7 +74,7 @@ class Stream:
 
 
 async def watch(
-    stub: message_pb2_grpc.MessageServiceStub, metadata: Metadata, into: Stream, after: int = 0
+    stub: message_pb2_grpc.MessageServiceAsyncStub, metadata: Metadata, into: Stream, after: int = 0
 ) -> None:
     call = stub.WatchMessageStatus(
         message_pb2.WatchMessageStatusRequest(after_event_id=after), metadata=metadata
@@ -113,7 +113,7 @@ async def watch_batch(channel: grpc.aio.Channel, metadata: Metadata, into: Strea
 
 
 async def send_steadily(
-    stub: message_pb2_grpc.MessageServiceStub,
+    stub: message_pb2_grpc.MessageServiceAsyncStub,
     metadata: Metadata,
     calls: list[Call],
     stop: asyncio.Event,
