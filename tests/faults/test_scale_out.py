@@ -204,7 +204,8 @@ async def test_a_stream_on_one_replica_sees_sends_accepted_by_the_others(
     def statuses(message_id: str) -> list[int]:
         return [e.status for e in seen if e.message_id == message_id]
 
-    async def until(done: Callable[[], bool], within: float) -> None:
+    # Callable[..., bool]: callers bind a loop variable as a default (lambda m=marker: ...).
+    async def until(done: Callable[..., bool], within: float) -> None:
         def seen() -> bool:
             assert not stream.done(), f"the stream ended: {stream.exception()!r}"
             return done()
