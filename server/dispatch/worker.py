@@ -37,6 +37,7 @@ from server.dispatch.bulk import Request, Routed, bulk_api, plan_requests
 from server.dispatch.providers import ProviderSet
 from server.dispatch.retry import RetryPolicy
 from server.dispatch.routing import failover_order
+from server.dispatch.transitions import transition
 from server.domain.errors import Unavailable
 from server.domain.models import Channel, MessageStatus, OutboundMessage, Priority
 from server.domain.ports import (
@@ -373,63 +374,15 @@ class Dispatcher:
         self, routed: Routed, outcome: SendOutcome, now: datetime, breaker: CircuitBreaker
     ) -> Transition:
         """A message's transition from its provider's outcome (sent, refused, retried)."""
-        message, name = routed.message, routed.provider
         if not outcome.accepted:
-            self._metrics.provider_errors.labels(name, outcome.error_code or "UNKNOWN").inc()
-        if outcome.accepted:
-            return Transition(
-                message.id,
-                MessageStatus.SENT,
-                provider=name,
-                provider_message_id=outcome.provider_message_id or message.id,
-            )
-        if not outcome.retryable:
-            return Transition(
-                message.id, outcome.final_status, error_code=outcome.error_code, provider=name
-            )
-        if routed.trickle:
-            # A try through an open breaker tells the breaker, not the message: it
-            # costs no attempt (the message's age still bounds its wait).
-            return Transition(
-                message.id,
-                MessageStatus.QUEUED,
-                error_code=outcome.error_code,
-                provider=name,
-                not_before=now
-                + timedelta(seconds=breaker.opens_in(last_resort=True) + random.uniform(0, 0.1)),
-                attempted=False,
-            )
-        if not self._retry.should_retry(message.attempts):
-            return Transition(
-                message.id, MessageStatus.FAILED, error_code=outcome.error_code, provider=name
-            )
-        following = failover_order(routed.candidates, message.attempts + 1, self._per_provider)[0]
-        return self._retry_later(
-            message,
-            name,
-            outcome.error_code,
+            self._metrics.provider_errors.labels(
+                routed.provider, outcome.error_code or "UNKNOWN"
+            ).inc()
+        return transition(
+            routed,
+            outcome,
             now,
-            switch=following != name,
-            at_least=outcome.retry_after,
-        )
-
-    def _retry_later(
-        self,
-        message: OutboundMessage,
-        provider: str,
-        error_code: str,
-        now: datetime,
-        *,
-        switch: bool,
-        at_least: float = 0.0,
-    ) -> Transition:
-        # The same provider again: back off, at least as long as it asked.
-        # Another provider: go on at once.
-        delay = 0.0 if switch else max(self._retry.delay(message.attempts), at_least)
-        return Transition(
-            message.id,
-            MessageStatus.QUEUED,
-            error_code=error_code,
-            provider=provider,
-            not_before=now + timedelta(seconds=delay),
+            self._retry,
+            retries_per_provider=self._per_provider,
+            trickle_wait=lambda: breaker.opens_in(last_resort=True),
         )

@@ -70,6 +70,15 @@ class Priority(enum.IntEnum):
     BATCH = 2
 
 
+class BatchStatus(enum.IntEnum):
+    UNSPECIFIED = 0
+    PENDING = 1
+    EXECUTING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+
 @dataclass(frozen=True)
 class Account:
     id: int

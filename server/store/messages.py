@@ -33,8 +33,8 @@ m AS (
                           segments, priority, status, not_before, template_code, template_data,
                           channel, sealed_code)
     SELECT u.id, u.account_id, u.batch_id, u.to_number, u.use_type, u.body, u.template_id,
-           u.segments, u.priority, 1, u.not_before, u.template_code, u.template_data,
-           u.channel, u.sealed_code
+           u.segments, u.priority, {MessageStatus.PENDING:d}, u.not_before, u.template_code,
+           u.template_data, u.channel, u.sealed_code
     FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::smallint[], $6::text[],
                 $7::bigint[], $8::integer[], $9::smallint[], $10::timestamptz[], $11::text[],
                 $12::jsonb[], $13::smallint[], $14::bytea[])
@@ -45,7 +45,8 @@ m AS (
 )
 INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number, status,
                             occurred_at)
-SELECT nextval('message_event_ids'), m.id, m.account_id, m.batch_id, m.to_number, 1, m.created_at
+SELECT nextval('message_event_ids'), m.id, m.account_id, m.batch_id, m.to_number,
+       {MessageStatus.PENDING:d}, m.created_at
 FROM m CROSS JOIN event_log_lock
 """
 

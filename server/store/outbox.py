@@ -8,10 +8,18 @@ from collections.abc import Callable, Sequence
 
 import asyncpg
 
-from server.domain.models import Channel, MessageStatus, OutboundMessage, UseType
+from server.domain.models import (
+    BatchStatus,
+    Channel,
+    MessageStatus,
+    OutboundMessage,
+    Priority,
+    UseType,
+)
 from server.domain.ports import ClaimedMessage, ProviderReceipt, Transition
 from server.store.events import lock_event_log
 from server.store.pool import Conn, retry_on_conflict, unavailable_on_connection_errors
+from server.store.states import NOT_DELIVERED, REACHED, WAITING
 from server.store.templates import BatchContents, TemplateLayout, TemplateLayouts
 
 # Verification codes and single sends first (by priority, then due time); the room
@@ -19,21 +27,22 @@ from server.store.templates import BatchContents, TemplateLayout, TemplateLayout
 # so an early large campaign cannot hold back another account's; room an account
 # leaves unused goes to the others. ``bulk_accounts``
 # walks the accounts with batch rows one index probe each (a loose index scan).
-_CLAIM = """
+_CLAIM = f"""
 WITH RECURSIVE urgent AS (
     SELECT ctid, id FROM messages
-    WHERE status IN (1, 2) AND priority < 2 AND not_before <= now()
+    WHERE status IN ({WAITING}) AND priority < {Priority.BATCH:d} AND not_before <= now()
       AND (claimed_until IS NULL OR claimed_until < now())
     ORDER BY priority, not_before
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 ),
 bulk_accounts AS (
-    (SELECT account_id FROM messages WHERE status IN (1, 2) AND priority = 2
+    (SELECT account_id FROM messages WHERE status IN ({WAITING}) AND priority = {Priority.BATCH:d}
      ORDER BY account_id LIMIT 1)
     UNION ALL
     SELECT (SELECT m.account_id FROM messages m
-            WHERE m.status IN (1, 2) AND m.priority = 2 AND m.account_id > a.account_id
+            WHERE m.status IN ({WAITING}) AND m.priority = {Priority.BATCH:d}
+              AND m.account_id > a.account_id
             ORDER BY m.account_id LIMIT 1)
     FROM bulk_accounts a WHERE a.account_id IS NOT NULL
 ),
@@ -42,7 +51,8 @@ senders AS (
     SELECT a.account_id FROM bulk_accounts a
     WHERE a.account_id IS NOT NULL AND (
         SELECT true FROM messages m
-        WHERE m.account_id = a.account_id AND m.status IN (1, 2) AND m.priority = 2
+        WHERE m.account_id = a.account_id
+          AND m.status IN ({WAITING}) AND m.priority = {Priority.BATCH:d}
           AND m.not_before <= now() AND (m.claimed_until IS NULL OR m.claimed_until < now())
         LIMIT 1)
 ),
@@ -53,7 +63,8 @@ share AS (
 bulk AS (
     SELECT d.ctid, d.id FROM senders s CROSS JOIN LATERAL (
         SELECT m.ctid, m.id FROM messages m
-        WHERE m.account_id = s.account_id AND m.status IN (1, 2) AND m.priority = 2
+        WHERE m.account_id = s.account_id
+          AND m.status IN ({WAITING}) AND m.priority = {Priority.BATCH:d}
           AND m.not_before <= now() AND (m.claimed_until IS NULL OR m.claimed_until < now())
         ORDER BY m.not_before
         LIMIT (SELECT n FROM share)
@@ -63,7 +74,7 @@ bulk AS (
 fill AS (
     -- Room an account could not use (it had fewer due rows than its share).
     SELECT ctid FROM messages
-    WHERE status IN (1, 2) AND priority = 2 AND not_before <= now()
+    WHERE status IN ({WAITING}) AND priority = {Priority.BATCH:d} AND not_before <= now()
       AND (claimed_until IS NULL OR claimed_until < now())
       AND id NOT IN (SELECT id FROM bulk)
     ORDER BY not_before
@@ -88,7 +99,7 @@ RETURNING m.id, m.account_id, m.to_number, m.body, m.use_type, m.attempts, m.tem
 # Applies status changes forward only: a final status is never changed, and a
 # status never moves back (DELIVERED is never followed by SENT). QUEUED -> QUEUED
 # (another retry) updates the row without a new event.
-_TRANSITION = """
+_TRANSITION = f"""
 WITH u AS (
     SELECT * FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[], $5::text[],
                          $6::timestamptz[], $7::bool[])
@@ -96,7 +107,7 @@ WITH u AS (
 ),
 prev AS (
     SELECT m.id, m.status FROM messages m JOIN u ON u.id = m.id
-    WHERE m.status < 4
+    WHERE m.status < {MessageStatus.DELIVERED:d}  -- DELIVERED and after are final
     FOR UPDATE OF m
 ),
 upd AS (
@@ -108,9 +119,10 @@ upd AS (
         not_before = coalesce(u.not_before, m.not_before),
         attempts = CASE WHEN u.attempted THEN m.attempts ELSE greatest(m.attempts - 1, 0) END,
         -- Once a provider has the message, its sealed verification code is erased.
-        sealed_code = CASE WHEN u.status >= 3 THEN NULL ELSE m.sealed_code END,
-        sent_at = CASE WHEN u.status >= 3 AND m.sent_at IS NULL AND u.provider_message_id
-                       IS NOT NULL THEN now() ELSE m.sent_at END,
+        sealed_code = CASE WHEN u.status >= {MessageStatus.SENT:d} THEN NULL ELSE m.sealed_code END,
+        sent_at = CASE WHEN u.status >= {MessageStatus.SENT:d} AND m.sent_at IS NULL
+                            AND u.provider_message_id IS NOT NULL
+                       THEN now() ELSE m.sent_at END,
         claimed_until = NULL,
         updated_at = now()
     FROM u JOIN prev ON prev.id = u.id
@@ -127,19 +139,22 @@ batch_counts AS (
         cancelled = b.cancelled + c.cancelled,
         finished = b.finished + c.finished,
         status = CASE
-            WHEN b.status = 5 THEN 5
+            WHEN b.status = {BatchStatus.CANCELLED:d} THEN {BatchStatus.CANCELLED:d}
             WHEN b.finished + c.finished >= b.total
-                THEN CASE WHEN b.sent + c.sent > 0 THEN 3 ELSE 4 END
-            ELSE 2
+                THEN CASE WHEN b.sent + c.sent > 0
+                          THEN {BatchStatus.SUCCEEDED:d} ELSE {BatchStatus.FAILED:d} END
+            ELSE {BatchStatus.EXECUTING:d}
         END,
         updated_at = now()
     FROM (
         SELECT batch_id,
-               count(*) FILTER (WHERE old_status < 3 AND status IN (3, 4, 5)) AS sent,
-               count(*) FILTER (WHERE status = 4) AS delivered,
-               count(*) FILTER (WHERE status IN (5, 6, 7)) AS failed,
-               count(*) FILTER (WHERE status = 8) AS cancelled,
-               count(*) FILTER (WHERE status >= 4 AND old_status < 4) AS finished
+               count(*) FILTER (WHERE old_status < {MessageStatus.SENT:d}
+                                  AND status IN ({REACHED})) AS sent,
+               count(*) FILTER (WHERE status = {MessageStatus.DELIVERED:d}) AS delivered,
+               count(*) FILTER (WHERE status IN ({NOT_DELIVERED})) AS failed,
+               count(*) FILTER (WHERE status = {MessageStatus.CANCELLED:d}) AS cancelled,
+               count(*) FILTER (WHERE status >= {MessageStatus.DELIVERED:d}
+                                AND old_status < {MessageStatus.DELIVERED:d}) AS finished
         FROM upd WHERE batch_id IS NOT NULL AND status <> old_status
         GROUP BY batch_id
     ) c
@@ -190,10 +205,10 @@ WHERE m.provider = e.provider AND m.provider_message_id = e.provider_message_id
 RETURNING m.id, e.status, e.error_code, e.provider
 """
 
-_DUE_FOR_POLL = """
+_DUE_FOR_POLL = f"""
 WITH due AS (
     SELECT id FROM messages
-    WHERE status = 3 AND provider = $1 AND provider_message_id IS NOT NULL
+    WHERE status = {MessageStatus.SENT:d} AND provider = $1 AND provider_message_id IS NOT NULL
       AND sent_at < now() - make_interval(secs => $2)
       AND (polled_at IS NULL OR polled_at < now() - make_interval(secs => $3))
     ORDER BY polled_at NULLS FIRST
@@ -207,9 +222,10 @@ RETURNING m.id, m.provider_message_id
 
 # SENT messages whose provider has not reported on them for too long (read through
 # the partial index of SENT rows, messages_sent_by_provider).
-_UNRECEIPTED = """
+_UNRECEIPTED = f"""
 SELECT id, provider FROM messages
-WHERE status = 3 AND coalesce(sent_at, updated_at) < now() - make_interval(secs => $1)
+WHERE status = {MessageStatus.SENT:d}
+  AND coalesce(sent_at, updated_at) < now() - make_interval(secs => $1)
 ORDER BY coalesce(sent_at, updated_at)
 LIMIT $2
 FOR UPDATE SKIP LOCKED
@@ -238,7 +254,7 @@ def _ignore(changes: StatusChanges) -> None:
 
 
 # Read through the partial index of due rows (messages_due).
-_BACKLOG = "SELECT status, count(*) AS n FROM messages WHERE status IN (1, 2) GROUP BY status"
+_BACKLOG = f"SELECT status, count(*) AS n FROM messages WHERE status IN ({WAITING}) GROUP BY status"
 
 
 class PgOutbox:
@@ -414,7 +430,7 @@ class PgOutbox:
         with unavailable_on_connection_errors():
             await self._pool.execute(
                 "UPDATE messages SET claimed_until = NULL, attempts = greatest(attempts - 1, 0) "
-                "WHERE id = ANY($1::text[]) AND status < 3",
+                f"WHERE id = ANY($1::text[]) AND status < {MessageStatus.SENT:d}",
                 list(message_ids),
             )
 

@@ -42,11 +42,11 @@ RETURNING last_sent_at
 
 # The verification and its outbox message (with its first event), in one statement.
 _CREATE = with_messages(
-    """
+    f"""
 v AS (
     INSERT INTO verifications (id, account_id, mobile, scene, channel, code_hash, state,
                                attempts_left, expires_at, message_id)
-    VALUES ($15, $16, $17, $18, $19, $20, 1, $21, $22, $23)
+    VALUES ($15, $16, $17, $18, $19, $20, {VerificationState.PENDING:d}, $21, $22, $23)
 )"""
 )
 
@@ -55,7 +55,7 @@ v AS (
 # Under READ COMMITTED, a check that waited for the lock sees the row as the check
 # before it left it. A wrong mobile changes nothing. The hashes are keyed HMACs, so
 # how long the comparison takes tells a caller nothing about the code.
-_CHECK = """
+_CHECK = f"""
 WITH cur AS (
     SELECT id, mobile, state, attempts_left, expires_at <= now() AS late,
            code_hash = $4 AS ok
@@ -63,11 +63,13 @@ WITH cur AS (
 ),
 next AS (
     SELECT id,
-           CASE WHEN late THEN 3 WHEN ok THEN 2 WHEN attempts_left <= 1 THEN 4 ELSE 1 END
-               AS state,
+           CASE WHEN late THEN {VerificationState.EXPIRED:d}
+                WHEN ok THEN {VerificationState.VERIFIED:d}
+                WHEN attempts_left <= 1 THEN {VerificationState.EXHAUSTED:d}
+                ELSE {VerificationState.PENDING:d} END AS state,
            CASE WHEN late THEN attempts_left ELSE greatest(attempts_left - 1, 0) END
                AS attempts_left
-    FROM cur WHERE mobile = $3 AND state = 1
+    FROM cur WHERE mobile = $3 AND state = {VerificationState.PENDING:d}
 ),
 changed AS (
     UPDATE verifications v SET state = next.state, attempts_left = next.attempts_left,
@@ -170,10 +172,11 @@ class PgVerificationStore:
         """Marks pending verifications past their expiry EXPIRED (rows are kept)."""
         with unavailable_on_connection_errors():
             result: str = await self._pool.execute(
-                """
-                UPDATE verifications SET state = 3, updated_at = now()
+                f"""
+                UPDATE verifications SET state = {VerificationState.EXPIRED:d}, updated_at = now()
                 WHERE id IN (
-                    SELECT id FROM verifications WHERE state = 1 AND expires_at <= now()
+                    SELECT id FROM verifications
+                    WHERE state = {VerificationState.PENDING:d} AND expires_at <= now()
                     ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
                 )
                 """,

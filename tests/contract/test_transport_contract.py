@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from server.domain.models import MessageStatus
-from server.domain.ports import ProviderError, ProviderRef, SendOutcome
+from server.domain.ports import ProviderError, ProviderRef, Receipt, SendOutcome
 from server.emulators.common import FAULTS, EmulatorControls
 from tests.contract.pair import Pair
+from tests.eventually import eventually
 
 KINDS = ["loopback", "skynoo", "sendcloud", "sendsms"]
 NETWORK_KINDS = KINDS[1:]
@@ -39,14 +40,14 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-async def settled(pair: Pair, message_id: str, provider_id: str) -> list:  # type: ignore[type-arg]
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:
-        receipts = await pair.transport.query_status([ProviderRef(message_id, provider_id)])
-        if receipts and receipts[0].status != MessageStatus.SENT:
-            return receipts
-        assert asyncio.get_running_loop().time() < deadline, "never settled"
-        await asyncio.sleep(0.1)
+async def settled(pair: Pair, message_id: str, provider_id: str) -> list[Receipt]:
+    return await eventually(
+        lambda: pair.transport.query_status([ProviderRef(message_id, provider_id)]),
+        until=lambda receipts: bool(receipts) and receipts[0].status != MessageStatus.SENT,
+        within=10,
+        interval=0.1,
+        what="the message settled",
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from server.emulators.common import RunningEmulator
 from server.providers.loopback import LoopbackConfig
 from server.store.accounts import PgAccountStore
 from tests.conftest import DatabaseFactory, basic_auth
+from tests.eventually import eventually
 
 FAST = Settings(
     grpc_addr="127.0.0.1:0",
@@ -41,10 +41,10 @@ class Client:
     api_key: str
     api_secret: str
     metadata: tuple[tuple[str, str], ...]
-    messages: message_pb2_grpc.MessageServiceStub
-    templates: template_pb2_grpc.TemplateServiceStub
-    verifications: verification_pb2_grpc.VerificationServiceStub
-    batches: batch_pb2_grpc.BatchServiceStub
+    messages: message_pb2_grpc.MessageServiceAsyncStub
+    templates: template_pb2_grpc.TemplateServiceAsyncStub
+    verifications: verification_pb2_grpc.VerificationServiceAsyncStub
+    batches: batch_pb2_grpc.BatchServiceAsyncStub
 
 
 @dataclass
@@ -112,11 +112,8 @@ async def gw(start_gateway: GatewayFactory) -> Running:
 async def wait_for(
     predicate: Callable[[], Awaitable[bool]], within: float = 10.0, interval: float = 0.05
 ) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(interval)
+    """``eventually`` (tests/eventually.py) for a predicate, as the e2e tests spell it."""
+    await eventually(predicate, within=within, interval=interval)
 
 
 async def final_state(

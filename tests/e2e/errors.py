@@ -30,5 +30,5 @@ def reason(err: grpc.aio.AioRpcError) -> str:
         if any_detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             any_detail.Unpack(info)
-            return info.reason
+            return str(info.reason)
     raise AssertionError("no ErrorInfo in the details")

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import asyncpg
@@ -16,6 +15,7 @@ from sms.v1 import batch_pb2, batch_pb2_grpc, common_pb2
 from server.store.accounts import PgAccountStore
 from tests.conftest import DatabaseFactory, basic_auth
 from tests.e2e.test_verification_limits import _free_port
+from tests.eventually import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,15 +41,16 @@ async def test_sigkill_during_create_batch_leaves_nothing_half_stored(
             sys.executable, "-m", "server.cli", "serve", env=env, cwd=ROOT
         )
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    _, writer = await asyncio.open_connection(*addr.rsplit(":", 1))
-                    writer.close()
-                    break
-                except OSError:
-                    assert proc.returncode is None and time.monotonic() < deadline
-                    await asyncio.sleep(0.1)
+
+            async def listening() -> bool:
+                assert proc.returncode is None, "smsgw serve exited"
+                _, writer = await asyncio.open_connection(*addr.rsplit(":", 1))
+                writer.close()
+                return True
+
+            await eventually(
+                listening, within=60, interval=0.1, what="serve listening", ignoring=(OSError,)
+            )
             numbers = [f"+86138{i:08d}" for i in range(100_000)]
             channel = grpc.aio.insecure_channel(
                 addr, options=[("grpc.max_send_message_length", 64 << 20)]
@@ -68,18 +69,26 @@ async def test_sigkill_during_create_batch_leaves_nothing_half_stored(
             # Wait until the batch's transaction is open (its row written, the rest not
             # committed), then kill the server without warning.
             database = await pool.fetchval("SELECT current_database()")
-            deadline = time.monotonic() + 60
-            while not await pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
-                "AND xact_start IS NOT NULL "
-                "AND (query ILIKE 'COPY%messages%' OR query ILIKE '%INSERT INTO batches%') "
-                "AND pid <> pg_backend_pid()",
-                database,
-            ):
+
+            async def batch_in_transaction() -> bool:
                 if call.done():
                     raise AssertionError(f"finished before the kill: {call.result()!r:.300}")
-                assert time.monotonic() < deadline, "never caught it"
-                await asyncio.sleep(0.005)
+                return bool(
+                    await pool.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                        "AND xact_start IS NOT NULL "
+                        "AND (query ILIKE 'COPY%messages%' OR query ILIKE '%INSERT INTO batches%') "
+                        "AND pid <> pg_backend_pid()",
+                        database,
+                    )
+                )
+
+            await eventually(
+                batch_in_transaction,
+                within=60,
+                interval=0.005,
+                what="the batch's transaction open",
+            )
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
             try:

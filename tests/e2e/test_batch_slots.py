@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import asyncpg
 import grpc
 import pytest
+from asyncpg.pool import PoolConnectionProxy
 from sms.v1 import batch_pb2, common_pb2
 
 from server.config import Settings
@@ -34,7 +34,7 @@ async def running(start_gateway: GatewayFactory) -> Running:
 
 
 @pytest.fixture
-async def event_log_held(running: Running) -> AsyncIterator[asyncpg.Connection]:
+async def event_log_held(running: Running) -> AsyncIterator[PoolConnectionProxy]:
     """Holds the event-log lock until the test releases it (or ends)."""
     conn = await running.gateway.pool.acquire()
     await conn.execute("SELECT pg_advisory_lock($1)", EVENTS_LOCK_KEY)
@@ -89,7 +89,7 @@ async def refused(call: asyncio.Future[object]) -> grpc.aio.AioRpcError:
 
 
 async def test_large_batches_past_the_caps_are_refused_with_retry_info_and_store_nothing(
-    running: Running, event_log_held: asyncpg.Connection
+    running: Running, event_log_held: PoolConnectionProxy
 ) -> None:
     a, b, c = await running.client(), await running.client(), await running.client()
     first = batch(a, LARGE)
@@ -157,7 +157,7 @@ async def test_a_large_batch_is_stored_whole_across_its_slices(running: Running)
 
 
 async def test_a_large_batch_cut_off_at_its_last_step_stores_nothing(
-    running: Running, event_log_held: asyncpg.Connection
+    running: Running, event_log_held: PoolConnectionProxy
 ) -> None:
     client = await running.client()
     n = 3 * SLICE_NUMBERS

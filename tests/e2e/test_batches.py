@@ -4,6 +4,7 @@ cancel mid-run, watch, priority of codes over campaigns, isolation, idempotency.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import grpc
 import pytest
@@ -133,12 +134,13 @@ async def test_cancel_stops_what_no_provider_has_yet(
 
     await wait_for(settled, within=20)
     batch = await get(client, reply.task_id)
-    counts = dict(
-        await running.gateway.pool.fetch(
+    counts: dict[int, int] = {
+        status: n
+        for status, n in await running.gateway.pool.fetch(
             "SELECT status, count(*) FROM messages WHERE batch_id = $1 GROUP BY status",
             reply.task_id,
         )
-    )
+    }
     handed_out = 200 - counts.get(S.MESSAGE_STATUS_CANCELLED, 0)
     assert 0 < handed_out < 200
     assert batch.status == S.BATCH_STATUS_CANCELLED
@@ -208,7 +210,7 @@ async def test_a_large_campaign_does_not_hold_back_another_accounts_batch(
 async def test_other_accounts_batches_are_not_found(gw: Running) -> None:
     alice, bob = await gw.client(), await gw.client()
     reply = await create(alice, content="Mine.", numbers=numbers(2))
-    calls = [
+    calls: list[Awaitable[object]] = [
         bob.batches.GetBatch(
             batch_pb2.GetBatchRequest(task_id=reply.task_id), metadata=bob.metadata
         ),

@@ -375,11 +375,13 @@ def test_account_update_changes_only_the_given_settings(databases_url: str) -> N
     async def read() -> asyncpg.Record:
         conn = await asyncpg.connect(databases_url)
         try:
-            return await conn.fetchrow(
+            row = await conn.fetchrow(
                 "SELECT otp_max_attempts, otp_allowed_regions, quiet_hours, send_per_second,"
                 " query_per_second FROM accounts WHERE id = $1",
                 int(account),
             )
+            assert row is not None
+            return row
         finally:
             await conn.close()
 

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from sms.v1 import batch_pb2
+from sms.v1 import batch_pb2, common_pb2
 
 from server.cli.batches import progress_line
 from tests.e2e.conftest import Client, Running
@@ -117,7 +117,9 @@ async def test_batch_from_a_file_of_numbers_runs_to_succeeded(gw: Running) -> No
 
 
 def test_the_progress_line_shows_what_is_final() -> None:
-    batch = batch_pb2.Batch(total=200, sent=120, delivered=90, failed=10, status=2)
+    batch = batch_pb2.Batch(
+        total=200, sent=120, delivered=90, failed=10, status=common_pb2.BATCH_STATUS_EXECUTING
+    )
     line = progress_line(batch)
     assert line.startswith("[" + "#" * 15 + "-" * 15 + "]  50%  100/200 final")
     assert "sent 120 · delivered 90 · failed 10  EXECUTING" in line

@@ -151,6 +151,7 @@ def scalar(
         base = integers(*_INT_RANGES[field.cpp_type])
         kind = int
     elif field.cpp_type == FD.CPPTYPE_ENUM:
+        assert field.enum_type is not None
         known = [v.number for v in field.enum_type.values]
         base = st.one_of(st.sampled_from(known), integers(-(2**31), 2**31 - 1))
         kind = int
@@ -237,7 +238,8 @@ def fill(
 ) -> None:
     """Sets ``field`` of ``msg`` to a random value (after clearing it)."""
     msg.ClearField(field.name)
-    target = getattr(msg, field.name) if field.is_repeated or field.message_type else None
+    # The field's container (repeated, map or message); unused for a scalar.
+    target: Any = getattr(msg, field.name) if field.is_repeated or field.message_type else None
     many = not small and depth == 0  # long lists and maps only at the top level
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         key_field = field.message_type.fields_by_name["key"]
@@ -250,7 +252,7 @@ def fill(
             item = scalar(value_field, hints, small)
         values = draw(st.lists(item, min_size=1, max_size=3)) if keys else []
         for index, key in enumerate(keys):
-            value = values[index % len(values)]
+            value: Any = values[index % len(values)]
             if len(keys) > len(values) and isinstance(value, str):
                 value = value[:MANY_ITEM_CHARS]
             if isinstance(value, Message):
@@ -298,7 +300,7 @@ def mutants(
     past the validation of the others, deep into the use case and the database."""
     msg = draw(st.sampled_from(seeds))
     msg = type(msg).FromString(msg.SerializeToString())
-    paths = leaves(msg.DESCRIPTOR)
+    paths = leaves(msg.DESCRIPTOR)  # type: ignore[arg-type]  # upb's Descriptor is the same
     # Mostly one field: the others stay valid.
     count = min(draw(st.sampled_from([1, 1, 1, 2, 3])), len(paths))
     for path in draw(st.lists(st.sampled_from(paths), min_size=count, max_size=count, unique=True)):
@@ -373,7 +375,7 @@ async def world(start_gateway: GatewayFactory) -> World:
     verification = await client.verifications.SendVerification(
         verification_pb2.SendVerificationRequest(mobile=CN, code="73915582"), metadata=md
     )
-    template_ids = [x.id for x in templates]
+    template_ids: list[object] = [x.id for x in templates]
     tomorrow = timestamp_pb2.Timestamp(seconds=_NOW + 86_400)
     m, v, b = message_pb2, verification_pb2, batch_pb2
     notification = common_pb2.USE_TYPE_NOTIFICATION

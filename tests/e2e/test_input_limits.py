@@ -186,6 +186,7 @@ async def test_a_rejected_number_gives_a_short_reason(gw: Running) -> None:
             "+8613800138001": b.TemplateData(values=values),
         },
     )(client)
+    assert isinstance(reply, b.CreateBatchResponse)
     assert reply.accepted_count == 1
     [rejected] = reply.rejected
     assert rejected.number == "+8613800138001"

@@ -26,7 +26,7 @@ def retry_delay(err: grpc.aio.AioRpcError) -> float:
         if item.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             item.Unpack(info)
-            return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+            return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
     raise AssertionError("no RetryInfo")
 
 
@@ -35,12 +35,14 @@ def quota_subject(err: grpc.aio.AioRpcError) -> str:
         if item.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
             failure = error_details_pb2.QuotaFailure()
             item.Unpack(failure)
-            return failure.violations[0].subject
+            return str(failure.violations[0].subject)
     raise AssertionError("no QuotaFailure")
 
 
 async def send(
-    client: Client, mobile: str = "+8613800138000", use_type: int = S.USE_TYPE_NOTIFICATION
+    client: Client,
+    mobile: str = "+8613800138000",
+    use_type: S.UseType.ValueType = S.USE_TYPE_NOTIFICATION,
 ) -> str:
     reply = await client.messages.SendMessage(
         message_pb2.SendMessageRequest(

@@ -13,7 +13,6 @@ import secrets
 import signal
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from server.emulators import sendcloud as sendcloud_emulator
 from server.emulators import skynoo as skynoo_emulator
 from server.emulators.common import EmulatorControls, EmulatorSettings, RunningEmulator
 from tests.conftest import DatabaseFactory, basic_auth
+from tests.eventually import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 SMSGW = [sys.executable, "-m", "server.cli"]
@@ -265,13 +265,13 @@ async def _run_traffic(
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
         # Every message reaches a final status (through retries and the refusal).
-        deadline = time.monotonic() + 30
-        while True:
-            reply = await messages.GetMessageStatus(request, metadata=metadata)
-            if all(s.status >= S.MESSAGE_STATUS_DELIVERED for s in reply.messages):
-                break
-            assert time.monotonic() < deadline, reply
-            await asyncio.sleep(0.2)
+        reply = await eventually(
+            lambda: messages.GetMessageStatus(request, metadata=metadata),
+            until=lambda r: all(s.status >= S.MESSAGE_STATUS_DELIVERED for s in r.messages),
+            within=30,
+            interval=0.2,
+            what="every message final",
+        )
         refused = reply.messages[1]  # the wrong Skynoo secret
         assert refused.status != S.MESSAGE_STATUS_DELIVERED and refused.error_code
     texts = [r.content for r in sky.state.received if r.phone.endswith("13700137000")]

@@ -30,7 +30,8 @@ def assert_rejected(err: grpc.aio.AioRpcError) -> None:
 async def test_garbage_to_a_unary_method_is_invalid_argument_without_auth(
     gw: Running, body: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    call = gw.channel.unary_unary(UNARY)  # no serializers: raw bytes on the wire
+    # No serializers: raw bytes on the wire.
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = gw.channel.unary_unary(UNARY)
     with caplog.at_level(logging.WARNING), pytest.raises(grpc.aio.AioRpcError) as caught:
         await call(body)  # no credentials either: decoding comes first
     assert_rejected(caught.value)
@@ -42,7 +43,7 @@ async def test_garbage_to_a_stream_is_invalid_argument(
     gw: Running, body: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = await gw.client()
-    call = gw.channel.unary_stream(STREAM)
+    call: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = gw.channel.unary_stream(STREAM)
     with caplog.at_level(logging.WARNING), pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in call(body, metadata=client.metadata):
             raise AssertionError("a malformed request streamed an item")
@@ -55,7 +56,7 @@ async def test_well_formed_bytes_still_work(gw: Running) -> None:
     request = message_pb2.SendMessageRequest(
         mobile="+8613800138000", text="raw", use_type=common_pb2.USE_TYPE_NOTIFICATION
     )
-    call = gw.channel.unary_unary(UNARY)
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = gw.channel.unary_unary(UNARY)
     reply = message_pb2.SendMessageResponse.FromString(
         await call(request.SerializeToString(), metadata=client.metadata)
     )

@@ -225,6 +225,7 @@ async def test_open_streams_are_counted_while_open(gw: Running) -> None:
         message_pb2.WatchMessageStatusRequest(ids=[message_id]), metadata=client.metadata
     )
     first = await call.read()
+    assert isinstance(first, message_pb2.MessageStatusEvent)
     assert first.status == common_pb2.MESSAGE_STATUS_PENDING
 
     assert (await scrape(gw)).value("smsgw_open_streams") == 1

@@ -243,7 +243,10 @@ async def test_a_providers_per_number_limit_delays_the_retry_by_its_window(
             "SELECT status, error_code, not_before - now() AS wait FROM messages WHERE id = $1",
             second,
         )
-        return row["status"] == common_pb2.MESSAGE_STATUS_QUEUED and row["error_code"] == "HTTP_429"
+        assert row is not None
+        return bool(
+            row["status"] == common_pb2.MESSAGE_STATUS_QUEUED and row["error_code"] == "HTTP_429"
+        )
 
     await wait_for(refused)
     wait = await running.gateway.pool.fetchval(

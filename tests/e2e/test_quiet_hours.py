@@ -17,7 +17,7 @@ S = common_pb2
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
-async def send(client: Client, mobile: str, use_type: int) -> str:
+async def send(client: Client, mobile: str, use_type: common_pb2.UseType.ValueType) -> str:
     reply = await client.messages.SendMessage(
         message_pb2.SendMessageRequest(mobile=mobile, text="Spring sale!", use_type=use_type),
         metadata=client.metadata,

@@ -91,6 +91,7 @@ async def test_a_lost_answer_and_a_duplicate_retry_still_end_delivered_by_smshoo
         "SELECT provider_message_id, attempts FROM messages WHERE id = $1", message_id
     )
     # The provider's smsId was recovered, not our own id recorded in its place.
+    assert row is not None
     assert row["provider_message_id"] == received.provider_message_id
     assert row["attempts"] >= 2
     assert await history(running, message_id) == [

@@ -41,7 +41,11 @@ async def send(client: Client) -> str:
     return reply.id
 
 
-async def open_watch(client: Client, message_id: str) -> grpc.aio.UnaryStreamCall:
+async def open_watch(
+    client: Client, message_id: str
+) -> grpc.aio.UnaryStreamCall[
+    message_pb2.WatchMessageStatusRequest, message_pb2.MessageStatusEvent
+]:
     """A watch of one open message, once its first event (the snapshot) arrived: the
     server holds it from then on."""
     call = client.messages.WatchMessageStatus(

@@ -68,7 +68,7 @@ async def mtls_gw(start_gateway: GatewayFactory, pki: Pki) -> Running:
 @contextlib.asynccontextmanager
 async def secure_messages(
     running: Running, roots: bytes, cert: Pem | None = None
-) -> AsyncIterator[message_pb2_grpc.MessageServiceStub]:
+) -> AsyncIterator[message_pb2_grpc.MessageServiceAsyncStub]:
     """MessageService over a TLS channel trusting ``roots``, presenting ``cert`` if given."""
     credentials = grpc.ssl_channel_credentials(
         roots, cert.key if cert else None, cert.cert if cert else None

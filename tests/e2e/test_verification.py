@@ -7,6 +7,7 @@ import asyncio
 import logging
 import re
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -54,7 +55,7 @@ def retry_seconds(err: grpc.aio.AioRpcError) -> float:
         if item.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             item.Unpack(info)
-            return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+            return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
     raise AssertionError("no RetryInfo")
 
 
@@ -186,7 +187,7 @@ async def test_unknown_id_other_mobile_or_other_account_is_not_found(otp_gw: Run
     ],
 )
 async def test_bad_requests_name_each_field(
-    otp_gw: Running, fields: dict[str, object], bad: set[str]
+    otp_gw: Running, fields: dict[str, Any], bad: set[str]
 ) -> None:
     client = await otp_gw.client()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -285,6 +286,7 @@ async def test_the_verification_sms_is_sent_first(otp_gw: Running) -> None:
     state = await otp_gw.gateway.pool.fetchrow(
         "SELECT priority, use_type FROM messages WHERE id = $1", sent.message_id
     )
+    assert state is not None
     assert (state["priority"], state["use_type"]) == (0, S.USE_TYPE_VERIFICATION)
     reply = await client.messages.GetMessageStatus(
         message_pb2.GetMessageStatusRequest(ids=[sent.message_id]), metadata=client.metadata
@@ -304,6 +306,7 @@ async def test_a_voice_code_is_placed_through_sendcloud_send_voice(
     state = await running.gateway.pool.fetchrow(
         "SELECT provider, channel, sealed_code FROM messages WHERE id = $1", sent.message_id
     )
+    assert state is not None
     assert (state["provider"], state["channel"], state["sealed_code"]) == ("cloud", 2, None)
     # A text code cannot go there (SendCloud sends templates only, none is mapped):
     # routing knows it at the call, so the call is refused and nothing is stored.

@@ -29,7 +29,7 @@ async def send(client: Client, text: str = "hello") -> str:
 
 async def collect(
     client: Client, request: message_pb2.WatchMessageStatusRequest, within: float = 10
-):
+) -> list[message_pb2.MessageStatusEvent]:
     events: list[message_pb2.MessageStatusEvent] = []
 
     async def run() -> None:

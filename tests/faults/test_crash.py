@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import os
 import random
 import time
@@ -89,10 +90,10 @@ CHANNEL_OPTIONS = [
 @dataclass
 class Stubs:
     metadata: Metadata
-    messages: message_pb2_grpc.MessageServiceStub
-    verifications: verification_pb2_grpc.VerificationServiceStub
-    batches: batch_pb2_grpc.BatchServiceStub
-    templates: template_pb2_grpc.TemplateServiceStub
+    messages: message_pb2_grpc.MessageServiceAsyncStub
+    verifications: verification_pb2_grpc.VerificationServiceAsyncStub
+    batches: batch_pb2_grpc.BatchServiceAsyncStub
+    templates: template_pb2_grpc.TemplateServiceAsyncStub
 
     @classmethod
     def on(cls, channel: grpc.aio.Channel, metadata: Metadata) -> Stubs:
@@ -171,7 +172,9 @@ async def send_messages(stubs: Stubs, load: Load, sender: int) -> None:
                 request_id=f"send-{sender}-{n}",
             )
         outcome = await until_definite(
-            lambda r=request: stubs.messages.SendMessage(r, metadata=stubs.metadata, timeout=5),
+            functools.partial(
+                stubs.messages.SendMessage, request, metadata=stubs.metadata, timeout=5
+            ),
             within=CALL_WITHIN,
         )
         load.retried["SendMessage"] += outcome.retries
@@ -197,8 +200,8 @@ async def send_codes(stubs: Stubs, load: Load, verifier: int) -> None:
             request_id=f"code-{verifier}-{n}",
         )
         outcome = await until_definite(
-            lambda r=request: stubs.verifications.SendVerification(
-                r, metadata=stubs.metadata, timeout=5
+            functools.partial(
+                stubs.verifications.SendVerification, request, metadata=stubs.metadata, timeout=5
             ),
             within=CALL_WITHIN,
         )

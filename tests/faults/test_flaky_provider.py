@@ -11,7 +11,6 @@ the provider's error, and none is left waiting.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import collections
 import secrets
@@ -25,6 +24,7 @@ from sms.v1 import common_pb2, message_pb2, message_pb2_grpc
 
 from server.domain.models import MessageStatus
 from tests.conftest import DatabaseFactory
+from tests.eventually import eventually
 from tests.faults.outage_support import new_account, serve
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -85,17 +85,15 @@ async def test_half_the_sends_failing_still_ends_every_message(
 async def _wait_final(dsn: str, ids: list[str], within: float) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn)
     try:
-        deadline = time.monotonic() + within
-        while True:
-            rows = await conn.fetch(
+        return await eventually(
+            lambda: conn.fetch(
                 "SELECT id, status, attempts, error_code FROM messages WHERE id = ANY($1::text[])",
                 ids,
-            )
-            if (
-                all(MessageStatus(r["status"]) in FINAL for r in rows)
-                or time.monotonic() > deadline
-            ):
-                return list(rows)
-            await asyncio.sleep(0.25)
+            ),
+            until=lambda rows: all(MessageStatus(r["status"]) in FINAL for r in rows),
+            within=within,
+            interval=0.25,
+            raise_on_timeout=False,
+        )
     finally:
         await conn.close()

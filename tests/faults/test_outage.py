@@ -63,7 +63,7 @@ class Probe:
 
 
 async def send_steadily(
-    stub: message_pb2_grpc.MessageServiceStub,
+    stub: message_pb2_grpc.MessageServiceAsyncStub,
     metadata: Metadata,
     calls: list[Call],
     stop: asyncio.Event,
@@ -105,7 +105,7 @@ async def probe_health(
 
 
 async def watch_everything(
-    stub: message_pb2_grpc.MessageServiceStub, metadata: Metadata, delivered: set[str]
+    stub: message_pb2_grpc.MessageServiceAsyncStub, metadata: Metadata, delivered: set[str]
 ) -> None:
     """One stream over every message of the account, open across the outage."""
     async for event in stub.WatchMessageStatus(

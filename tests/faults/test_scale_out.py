@@ -37,6 +37,7 @@ from sms.v1 import (
 from server.store.migrate import MIGRATION_LOCK_KEY, load_migrations
 from tests.conftest import DatabaseFactory
 from tests.e2e.errors import details, reason
+from tests.eventually import eventually
 from tests.faults.outage_support import (
     Metadata,
     Serve,
@@ -70,10 +71,10 @@ class Cluster:
     provider: EmulatorProcess
     lock_waiters: int  # replicas seen waiting together for the migration lock
 
-    def messages(self, replica: int) -> message_pb2_grpc.MessageServiceStub:
+    def messages(self, replica: int) -> message_pb2_grpc.MessageServiceAsyncStub:
         return message_pb2_grpc.MessageServiceStub(self.channels[replica])
 
-    def verifications(self, replica: int) -> verification_pb2_grpc.VerificationServiceStub:
+    def verifications(self, replica: int) -> verification_pb2_grpc.VerificationServiceAsyncStub:
         return verification_pb2_grpc.VerificationServiceStub(self.channels[replica])
 
 
@@ -116,17 +117,20 @@ async def cluster(
 async def open_when_waiting(gate: asyncpg.Connection, count: int, within: float) -> int:
     """Releases the migration lock once ``count`` sessions wait for it (or when time
     is up); returns how many waited."""
-    waiting = 0
-    deadline = time.monotonic() + within
-    while waiting < count and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        waiting = await gate.fetchval(
+
+    async def waiting_sessions() -> int:
+        waiting: int = await gate.fetchval(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
             " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             " AND classid = $1 AND objid = $2 AND objsubid = 1",
             MIGRATION_LOCK_KEY >> 32,
             MIGRATION_LOCK_KEY & 0xFFFF_FFFF,
         )
+        return waiting
+
+    waiting = await eventually(
+        waiting_sessions, until=lambda n: n >= count, within=within, raise_on_timeout=False
+    )
     await gate.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     return int(waiting)
 
@@ -179,7 +183,8 @@ def retry_delay(error: grpc.aio.AioRpcError) -> duration_pb2.Duration:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)
-            return info.retry_delay
+            delay: duration_pb2.Duration = info.retry_delay
+            return delay
     raise AssertionError("no RetryInfo in the details")
 
 
@@ -199,12 +204,13 @@ async def test_a_stream_on_one_replica_sees_sends_accepted_by_the_others(
     def statuses(message_id: str) -> list[int]:
         return [e.status for e in seen if e.message_id == message_id]
 
-    async def until(done: Callable[[], bool], within: float) -> None:
-        deadline = time.monotonic() + within
-        while not done():
+    # Callable[..., bool]: callers bind a loop variable as a default (lambda m=marker: ...).
+    async def until(done: Callable[..., bool], within: float) -> None:
+        def seen() -> bool:
             assert not stream.done(), f"the stream ended: {stream.exception()!r}"
-            assert time.monotonic() < deadline, "not seen in time"
-            await asyncio.sleep(0.05)
+            return done()
+
+        await eventually(seen, within=within, what="the events on the stream")
 
     async with background(watch()) as (stream,):
         # Sends through the stream's own replica until one is seen: a stream opened
@@ -233,7 +239,9 @@ async def test_a_stream_on_one_replica_sees_sends_accepted_by_the_others(
     assert event_ids == sorted(set(event_ids)), "events repeated or out of order"
 
 
-async def send(stub: message_pb2_grpc.MessageServiceStub, metadata: Metadata, mobile: str) -> str:
+async def send(
+    stub: message_pb2_grpc.MessageServiceAsyncStub, metadata: Metadata, mobile: str
+) -> str:
     request = message_pb2.SendMessageRequest(
         mobile=mobile, use_type=common_pb2.USE_TYPE_NOTIFICATION, text="Your parcel is here."
     )

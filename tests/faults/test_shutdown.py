@@ -29,6 +29,7 @@ from google.protobuf import timestamp_pb2
 from sms.v1 import batch_pb2, batch_pb2_grpc, common_pb2, message_pb2, message_pb2_grpc
 
 from tests.conftest import DatabaseFactory
+from tests.eventually import eventually
 from tests.faults.outage_support import (
     Metadata,
     Serve,
@@ -73,7 +74,7 @@ class Stream:
 
 
 async def watch(
-    stub: message_pb2_grpc.MessageServiceStub, metadata: Metadata, into: Stream, after: int = 0
+    stub: message_pb2_grpc.MessageServiceAsyncStub, metadata: Metadata, into: Stream, after: int = 0
 ) -> None:
     call = stub.WatchMessageStatus(
         message_pb2.WatchMessageStatusRequest(after_event_id=after), metadata=metadata
@@ -112,7 +113,7 @@ async def watch_batch(channel: grpc.aio.Channel, metadata: Metadata, into: Strea
 
 
 async def send_steadily(
-    stub: message_pb2_grpc.MessageServiceStub,
+    stub: message_pb2_grpc.MessageServiceAsyncStub,
     metadata: Metadata,
     calls: list[Call],
     stop: asyncio.Event,
@@ -263,11 +264,14 @@ async def check_resumed_stream(
     async with grpc.aio.insecure_channel(server.target) as channel:
         stub = message_pb2_grpc.MessageServiceStub(channel)
         async with background(watch(stub, metadata, resumed, after=last)):
-            deadline = time.monotonic() + 10
-            while not ids <= first.delivered() | resumed.delivered():
+
+            def all_delivered() -> bool:
                 assert resumed.code is None, (resumed.code, resumed.details)
-                assert time.monotonic() < deadline, "the resumed stream misses deliveries"
-                await asyncio.sleep(0.1)
+                return ids <= first.delivered() | resumed.delivered()
+
+            await eventually(
+                all_delivered, within=10, interval=0.1, what="every delivery on the streams"
+            )
     event_ids = [e.event_id for e in first.events + resumed.events]
     assert event_ids == sorted(set(event_ids)), "events repeated or out of order"
 

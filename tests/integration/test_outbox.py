@@ -172,6 +172,7 @@ async def test_status_only_moves_forward_and_each_change_is_one_event(
         "SELECT status, provider_message_id, sent_at, error_code FROM messages WHERE id = $1",
         message.id,
     )
+    assert row is not None
     assert row["status"] == MessageStatus.DELIVERED
     assert row["provider_message_id"] == "p1"
     assert row["sent_at"] is not None

@@ -58,6 +58,7 @@ async def test_receipt_for_a_known_send_applies_at_once_and_never_goes_back(
         == 1
     )
     row = await pool.fetchrow("SELECT status, error_code FROM messages WHERE id = $1", message.id)
+    assert row is not None
     assert (row["status"], row["error_code"]) == (MessageStatus.UNDELIVERED, "510")
     # Another provider's id with the same value is a different message.
     assert (

@@ -30,6 +30,7 @@ from server.providers.sendcloud import SendCloudConfig, SendCloudTransport, sign
 from server.providers.sendcloud_codes import HOOK_CODES, RETURN_CODES, failed_status
 from server.providers.sendcloud_hook import hook_signature
 from tests.contract.pair_sendcloud import SMS_KEY, SMS_USER, TEMPLATE_ID, config, settings
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -161,7 +162,8 @@ async def test_send_posts_a_signed_form(to: str, phone: str) -> None:
 
 
 async def test_emulator_checks_user_signature_and_timestamp(emulator: Emulator) -> None:
-    params = {"templateId": TEMPLATE_ID, "phone": "13800138000"}
+    # Any: the form fields go through **params, beside call's own key= and sign=.
+    params: dict[str, Any] = {"templateId": TEMPLATE_ID, "phone": "13800138000"}
     assert (await emulator.call("send", **params))["statusCode"] == 200
     assert (await emulator.call("send", key="wrong", **params))["statusCode"] == 422
     assert (await emulator.call("send", sign=False, **params))["statusCode"] == 421
@@ -210,7 +212,7 @@ async def test_emulator_answers_partial_and_total_failure(emulator: Emulator) ->
     ],
 )
 async def test_emulator_refuses_bad_sends(
-    emulator: Emulator, params: dict[str, str], code: int
+    emulator: Emulator, params: dict[str, Any], code: int
 ) -> None:
     body = await emulator.call(
         "send", **{"templateId": TEMPLATE_ID, "phone": "13800138000", **params}
@@ -279,7 +281,7 @@ async def test_emulator_answers_the_published_status_shape(
     # A span is required and at most 30 days.
     assert (await emulator.call("status/query", smsIds=ids[0]))["statusCode"] == 481
     assert (await emulator.call("status/query", smsIds=ids[0], days="31"))["statusCode"] == 441
-    dates = {"startDate": "2020-01-01", "endDate": "2020-01-02"}
+    dates: dict[str, Any] = {"startDate": "2020-01-01", "endDate": "2020-01-02"}
     assert (await emulator.call("status/query", smsIds=ids[0], **dates))["info"]["voList"] == []
 
 
@@ -532,11 +534,7 @@ async def test_send_voice(emulator: Emulator, transport: SendCloudTransport) -> 
 
 
 async def until(condition: Callable[[], bool]) -> None:
-    for _ in range(200):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition never held")
+    await eventually(condition, within=2, interval=0.01)
 
 
 async def test_smshook_delivers_verified_receipts() -> None:

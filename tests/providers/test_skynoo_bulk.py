@@ -30,6 +30,7 @@ from server.providers.skynoo_bulk import (
 )
 from server.routing_config import ProviderSpec
 from tests.contract.pair_skynoo import API_KEY, API_SECRET
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -112,13 +113,12 @@ def refs_of(messages: list[OutboundMessage], outcomes: list[SendOutcome]) -> lis
 
 
 async def settled(sky: Sky, refs: list[ProviderRef]) -> list[Receipt]:
-    deadline = asyncio.get_running_loop().time() + 5
-    while True:
-        receipts = await sky.transport.query_status(refs)
-        if len(receipts) == len(refs) and all(r.status != MessageStatus.SENT for r in receipts):
-            return receipts
-        assert asyncio.get_running_loop().time() < deadline, receipts
-        await asyncio.sleep(0.05)
+    return await eventually(
+        lambda: sky.transport.query_status(refs),
+        until=lambda rs: len(rs) == len(refs) and all(r.status != MessageStatus.SENT for r in rs),
+        within=5,
+        what="every receipt settled",
+    )
 
 
 def test_messages_share_a_task_only_when_one_content_serves_them_all() -> None:

@@ -18,7 +18,7 @@ from server.cli.settings import UsageError, client_target
 
 
 def test_a_table_aligns_columns_and_shows_lists_and_missing_values() -> None:
-    rows = [
+    rows: list[dict[str, object]] = [
         {"id": "1", "variables": ["name", "order"], "verified": True},
         {"id": "12345", "variables": [], "verified": None},
     ]

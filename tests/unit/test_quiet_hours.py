@@ -18,8 +18,8 @@ RUSSIAN_MOBILE = "+79161234567"  # could be in any of Russia's zones
 NIGHT = QuietHours.parse(["21:00-08:00"])
 
 
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def test_a_message_outside_the_window_is_not_held() -> None:

@@ -96,6 +96,9 @@ def test_settings_from_env_and_toml(tmp_path: Path) -> None:
     [
         (models.UseType, common_pb2.UseType, "USE_TYPE_"),
         (models.MessageStatus, common_pb2.MessageStatus, "MESSAGE_STATUS_"),
+        (models.VerificationState, common_pb2.VerificationState, "VERIFICATION_STATE_"),
+        (models.BatchStatus, common_pb2.BatchStatus, "BATCH_STATUS_"),
+        (models.Channel, common_pb2.Channel, "CHANNEL_"),
     ],
 )
 def test_domain_enums_match_the_proto_numbers(
