@@ -258,6 +258,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         async def unary(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             code = "OK"
+            request: Any = None
             try:
                 request = _decode(parse, raw, method)
                 await self._begin(context, method)
@@ -268,8 +269,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:
                 code = self._code_of(exc, context)
                 # grpc keeps an aborted call in a reference cycle until a GC: not its
-                # request (a refused 100k-number batch would stay in memory).
-                del request
+                # request (a refused 100k-number batch would stay in memory), nor its
+                # bytes.
+                request = raw = None
                 traceback.clear_frames(exc.__traceback__)
                 await self._abort(exc, context, method)
             finally:
