@@ -20,11 +20,11 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from server.domain.api_keys import hash_secret
 from server.domain.auth import Authenticator
 from server.domain.limits import AuthFailureThrottle, RateLimits, RateLimitSettings
 from server.domain.messaging import Caller
 from server.domain.models import Credential
-from server.domain.secrets import hash_secret
 
 SEND = "/sms.v1.MessageService/SendMessage"
 

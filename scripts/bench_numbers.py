@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 
 import phonenumbers
 
-from server.domain.batch_numbers import DUPLICATE_REASON, NumberVerdicts, validate_numbers
 from server.domain.errors import InvalidArgument
+from server.domain.number_judge import DUPLICATE_REASON, NumberVerdicts, validate_numbers
 from server.domain.phones import normalize_mobile
 
 # (region, weight): a rough share of SMS traffic, so +1/+7/+44 regions sharing a

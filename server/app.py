@@ -1,7 +1,7 @@
 """The composition root: builds every part from Settings, starts and stops them in order.
 It holds no behaviour of its own: each part lives where it serves (health in
 server/health.py, webhooks in server/http/, maintenance in server/store/, listening
-sockets in server/listen.py, provider reloads in dispatch/providers.py).
+sockets in server/listen.py, provider reloads in dispatch/provider_set.py).
 
 Start: database (embedded unless DATABASE_URL) -> migrations -> status hub ->
 receipts, providers, dispatcher, poller -> maintenance -> gRPC server -> health
@@ -38,7 +38,7 @@ from server.api.template_service import TemplateServicer
 from server.api.verification_service import VerificationServicer
 from server.config import Settings
 from server.dispatch.poller import ReceiptPoller
-from server.dispatch.providers import (
+from server.dispatch.provider_set import (
     BreakerSettings,
     LiveProviders,
     ProviderRoutes,
@@ -49,12 +49,12 @@ from server.dispatch.retry import RetryPolicy
 from server.dispatch.worker import Dispatcher
 from server.domain.auth import Authenticator
 from server.domain.batch_slots import BatchSlots
-from server.domain.batching import Batches
+from server.domain.batch_tasks import Batches
 from server.domain.codes import CodeKeys
 from server.domain.limits import AuthFailureThrottle, RateLimits, StreamCaps
 from server.domain.messaging import Messaging
 from server.domain.outbox_codes import CodeOpeningOutbox
-from server.domain.templating import TemplateCatalog
+from server.domain.template_catalog import TemplateCatalog
 from server.domain.verification import Verifications
 from server.health import DatabaseHealth
 from server.http.app import MetricsEndpoint, build_http_app

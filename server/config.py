@@ -19,7 +19,7 @@ from server.domain.models import MessageStatus, UseType
 from server.domain.otp_guard import GuardSettings
 from server.domain.verification import OtpSettings
 from server.providers.loopback import OUTCOMES, LoopbackConfig
-from server.routing_config import DEFAULT_ROUTING, RoutingConfig, RoutingConfigError, parse_routing
+from server.routes_file import DEFAULT_ROUTING, RoutingConfig, RoutingConfigError, parse_routing
 from server.tls import ServerTls, TlsConfigError
 from server.tracing import TracingConfigError, mode_from_env
 

@@ -10,7 +10,7 @@ from sms.v1 import batch_pb2, batch_pb2_grpc, common_pb2
 
 from server.api import convert
 from server.api.context import current_caller
-from server.domain.batching import Batches, BatchRecord, CreateBatchCommand
+from server.domain.batch_tasks import Batches, BatchRecord, CreateBatchCommand
 from server.domain.models import UseType
 
 Context = grpc.aio.ServicerContext[Any, Any]

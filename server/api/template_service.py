@@ -11,7 +11,7 @@ from sms.v1 import template_pb2, template_pb2_grpc
 from server.api import convert
 from server.api.context import current_caller
 from server.domain.models import UseType
-from server.domain.templating import TemplateCatalog
+from server.domain.template_catalog import TemplateCatalog
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

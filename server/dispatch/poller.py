@@ -16,7 +16,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from server.dispatch.providers import ProviderSet
+from server.dispatch.provider_set import ProviderSet
 from server.dispatch.receipts import ReceiptRecorder
 from server.domain.ports import PolledOutbox, ProviderError, ProviderRef
 

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from server.dispatch.bulk import Routed
 from server.dispatch.retry import RetryPolicy
-from server.dispatch.routing import failover_order
+from server.dispatch.route_choice import failover_order
 from server.domain.models import MessageStatus
 from server.domain.ports import SendOutcome
 from server.store.outbox import Transition

@@ -34,9 +34,9 @@ from aiolimiter import AsyncLimiter
 from server.aio import wait_event
 from server.dispatch.breaker import CircuitBreaker
 from server.dispatch.bulk import Request, Routed, bulk_api, plan_requests
-from server.dispatch.providers import ProviderSet
+from server.dispatch.provider_set import ProviderSet
 from server.dispatch.retry import RetryPolicy
-from server.dispatch.routing import failover_order
+from server.dispatch.route_choice import failover_order
 from server.dispatch.transitions import transition
 from server.domain.errors import Unavailable
 from server.domain.models import Channel, MessageStatus, OutboundMessage, Priority

@@ -28,12 +28,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from server.domain.api_keys import hash_secret, verify_secret
 from server.domain.errors import PermissionDenied, Unauthenticated
 from server.domain.limits import AuthFailureThrottle
 from server.domain.messaging import Caller
 from server.domain.models import Credential
 from server.domain.ports import CredentialRepository
-from server.domain.secrets import hash_secret, verify_secret
 
 _HASHING = ThreadPoolExecutor(
     max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="secret-hash"

@@ -2,7 +2,7 @@
 
 Callers are never made to wait: a call over a limit is refused with
 RESOURCE_EXHAUSTED, the real wait (RetryInfo) and the quota it hit (QuotaFailure).
-Outbound provider traffic waits smoothly instead (dispatch/providers.py).
+Outbound provider traffic waits smoothly instead (dispatch/provider_set.py).
 
 Each bucket is an aiolimiter ``AsyncLimiter`` (a leaky bucket, which admits the same
 traffic as a token bucket of ``rate`` tokens a second holding ``rate * burst_seconds``),

@@ -31,7 +31,7 @@ from server.domain.phones import normalize_mobile
 from server.domain.ports import IdempotencyKey, MessageRepository, Routes, TemplateRepository
 from server.domain.quiet_hours import QuietHours
 from server.domain.segments import count_segments
-from server.domain.templates import ParsedTemplate, render, validate_values
+from server.domain.template_text import ParsedTemplate, render, validate_values
 
 log = logging.getLogger(__name__)
 

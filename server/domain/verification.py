@@ -48,7 +48,7 @@ from server.domain.otp_guard import (
 from server.domain.phones import normalize_mobile
 from server.domain.ports import IdempotencyKey, Routes, TemplateRepository
 from server.domain.segments import count_segments
-from server.domain.templates import ParsedTemplate, render
+from server.domain.template_text import ParsedTemplate, render
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from server.dispatch.providers import ProviderSet
+from server.dispatch.provider_set import ProviderSet
 from server.dispatch.receipts import ReceiptRecorder
 from server.domain.ports import ProviderError
 

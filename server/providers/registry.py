@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from server.domain.ports import ReceiptSink, Transport
 from server.providers.loopback import LoopbackConfig, LoopbackTransport
-from server.routing_config import ProviderSpec
+from server.routes_file import ProviderSpec
 
 
 def build_transport(

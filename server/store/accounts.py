@@ -8,7 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
-from server.domain import secrets
+from server.domain import api_keys
 from server.domain.models import Account, Credential
 from server.domain.quiet_hours import QuietHours
 from server.store.pool import unavailable_on_connection_errors
@@ -179,9 +179,9 @@ class PgAccountStore:
         self, account_id: int, allow_cidrs: Sequence[str] = ()
     ) -> tuple[Credential, str]:
         """Creates a credential; returns it with its secret, which is never stored."""
-        api_key = secrets.new_api_key()
-        secret = secrets.new_api_secret()
-        secret_hash = secrets.hash_secret(secret)
+        api_key = api_keys.new_api_key()
+        secret = api_keys.new_api_secret()
+        secret_hash = api_keys.hash_secret(secret)
         with unavailable_on_connection_errors():
             row = await self._pool.fetchrow(
                 f"""

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterable, Sequence
 
 import asyncpg
 
-from server.domain.batching import BatchMessageRow, BatchRecord
+from server.domain.batch_tasks import BatchMessageRow, BatchRecord
 from server.domain.models import MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey, Transition
 from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log

@@ -5,7 +5,7 @@ from __future__ import annotations
 from server.emulators import sendcloud as sendcloud_emulator
 from server.emulators import skynoo as skynoo_emulator
 from server.emulators.common import EmulatorControls, EmulatorSettings, RunningEmulator
-from server.routing_config import ProviderSpec, RouteSpec, RoutingConfig
+from server.routes_file import ProviderSpec, RouteSpec, RoutingConfig
 
 SKY = {"api_key": "app_emu", "api_secret": "sec_emu"}
 CLOUD = {"sms_user": "sc-user", "sms_key": "sc-key-0123456789"}

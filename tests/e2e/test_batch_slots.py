@@ -16,7 +16,7 @@ from asyncpg.pool import PoolConnectionProxy
 from sms.v1 import batch_pb2, common_pb2
 
 from server.config import Settings
-from server.domain.batching import SLICE_NUMBERS
+from server.domain.batch_tasks import SLICE_NUMBERS
 from server.store.events import EVENTS_LOCK_KEY
 from tests.e2e.batch_calls import create, numbers
 from tests.e2e.conftest import Client, GatewayFactory, Running, wait_for

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sms.v1 import batch_pb2, common_pb2, message_pb2
 
 from server.emulators.common import RunningEmulator
-from server.routing_config import ProviderSpec
+from server.routes_file import ProviderSpec
 from server.store.accounts import PgAccountStore
 from tests.e2e.batch_calls import create, numbers
 from tests.e2e.conftest import Client, GatewayFactory, Running, final_state, wait_for

@@ -17,7 +17,7 @@ from google.protobuf import timestamp_pb2
 from sms.v1 import common_pb2, message_pb2, verification_pb2
 
 from server.emulators.common import RunningEmulator
-from server.routing_config import ProviderSpec, RouteSpec, RoutingConfig
+from server.routes_file import ProviderSpec, RouteSpec, RoutingConfig
 from tests.e2e.batch_calls import create, final
 from tests.e2e.conftest import Client, GatewayFactory, Running, final_state
 from tests.e2e.emulated import cloud, failover, sky, start_sendcloud, start_skynoo

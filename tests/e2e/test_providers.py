@@ -15,7 +15,7 @@ from sms.v1 import common_pb2, message_pb2, template_pb2
 
 from server.emulators import sendsms as sendsms_emulator
 from server.emulators.common import EmulatorControls, EmulatorSettings, RunningEmulator
-from server.routing_config import ProviderSpec
+from server.routes_file import ProviderSpec
 from tests.e2e.conftest import Client, GatewayFactory, Running, final_state, wait_for
 from tests.e2e.emulated import cloud, failover, only, sky, start_sendcloud, start_skynoo
 from tests.e2e.errors import reason

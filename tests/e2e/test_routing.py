@@ -7,7 +7,7 @@ import dataclasses
 
 from sms.v1 import common_pb2, message_pb2
 
-from server.routing_config import ProviderSpec, RouteSpec, RoutingConfig
+from server.routes_file import ProviderSpec, RouteSpec, RoutingConfig
 from tests.e2e.conftest import Client, GatewayFactory, final_state
 
 

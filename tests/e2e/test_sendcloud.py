@@ -12,7 +12,7 @@ import pytest
 from sms.v1 import common_pb2
 
 from server.emulators.common import RunningEmulator
-from server.routing_config import ProviderSpec
+from server.routes_file import ProviderSpec
 from tests.e2e.conftest import GatewayFactory, Running, final_state
 from tests.e2e.emulated import cloud, only, start_sendcloud
 from tests.e2e.errors import reason

@@ -9,7 +9,7 @@ from sms.v1 import batch_pb2, common_pb2, message_pb2, template_pb2
 
 from server.emulators import sendsms as sendsms_emulator
 from server.emulators.common import EmulatorControls, EmulatorSettings, RunningEmulator
-from server.routing_config import ProviderSpec
+from server.routes_file import ProviderSpec
 from tests.e2e.batch_calls import create, final
 from tests.e2e.conftest import Client, GatewayFactory, final_state
 from tests.e2e.emulated import only

@@ -22,7 +22,7 @@ from sms.v1 import common_pb2, message_pb2
 from server.app import Gateway
 from server.emulators.common import RunningEmulator
 from server.logs import JsonFormatter
-from server.routing_config import RouteSpec, RoutingConfig
+from server.routes_file import RouteSpec, RoutingConfig
 from server.tracing import TracingConfigError, mode_from_env
 from tests.conftest import DatabaseFactory
 from tests.e2e.conftest import FAST, Running, final_state, wait_for

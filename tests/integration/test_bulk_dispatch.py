@@ -15,13 +15,13 @@ import asyncpg
 from aiolimiter import AsyncLimiter
 
 from server.dispatch.breaker import CLOSED, OPEN, BreakerSettings, CircuitBreaker
-from server.dispatch.providers import ProviderSet
+from server.dispatch.provider_set import ProviderSet
 from server.dispatch.retry import RetryPolicy
-from server.dispatch.routing import Router
+from server.dispatch.route_choice import Router
 from server.dispatch.worker import Dispatcher
 from server.domain.models import MessageStatus, OutboundMessage, Priority
 from server.domain.ports import Capabilities, ProviderRef, Receipt, SendOutcome
-from server.routing_config import RouteSpec
+from server.routes_file import RouteSpec
 from server.store.accounts import PgAccountStore
 from server.store.messages import PgMessageStore
 from server.store.outbox import PgOutbox

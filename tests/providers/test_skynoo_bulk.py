@@ -28,7 +28,7 @@ from server.providers.skynoo_bulk import (
     SkynooBulkTransport,
     parse_task_message_id,
 )
-from server.routing_config import ProviderSpec
+from server.routes_file import ProviderSpec
 from tests.contract.pair_skynoo import API_KEY, API_SECRET
 from tests.eventually import eventually
 

@@ -12,7 +12,7 @@ from server.domain.batch_slots import (
     BatchSlots,
     SlotLimits,
 )
-from server.domain.batching import SLICE_NUMBERS, CreateBatchCommand, batch_fingerprint
+from server.domain.batch_tasks import SLICE_NUMBERS, CreateBatchCommand, batch_fingerprint
 from server.domain.errors import ResourceExhausted
 from server.domain.messaging import request_fingerprint
 from server.domain.models import UseType

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from server.dispatch.providers import LiveProviders, ProviderSet
+from server.dispatch.provider_set import LiveProviders, ProviderSet
 from server.domain.ports import Receipt
 from server.providers.loopback import LoopbackConfig, LoopbackTransport
-from server.routing_config import ProviderSpec, RouteSpec, RoutingConfig
+from server.routes_file import ProviderSpec, RouteSpec, RoutingConfig
 
 
 async def _ignore(receipt: Receipt) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from server.dispatch.providers import ProviderRoutes, ProviderSet
+from server.dispatch.provider_set import ProviderRoutes, ProviderSet
 from server.domain.models import Channel, OutboundMessage, UseType
 from server.domain.ports import Receipt
 from server.providers.loopback import LoopbackConfig, LoopbackTransport
-from server.routing_config import ProviderSpec, RouteSpec, RoutingConfig
+from server.routes_file import ProviderSpec, RouteSpec, RoutingConfig
 
 CN, US = "+8613800138000", "+14155550123"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from server.dispatch.routing import Router, failover_order
+from server.dispatch.route_choice import Router, failover_order
 from server.domain.models import OutboundMessage, UseType
-from server.routing_config import RouteSpec
+from server.routes_file import RouteSpec
 
 
 def msg(to: str, use_type: UseType = UseType.NOTIFICATION, mid: str = "m1") -> OutboundMessage:

@@ -7,7 +7,7 @@ import tomllib
 import pytest
 
 from server.domain.models import UseType
-from server.routing_config import DEFAULT_ROUTING, RoutingConfigError, parse_routing
+from server.routes_file import DEFAULT_ROUTING, RoutingConfigError, parse_routing
 
 GOOD = """
 [providers.sky]

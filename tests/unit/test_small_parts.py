@@ -14,9 +14,9 @@ from server.api.interceptors import peer_ip
 from server.config import ConfigError, Settings
 from server.dispatch.retry import RetryPolicy
 from server.domain import models
+from server.domain.api_keys import hash_secret, new_api_key, new_api_secret, verify_secret
 from server.domain.auth import parse_basic, peer_allowed
 from server.domain.errors import Unauthenticated
-from server.domain.secrets import hash_secret, new_api_key, new_api_secret, verify_secret
 from server.store.outbox import Transition, _rounds
 
 

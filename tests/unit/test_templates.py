@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from server.domain.errors import InvalidArgument
 from server.domain.fields import MAX_REPORTED_PROBLEMS
-from server.domain.templates import (
+from server.domain.template_text import (
     FORBIDDEN_SYMBOLS,
     ParsedTemplate,
     parse_template,

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from server.domain.batch_numbers import judge_numbers
 from server.domain.batch_slots import BatchSlots, SlotLimits
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound
 from server.domain.fields import (
@@ -36,10 +35,11 @@ from server.domain.messaging import (
     outbound,
 )
 from server.domain.models import MessageStatus, NewMessage, Priority, UseType
+from server.domain.number_judge import judge_numbers
 from server.domain.pagination import decode_page_token, encode_page_token, page_size
 from server.domain.ports import IdempotencyKey, Routes, TemplateRepository
 from server.domain.segments import count_segments
-from server.domain.templates import ParsedTemplate, parse_template, render, validate_values
+from server.domain.template_text import ParsedTemplate, parse_template, render, validate_values
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Sequence
 
 from server.domain.models import OutboundMessage, UseType
-from server.routing_config import RouteSpec
+from server.routes_file import RouteSpec
 
 
 class Router:

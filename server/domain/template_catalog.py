@@ -9,7 +9,7 @@ from server.domain.messaging import Caller
 from server.domain.models import Template, UseType
 from server.domain.pagination import decode_page_token, encode_page_token, page_size
 from server.domain.ports import TemplateRepository
-from server.domain.templates import parse_template, validate_template_code
+from server.domain.template_text import parse_template, validate_template_code
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from phonenumbers import PhoneNumberType
 
-import server.domain.batch_numbers as batch_numbers
-from server.domain.batch_numbers import DUPLICATE_REASON, NumberVerdicts, validate_numbers
+import server.domain.number_judge as number_judge
 from server.domain.errors import InvalidArgument
+from server.domain.number_judge import DUPLICATE_REASON, NumberVerdicts, validate_numbers
 from server.domain.phones import normalize_mobile
 
 # Regions whose rules are unusual (shared calling codes, national prefixes that parse
@@ -311,7 +311,7 @@ def count_slow_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         slow_calls.append(raw)
         return normalize_mobile(raw, field)
 
-    monkeypatch.setattr(batch_numbers, "normalize_mobile", counting_normalize_mobile)
+    monkeypatch.setattr(number_judge, "normalize_mobile", counting_normalize_mobile)
     return slow_calls
 
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from aiolimiter import AsyncLimiter
 
 from server.dispatch.breaker import BreakerSettings, CircuitBreaker
-from server.dispatch.routing import Router
+from server.dispatch.route_choice import Router
 from server.domain.models import Channel, OutboundMessage, UseType
 from server.domain.ports import ReceiptSink, Transport, VoiceTransport
 from server.providers.loopback import LoopbackConfig
 from server.providers.registry import build_transport
 from server.providers.webhooks import WebhookTransport
-from server.routing_config import RoutingConfig
+from server.routes_file import RoutingConfig
 
 __all__ = ["BreakerSettings", "LiveProviders", "ProviderRoutes", "ProviderSet", "can_carry"]
 
