@@ -2,21 +2,23 @@
 
 Like procrastinate's ``InMemoryConnector`` beside its PostgreSQL one, each fake keeps
 the promises of its Protocol (server/domain/ports.py, VerificationRepository in
-server/domain/verification.py) as the PostgreSQL adapter in server/store/ keeps
-them: a refused write stores nothing (the adapters' transaction rolls back), a
-request_id is a key for an hour and refused with other content, a mobile interval
-and the velocity counters are counted on the store's clock. The tests in
-tests/integration run the adapters themselves against PostgreSQL; these fakes let
-the use cases' branches run in milliseconds.
+server/domain/verification.py, BatchRepository in server/domain/batch_tasks.py) as
+the PostgreSQL adapter in server/store/ keeps them: a refused write stores nothing
+(the adapters' transaction rolls back), a request_id is a key for an hour and
+refused with other content, a mobile interval and the velocity counters are counted
+on the store's clock. The tests in tests/integration run the adapters themselves
+against PostgreSQL; these fakes let the use cases' branches run in milliseconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from server.domain.batch_tasks import BatchMessageRow, BatchRecord
 from server.domain.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
 from server.domain.models import (
     MessageState,
@@ -325,6 +327,133 @@ class InMemoryVerifications:
         if row.attempts_left == 0:
             row.state = VerificationState.EXHAUSTED
         return CheckOutcome(CheckResult.INVALID, row.attempts_left, row.state)
+
+
+# sms.v1 BatchStatus, as the batches table keeps it.
+BATCH_PENDING, BATCH_EXECUTING, BATCH_FAILED, BATCH_CANCELLED = 1, 2, 4, 5
+
+
+class InMemoryBatches:
+    """A ``BatchRepository``: batch rows beside their messages (kept in ``messages``,
+    as the batches' messages are rows of the one outbox)."""
+
+    def __init__(self, messages: InMemoryMessages) -> None:
+        self.messages = messages
+        self.clock = messages.clock
+        self.rows: dict[str, tuple[int, BatchRecord]] = {}  # id → (account, batch)
+        self.contents: dict[str, str | None] = {}
+        self.keys = IdempotencyKeys(self.clock)
+        # Keys of creates under way: a repeat waits for the first to end, as a row
+        # claimed in an open transaction makes PostgreSQL's INSERT wait for its commit.
+        self._claiming: dict[tuple[int, str, str], asyncio.Event] = {}
+
+    async def create(
+        self,
+        batch_id: str,
+        account_id: int,
+        use_type: int,
+        messages: AsyncIterable[Sequence[NewMessage]],
+        rejected: Sequence[tuple[str, str]],
+        key: IdempotencyKey | None = None,
+        content: str | None = None,
+    ) -> BatchRecord:
+        # As the adapter's transaction: the key first (a repeat reads no slice), then
+        # every slice read before anything is kept, so a slice that raises (NO_ROUTE,
+        # a failure) leaves neither the batch, its messages nor the key.
+        if key is None:
+            return await self._create(batch_id, account_id, messages, rejected, None, content)
+        slot = (key.account_id, key.operation, key.request_id)
+        while (under_way := self._claiming.get(slot)) is not None:
+            await under_way.wait()
+        earlier = self.keys.earlier(key)
+        if earlier is not None:
+            return self.rows[earlier][1]
+        self._claiming[slot] = asyncio.Event()
+        try:
+            return await self._create(batch_id, account_id, messages, rejected, key, content)
+        finally:
+            self._claiming.pop(slot).set()
+
+    async def _create(
+        self,
+        batch_id: str,
+        account_id: int,
+        messages: AsyncIterable[Sequence[NewMessage]],
+        rejected: Sequence[tuple[str, str]],
+        key: IdempotencyKey | None,
+        content: str | None,
+    ) -> BatchRecord:
+        accepted: list[NewMessage] = []
+        async for part in messages:
+            accepted.extend(part)
+        if batch_id in self.rows or any(m.id in self.messages.rows for m in accepted):
+            raise AssertionError(f"batch {batch_id} or one of its messages stored twice")
+        now = self.clock()
+        batch = BatchRecord(
+            id=batch_id,
+            status=BATCH_PENDING if accepted else BATCH_FAILED,
+            total=len(accepted),
+            sent=0,
+            delivered=0,
+            failed=0,
+            cancelled=0,
+            finished=0,
+            created_at=now,
+            updated_at=now,
+            rejected=list(rejected),
+        )
+        if key is not None:
+            self.keys.claim(key, batch_id)
+        for message in accepted:
+            self.messages.store(message)
+        self.rows[batch_id] = (account_id, batch)
+        self.contents[batch_id] = content
+        return batch
+
+    async def get(self, account_id: int, batch_id: str) -> BatchRecord | None:
+        found = self.rows.get(batch_id)
+        return found[1] if found is not None and found[0] == account_id else None
+
+    async def messages_page(
+        self, batch_id: str, after_id: str, limit: int
+    ) -> list[BatchMessageRow]:
+        mine = sorted(
+            (row for row in self.messages.rows.values() if row.message.batch_id == batch_id),
+            key=lambda row: row.message.id,
+        )
+        return [
+            BatchMessageRow(r.message.id, r.message.to_number, r.status, r.error_code, None)
+            for r in mine
+            if r.message.id > after_id
+        ][:limit]
+
+    async def cancel(self, account_id: int, batch_id: str) -> BatchRecord | None:
+        """Cancels the batch's messages not yet sent (no worker holds any here)."""
+        batch = await self.get(account_id, batch_id)
+        if batch is None:
+            return None
+        if batch.status not in (BATCH_PENDING, BATCH_EXECUTING):
+            return batch
+        now = self.clock()
+        waiting = [
+            row
+            for row in self.messages.rows.values()
+            if row.message.batch_id == batch_id
+            and row.status in (MessageStatus.PENDING, MessageStatus.QUEUED)
+        ]
+        for row in waiting:
+            row.status = MessageStatus.CANCELLED
+            row.updated_at = now
+            row.events.append(MessageStatus.CANCELLED)
+        batch = replace(
+            batch,
+            status=BATCH_CANCELLED,
+            cancelled=batch.cancelled + len(waiting),
+            finished=batch.finished + len(waiting),
+            updated_at=now,
+        )
+        self.rows[batch_id] = (account_id, batch)
+        return batch
 
 
 class FakeRoutes:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from server.domain.batch_tasks import BatchRepository
 from server.domain.errors import FailedPrecondition, ResourceExhausted
 from server.domain.models import MessageStatus, NewMessage, Priority, UseType
 from server.domain.otp_guard import VelocityCheck, VelocityResult
@@ -22,10 +23,11 @@ from server.domain.verification import (
     VerificationRepository,
 )
 from server.store.accounts import PgAccountStore
+from server.store.batches import PgBatchStore
 from server.store.messages import PgMessageStore
 from server.store.velocity import PgVelocityCounters
 from server.store.verifications import PgVerificationStore
-from tests.fakes import FakeClock, InMemoryMessages, InMemoryVerifications
+from tests.fakes import FakeClock, InMemoryBatches, InMemoryMessages, InMemoryVerifications
 from tests.integration.builders import new_message
 
 MOBILE = "+8613800138000"
@@ -38,6 +40,7 @@ class Ports:
     other_account_id: int
     messages: MessageRepository
     verifications: VerificationRepository
+    batches: BatchRepository
     now: Callable[[], datetime]
 
 
@@ -46,7 +49,9 @@ async def ports(request: pytest.FixtureRequest, pool: asyncpg.Pool) -> AsyncIter
     if request.param == "in-memory":
         clock = FakeClock(datetime.now(UTC))
         messages = InMemoryMessages(clock)
-        yield Ports(1, 2, messages, InMemoryVerifications(messages), clock)
+        yield Ports(
+            1, 2, messages, InMemoryVerifications(messages), InMemoryBatches(messages), clock
+        )
         return
     accounts = PgAccountStore(pool)
     mine = await accounts.create_account("agree", verified=True)
@@ -56,6 +61,7 @@ async def ports(request: pytest.FixtureRequest, pool: asyncpg.Pool) -> AsyncIter
         theirs.id,
         PgMessageStore(pool),
         PgVerificationStore(pool, PgVelocityCounters(pool)),
+        PgBatchStore(pool),
         lambda: datetime.now(UTC),
     )
 
@@ -205,3 +211,105 @@ async def test_one_code_per_mobile_per_interval(ports: Ports) -> None:
     assert caught.value.reason == "MOBILE_INTERVAL" and 59.0 < caught.value.retry_after <= 60
     outcome = await ports.verifications.check(ports.account_id, v2.id, MOBILE, HASH)
     assert outcome.result == CheckResult.NOT_FOUND
+
+
+def batch_messages(ports: Ports, batch_id: str, count: int) -> list[NewMessage]:
+    return [
+        replace(
+            new_message(ports.account_id, priority=Priority.BATCH),
+            batch_id=batch_id,
+            to_number=f"+86138{i:08d}",
+        )
+        for i in range(count)
+    ]
+
+
+async def slices(
+    parts: Sequence[Sequence[NewMessage]],
+    rejected: list[tuple[str, str]],
+    *,
+    fail: bool = False,
+) -> AsyncIterator[Sequence[NewMessage]]:
+    """The slices in turn, a rejected number found while preparing each (as
+    ``Batches`` does); with ``fail``, raising after the last."""
+    for index, part in enumerate(parts):
+        rejected.append((f"bad{index}", "not a number"))
+        yield part
+    if fail:
+        raise FailedPrecondition("no route", reason="NO_ROUTE")
+
+
+async def test_a_batch_is_stored_whole_or_not_at_all_and_a_key_answers_it(ports: Ports) -> None:
+    store, a = ports.batches, ports.account_id
+    batch_id = "b_" + secrets.token_hex(12)
+    messages = batch_messages(ports, batch_id, 5)
+    k = IdempotencyKey(a, "CreateBatch", "r1", b"same")
+    # A slice that raises (after two were read) leaves nothing: batch, messages, key.
+    rejected: list[tuple[str, str]] = []
+    with pytest.raises(FailedPrecondition):
+        await store.create(
+            batch_id, a, 2, slices([messages[:3], messages[3:]], rejected, fail=True), [], k
+        )
+    assert await store.get(a, batch_id) is None
+    assert await ports.messages.get_states(a, [m.id for m in messages]) == []
+    # The key is free: the retry is stored, with the rejected numbers found as it went.
+    rejected = []
+    batch = await store.create(
+        batch_id, a, 2, slices([messages[:3], messages[3:]], rejected), rejected, k
+    )
+    assert (batch.id, batch.status, batch.total, batch.cancelled, batch.finished) == (
+        batch_id,
+        1,
+        5,
+        0,
+        0,
+    )
+    assert batch.rejected == [("bad0", "not a number"), ("bad1", "not a number")]
+    states = await ports.messages.get_states(a, [m.id for m in messages])
+    assert {s.status for s in states} == {MessageStatus.PENDING} and len(states) == 5
+    # A repeat of the key answers the stored batch and reads none of its slices.
+    unread: list[tuple[str, str]] = []
+    again = await store.create(
+        "b_" + secrets.token_hex(12), a, 2, slices([messages], unread), unread, k
+    )
+    assert again == batch and unread == []
+    with pytest.raises(FailedPrecondition):
+        await store.create(
+            "b_" + secrets.token_hex(12),
+            a,
+            2,
+            slices([], []),
+            [],
+            IdempotencyKey(a, "CreateBatch", "r1", b"other"),
+        )
+    assert await store.get(ports.other_account_id, batch_id) is None
+
+
+async def test_batch_messages_page_in_id_order_and_cancel_is_the_owners(ports: Ports) -> None:
+    store, a = ports.batches, ports.account_id
+    batch_id = "b_" + secrets.token_hex(12)
+    messages = batch_messages(ports, batch_id, 5)
+    await store.create(batch_id, a, 2, slices([messages], []), [])
+    ids = sorted(m.id for m in messages)
+    first = await store.messages_page(batch_id, "", 3)
+    rest = await store.messages_page(batch_id, first[-1].id, 3)
+    assert [r.id for r in first + rest] == ids
+    assert {(r.status, r.error_code, r.sent_at) for r in first + rest} == {
+        (MessageStatus.PENDING, "", None)
+    }
+    assert await store.cancel(ports.other_account_id, batch_id) is None
+    cancelled = await store.cancel(a, batch_id)
+    assert cancelled is not None
+    assert (cancelled.status, cancelled.total, cancelled.cancelled, cancelled.finished) == (
+        5,
+        5,
+        5,
+        5,
+    )
+    assert await store.get(a, batch_id) == cancelled
+    page = await store.messages_page(batch_id, "", 10)
+    assert {r.status for r in page} == {MessageStatus.CANCELLED}
+    # A batch of no accepted message is stored failed.
+    empty_id = "b_" + secrets.token_hex(12)
+    empty = await store.create(empty_id, a, 2, slices([], []), [("x", "bad")])
+    assert (empty.status, empty.total, empty.rejected) == (4, 0, [("x", "bad")])
