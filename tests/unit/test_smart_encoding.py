@@ -17,7 +17,7 @@ def test_a_curly_quote_no_longer_makes_a_one_part_text_two() -> None:
 
 def test_quotes_dashes_spaces_and_ellipsis_are_replaced() -> None:
     text = "\u201cHi\u201d \u2013 it\u2019s 5\u00a0pm\u2014see you\u2026"
-    assert smart_encode(text) == "\"Hi\" - it's 5 pm-see you..."
+    assert smart_encode(text) == '"Hi" - it\'s 5 pm-see you...'
 
 
 def test_a_text_that_stays_ucs2_is_sent_as_written() -> None:
