@@ -21,11 +21,16 @@ EVENTS_CHANNEL = "smsgw_events"
 
 # Events with their message's caller reference and metadata (stored once, on the
 # message; a message's events are never without it).
+# (the batch's for a batch's messages, as in store/messages.py).
 _COLUMNS = (
     "e.event_id, e.message_id, e.account_id, e.batch_id, e.to_number, e.status, "
-    "e.error_code, e.occurred_at, m.reference, m.metadata"
+    "e.error_code, e.occurred_at, coalesce(b.reference, m.reference) AS reference, "
+    "CASE WHEN b.id IS NULL THEN m.metadata ELSE b.metadata END AS metadata"
 )
-_FROM = "message_events e LEFT JOIN messages m ON m.id = e.message_id"
+_FROM = (
+    "message_events e LEFT JOIN messages m ON m.id = e.message_id "
+    "LEFT JOIN batches b ON b.id = e.batch_id"
+)
 
 
 async def lock_event_log(conn: Conn) -> None:

@@ -22,6 +22,14 @@ from server.store.idempotency import claim_key
 from server.store.pool import Conn, unavailable_on_connection_errors
 
 MAX_GROUP = 500
+
+# A message's caller reference and metadata: a batch's messages answer with their
+# batch's (kept once, on the batch row), a single send with its own.
+WITH_BATCH = "messages m LEFT JOIN batches b ON b.id = m.batch_id"
+REFERENCE_COLUMNS = (
+    "coalesce(b.reference, m.reference) AS reference, "
+    "CASE WHEN b.id IS NULL THEN m.metadata ELSE b.metadata END AS metadata"
+)
 MAX_CONCURRENT_GROUPS = 2
 
 # The messages' insert and their first events, as the tail of a WITH: another
@@ -188,9 +196,9 @@ class PgMessageStore:
     async def get_states(self, account_id: int, ids: Sequence[str]) -> list[MessageState]:
         with unavailable_on_connection_errors():
             rows = await self._pool.fetch(
-                "SELECT id, to_number, status, error_code, provider, updated_at, segments, "
-                "reference, metadata "
-                "FROM messages WHERE account_id = $1 AND id = ANY($2::text[])",
+                "SELECT m.id, m.to_number, m.status, m.error_code, m.provider, m.updated_at, "
+                f"m.segments, {REFERENCE_COLUMNS} FROM {WITH_BATCH} "
+                "WHERE m.account_id = $1 AND m.id = ANY($2::text[])",
                 account_id,
                 list(ids),
             )

@@ -8,9 +8,10 @@ import asyncio
 import grpc
 import pytest
 from google.protobuf import duration_pb2
-from sms.v1 import common_pb2, message_pb2
+from sms.v1 import batch_pb2, common_pb2, message_pb2, verification_pb2
 
 from server.emulators.common import RunningEmulator
+from tests.e2e import batch_calls
 from tests.e2e.conftest import Client, GatewayFactory, Running, final_state, wait_for
 from tests.e2e.emulated import only, sky, start_skynoo
 from tests.e2e.errors import bad_fields
@@ -181,3 +182,80 @@ async def test_a_message_not_handed_over_within_its_validity_fails_expired(
     assert sent is not None
     # Ended at its validity (the next claim after it), not at the server's 24 h TTL.
     assert 60 <= (sent["updated_at"] - sent["created_at"]).total_seconds() < 75
+
+
+async def test_every_message_of_a_batch_carries_the_batchs_reference(gw: Running) -> None:
+    client = await gw.client()
+    tags = {"campaign": "spring"}
+    text = "Spring sale \u2013 it\u2019s on!"
+    created = await batch_calls.create(
+        client,
+        content=text,
+        numbers=batch_calls.numbers(3),
+        reference="campaign-7",
+        metadata=tags,
+        validity=minutes(30),
+        smart_encoding=True,
+    )
+    assert (await batch_calls.final(client, created.task_id)).delivered == 3
+    page = await client.batches.ListBatchMessages(
+        batch_pb2.ListBatchMessagesRequest(task_id=created.task_id), metadata=client.metadata
+    )
+    ids = [m.id for m in page.messages]
+    assert len(ids) == 3
+    reply = await client.messages.GetMessageStatus(
+        message_pb2.GetMessageStatusRequest(ids=ids), metadata=client.metadata
+    )
+    for state in reply.messages:
+        assert (state.reference, dict(state.metadata)) == ("campaign-7", tags)
+    events: list[message_pb2.MessageStatusEvent] = []
+    request = message_pb2.WatchMessageStatusRequest(ids=ids)
+    async with asyncio.timeout(10):
+        async for event in client.messages.WatchMessageStatus(request, metadata=client.metadata):
+            events.append(event)
+    assert {e.message_id for e in events} == set(ids)
+    for event in events:
+        assert (event.reference, dict(event.metadata), event.batch_id) == (
+            "campaign-7",
+            tags,
+            created.task_id,
+        )
+    rows = await gw.gateway.pool.fetch(
+        "SELECT body, expires_at - created_at AS validity FROM messages WHERE batch_id = $1",
+        created.task_id,
+    )
+    assert {r["body"] for r in rows} == {"Spring sale - it's on!"}
+    assert all(abs(r["validity"].total_seconds() - 1800) < 5 for r in rows)
+
+
+async def test_a_batch_refuses_out_of_range_options_naming_each_field(gw: Running) -> None:
+    client = await gw.client()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await batch_calls.create(
+            client,
+            content="hi",
+            numbers=batch_calls.numbers(2),
+            reference="r" * 129,
+            metadata={"k": "v" * 257},
+            validity=duration_pb2.Duration(seconds=30),
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(caught.value) == {"reference", "metadata", "validity"}
+
+
+async def test_a_verification_codes_message_carries_the_reference(gw: Running) -> None:
+    client = await gw.client()
+    sent = await client.verifications.SendVerification(
+        verification_pb2.SendVerificationRequest(
+            mobile=CN, reference="signup-9", metadata={"user": "u-9"}
+        ),
+        metadata=client.metadata,
+    )
+    state = await state_of(client, sent.message_id)
+    assert (state.reference, dict(state.metadata)) == ("signup-9", {"user": "u-9"})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.verifications.SendVerification(
+            verification_pb2.SendVerificationRequest(mobile=CN, metadata={"k" * 41: "v"}),
+            metadata=client.metadata,
+        )
+    assert bad_fields(caught.value) == {"metadata"}
