@@ -73,6 +73,12 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
                 send_at=convert.from_timestamp(request.send_at, "send_at")
                 if request.HasField("send_at")
                 else None,
+                reference=request.reference,
+                metadata=dict(request.metadata),
+                validity=convert.validity(request.validity)
+                if request.HasField("validity")
+                else None,
+                smart_encoding=request.smart_encoding,
             ),
         )
         return batch_pb2.CreateBatchResponse(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from sms.v1 import common_pb2, message_pb2, template_pb2
 
 from server.domain.errors import InvalidArgument
@@ -45,6 +45,14 @@ def from_timestamp(value: timestamp_pb2.Timestamp, field: str) -> datetime:
         ) from None
 
 
+def validity(value: duration_pb2.Duration) -> timedelta:
+    """A request's validity as a timedelta; one no timedelta holds is out of range."""
+    try:
+        return value.ToTimedelta()
+    except (ValueError, OverflowError):
+        raise InvalidArgument.field("validity", "must be from 1 minute to 72 hours") from None
+
+
 def message_state(state: MessageState) -> message_pb2.MessageState:
     return message_pb2.MessageState(
         id=state.id,
@@ -53,6 +61,8 @@ def message_state(state: MessageState) -> message_pb2.MessageState:
         error_code=state.error_code,
         provider=state.provider,
         updated_at=timestamp(state.updated_at),
+        reference=state.reference,
+        metadata=state.metadata,
     )
 
 
@@ -65,6 +75,8 @@ def status_event(event: StatusEvent) -> message_pb2.MessageStatusEvent:
         error_code=event.error_code,
         batch_id=event.batch_id or "",
         occurred_at=timestamp(event.occurred_at),
+        reference=event.reference,
+        metadata=event.metadata,
     )
 
 

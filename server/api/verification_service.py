@@ -33,6 +33,8 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
                 channel=convert.enum_value(Channel, request.channel, Channel.UNSPECIFIED),
                 code=request.code,
                 request_id=request.request_id,
+                reference=request.reference,
+                metadata=dict(request.metadata),
             ),
         )
         return verification_pb2.SendVerificationResponse(

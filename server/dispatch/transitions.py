@@ -14,6 +14,7 @@ The dispatcher (worker.py) sends, then asks ``transition`` what the answer means
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -86,3 +87,16 @@ def transition(
         provider=name,
         not_before=now + timedelta(seconds=delay),
     )
+
+
+def within_validity(outcome: Transition, expires_at: datetime | None) -> Transition:
+    """A retry never waits past the caller's validity: it comes back at ``expires_at``
+    at the latest, to be ended EXPIRED then rather than whenever the backoff ends."""
+    if (
+        expires_at is None
+        or outcome.status != MessageStatus.QUEUED
+        or outcome.not_before is None
+        or outcome.not_before <= expires_at
+    ):
+        return outcome
+    return dataclasses.replace(outcome, not_before=expires_at)

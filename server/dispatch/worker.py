@@ -8,8 +8,8 @@ leaves its lease to run out; another worker then takes the rows.
 Per message: the route gives the providers in failover order (those that cannot
 carry it are skipped); each provider gets ``retries_per_provider`` attempts in turn,
 a provider whose breaker is open is passed over (when all are, the breakers' trickle
-still goes, and a failed trickle send costs no attempt), and a message older than
-``message_ttl`` becomes FAILED with EXPIRED.
+still goes, and a failed trickle send costs no attempt), and a message past the
+caller's validity (else older than ``message_ttl``) becomes FAILED with EXPIRED.
 
 Batch messages routed to a provider with a bulk API share requests (``bulk``,
 dispatch/bulk.py plans them): a request takes one rate token and gives its breaker
@@ -37,7 +37,7 @@ from server.dispatch.bulk import Request, Routed, bulk_api, plan_requests
 from server.dispatch.provider_set import ProviderSet
 from server.dispatch.retry import RetryPolicy
 from server.dispatch.route_choice import failover_order
-from server.dispatch.transitions import transition
+from server.dispatch.transitions import transition, within_validity
 from server.domain.errors import Unavailable
 from server.domain.models import Channel, MessageStatus, OutboundMessage, Priority
 from server.domain.ports import (
@@ -190,7 +190,11 @@ class Dispatcher:
                 )
             ),
         )
-        await self._record([*singles, *settled, *itertools.chain(*groups)], lease_ends)
+        deadlines = {c.message.id: c.expires_at for c in claimed}
+        outcomes = [*singles, *settled, *itertools.chain(*groups)]
+        await self._record(
+            [within_validity(t, deadlines.get(t.message_id)) for t in outcomes], lease_ends
+        )
 
     def _shares(self, claimed: ClaimedMessage) -> bool:
         """Whether the message may share a provider request with others."""
@@ -235,7 +239,8 @@ class Dispatcher:
     ) -> Routed | Transition:
         """The provider for this attempt, or the message's outcome when none is asked."""
         message = claimed.message
-        if now - claimed.created_at > self._ttl:
+        expires_at = claimed.expires_at or claimed.created_at + self._ttl
+        if now > expires_at:
             return Transition(message.id, MessageStatus.FAILED, error_code="EXPIRED")
         if claimed.code_unavailable:
             # Sealed with another server key (SMSGW_SECRET_KEY changed): cannot be sent.

@@ -14,10 +14,11 @@ import logging
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from server.domain.batch_slots import BatchSlots, SlotLimits
+from server.domain.caller_refs import check_reference, check_validity
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound
 from server.domain.fields import (
     NUL_DESCRIPTION,
@@ -39,6 +40,7 @@ from server.domain.number_judge import judge_numbers
 from server.domain.pagination import decode_page_token, encode_page_token, page_size
 from server.domain.ports import IdempotencyKey, Routes, TemplateRepository
 from server.domain.segments import count_segments
+from server.domain.smart_encoding import smart_encode
 from server.domain.template_text import ParsedTemplate, parse_template, render, validate_values
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,21 @@ class CreateBatchCommand:
     template_data: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     request_id: str = ""
     send_at: datetime | None = None
+    reference: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    validity: timedelta | None = None
+    smart_encoding: bool = False
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What a batch keeps for its messages: the caller's reference and metadata
+    (every message of the batch answers with them), validity and smart encoding."""
+
+    reference: str = ""
+    metadata: Mapping[str, str] | None = None
+    validity: timedelta | None = None
+    smart_encoding: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +119,7 @@ class BatchRepository(Protocol):
         rejected: Sequence[tuple[str, str]],
         key: IdempotencyKey | None = None,
         content: str | None = None,
+        options: BatchOptions | None = None,
     ) -> BatchRecord:
         """Stores the batch row and every message of ``messages`` (slices, read in
         turn) in one transaction, or nothing. ``rejected`` is complete only once
@@ -149,6 +167,8 @@ class Batches:
         violations: list[FieldViolation] = []
         check_use_type(cmd.use_type, caller, violations)
         check_request_id(cmd.request_id, violations)
+        check_reference(cmd.reference, cmd.metadata, violations)
+        check_validity(cmd.validity, violations)
         if not cmd.numbers:
             violations.append(FieldViolation("numbers", "at least one number is required"))
         elif len(cmd.numbers) > MAX_NUMBERS:
@@ -256,8 +276,18 @@ class Batches:
         # A campaign of content with per-number variables keeps its text: a provider's
         # bulk API can then take the one text and each number's values.
         content = parsed.content if cmd.template_id is None and parsed.variables else None
+        options = BatchOptions(
+            cmd.reference, dict(cmd.metadata) or None, cmd.validity, cmd.smart_encoding
+        )
         batch = await self._store.create(
-            batch_id, caller.account_id, int(cmd.use_type), slices(), rejected, key, content
+            batch_id,
+            caller.account_id,
+            int(cmd.use_type),
+            slices(),
+            rejected,
+            key,
+            content,
+            options,
         )
         return batch, accepted, len(rejected)
 
@@ -366,6 +396,7 @@ def _prepare(
     """Validates every number and its values and renders its message (pure CPU), in
     slices of at most SLICE_NUMBERS messages; rejected numbers go to ``rejected``."""
     not_before = max(now, cmd.send_at) if cmd.send_at else now
+    expires_at = now + cmd.validity if cmd.validity is not None else None
     messages: list[NewMessage] = []
     # Message ids, drawn from the OS in one call per slice rather than one per number.
     random_hex = ""
@@ -381,6 +412,8 @@ def _prepare(
                 rejected.append((raw, _reason(exc)))
                 continue
         body = render(parsed, values) if parsed.variables else parsed.content
+        if cmd.smart_encoding:
+            body = smart_encode(body)
         if not random_hex:
             random_hex = secrets.token_bytes(16 * SLICE_NUMBERS).hex()
         index = len(messages)
@@ -398,6 +431,7 @@ def _prepare(
                 batch_id=batch_id,
                 template_code=template_code,
                 template_data={v: values[v] for v in parsed.variables} or None,
+                expires_at=expires_at,
             )
         )
         if len(messages) == SLICE_NUMBERS:
@@ -432,4 +466,9 @@ def batch_fingerprint(cmd: CreateBatchCommand) -> bytes:
         digest.update(("," if start else "").encode() + part.encode())
     send_at = cmd.send_at.isoformat() if cmd.send_at else None
     digest.update(f"],{dump(send_at)}]".encode())
+    if cmd.reference or cmd.metadata or cmd.validity or cmd.smart_encoding:
+        # Only when given: keys stored before these options keep their hash.
+        validity = cmd.validity.total_seconds() if cmd.validity else None
+        options = [cmd.reference, sorted(cmd.metadata.items()), validity, cmd.smart_encoding]
+        digest.update(dump(options).encode())
     return digest.digest()

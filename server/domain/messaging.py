@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from server.domain.caller_refs import check_reference, check_validity
 from server.domain.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -31,6 +32,7 @@ from server.domain.phones import normalize_mobile
 from server.domain.ports import IdempotencyKey, MessageRepository, Routes, TemplateRepository
 from server.domain.quiet_hours import QuietHours
 from server.domain.segments import count_segments
+from server.domain.smart_encoding import smart_encode
 from server.domain.template_text import ParsedTemplate, render, validate_values
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,10 @@ class SendCommand:
     data: Mapping[str, str] = field(default_factory=dict)
     request_id: str = ""
     send_at: datetime | None = None
+    reference: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    validity: timedelta | None = None
+    smart_encoding: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,8 @@ class Messaging:
             violations.extend(exc.violations)
         check_use_type(cmd.use_type, caller, violations)
         check_request_id(cmd.request_id, violations)
+        check_reference(cmd.reference, cmd.metadata, violations)
+        check_validity(cmd.validity, violations)
         now = self._clock()
         not_before = now
         if cmd.send_at is not None:
@@ -196,6 +204,8 @@ class Messaging:
             template_code = template.code
             template_data = {name: cmd.data[name] for name in parsed.variables}
 
+        if cmd.smart_encoding:
+            body = smart_encode(body)
         segments = count_segments(body)
         message = NewMessage(
             id=new_message_id(),
@@ -211,6 +221,9 @@ class Messaging:
             template_id=cmd.template_id,
             template_code=template_code,
             template_data=template_data,
+            reference=cmd.reference,
+            metadata=dict(cmd.metadata) or None,
+            expires_at=now + cmd.validity if cmd.validity is not None else None,
         )
         if self._routes is not None and not self._routes.can_carry(outbound(message)):
             raise no_route("this message (its number, use type and content)")
@@ -228,6 +241,17 @@ class Messaging:
                     cmd.template_id,
                     sorted(cmd.data.items()),
                     cmd.send_at.isoformat() if cmd.send_at else None,
+                    # Only when given: keys stored before these options keep their hash.
+                    *(
+                        (
+                            cmd.reference,
+                            sorted(cmd.metadata.items()),
+                            cmd.validity.total_seconds() if cmd.validity else None,
+                            cmd.smart_encoding,
+                        )
+                        if cmd.reference or cmd.metadata or cmd.validity or cmd.smart_encoding
+                        else ()
+                    ),
                 ),
             )
         if key is not None or interval > 0:

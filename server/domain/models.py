@@ -124,6 +124,11 @@ class NewMessage:
     channel: Channel = Channel.SMS
     # A verification code, sealed (encrypted); the body holds "#code#" in its place.
     sealed_code: bytes | None = field(default=None, repr=False)
+    # The caller's own id and key-value pairs, echoed in status answers and events.
+    reference: str = ""
+    metadata: dict[str, str] | None = None
+    # Not handed to a provider by then: FAILED / EXPIRED (None: the server's TTL).
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,8 @@ class MessageState:
     provider: str
     updated_at: datetime
     segments: int = 1
+    reference: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,8 @@ class StatusEvent:
     error_code: str
     batch_id: str | None
     occurred_at: datetime
+    reference: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

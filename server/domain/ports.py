@@ -248,6 +248,9 @@ class ClaimedMessage:
     # opens it into the message (whose text holds CODE_MARK where it goes).
     code_unavailable: bool = False
     sealed_code: bytes | None = field(default=None, repr=False)
+    # The caller's validity: not handed to a provider by then, it ends EXPIRED
+    # (None: the server's message TTL from created_at).
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)

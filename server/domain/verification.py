@@ -13,11 +13,12 @@ from __future__ import annotations
 import enum
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from server.domain.caller_refs import check_reference
 from server.domain.codes import CodeKeys, generate_code
 from server.domain.errors import (
     FailedPrecondition,
@@ -81,6 +82,8 @@ class SendVerificationCommand:
     channel: Channel = Channel.UNSPECIFIED
     code: str = ""
     request_id: str = ""
+    reference: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,7 @@ class Verifications:
         if cmd.channel not in (Channel.UNSPECIFIED, Channel.SMS, Channel.VOICE):
             violations.append(FieldViolation("channel", "must be SMS or VOICE"))
         check_request_id(cmd.request_id, violations)
+        check_reference(cmd.reference, cmd.metadata, violations)
         if violations:
             raise InvalidArgument(violations)
 
@@ -245,6 +249,8 @@ class Verifications:
             template_data=template_data,
             channel=channel,
             sealed_code=self._codes.seal(code),
+            reference=cmd.reference,
+            metadata=dict(cmd.metadata) or None,
         )
         if not self._routes.can_carry(outbound(message, code)):
             what = "a voice call with this code" if channel == Channel.VOICE else "this code"
@@ -279,6 +285,12 @@ class Verifications:
                     cmd.template_id,
                     int(channel),
                     self._codes.digest("request", cmd.code) if cmd.code else "",
+                    # Only when given: keys stored before these existed keep their hash.
+                    *(
+                        (cmd.reference, sorted(cmd.metadata.items()))
+                        if cmd.reference or cmd.metadata
+                        else ()
+                    ),
                 ),
             )
 

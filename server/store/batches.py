@@ -12,7 +12,7 @@ from collections.abc import AsyncIterable, Sequence
 
 import asyncpg
 
-from server.domain.batch_tasks import BatchMessageRow, BatchRecord
+from server.domain.batch_tasks import BatchMessageRow, BatchOptions, BatchRecord
 from server.domain.models import MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey, Transition
 from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log
@@ -34,6 +34,7 @@ MESSAGE_COLUMNS = (
     "not_before",
     "template_code",
     "template_data",
+    "expires_at",
 )
 
 _FIRST_EVENTS = f"""
@@ -67,6 +68,7 @@ def _row(m: NewMessage) -> tuple[object, ...]:
         m.not_before,
         m.template_code,
         m.template_data,
+        m.expires_at,
     )
 
 
@@ -100,6 +102,7 @@ class PgBatchStore:
         rejected: Sequence[tuple[str, str]],
         key: IdempotencyKey | None = None,
         content: str | None = None,
+        options: BatchOptions | None = None,
     ) -> BatchRecord:
         """Stores the batch with all its messages, or nothing. With ``key``, a repeat
         of an earlier request returns the earlier batch. ``content``: the text of a
@@ -108,6 +111,7 @@ class PgBatchStore:
         The messages come in slices, each COPYed before the next is read, so only
         one slice is in memory; the batch row gets its total and the rejected
         numbers once the last has been read."""
+        options = options or BatchOptions()
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
                 if key is not None:
@@ -119,12 +123,17 @@ class PgBatchStore:
                         assert earlier is not None
                         return _batch(earlier)
                 await conn.execute(
-                    "INSERT INTO batches (id, account_id, status, use_type, total, content) "
-                    "VALUES ($1, $2, 1, $3, 0, $4)",
+                    "INSERT INTO batches (id, account_id, status, use_type, total, content, "
+                    "reference, metadata, validity_seconds, smart_encoding) "
+                    "VALUES ($1, $2, 1, $3, 0, $4, $5, $6, $7, $8)",
                     batch_id,
                     account_id,
                     use_type,
                     content,
+                    options.reference,
+                    dict(options.metadata) if options.metadata else None,
+                    int(options.validity.total_seconds()) if options.validity else None,
+                    options.smart_encoding,
                 )
                 total = 0
                 async for part in messages:

@@ -19,7 +19,18 @@ from server.store.pool import Conn, unavailable_on_connection_errors
 EVENTS_LOCK_KEY = 0x736D_7367_7702
 EVENTS_CHANNEL = "smsgw_events"
 
-_COLUMNS = "event_id, message_id, account_id, batch_id, to_number, status, error_code, occurred_at"
+# Events with their message's caller reference and metadata (stored once, on the
+# message; a message's events are never without it).
+# (the batch's for a batch's messages, as in store/messages.py).
+_COLUMNS = (
+    "e.event_id, e.message_id, e.account_id, e.batch_id, e.to_number, e.status, "
+    "e.error_code, e.occurred_at, coalesce(b.reference, m.reference) AS reference, "
+    "CASE WHEN b.id IS NULL THEN m.metadata ELSE b.metadata END AS metadata"
+)
+_FROM = (
+    "message_events e LEFT JOIN messages m ON m.id = e.message_id "
+    "LEFT JOIN batches b ON b.id = e.batch_id"
+)
 
 
 async def lock_event_log(conn: Conn) -> None:
@@ -48,6 +59,8 @@ def _event(row: asyncpg.Record) -> StatusEvent:
         error_code=row["error_code"],
         batch_id=row["batch_id"],
         occurred_at=row["occurred_at"],
+        reference=row["reference"] or "",
+        metadata=row["metadata"] or {},
     )
 
 
@@ -68,8 +81,8 @@ class PgEventLog:
         """Events of every account after the cursor, in id order (for the status hub)."""
         with unavailable_on_connection_errors():
             rows = await self._pool.fetch(
-                f"SELECT {_COLUMNS} FROM message_events WHERE event_id > $1 "
-                "ORDER BY event_id LIMIT $2",
+                f"SELECT {_COLUMNS} FROM {_FROM} WHERE e.event_id > $1 "
+                "ORDER BY e.event_id LIMIT $2",
                 after_event_id,
                 limit,
             )
@@ -82,9 +95,10 @@ class PgEventLog:
         with unavailable_on_connection_errors():
             if ids:
                 rows = await self._pool.fetch(
-                    f"SELECT {_COLUMNS} FROM message_events "
-                    "WHERE account_id = $1 AND event_id > $2 AND message_id = ANY($3::text[]) "
-                    "ORDER BY event_id LIMIT $4",
+                    f"SELECT {_COLUMNS} FROM {_FROM} "
+                    "WHERE e.account_id = $1 AND e.event_id > $2 "
+                    "AND e.message_id = ANY($3::text[]) "
+                    "ORDER BY e.event_id LIMIT $4",
                     account_id,
                     after_event_id,
                     list(ids),
@@ -92,8 +106,8 @@ class PgEventLog:
                 )
             else:
                 rows = await self._pool.fetch(
-                    f"SELECT {_COLUMNS} FROM message_events "
-                    "WHERE account_id = $1 AND event_id > $2 ORDER BY event_id LIMIT $3",
+                    f"SELECT {_COLUMNS} FROM {_FROM} "
+                    "WHERE e.account_id = $1 AND e.event_id > $2 ORDER BY e.event_id LIMIT $3",
                     account_id,
                     after_event_id,
                     limit,
@@ -122,9 +136,9 @@ class PgEventLog:
         """Each message's newest event: its current state with the event id that set it."""
         with unavailable_on_connection_errors():
             rows = await self._pool.fetch(
-                f"SELECT DISTINCT ON (message_id) {_COLUMNS} FROM message_events "
-                "WHERE account_id = $1 AND message_id = ANY($2::text[]) "
-                "ORDER BY message_id, event_id DESC",
+                f"SELECT DISTINCT ON (e.message_id) {_COLUMNS} FROM {_FROM} "
+                "WHERE e.account_id = $1 AND e.message_id = ANY($2::text[]) "
+                "ORDER BY e.message_id, e.event_id DESC",
                 account_id,
                 list(ids),
             )

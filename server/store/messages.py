@@ -22,6 +22,14 @@ from server.store.idempotency import claim_key
 from server.store.pool import Conn, unavailable_on_connection_errors
 
 MAX_GROUP = 500
+
+# A message's caller reference and metadata: a batch's messages answer with their
+# batch's (kept once, on the batch row), a single send with its own.
+WITH_BATCH = "messages m LEFT JOIN batches b ON b.id = m.batch_id"
+REFERENCE_COLUMNS = (
+    "coalesce(b.reference, m.reference) AS reference, "
+    "CASE WHEN b.id IS NULL THEN m.metadata ELSE b.metadata END AS metadata"
+)
 MAX_CONCURRENT_GROUPS = 2
 
 # The messages' insert and their first events, as the tail of a WITH: another
@@ -31,16 +39,17 @@ _MESSAGES_AND_EVENTS = f"""
 m AS (
     INSERT INTO messages (id, account_id, batch_id, to_number, use_type, body, template_id,
                           segments, priority, status, not_before, template_code, template_data,
-                          channel, sealed_code)
+                          channel, sealed_code, reference, metadata, expires_at)
     SELECT u.id, u.account_id, u.batch_id, u.to_number, u.use_type, u.body, u.template_id,
            u.segments, u.priority, {MessageStatus.PENDING:d}, u.not_before, u.template_code,
-           u.template_data, u.channel, u.sealed_code
+           u.template_data, u.channel, u.sealed_code, u.reference, u.metadata, u.expires_at
     FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::smallint[], $6::text[],
                 $7::bigint[], $8::integer[], $9::smallint[], $10::timestamptz[], $11::text[],
-                $12::jsonb[], $13::smallint[], $14::bytea[])
+                $12::jsonb[], $13::smallint[], $14::bytea[], $15::text[], $16::jsonb[],
+                $17::timestamptz[])
          AS u(id, account_id, batch_id, to_number, use_type, body, template_id,
               segments, priority, not_before, template_code, template_data, channel,
-              sealed_code)
+              sealed_code, reference, metadata, expires_at)
     RETURNING id, account_id, batch_id, to_number, created_at
 )
 INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number, status,
@@ -53,8 +62,13 @@ FROM m CROSS JOIN event_log_lock
 _INSERT_WITH_EVENTS = f"WITH {_MESSAGES_AND_EVENTS}"
 
 
+# How many parameters ``message_columns`` takes: a CTE given to ``with_messages``
+# numbers its own from MESSAGE_PARAMS + 1.
+MESSAGE_PARAMS = 17
+
+
 def with_messages(cte: str) -> str:
-    """A statement that runs ``cte`` (its parameters from $15) and inserts the messages
+    """A statement that runs ``cte`` (its parameters from $18) and inserts the messages
     of ``message_columns`` with their events, atomically, in one round trip."""
     return f"WITH {cte},{_MESSAGES_AND_EVENTS}"
 
@@ -75,6 +89,9 @@ def message_columns(messages: Sequence[NewMessage]) -> list[list[object]]:
         [m.template_data for m in messages],
         [int(m.channel) for m in messages],
         [m.sealed_code for m in messages],
+        [m.reference for m in messages],
+        [m.metadata for m in messages],
+        [m.expires_at for m in messages],
     ]
 
 
@@ -179,8 +196,9 @@ class PgMessageStore:
     async def get_states(self, account_id: int, ids: Sequence[str]) -> list[MessageState]:
         with unavailable_on_connection_errors():
             rows = await self._pool.fetch(
-                "SELECT id, to_number, status, error_code, provider, updated_at, segments "
-                "FROM messages WHERE account_id = $1 AND id = ANY($2::text[])",
+                "SELECT m.id, m.to_number, m.status, m.error_code, m.provider, m.updated_at, "
+                f"m.segments, {REFERENCE_COLUMNS} FROM {WITH_BATCH} "
+                "WHERE m.account_id = $1 AND m.id = ANY($2::text[])",
                 account_id,
                 list(ids),
             )
@@ -193,6 +211,8 @@ class PgMessageStore:
                 provider=r["provider"],
                 updated_at=r["updated_at"],
                 segments=r["segments"],
+                reference=r["reference"],
+                metadata=r["metadata"] or {},
             )
             for r in rows
         ]

@@ -93,7 +93,7 @@ SET claimed_until = now() + make_interval(secs => $2), attempts = m.attempts + 1
 WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM due))
 RETURNING m.id, m.account_id, m.to_number, m.body, m.use_type, m.attempts, m.template_id,
           m.priority, m.template_code, m.template_data, m.created_at, m.channel,
-          m.sealed_code, m.batch_id
+          m.sealed_code, m.batch_id, m.expires_at
 """
 
 # Applies status changes forward only: a final status is never changed, and a
@@ -317,6 +317,7 @@ class PgOutbox:
             # the message cannot be sent.
             code_unavailable=sealed is not None,
             sealed_code=bytes(sealed) if sealed is not None else None,
+            expires_at=r["expires_at"],
         )
 
     async def apply(self, transitions: Sequence[Transition]) -> None:

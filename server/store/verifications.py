@@ -46,7 +46,7 @@ _CREATE = with_messages(
 v AS (
     INSERT INTO verifications (id, account_id, mobile, scene, channel, code_hash, state,
                                attempts_left, expires_at, message_id)
-    VALUES ($15, $16, $17, $18, $19, $20, {VerificationState.PENDING:d}, $21, $22, $23)
+    VALUES ($18, $19, $20, $21, $22, $23, {VerificationState.PENDING:d}, $24, $25, $26)
 )"""
 )
 

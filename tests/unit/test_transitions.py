@@ -9,7 +9,7 @@ import pytest
 
 from server.dispatch.bulk import Routed
 from server.dispatch.retry import RetryPolicy
-from server.dispatch.transitions import TRICKLE_JITTER, transition
+from server.dispatch.transitions import TRICKLE_JITTER, transition, within_validity
 from server.domain.models import MessageStatus, OutboundMessage, UseType
 from server.domain.ports import SendOutcome
 from server.store.outbox import Transition
@@ -134,3 +134,14 @@ def test_a_trickle_that_was_accepted_or_refused_is_an_ordinary_answer() -> None:
     refused = SendOutcome(accepted=False, error_code="BAD_NUMBER")
     t = decide(routed(trickle=True), refused)
     assert t.status == MessageStatus.FAILED and t.attempted
+
+
+def test_a_retry_comes_back_no_later_than_the_callers_validity() -> None:
+    late = Transition("m1", MessageStatus.QUEUED, not_before=NOW + timedelta(minutes=5))
+    expires = NOW + timedelta(minutes=1)
+    assert within_validity(late, expires).not_before == expires
+    assert within_validity(late, None) == late
+    soon = Transition("m1", MessageStatus.QUEUED, not_before=NOW + timedelta(seconds=5))
+    assert within_validity(soon, expires) == soon
+    sent = Transition("m1", MessageStatus.SENT, provider="a")
+    assert within_validity(sent, expires) == sent

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -91,6 +92,26 @@ class CreateBatchRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     USE_TYPE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
@@ -98,6 +119,10 @@ class CreateBatchRequest(_message.Message):
     TEMPLATE_DATA_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SEND_AT_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    VALIDITY_FIELD_NUMBER: _builtins.int
+    SMART_ENCODING_FIELD_NUMBER: _builtins.int
     use_type: _common_pb2.UseType.ValueType
     """The kind of traffic; required."""
     content: _builtins.str
@@ -106,6 +131,12 @@ class CreateBatchRequest(_message.Message):
     """The id of a template of this account."""
     request_id: _builtins.str
     """Idempotency key (at most 128 characters)."""
+    reference: _builtins.str
+    """The caller's own id for this batch (at most 128 characters); every message of
+    the batch carries it in status answers and events.
+    """
+    smart_encoding: _builtins.bool
+    """Replace characters that have a GSM-7 look-alike so bodies stay GSM-7."""
     @_builtins.property
     def numbers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The recipients in E.164 format."""
@@ -118,6 +149,19 @@ class CreateBatchRequest(_message.Message):
     def send_at(self) -> _timestamp_pb2.Timestamp:
         """When to start sending; unset or in the past means now."""
 
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The caller's key-value pairs (at most 10 keys; key at most 40, value at most
+        256 characters), carried by every message of the batch.
+        """
+
+    @_builtins.property
+    def validity(self) -> _duration_pb2.Duration:
+        """How long each message may wait to be handed to a provider (1 minute to 72
+        hours, from the batch's acceptance); not handed over in time it ends
+        MESSAGE_STATUS_FAILED with error_code EXPIRED.
+        """
+
     def __init__(
         self,
         *,
@@ -128,10 +172,14 @@ class CreateBatchRequest(_message.Message):
         template_data: _abc.Mapping[_builtins.str, Global___TemplateData] | None = ...,
         request_id: _builtins.str = ...,
         send_at: _timestamp_pb2.Timestamp | None = ...,
+        reference: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        validity: _duration_pb2.Duration | None = ...,
+        smart_encoding: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "send_at", b"send_at", "source", b"source", "template_id", b"template_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "send_at", b"send_at", "source", b"source", "template_id", b"template_id", "validity", b"validity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "numbers", b"numbers", "request_id", b"request_id", "send_at", b"send_at", "source", b"source", "template_data", b"template_data", "template_id", b"template_id", "use_type", b"use_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "metadata", b"metadata", "numbers", b"numbers", "reference", b"reference", "request_id", b"request_id", "send_at", b"send_at", "smart_encoding", b"smart_encoding", "source", b"source", "template_data", b"template_data", "template_id", b"template_id", "use_type", b"use_type", "validity", b"validity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["content", "template_id"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015

@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from sms.v1 import common_pb2 as sms_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14sms/v1/message.proto\x12\x06sms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13sms/v1/common.proto\"\x9b\x02\n\x12SendMessageRequest\x12\x0e\n\x06mobile\x18\x01 \x01(\t\x12!\n\x08use_type\x18\x02 \x01(\x0e\x32\x0f.sms.v1.UseType\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x15\n\x0btemplate_id\x18\x04 \x01(\x03H\x00\x12\x32\n\x04\x64\x61ta\x18\x05 \x03(\x0b\x32$.sms.v1.SendMessageRequest.DataEntry\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12+\n\x07send_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07\x63ontent\"m\n\x13SendMessageResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tto_number\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.sms.v1.MessageStatus\x12\x10\n\x08segments\x18\x04 \x01(\x05\"&\n\x17GetMessageStatusRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"Y\n\x18GetMessageStatusResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.sms.v1.MessageState\x12\x15\n\rnot_found_ids\x18\x02 \x03(\t\"\xaa\x01\n\x0cMessageState\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tto_number\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.sms.v1.MessageStatus\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x19WatchMessageStatusRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\x03\"\xcb\x01\n\x12MessageStatusEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tto_number\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0e\x32\x15.sms.v1.MessageStatus\x12\x12\n\nerror_code\x18\x05 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x06 \x01(\t\x12/\n\x0boccurred_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x86\x02\n\x0eMessageService\x12\x46\n\x0bSendMessage\x12\x1a.sms.v1.SendMessageRequest\x1a\x1b.sms.v1.SendMessageResponse\x12U\n\x10GetMessageStatus\x12\x1f.sms.v1.GetMessageStatusRequest\x1a .sms.v1.GetMessageStatusResponse\x12U\n\x12WatchMessageStatus\x12!.sms.v1.WatchMessageStatusRequest\x1a\x1a.sms.v1.MessageStatusEvent0\x01\x42\x1bZ\x19smsgw/gen/go/sms/v1;smsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14sms/v1/message.proto\x12\x06sms.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13sms/v1/common.proto\"\xe0\x03\n\x12SendMessageRequest\x12\x0e\n\x06mobile\x18\x01 \x01(\t\x12!\n\x08use_type\x18\x02 \x01(\x0e\x32\x0f.sms.v1.UseType\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x15\n\x0btemplate_id\x18\x04 \x01(\x03H\x00\x12\x32\n\x04\x64\x61ta\x18\x05 \x03(\x0b\x32$.sms.v1.SendMessageRequest.DataEntry\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12+\n\x07send_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x08 \x01(\t\x12:\n\x08metadata\x18\t \x03(\x0b\x32(.sms.v1.SendMessageRequest.MetadataEntry\x12+\n\x08validity\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0esmart_encoding\x18\x0b \x01(\x08\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07\x63ontent\"m\n\x13SendMessageResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tto_number\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.sms.v1.MessageStatus\x12\x10\n\x08segments\x18\x04 \x01(\x05\"&\n\x17GetMessageStatusRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"Y\n\x18GetMessageStatusResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.sms.v1.MessageState\x12\x15\n\rnot_found_ids\x18\x02 \x03(\t\"\xa4\x02\n\x0cMessageState\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tto_number\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.sms.v1.MessageStatus\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x07 \x01(\t\x12\x34\n\x08metadata\x18\x08 \x03(\x0b\x32\".sms.v1.MessageState.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x19WatchMessageStatusRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\x03\"\xcb\x02\n\x12MessageStatusEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tto_number\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0e\x32\x15.sms.v1.MessageStatus\x12\x12\n\nerror_code\x18\x05 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x06 \x01(\t\x12/\n\x0boccurred_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x08 \x01(\t\x12:\n\x08metadata\x18\t \x03(\x0b\x32(.sms.v1.MessageStatusEvent.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x86\x02\n\x0eMessageService\x12\x46\n\x0bSendMessage\x12\x1a.sms.v1.SendMessageRequest\x1a\x1b.sms.v1.SendMessageResponse\x12U\n\x10GetMessageStatus\x12\x1f.sms.v1.GetMessageStatusRequest\x1a .sms.v1.GetMessageStatusResponse\x12U\n\x12WatchMessageStatus\x12!.sms.v1.WatchMessageStatusRequest\x1a\x1a.sms.v1.MessageStatusEvent0\x01\x42\x1bZ\x19smsgw/gen/go/sms/v1;smsv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,22 +37,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z\031smsgw/gen/go/sms/v1;smsv1'
   _globals['_SENDMESSAGEREQUEST_DATAENTRY']._loaded_options = None
   _globals['_SENDMESSAGEREQUEST_DATAENTRY']._serialized_options = b'8\001'
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=87
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=370
-  _globals['_SENDMESSAGEREQUEST_DATAENTRY']._serialized_start=316
-  _globals['_SENDMESSAGEREQUEST_DATAENTRY']._serialized_end=359
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=372
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=481
-  _globals['_GETMESSAGESTATUSREQUEST']._serialized_start=483
-  _globals['_GETMESSAGESTATUSREQUEST']._serialized_end=521
-  _globals['_GETMESSAGESTATUSRESPONSE']._serialized_start=523
-  _globals['_GETMESSAGESTATUSRESPONSE']._serialized_end=612
-  _globals['_MESSAGESTATE']._serialized_start=615
-  _globals['_MESSAGESTATE']._serialized_end=785
-  _globals['_WATCHMESSAGESTATUSREQUEST']._serialized_start=787
-  _globals['_WATCHMESSAGESTATUSREQUEST']._serialized_end=851
-  _globals['_MESSAGESTATUSEVENT']._serialized_start=854
-  _globals['_MESSAGESTATUSEVENT']._serialized_end=1057
-  _globals['_MESSAGESERVICE']._serialized_start=1060
-  _globals['_MESSAGESERVICE']._serialized_end=1322
+  _globals['_SENDMESSAGEREQUEST_METADATAENTRY']._loaded_options = None
+  _globals['_SENDMESSAGEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_MESSAGESTATE_METADATAENTRY']._loaded_options = None
+  _globals['_MESSAGESTATE_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_MESSAGESTATUSEVENT_METADATAENTRY']._loaded_options = None
+  _globals['_MESSAGESTATUSEVENT_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=119
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=599
+  _globals['_SENDMESSAGEREQUEST_DATAENTRY']._serialized_start=496
+  _globals['_SENDMESSAGEREQUEST_DATAENTRY']._serialized_end=539
+  _globals['_SENDMESSAGEREQUEST_METADATAENTRY']._serialized_start=541
+  _globals['_SENDMESSAGEREQUEST_METADATAENTRY']._serialized_end=588
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=601
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=710
+  _globals['_GETMESSAGESTATUSREQUEST']._serialized_start=712
+  _globals['_GETMESSAGESTATUSREQUEST']._serialized_end=750
+  _globals['_GETMESSAGESTATUSRESPONSE']._serialized_start=752
+  _globals['_GETMESSAGESTATUSRESPONSE']._serialized_end=841
+  _globals['_MESSAGESTATE']._serialized_start=844
+  _globals['_MESSAGESTATE']._serialized_end=1136
+  _globals['_MESSAGESTATE_METADATAENTRY']._serialized_start=541
+  _globals['_MESSAGESTATE_METADATAENTRY']._serialized_end=588
+  _globals['_WATCHMESSAGESTATUSREQUEST']._serialized_start=1138
+  _globals['_WATCHMESSAGESTATUSREQUEST']._serialized_end=1202
+  _globals['_MESSAGESTATUSEVENT']._serialized_start=1205
+  _globals['_MESSAGESTATUSEVENT']._serialized_end=1536
+  _globals['_MESSAGESTATUSEVENT_METADATAENTRY']._serialized_start=541
+  _globals['_MESSAGESTATUSEVENT_METADATAENTRY']._serialized_end=588
+  _globals['_MESSAGESERVICE']._serialized_start=1539
+  _globals['_MESSAGESERVICE']._serialized_end=1801
 # @@protoc_insertion_point(module_scope)

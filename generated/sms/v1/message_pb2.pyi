@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -46,6 +47,26 @@ class SendMessageRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MOBILE_FIELD_NUMBER: _builtins.int
     USE_TYPE_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
@@ -53,6 +74,10 @@ class SendMessageRequest(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SEND_AT_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    VALIDITY_FIELD_NUMBER: _builtins.int
+    SMART_ENCODING_FIELD_NUMBER: _builtins.int
     mobile: _builtins.str
     """The recipient in E.164 format, for example "+8613800138000"."""
     use_type: _common_pb2.UseType.ValueType
@@ -65,6 +90,14 @@ class SendMessageRequest(_message.Message):
     """Idempotency key (at most 128 characters): a repeat within an hour returns
     the first call's result; the same key with different content fails.
     """
+    reference: _builtins.str
+    """The caller's own id for this message (at most 128 characters), echoed in its
+    status answers and events.
+    """
+    smart_encoding: _builtins.bool
+    """Replace characters that have a GSM-7 look-alike (curly quotes, dashes,
+    non-breaking spaces, ...) so the body stays GSM-7; segments counts what is sent.
+    """
     @_builtins.property
     def data(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Template variable values by variable name (used with template_id)."""
@@ -72,6 +105,19 @@ class SendMessageRequest(_message.Message):
     @_builtins.property
     def send_at(self) -> _timestamp_pb2.Timestamp:
         """When to send; unset or in the past means now."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The caller's key-value pairs (at most 10 keys; key at most 40, value at most
+        256 characters), echoed in status answers and events.
+        """
+
+    @_builtins.property
+    def validity(self) -> _duration_pb2.Duration:
+        """How long the message may wait to be handed to a provider (1 minute to 72
+        hours, counted from acceptance); not handed over in time it ends
+        MESSAGE_STATUS_FAILED with error_code EXPIRED. Unset: the server's message TTL.
+        """
 
     def __init__(
         self,
@@ -83,10 +129,14 @@ class SendMessageRequest(_message.Message):
         data: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         request_id: _builtins.str = ...,
         send_at: _timestamp_pb2.Timestamp | None = ...,
+        reference: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        validity: _duration_pb2.Duration | None = ...,
+        smart_encoding: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "send_at", b"send_at", "template_id", b"template_id", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "send_at", b"send_at", "template_id", b"template_id", "text", b"text", "validity", b"validity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "data", b"data", "mobile", b"mobile", "request_id", b"request_id", "send_at", b"send_at", "template_id", b"template_id", "text", b"text", "use_type", b"use_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "data", b"data", "metadata", b"metadata", "mobile", b"mobile", "reference", b"reference", "request_id", b"request_id", "send_at", b"send_at", "smart_encoding", b"smart_encoding", "template_id", b"template_id", "text", b"text", "use_type", b"use_type", "validity", b"validity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["text", "template_id"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
@@ -188,12 +238,34 @@ class MessageState(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     TO_NUMBER_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     ERROR_CODE_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The message id."""
     to_number: _builtins.str
@@ -204,9 +276,15 @@ class MessageState(_message.Message):
     """The provider's or gateway's error code when the message failed; empty otherwise."""
     provider: _builtins.str
     """The provider that carried (or last tried) the message; empty before dispatch."""
+    reference: _builtins.str
+    """The caller's reference given at send (the batch's for messages of a batch)."""
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When the status last changed."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The caller's metadata given at send (the batch's for messages of a batch)."""
 
     def __init__(
         self,
@@ -217,10 +295,12 @@ class MessageState(_message.Message):
         error_code: _builtins.str = ...,
         provider: _builtins.str = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        reference: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "id", b"id", "provider", b"provider", "status", b"status", "to_number", b"to_number", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "id", b"id", "metadata", b"metadata", "provider", b"provider", "reference", b"reference", "status", b"status", "to_number", b"to_number", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -262,6 +342,26 @@ class MessageStatusEvent(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     EVENT_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     TO_NUMBER_FIELD_NUMBER: _builtins.int
@@ -269,6 +369,8 @@ class MessageStatusEvent(_message.Message):
     ERROR_CODE_FIELD_NUMBER: _builtins.int
     BATCH_ID_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     event_id: _builtins.int
     """Increasing event id; pass the last one seen as after_event_id to resume."""
     message_id: _builtins.str
@@ -281,9 +383,15 @@ class MessageStatusEvent(_message.Message):
     """The error code for failed statuses; empty otherwise."""
     batch_id: _builtins.str
     """The batch task the message belongs to; empty for single sends."""
+    reference: _builtins.str
+    """The caller's reference of the message (the batch's for messages of a batch)."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When the change happened."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The caller's metadata of the message (the batch's for messages of a batch)."""
 
     def __init__(
         self,
@@ -295,10 +403,12 @@ class MessageStatusEvent(_message.Message):
         error_code: _builtins.str = ...,
         batch_id: _builtins.str = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        reference: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "error_code", b"error_code", "event_id", b"event_id", "message_id", b"message_id", "occurred_at", b"occurred_at", "status", b"status", "to_number", b"to_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "error_code", b"error_code", "event_id", b"event_id", "message_id", b"message_id", "metadata", b"metadata", "occurred_at", b"occurred_at", "reference", b"reference", "status", b"status", "to_number", b"to_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sms.v1 import common_pb2 as sms_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sms/v1/verification.proto\x12\x06sms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13sms/v1/common.proto\"\xbe\x01\n\x17SendVerificationRequest\x12\x0e\n\x06mobile\x18\x01 \x01(\t\x12\x13\n\x0b\x63ode_length\x18\x02 \x01(\x05\x12\x16\n\x0e\x65xpire_minutes\x18\x03 \x01(\x05\x12\r\n\x05scene\x18\x04 \x01(\t\x12\x13\n\x0btemplate_id\x18\x05 \x01(\x03\x12 \n\x07\x63hannel\x18\x06 \x01(\x0e\x32\x0f.sms.v1.Channel\x12\x0c\n\x04\x63ode\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"r\n\x18SendVerificationResponse\x12\x11\n\tverify_id\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmessage_id\x18\x03 \x01(\t\"K\n\x18\x43heckVerificationRequest\x12\x11\n\tverify_id\x18\x01 \x01(\t\x12\x0e\n\x06mobile\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\"p\n\x19\x43heckVerificationResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x1a\n\x12remaining_attempts\x18\x02 \x01(\x05\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.sms.v1.VerificationState2\xc6\x01\n\x13VerificationService\x12U\n\x10SendVerification\x12\x1f.sms.v1.SendVerificationRequest\x1a .sms.v1.SendVerificationResponse\x12X\n\x11\x43heckVerification\x12 .sms.v1.CheckVerificationRequest\x1a!.sms.v1.CheckVerificationResponseB\x1bZ\x19smsgw/gen/go/sms/v1;smsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sms/v1/verification.proto\x12\x06sms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13sms/v1/common.proto\"\xc3\x02\n\x17SendVerificationRequest\x12\x0e\n\x06mobile\x18\x01 \x01(\t\x12\x13\n\x0b\x63ode_length\x18\x02 \x01(\x05\x12\x16\n\x0e\x65xpire_minutes\x18\x03 \x01(\x05\x12\r\n\x05scene\x18\x04 \x01(\t\x12\x13\n\x0btemplate_id\x18\x05 \x01(\x03\x12 \n\x07\x63hannel\x18\x06 \x01(\x0e\x32\x0f.sms.v1.Channel\x12\x0c\n\x04\x63ode\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x11\n\treference\x18\t \x01(\t\x12?\n\x08metadata\x18\n \x03(\x0b\x32-.sms.v1.SendVerificationRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"r\n\x18SendVerificationResponse\x12\x11\n\tverify_id\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmessage_id\x18\x03 \x01(\t\"K\n\x18\x43heckVerificationRequest\x12\x11\n\tverify_id\x18\x01 \x01(\t\x12\x0e\n\x06mobile\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\"p\n\x19\x43heckVerificationResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x1a\n\x12remaining_attempts\x18\x02 \x01(\x05\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.sms.v1.VerificationState2\xc6\x01\n\x13VerificationService\x12U\n\x10SendVerification\x12\x1f.sms.v1.SendVerificationRequest\x1a .sms.v1.SendVerificationResponse\x12X\n\x11\x43heckVerification\x12 .sms.v1.CheckVerificationRequest\x1a!.sms.v1.CheckVerificationResponseB\x1bZ\x19smsgw/gen/go/sms/v1;smsv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,14 +34,18 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sms.v1.verification_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\031smsgw/gen/go/sms/v1;smsv1'
+  _globals['_SENDVERIFICATIONREQUEST_METADATAENTRY']._loaded_options = None
+  _globals['_SENDVERIFICATIONREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SENDVERIFICATIONREQUEST']._serialized_start=92
-  _globals['_SENDVERIFICATIONREQUEST']._serialized_end=282
-  _globals['_SENDVERIFICATIONRESPONSE']._serialized_start=284
-  _globals['_SENDVERIFICATIONRESPONSE']._serialized_end=398
-  _globals['_CHECKVERIFICATIONREQUEST']._serialized_start=400
-  _globals['_CHECKVERIFICATIONREQUEST']._serialized_end=475
-  _globals['_CHECKVERIFICATIONRESPONSE']._serialized_start=477
-  _globals['_CHECKVERIFICATIONRESPONSE']._serialized_end=589
-  _globals['_VERIFICATIONSERVICE']._serialized_start=592
-  _globals['_VERIFICATIONSERVICE']._serialized_end=790
+  _globals['_SENDVERIFICATIONREQUEST']._serialized_end=415
+  _globals['_SENDVERIFICATIONREQUEST_METADATAENTRY']._serialized_start=368
+  _globals['_SENDVERIFICATIONREQUEST_METADATAENTRY']._serialized_end=415
+  _globals['_SENDVERIFICATIONRESPONSE']._serialized_start=417
+  _globals['_SENDVERIFICATIONRESPONSE']._serialized_end=531
+  _globals['_CHECKVERIFICATIONREQUEST']._serialized_start=533
+  _globals['_CHECKVERIFICATIONREQUEST']._serialized_end=608
+  _globals['_CHECKVERIFICATIONRESPONSE']._serialized_start=610
+  _globals['_CHECKVERIFICATIONRESPONSE']._serialized_end=722
+  _globals['_VERIFICATIONSERVICE']._serialized_start=725
+  _globals['_VERIFICATIONSERVICE']._serialized_end=923
 # @@protoc_insertion_point(module_scope)

@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from sms.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -24,6 +26,26 @@ class SendVerificationRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MOBILE_FIELD_NUMBER: _builtins.int
     CODE_LENGTH_FIELD_NUMBER: _builtins.int
     EXPIRE_MINUTES_FIELD_NUMBER: _builtins.int
@@ -32,6 +54,8 @@ class SendVerificationRequest(_message.Message):
     CHANNEL_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     mobile: _builtins.str
     """The recipient in E.164 format."""
     code_length: _builtins.int
@@ -48,6 +72,16 @@ class SendVerificationRequest(_message.Message):
     """Optional caller-chosen code (digits); when empty the server generates one."""
     request_id: _builtins.str
     """Idempotency key (at most 128 characters), as in SendMessageRequest."""
+    reference: _builtins.str
+    """The caller's own id (at most 128 characters), carried by the code's message
+    in its status answers and events.
+    """
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The caller's key-value pairs (at most 10 keys; key at most 40, value at most
+        256 characters), carried like reference.
+        """
+
     def __init__(
         self,
         *,
@@ -59,10 +93,12 @@ class SendVerificationRequest(_message.Message):
         channel: _common_pb2.Channel.ValueType = ...,
         code: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "code", b"code", "code_length", b"code_length", "expire_minutes", b"expire_minutes", "mobile", b"mobile", "request_id", b"request_id", "scene", b"scene", "template_id", b"template_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "code", b"code", "code_length", b"code_length", "expire_minutes", b"expire_minutes", "metadata", b"metadata", "mobile", b"mobile", "reference", b"reference", "request_id", b"request_id", "scene", b"scene", "template_id", b"template_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
