@@ -18,7 +18,7 @@ from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from server.domain.batch_tasks import BatchMessageRow, BatchRecord
+from server.domain.batch_tasks import BatchMessageRow, BatchOptions, BatchRecord
 from server.domain.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
 from server.domain.models import (
     MessageState,
@@ -342,6 +342,7 @@ class InMemoryBatches:
         self.clock = messages.clock
         self.rows: dict[str, tuple[int, BatchRecord]] = {}  # id → (account, batch)
         self.contents: dict[str, str | None] = {}
+        self.options: dict[str, BatchOptions] = {}
         self.keys = IdempotencyKeys(self.clock)
         # Keys of creates under way: a repeat waits for the first to end, as a row
         # claimed in an open transaction makes PostgreSQL's INSERT wait for its commit.
@@ -356,12 +357,15 @@ class InMemoryBatches:
         rejected: Sequence[tuple[str, str]],
         key: IdempotencyKey | None = None,
         content: str | None = None,
+        options: BatchOptions | None = None,
     ) -> BatchRecord:
         # As the adapter's transaction: the key first (a repeat reads no slice), then
         # every slice read before anything is kept, so a slice that raises (NO_ROUTE,
         # a failure) leaves neither the batch, its messages nor the key.
         if key is None:
-            return await self._create(batch_id, account_id, messages, rejected, None, content)
+            return await self._create(
+                batch_id, account_id, messages, rejected, None, content, options
+            )
         slot = (key.account_id, key.operation, key.request_id)
         while (under_way := self._claiming.get(slot)) is not None:
             await under_way.wait()
@@ -370,7 +374,9 @@ class InMemoryBatches:
             return self.rows[earlier][1]
         self._claiming[slot] = asyncio.Event()
         try:
-            return await self._create(batch_id, account_id, messages, rejected, key, content)
+            return await self._create(
+                batch_id, account_id, messages, rejected, key, content, options
+            )
         finally:
             self._claiming.pop(slot).set()
 
@@ -382,6 +388,7 @@ class InMemoryBatches:
         rejected: Sequence[tuple[str, str]],
         key: IdempotencyKey | None,
         content: str | None,
+        options: BatchOptions | None,
     ) -> BatchRecord:
         accepted: list[NewMessage] = []
         async for part in messages:
@@ -408,6 +415,8 @@ class InMemoryBatches:
             self.messages.store(message)
         self.rows[batch_id] = (account_id, batch)
         self.contents[batch_id] = content
+        # What the batch keeps for its messages (reference, metadata, validity).
+        self.options[batch_id] = options or BatchOptions()
         return batch
 
     async def get(self, account_id: int, batch_id: str) -> BatchRecord | None:
