@@ -198,8 +198,9 @@ class WebhookDelivery:
             return
         if status == 410:
             self._metrics.webhook_deliveries.labels("gone").inc()
-            await self._store.record_attempt(d.id, status, FAILED, None)
+            # Disabled first, so no later event of the endpoint is claimed meanwhile.
             await self._store.disable(d.webhook_id)
+            await self._store.record_attempt(d.id, status, FAILED, None)
             return
         delay = retry_delay(d.attempts + 1, self._retry_base)
         if status == 429 and retry_after is not None:
