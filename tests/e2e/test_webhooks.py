@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 from aiohttp import web
+from google.protobuf import timestamp_pb2
 from sms.v1 import common_pb2, message_pb2, webhook_pb2, webhook_pb2_grpc
 
 from tests.e2e.conftest import Client, GatewayFactory, Running, final_state, wait_for
@@ -266,3 +267,46 @@ async def test_another_accounts_webhook_is_not_found(
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.GetWebhook(webhook_pb2.GetWebhookRequest(id=hook.id), metadata=owner.metadata)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_redeliver_sends_a_time_range_again(
+    insecure: Running, receivers: list[Receiver]
+) -> None:
+    client = await insecure.client()
+    receiver = await start_receiver(receivers, [200])
+    hook = await create(insecure, client, receiver.url)
+    message_id = await send(client)
+    await final_state(client, message_id)
+    count = await insecure.gateway.pool.fetchval(
+        "SELECT count(*) FROM message_events WHERE message_id = $1", message_id
+    )
+
+    async def all_in(n: int) -> bool:
+        return len(receiver.accepted()) >= n
+
+    await wait_for(lambda: all_in(count), within=10)
+    first = [e["id"] for e in receiver.accepted()]
+    start, end = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
+    start.GetCurrentTime()
+    end.GetCurrentTime()
+    start.seconds -= 3600
+    end.seconds += 60
+    reply = await hooks(insecure).RedeliverWebhookEvents(
+        webhook_pb2.RedeliverWebhookEventsRequest(
+            webhook_id=hook.id, start_time=start, end_time=end
+        ),
+        metadata=client.metadata,
+    )
+    assert reply.count == count
+    await wait_for(lambda: all_in(2 * count), within=10)
+    assert [e["id"] for e in receiver.accepted()] == first + first
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await hooks(insecure).RedeliverWebhookEvents(
+            webhook_pb2.RedeliverWebhookEventsRequest(
+                webhook_id=hook.id, start_time=end, end_time=start
+            ),
+            metadata=client.metadata,
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(err.value) == {"end_time"}
