@@ -221,10 +221,13 @@ class PgWebhookStore:
                     created += int(row["n"])
         return created
 
-    async def claim_due(self, limit: int, lease_seconds: float) -> list[DueDelivery]:
+    async def claim_due(
+        self, limit: int, lease_seconds: float, busy: Sequence[int] = ()
+    ) -> list[DueDelivery]:
         """Leases due deliveries: each the earliest pending one of its message for its
         endpoint (so one message's events go in order), at most one per endpoint and
-        message at a time."""
+        message at a time. Endpoints in ``busy`` (all their slots in use here) are left
+        for later."""
         with unavailable_on_connection_errors():
             rows = await self._pool.fetch(
                 f"""
@@ -232,6 +235,7 @@ class PgWebhookStore:
                     SELECT d.id FROM webhook_deliveries d
                     WHERE d.state = 1 AND d.next_attempt_at <= now()
                       AND (d.lease_until IS NULL OR d.lease_until < now())
+                      AND NOT (d.webhook_id = ANY($3::bigint[]))
                       AND NOT EXISTS (
                           SELECT 1 FROM webhook_deliveries p
                           WHERE p.webhook_id = d.webhook_id AND p.order_key = d.order_key
@@ -255,6 +259,7 @@ class PgWebhookStore:
                 """,
                 limit,
                 lease_seconds,
+                list(busy),
             )
         return [
             DueDelivery(_delivery(r), r["url"], bytes(r["secret_sealed"]), _status_event(r))

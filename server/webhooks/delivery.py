@@ -143,7 +143,8 @@ class WebhookDelivery:
         room = self._capacity - len(self._tasks)
         if room <= 0:
             return False
-        due = await self._store.claim_due(room, lease_seconds=self._timeout + 30)
+        full = [w for w, n in self._open.items() if n >= self._per_endpoint]
+        due = await self._store.claim_due(room, lease_seconds=self._timeout + 30, busy=full)
         for d in due:
             if self._open[d.delivery.webhook_id] >= self._per_endpoint:
                 await self._store.release(d.delivery.id)

@@ -6,6 +6,7 @@ specification (https://www.standardwebhooks.com/), not with server code.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from aiohttp import web
@@ -54,12 +56,17 @@ class Receiver:
     statuses: list[int]
     url: str = ""
     requests: list[tuple[dict[str, str], bytes, int]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    delay: float = 0.0  # seconds each answer takes
+    answer_headers: dict[str, str] = field(default_factory=dict)
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        self.times.append(time.monotonic())
+        await asyncio.sleep(self.delay)
         status = self.statuses[min(len(self.requests), len(self.statuses) - 1)]
         self.requests.append(({k.lower(): v for k, v in request.headers.items()}, body, status))
-        return web.Response(status=status)
+        return web.Response(status=status, headers=self.answer_headers if status >= 300 else {})
 
     def accepted(self) -> list[dict[str, Any]]:
         return [json.loads(body) for _, body, status in self.requests if status < 300]
@@ -310,3 +317,54 @@ async def test_redeliver_sends_a_time_range_again(
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_fields(err.value) == {"end_time"}
+
+
+async def test_429_retry_after_is_respected_and_counted(
+    insecure: Running, receivers: list[Receiver]
+) -> None:
+    client = await insecure.client()
+    receiver = await start_receiver(receivers, [429, 200])
+    receiver.answer_headers = {"Retry-After": "1"}
+    await create(insecure, client, receiver.url)
+    await final_state(client, await send(client))
+
+    async def two_tries() -> bool:
+        return len(receiver.requests) >= 2
+
+    await wait_for(two_tries, within=10)
+    # The base delay is 0.05 s; the endpoint asked for a second.
+    assert receiver.times[1] - receiver.times[0] >= 0.95
+    assert json.loads(receiver.requests[0][1])["id"] == json.loads(receiver.requests[1][1])["id"]
+    url = f"http://127.0.0.1:{insecure.gateway.http_port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    assert 'smsgw_webhook_deliveries_total{result="retried"}' in text
+    assert 'smsgw_webhook_deliveries_total{result="succeeded"}' in text
+    assert "smsgw_webhook_backlog " in text
+    assert "smsgw_webhook_oldest_pending_seconds " in text
+
+
+async def test_a_slow_endpoint_does_not_delay_another(
+    insecure: Running, receivers: list[Receiver]
+) -> None:
+    slow_client, fast_client = await insecure.client(), await insecure.client()
+    slow = await start_receiver(receivers, [200])
+    slow.delay = 4.0
+    fast = await start_receiver(receivers, [200])
+    await create(insecure, slow_client, slow.url)
+    await create(insecure, fast_client, fast.url)
+    for _ in range(6):
+        await send(slow_client)
+    started = time.monotonic()
+    fast_id = await send(fast_client)
+    await final_state(fast_client, fast_id)
+
+    async def fast_delivered() -> bool:
+        return any(
+            e["messageStatus"]["status"] == "MESSAGE_STATUS_DELIVERED" for e in fast.accepted()
+        )
+
+    await wait_for(fast_delivered, within=3.5)
+    # Every event of the fast endpoint came while the slow one still held its first answers.
+    assert time.monotonic() - started < 4.0
+    assert slow.accepted() == []
