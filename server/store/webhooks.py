@@ -19,6 +19,7 @@ import asyncpg
 from server.domain.models import MessageStatus, StatusEvent
 from server.store.pool import unavailable_on_connection_errors
 
+# Delivery states, as sms.v1.DeliveryState numbers them (named in the SQL below).
 PENDING, SUCCEEDED, FAILED = 1, 2, 3
 EVENT_TYPE_MESSAGE_STATUS = 1
 
@@ -233,13 +234,13 @@ class PgWebhookStore:
                 f"""
                 WITH due AS (
                     SELECT d.id FROM webhook_deliveries d
-                    WHERE d.state = 1 AND d.next_attempt_at <= now()
+                    WHERE d.state = {PENDING:d} AND d.next_attempt_at <= now()
                       AND (d.lease_until IS NULL OR d.lease_until < now())
                       AND NOT (d.webhook_id = ANY($3::bigint[]))
                       AND NOT EXISTS (
                           SELECT 1 FROM webhook_deliveries p
                           WHERE p.webhook_id = d.webhook_id AND p.order_key = d.order_key
-                            AND p.state = 1 AND p.event_id < d.event_id)
+                            AND p.state = {PENDING:d} AND p.event_id < d.event_id)
                     ORDER BY d.next_attempt_at, d.id
                     LIMIT $1 FOR UPDATE SKIP LOCKED
                 ), leased AS (
@@ -293,8 +294,8 @@ class PgWebhookStore:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("UPDATE webhooks SET disabled = true WHERE id = $1", webhook_id)
                 await conn.execute(
-                    "UPDATE webhook_deliveries SET state = 3, lease_until = NULL "
-                    "WHERE webhook_id = $1 AND state = 1",
+                    f"UPDATE webhook_deliveries SET state = {FAILED:d}, lease_until = NULL "
+                    f"WHERE webhook_id = $1 AND state = {PENDING:d}",
                     webhook_id,
                 )
 
@@ -304,7 +305,7 @@ class PgWebhookStore:
             row = await self._pool.fetchrow(
                 "SELECT count(*) AS n, "
                 "coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age "
-                "FROM webhook_deliveries WHERE state = 1"
+                f"FROM webhook_deliveries WHERE state = {PENDING:d}"
             )
         assert row is not None
         return int(row["n"]), float(row["age"])
@@ -316,7 +317,7 @@ class PgWebhookStore:
         returns how many."""
         with unavailable_on_connection_errors():
             count = await self._pool.fetchval(
-                """
+                f"""
                 WITH events AS (
                     SELECT event_id, message_id FROM message_events
                     WHERE account_id = $2 AND occurred_at >= $3 AND occurred_at < $4
@@ -325,9 +326,9 @@ class PgWebhookStore:
                     INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, order_key)
                     SELECT $1, event_id, $5, message_id FROM events
                     ON CONFLICT (webhook_id, event_id) DO UPDATE
-                    SET state = 1, next_attempt_at = now(), lease_until = NULL,
+                    SET state = {PENDING:d}, next_attempt_at = now(), lease_until = NULL,
                         created_at = now()
-                    WHERE webhook_deliveries.state <> 1
+                    WHERE webhook_deliveries.state <> {PENDING:d}
                     RETURNING 1
                 )
                 SELECT count(*) FROM events

@@ -14,7 +14,8 @@ CREATE TABLE webhooks (
 );
 CREATE INDEX webhooks_account ON webhooks (account_id, id);
 
--- One row per (endpoint, event). state: 1 PENDING, 2 SUCCEEDED, 3 FAILED.
+-- One row per (endpoint, event). state: 1 PENDING, 2 SUCCEEDED, 3 FAILED
+-- (server/store/webhooks.py names them).
 -- order_key (the message id) keeps the events of one message in order.
 CREATE TABLE webhook_deliveries (
     id                bigserial   PRIMARY KEY,
