@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from server.domain.errors import InvalidArgument
 
+RESOLVE_TIMEOUT = 5.0  # seconds
+
 
 def _public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
@@ -47,10 +49,11 @@ async def check_url(url: str, *, allow_insecure: bool, field: str = "url") -> No
     if parts.username or parts.password:
         raise InvalidArgument.field(field, "must not carry credentials")
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            parts.hostname, port or 443, type=socket.SOCK_STREAM
-        )
-    except OSError as exc:
+        async with asyncio.timeout(RESOLVE_TIMEOUT):
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                parts.hostname, port or 443, type=socket.SOCK_STREAM
+            )
+    except (OSError, UnicodeError, TimeoutError) as exc:  # idna: empty or long labels
         raise InvalidArgument.field(field, "the host does not resolve") from exc
     for info in infos:
         if not _public(str(info[4][0])):

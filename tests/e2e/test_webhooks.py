@@ -214,6 +214,9 @@ async def test_410_disables_the_endpoint(insecure: Running, receivers: list[Rece
         "https://[::ffff:127.0.0.1]/hook",  # IPv4-mapped loopback
         "ftp://example.com/",
         "not a url",
+        "https://a..b/hook",  # an empty label (idna refuses it)
+        "https://" + "a" * 70 + ".com/",  # a label longer than 63
+        "https://example.com:99999/",
     ],
 )
 async def test_unsafe_urls_are_refused(gw: Running, url: str) -> None:
