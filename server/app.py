@@ -28,6 +28,7 @@ from sms.v1 import (
     message_pb2_grpc,
     template_pb2_grpc,
     verification_pb2_grpc,
+    webhook_pb2_grpc,
 )
 
 from server.api.batch_service import BatchServicer
@@ -36,6 +37,7 @@ from server.api.message_service import MessageServicer
 from server.api.server import SERVICE_NAMES, enable_reflection, grpc_server
 from server.api.template_service import TemplateServicer
 from server.api.verification_service import VerificationServicer
+from server.api.webhook_service import WebhookServicer
 from server.config import Settings
 from server.dispatch.poller import ReceiptPoller
 from server.dispatch.provider_set import (
@@ -75,7 +77,9 @@ from server.store.server_keys import load_or_create_key
 from server.store.templates import PgTemplateStore
 from server.store.velocity import PgVelocityCounters
 from server.store.verifications import PgVerificationStore
+from server.store.webhooks import PgWebhookStore
 from server.tracing import Tracing, provider_for
+from server.webhooks.delivery import WebhookDelivery
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -110,6 +114,7 @@ class Gateway:
         self._providers = LiveProviders(settings.shutdown_grace)
         self._poller: ReceiptPoller | None = None
         self._maintenance: Maintenance | None = None
+        self._webhooks: WebhookDelivery | None = None
         self.metrics = GatewayMetrics()
         self.metrics.watch_breakers(self._providers.breaker_states)
 
@@ -228,6 +233,20 @@ class Gateway:
             ),
             server,
         )
+        webhook_store = PgWebhookStore(pool)
+        webhook_pb2_grpc.add_WebhookServiceServicer_to_server(
+            WebhookServicer(webhook_store, codes, allow_insecure=s.webhook_allow_insecure), server
+        )
+        if s.dispatch_workers > 0:
+            self._webhooks = WebhookDelivery(
+                webhook_store,
+                codes,
+                self.metrics,
+                allow_insecure=s.webhook_allow_insecure,
+                retry_base=s.webhook_retry_base_seconds,
+                retry_for=s.webhook_retry_for_seconds,
+            )
+            self._webhooks.start()
         self.health.add_to_server(server)
         enable_reflection(server)
         self.grpc_port = listen_grpc(server, s.grpc_addr, s.tls)
@@ -299,6 +318,8 @@ class Gateway:
             await self._poller.stop()
         if self._maintenance is not None:
             await self._maintenance.stop()
+        if self._webhooks is not None:
+            await self._webhooks.stop()
         await self.health.stop()
         await self._providers.close()
         if self._receipts is not None:

@@ -153,6 +153,12 @@ class Settings:
     max_replay_events: int = 10_000
     max_streams_per_account: int = 100
     max_streams: int = 2_000
+    # --- Webhooks: plain http and private addresses allowed (tests, development);
+    # first retry delay (doubling, capped at an hour, with jitter) and how long an
+    # event is retried before its delivery is FAILED.
+    webhook_allow_insecure: bool = False
+    webhook_retry_base_seconds: float = 5.0
+    webhook_retry_for_seconds: float = 25 * 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -219,6 +225,13 @@ class Settings:
             ),
             poll_interval_seconds=_float(merged, "SMSGW_POLL_INTERVAL_SECONDS", 2, 0.05, 3600),
             secret_key=_secret_key(merged),
+            webhook_allow_insecure=_flag(merged, "SMSGW_WEBHOOK_ALLOW_INSECURE"),
+            webhook_retry_base_seconds=_float(
+                merged, "SMSGW_WEBHOOK_RETRY_BASE_SECONDS", 5.0, 0.01, 3600
+            ),
+            webhook_retry_for_seconds=_float(
+                merged, "SMSGW_WEBHOOK_RETRY_FOR_SECONDS", 25 * 3600, 1, 30 * 86_400
+            ),
             otp=OtpSettings(
                 default_max_attempts=_int(merged, "SMSGW_OTP_MAX_ATTEMPTS", 3, 1, 100),
                 mobile_interval_seconds=_float(

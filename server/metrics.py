@@ -135,7 +135,25 @@ class GatewayMetrics:
             "Server streams open on this replica (WatchMessageStatus, WatchBatch).",
             registry=registry,
         )
+        self.webhook_deliveries = Counter(
+            "smsgw_webhook_deliveries",
+            "Webhook delivery attempts by result: succeeded, retried, failed (gave up), "
+            "gone (410: endpoint disabled).",
+            ("result",),
+            registry=registry,
+        )
+        self.webhook_backlog = Gauge(
+            "smsgw_webhook_backlog",
+            "Webhook deliveries pending (all replicas).",
+            registry=registry,
+        )
+        self.webhook_oldest_pending = Gauge(
+            "smsgw_webhook_oldest_pending_seconds",
+            "Age of the oldest pending webhook delivery (all replicas); 0 when none.",
+            registry=registry,
+        )
         self._backlog: Callable[[], Awaitable[Mapping[MessageStatus, int]]] | None = None
+        self._webhook_backlog: Callable[[], Awaitable[tuple[int, float]]] | None = None
 
     def rpc(self, method: str) -> RpcRecorder:
         return RpcRecorder(self.rpc_requests, self.rpc_duration, method)
@@ -148,6 +166,9 @@ class GatewayMetrics:
 
     def watch_backlog(self, backlog: Callable[[], Awaitable[Mapping[MessageStatus, int]]]) -> None:
         self._backlog = backlog
+
+    def watch_webhook_backlog(self, backlog: Callable[[], Awaitable[tuple[int, float]]]) -> None:
+        self._webhook_backlog = backlog
 
     def message_changes(self, changes: Iterable[tuple[MessageStatus, str, int]]) -> None:
         """Counts recorded status changes given as (new status, provider, how many)."""
@@ -167,4 +188,13 @@ class GatewayMetrics:
             else:
                 for status in BACKLOG_STATUSES:
                     self.outbox_backlog.labels(status.name).set(backlog.get(status, 0))
+        if self._webhook_backlog is not None:
+            try:
+                async with asyncio.timeout(BACKLOG_TIMEOUT):
+                    pending, oldest = await self._webhook_backlog()
+            except Exception as exc:
+                log.debug("webhook backlog left out of the scrape (%s)", type(exc).__name__)
+            else:
+                self.webhook_backlog.set(pending)
+                self.webhook_oldest_pending.set(oldest)
         return generate_latest(self.registry)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
-from sms.v1 import batch_pb2, message_pb2, template_pb2, verification_pb2
+from sms.v1 import batch_pb2, message_pb2, template_pb2, verification_pb2, webhook_pb2
 
 # The sms.v1 services this server answers (health and reflection aside).
 SERVICE_NAMES = (
@@ -15,6 +15,7 @@ SERVICE_NAMES = (
     verification_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
     batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name,
     template_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
+    webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
 )
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

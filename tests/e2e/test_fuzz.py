@@ -39,6 +39,7 @@ from sms.v1 import (
     message_pb2,
     template_pb2,
     verification_pb2,
+    webhook_pb2,
 )
 
 from server.api.server import SERVICE_NAMES
@@ -57,6 +58,7 @@ SERVICES = [
         (verification_pb2.DESCRIPTOR, "VerificationService"),
         (batch_pb2.DESCRIPTOR, "BatchService"),
         (template_pb2.DESCRIPTOR, "TemplateService"),
+        (webhook_pb2.DESCRIPTOR, "WebhookService"),
     )
 ]
 METHODS = [method for service in SERVICES for method in service.methods]
@@ -377,7 +379,7 @@ async def world(start_gateway: GatewayFactory) -> World:
     )
     template_ids: list[object] = [x.id for x in templates]
     tomorrow = timestamp_pb2.Timestamp(seconds=_NOW + 86_400)
-    m, v, b = message_pb2, verification_pb2, batch_pb2
+    m, v, b, wh = message_pb2, verification_pb2, batch_pb2, webhook_pb2
     notification = common_pb2.USE_TYPE_NOTIFICATION
     seeds: dict[str, list[Message]] = {
         "SendMessage": [
@@ -433,6 +435,20 @@ async def world(start_gateway: GatewayFactory) -> World:
             t.ListTemplatesRequest(page_size=1, page_token=template_page.next_page_token)
         ],
         "DeleteTemplate": [t.DeleteTemplateRequest(id=templates[2].id)],
+        "CreateWebhook": [
+            wh.CreateWebhookRequest(
+                url="https://203.0.113.7/hook", event_types=[wh.EVENT_TYPE_MESSAGE_STATUS]
+            )
+        ],
+        "GetWebhook": [wh.GetWebhookRequest(id=1)],
+        "ListWebhooks": [wh.ListWebhooksRequest(page_size=1)],
+        "DeleteWebhook": [wh.DeleteWebhookRequest(id=2)],
+        "ListWebhookDeliveries": [wh.ListWebhookDeliveriesRequest(webhook_id=1, page_size=1)],
+        "RedeliverWebhookEvents": [
+            wh.RedeliverWebhookEventsRequest(
+                webhook_id=1, start_time=timestamp_pb2.Timestamp(seconds=_NOW), end_time=tomorrow
+            )
+        ],
     }
     return World(
         running,
@@ -447,6 +463,8 @@ async def world(start_gateway: GatewayFactory) -> World:
             "verify_id": [verification.verify_id],
             "page_token": [page.next_page_token, template_page.next_page_token],
             "code": ["73915582", "123456", "hello", "otp"],
+            "url": ["https://203.0.113.7/hook", "https://127.0.0.1/", "http://example.com/"],
+            "webhook_id": [1, 2],
             "text": ["Hello", "Hi #name#"],
             "content": ["Hi #name#", "Plain content"],
             "name": ["x"],

@@ -1,0 +1,351 @@
+"""Webhook endpoints and their deliveries.
+
+Deliveries are materialised from the message_events log: each endpoint keeps a cursor
+(the last event id it has seen); ``materialise`` turns the events after it into
+PENDING deliveries, under ``FOR UPDATE SKIP LOCKED`` on the endpoint row so that
+replicas never work on one endpoint's cursor at once. ``claim_due`` leases due
+deliveries the same way; a delivery whose lease ran out (its replica died) is due
+again, so delivery is at least once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from server.domain.models import MessageStatus, StatusEvent
+from server.store.pool import unavailable_on_connection_errors
+
+# Delivery states, as sms.v1.DeliveryState numbers them (named in the SQL below).
+PENDING, SUCCEEDED, FAILED = 1, 2, 3
+EVENT_TYPE_MESSAGE_STATUS = 1
+
+_COLUMNS = "id, account_id, url, event_types, description, disabled, created_at"
+
+
+@dataclass(frozen=True)
+class WebhookRow:
+    id: int
+    account_id: int
+    url: str
+    event_types: tuple[int, ...]
+    description: str
+    disabled: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    id: int
+    webhook_id: int
+    event_id: int
+    event_type: int
+    attempts: int
+    last_http_status: int
+    state: int
+    next_attempt_at: datetime
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    delivery: DeliveryRow
+    url: str
+    secret_sealed: bytes
+    event: StatusEvent
+
+
+def _webhook(row: asyncpg.Record) -> WebhookRow:
+    return WebhookRow(
+        id=row["id"],
+        account_id=row["account_id"],
+        url=row["url"],
+        event_types=tuple(row["event_types"]),
+        description=row["description"],
+        disabled=row["disabled"],
+        created_at=row["created_at"],
+    )
+
+
+def _delivery(row: asyncpg.Record) -> DeliveryRow:
+    return DeliveryRow(
+        id=row["id"],
+        webhook_id=row["webhook_id"],
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        attempts=row["attempts"],
+        last_http_status=row["last_http_status"],
+        state=row["state"],
+        next_attempt_at=row["next_attempt_at"],
+        created_at=row["created_at"],
+    )
+
+
+def _status_event(row: asyncpg.Record) -> StatusEvent:
+    return StatusEvent(
+        event_id=row["event_id"],
+        message_id=row["message_id"],
+        account_id=row["account_id"],
+        to_number=row["to_number"],
+        status=MessageStatus(row["status"]),
+        error_code=row["error_code"],
+        batch_id=row["batch_id"],
+        occurred_at=row["occurred_at"],
+        reference=row["reference"] or "",
+        metadata=row["metadata"] or {},
+    )
+
+
+_DELIVERY_COLUMNS = (
+    "d.id, d.webhook_id, d.event_id, d.event_type, d.attempts, d.last_http_status, "
+    "d.state, d.next_attempt_at, d.created_at"
+)
+
+
+class PgWebhookStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create(
+        self,
+        account_id: int,
+        url: str,
+        event_types: Sequence[int],
+        description: str,
+        secret_sealed: bytes,
+    ) -> WebhookRow:
+        """The endpoint receives the events that happen after its creation."""
+        with unavailable_on_connection_errors():
+            row = await self._pool.fetchrow(
+                f"""
+                INSERT INTO webhooks
+                    (account_id, url, event_types, description, secret_sealed, event_cursor)
+                VALUES ($1, $2, $3, $4, $5,
+                        (SELECT coalesce(max(event_id), 0) FROM message_events))
+                RETURNING {_COLUMNS}
+                """,
+                account_id,
+                url,
+                list(event_types),
+                description,
+                secret_sealed,
+            )
+        assert row is not None
+        return _webhook(row)
+
+    async def get(self, account_id: int, webhook_id: int) -> WebhookRow | None:
+        with unavailable_on_connection_errors():
+            row = await self._pool.fetchrow(
+                f"SELECT {_COLUMNS} FROM webhooks WHERE id = $1 AND account_id = $2",
+                webhook_id,
+                account_id,
+            )
+        return None if row is None else _webhook(row)
+
+    async def list_page(self, account_id: int, after_id: int, limit: int) -> list[WebhookRow]:
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(
+                f"SELECT {_COLUMNS} FROM webhooks WHERE account_id = $1 AND id > $2 "
+                "ORDER BY id LIMIT $3",
+                account_id,
+                after_id,
+                limit,
+            )
+        return [_webhook(r) for r in rows]
+
+    async def delete(self, account_id: int, webhook_id: int) -> bool:
+        with unavailable_on_connection_errors():
+            status = await self._pool.execute(
+                "DELETE FROM webhooks WHERE id = $1 AND account_id = $2", webhook_id, account_id
+            )
+        return bool(status != "DELETE 0")
+
+    async def deliveries_page(
+        self, webhook_id: int, before_id: int, limit: int
+    ) -> list[DeliveryRow]:
+        """Newest first: deliveries with id < before_id."""
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries d "
+                "WHERE d.webhook_id = $1 AND d.id < $2 ORDER BY d.id DESC LIMIT $3",
+                webhook_id,
+                before_id,
+                limit,
+            )
+        return [_delivery(r) for r in rows]
+
+    async def materialise(self, limit: int) -> int:
+        """Turns new message events into deliveries, for every endpoint not locked by
+        another replica. Returns how many deliveries were created."""
+        created = 0
+        with unavailable_on_connection_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                hooks = await conn.fetch(
+                    "SELECT id, account_id, event_cursor FROM webhooks "
+                    "WHERE NOT disabled AND $1 = ANY(event_types) "
+                    "AND event_cursor < (SELECT coalesce(max(event_id), 0) FROM message_events) "
+                    "ORDER BY id FOR UPDATE SKIP LOCKED",
+                    EVENT_TYPE_MESSAGE_STATUS,
+                )
+                for hook in hooks:
+                    row = await conn.fetchrow(
+                        """
+                        WITH events AS (
+                            SELECT event_id, message_id FROM message_events
+                            WHERE event_id > $2 ORDER BY event_id LIMIT $4
+                        ), mine AS (
+                            INSERT INTO webhook_deliveries
+                                (webhook_id, event_id, event_type, order_key)
+                            SELECT $1, e.event_id, $5, e.message_id
+                            FROM events e JOIN message_events m USING (event_id)
+                            WHERE m.account_id = $3
+                            ON CONFLICT (webhook_id, event_id) DO NOTHING
+                            RETURNING 1
+                        )
+                        SELECT (SELECT max(event_id) FROM events) AS last,
+                               (SELECT count(*) FROM mine) AS n
+                        """,
+                        hook["id"],
+                        hook["event_cursor"],
+                        hook["account_id"],
+                        limit,
+                        EVENT_TYPE_MESSAGE_STATUS,
+                    )
+                    assert row is not None
+                    if row["last"] is not None:
+                        await conn.execute(
+                            "UPDATE webhooks SET event_cursor = $2 WHERE id = $1",
+                            hook["id"],
+                            row["last"],
+                        )
+                    created += int(row["n"])
+        return created
+
+    async def claim_due(
+        self, limit: int, lease_seconds: float, busy: Sequence[int] = ()
+    ) -> list[DueDelivery]:
+        """Leases due deliveries: each the earliest pending one of its message for its
+        endpoint (so one message's events go in order), at most one per endpoint and
+        message at a time. Endpoints in ``busy`` (all their slots in use here) are left
+        for later."""
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(
+                f"""
+                WITH due AS (
+                    SELECT d.id FROM webhook_deliveries d
+                    WHERE d.state = {PENDING:d} AND d.next_attempt_at <= now()
+                      AND (d.lease_until IS NULL OR d.lease_until < now())
+                      AND NOT (d.webhook_id = ANY($3::bigint[]))
+                      AND NOT EXISTS (
+                          SELECT 1 FROM webhook_deliveries p
+                          WHERE p.webhook_id = d.webhook_id AND p.order_key = d.order_key
+                            AND p.state = {PENDING:d} AND p.event_id < d.event_id)
+                    ORDER BY d.next_attempt_at, d.id
+                    LIMIT $1 FOR UPDATE SKIP LOCKED
+                ), leased AS (
+                    UPDATE webhook_deliveries d
+                    SET lease_until = now() + make_interval(secs => $2)
+                    FROM due WHERE d.id = due.id
+                    RETURNING d.*
+                )
+                SELECT {_DELIVERY_COLUMNS}, w.url, w.secret_sealed,
+                       m.account_id, m.message_id, m.batch_id, m.to_number,
+                       m.status, m.error_code, m.occurred_at,
+                       -- the caller's reference and metadata, as status streams
+                       -- carry them (the batch's for a batch's messages)
+                       coalesce(b.reference, msg.reference) AS reference,
+                       CASE WHEN b.id IS NULL THEN msg.metadata ELSE b.metadata END
+                           AS metadata
+                FROM leased d
+                JOIN webhooks w ON w.id = d.webhook_id
+                JOIN message_events m ON m.event_id = d.event_id
+                LEFT JOIN messages msg ON msg.id = m.message_id
+                LEFT JOIN batches b ON b.id = m.batch_id
+                WHERE NOT w.disabled
+                ORDER BY d.id
+                """,
+                limit,
+                lease_seconds,
+                list(busy),
+            )
+        return [
+            DueDelivery(_delivery(r), r["url"], bytes(r["secret_sealed"]), _status_event(r))
+            for r in rows
+        ]
+
+    async def release(self, delivery_id: int) -> None:
+        """Gives a leased delivery back untried (its endpoint was busy)."""
+        with unavailable_on_connection_errors():
+            await self._pool.execute(
+                "UPDATE webhook_deliveries SET lease_until = NULL WHERE id = $1", delivery_id
+            )
+
+    async def record_attempt(
+        self, delivery_id: int, http_status: int, state: int, next_attempt_at: datetime | None
+    ) -> None:
+        with unavailable_on_connection_errors():
+            await self._pool.execute(
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, last_http_status = $2, "
+                "state = $3, next_attempt_at = coalesce($4, next_attempt_at), "
+                "lease_until = NULL WHERE id = $1",
+                delivery_id,
+                http_status,
+                state,
+                next_attempt_at,
+            )
+
+    async def disable(self, webhook_id: int) -> None:
+        """After a 410: the endpoint gets nothing more; its pending deliveries fail."""
+        with unavailable_on_connection_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("UPDATE webhooks SET disabled = true WHERE id = $1", webhook_id)
+                await conn.execute(
+                    f"UPDATE webhook_deliveries SET state = {FAILED:d}, lease_until = NULL "
+                    f"WHERE webhook_id = $1 AND state = {PENDING:d}",
+                    webhook_id,
+                )
+
+    async def backlog(self) -> tuple[int, float]:
+        """Pending deliveries (all replicas) and the age in seconds of the oldest."""
+        with unavailable_on_connection_errors():
+            row = await self._pool.fetchrow(
+                "SELECT count(*) AS n, "
+                "coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age "
+                f"FROM webhook_deliveries WHERE state = {PENDING:d}"
+            )
+        assert row is not None
+        return int(row["n"]), float(row["age"])
+
+    async def redeliver(
+        self, webhook_id: int, account_id: int, start: datetime, end: datetime
+    ) -> int:
+        """Schedules again the message events of [start, end) this endpoint has seen;
+        returns how many."""
+        with unavailable_on_connection_errors():
+            count = await self._pool.fetchval(
+                f"""
+                WITH events AS (
+                    SELECT event_id, message_id FROM message_events
+                    WHERE account_id = $2 AND occurred_at >= $3 AND occurred_at < $4
+                      AND event_id <= (SELECT event_cursor FROM webhooks WHERE id = $1)
+                ), scheduled AS (
+                    INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, order_key)
+                    SELECT $1, event_id, $5, message_id FROM events
+                    ON CONFLICT (webhook_id, event_id) DO UPDATE
+                    SET state = {PENDING:d}, next_attempt_at = now(), lease_until = NULL,
+                        created_at = now()
+                    WHERE webhook_deliveries.state <> {PENDING:d}
+                    RETURNING 1
+                )
+                SELECT count(*) FROM events
+                """,
+                webhook_id,
+                account_id,
+                start,
+                end,
+                EVENT_TYPE_MESSAGE_STATUS,
+            )
+        return int(count)

@@ -1,0 +1,1 @@
+"""Webhook delivery: events pushed to callers' HTTPS endpoints."""

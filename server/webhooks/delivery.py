@@ -1,0 +1,216 @@
+"""The webhook delivery worker (one per process).
+
+Each round it turns new message events into deliveries (store.materialise), leases the
+due ones and POSTs each, signed per Standard Webhooks, to its endpoint. 2xx ends a
+delivery; 410 disables the endpoint; anything else (no answer, timeout, 429, 5xx, ...)
+is retried after ``retry_delay``: base, 2 * base, 4 * base ... capped at one hour, each
+times a random factor in [0.5, 1], until ``retry_for`` seconds after the event
+(defaults: 5 s doubling, 25 h — about 30 attempts); a 429's Retry-After is waited
+instead when it is longer. At most ``per_endpoint`` requests are open per endpoint, so
+a slow or dead endpoint holds only its own slots; every request has a timeout and
+follows no redirect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter as Tally
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+from google.protobuf import json_format
+from sms.v1 import webhook_pb2
+
+from server.api import convert
+from server.domain import webhook_signing
+from server.domain.codes import CodeKeys
+from server.domain.errors import InvalidArgument
+from server.http.webhook_url import check_url
+from server.metrics import GatewayMetrics
+from server.store.webhooks import FAILED, PENDING, SUCCEEDED, DueDelivery, PgWebhookStore
+
+log = logging.getLogger(__name__)
+
+MAX_DELAY_SECONDS = 3600.0
+
+
+def retry_delay(attempts: int, base: float, rng: random.Random | None = None) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt (1-based)."""
+    delay: float = min(base * 2.0 ** min(attempts - 1, 30), MAX_DELAY_SECONDS)
+    jitter: float = (rng or random.Random()).uniform(0.5, 1.0)
+    return delay * jitter
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def event_body(due: DueDelivery) -> bytes:
+    event = webhook_pb2.WebhookEvent(
+        id=str(due.event.event_id),
+        type=webhook_pb2.EVENT_TYPE_MESSAGE_STATUS,
+        occurred_at=convert.timestamp(due.event.occurred_at),
+        message_status=convert.status_event(due.event),
+    )
+    return json_format.MessageToJson(event, indent=None).encode()
+
+
+class WebhookDelivery:
+    def __init__(
+        self,
+        store: PgWebhookStore,
+        keys: CodeKeys,
+        metrics: GatewayMetrics,
+        *,
+        allow_insecure: bool,
+        retry_base: float,
+        retry_for: float,
+        interval: float = 0.2,
+        timeout: float = 10.0,
+        per_endpoint: int = 4,
+        capacity: int = 200,
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self._metrics = metrics
+        self._allow_insecure = allow_insecure
+        self._retry_base = retry_base
+        self._retry_for = retry_for
+        self._interval = interval
+        self._timeout = timeout
+        self._per_endpoint = per_endpoint
+        self._capacity = capacity
+        self._open: Tally[int] = Tally()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._wake = asyncio.Event()
+
+    def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            connector=aiohttp.TCPConnector(limit=self._capacity),
+        )
+        self._metrics.watch_webhook_backlog(self._store.backlog)
+        self._loop_task = asyncio.create_task(self._run(), name="webhook-delivery")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def _run(self) -> None:
+        while True:
+            busy = False
+            try:
+                busy = await self._round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("webhook delivery round failed")
+            if not busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._interval)
+                self._wake.clear()
+
+    async def _round(self) -> bool:
+        created = await self._store.materialise(500)
+        room = self._capacity - len(self._tasks)
+        if room <= 0:
+            return False
+        full = [w for w, n in self._open.items() if n >= self._per_endpoint]
+        due = await self._store.claim_due(room, lease_seconds=self._timeout + 30, busy=full)
+        for d in due:
+            if self._open[d.delivery.webhook_id] >= self._per_endpoint:
+                await self._store.release(d.delivery.id)
+                continue
+            self._open[d.delivery.webhook_id] += 1
+            task = asyncio.create_task(self._deliver(d))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return created > 0 or len(due) == room
+
+    async def _deliver(self, due: DueDelivery) -> None:
+        try:
+            status, retry_after = await self._post(due)
+            await self._settle(due, status, retry_after)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("webhook delivery %d failed", due.delivery.id)
+        finally:
+            self._open[due.delivery.webhook_id] -= 1
+            if self._open[due.delivery.webhook_id] <= 0:
+                del self._open[due.delivery.webhook_id]
+            self._wake.set()
+
+    async def _post(self, due: DueDelivery) -> tuple[int, float | None]:
+        """The HTTP status (0: no answer or refused address) and a 429's Retry-After."""
+        assert self._session is not None
+        try:
+            await check_url(due.url, allow_insecure=self._allow_insecure)
+        except InvalidArgument:
+            return 0, None
+        secret = self._keys.unseal(due.secret_sealed)
+        if secret is None:
+            log.error("webhook %d: secret sealed with another key", due.delivery.webhook_id)
+            return 0, None
+        body = event_body(due)
+        headers = webhook_signing.headers(secret, str(due.delivery.id), int(time.time()), body)
+        try:
+            async with self._session.post(
+                due.url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                await response.read()
+                return response.status, retry_after_seconds(response.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return 0, None
+
+    async def _settle(self, due: DueDelivery, status: int, retry_after: float | None) -> None:
+        d = due.delivery
+        if 200 <= status < 300:
+            self._metrics.webhook_deliveries.labels("succeeded").inc()
+            await self._store.record_attempt(d.id, status, SUCCEEDED, None)
+            return
+        if status == 410:
+            self._metrics.webhook_deliveries.labels("gone").inc()
+            # Disabled first, so no later event of the endpoint is claimed meanwhile.
+            await self._store.disable(d.webhook_id)
+            await self._store.record_attempt(d.id, status, FAILED, None)
+            return
+        delay = retry_delay(d.attempts + 1, self._retry_base)
+        if status == 429 and retry_after is not None:
+            delay = max(delay, retry_after)
+        now = datetime.now(UTC)
+        next_at = now + timedelta(seconds=delay)
+        if next_at > d.created_at + timedelta(seconds=self._retry_for):
+            self._metrics.webhook_deliveries.labels("failed").inc()
+            await self._store.record_attempt(d.id, status, FAILED, None)
+        else:
+            self._metrics.webhook_deliveries.labels("retried").inc()
+            await self._store.record_attempt(d.id, status, PENDING, next_at)
