@@ -16,7 +16,7 @@ import json
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import grpc
@@ -64,6 +64,7 @@ def same_rows(n: int) -> list[tuple[object, ...]]:
             now,
             None,
             {"name": f"user{i}", "order_no": f"A-{i}"},
+            now + timedelta(hours=24),  # expires_at: the server's message TTL
         )
         for i in range(n)
     ]
