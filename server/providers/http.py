@@ -15,6 +15,13 @@ from typing import Any
 
 import aiohttp
 
+from server.domain.models import MessageStatus
+from server.domain.ports import SendOutcome
+
+# A bulk request that may have reached the provider, though no answer says so: its
+# messages end UNDELIVERED with this code rather than risk a second message each.
+BULK_OUTCOME_UNKNOWN = "BULK_OUTCOME_UNKNOWN"
+
 
 class TransientHttpError(Exception):
     """A failure worth retrying; ``code`` becomes the message's error_code."""
@@ -70,3 +77,22 @@ async def call(
             return HttpAnswer(status, None)
         raise TransientHttpError("BAD_RESPONSE", f"HTTP {status}, not JSON") from exc
     return HttpAnswer(status, body)
+
+
+def bulk_outcome_unknown() -> SendOutcome:
+    """The outcome of each message of a bulk request whose answer never came."""
+    return SendOutcome(
+        accepted=False,
+        retryable=False,
+        error_code=BULK_OUTCOME_UNKNOWN,
+        final_status=MessageStatus.UNDELIVERED,
+    )
+
+
+def was_not_sent(exc: TransientHttpError, unsent_statuses: frozenset[str]) -> bool:
+    """True when the failure shows the provider did not act on the request: one of
+    ``unsent_statuses`` (the provider's answers that say so), or a connection that was
+    never made."""
+    if exc.code in unsent_statuses:
+        return True
+    return exc.code == "CONNECTION" and isinstance(exc.__cause__, aiohttp.ClientConnectorError)

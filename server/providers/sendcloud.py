@@ -51,7 +51,13 @@ import aiohttp
 from server.domain.models import Channel, MessageStatus, OutboundMessage, UseType
 from server.domain.ports import Capabilities, ProviderError, ProviderRef, Receipt, SendOutcome
 from server.providers import sendcloud_status
-from server.providers.http import TransientHttpError, call, new_session
+from server.providers.http import (
+    TransientHttpError,
+    bulk_outcome_unknown,
+    call,
+    new_session,
+    was_not_sent,
+)
 from server.providers.sendcloud_codes import RETURN_CODES, Verdict, refusal
 from server.providers.sendcloud_hook import HookVerifier, receipt_from_hook
 
@@ -68,25 +74,8 @@ _DUPLICATE = 400
 _PARTIAL = 311
 _ALL_FAILED = 312
 BULK_REPEAT_DELAYS = (0.5, 2.0)  # seconds before asking a lost bulk answer again
-OUTCOME_UNKNOWN = "BULK_OUTCOME_UNKNOWN"
 # Answers that say SendCloud did not act on the request: safe to send again later.
 _UNSENT_STATUSES = frozenset({"HTTP_500", "HTTP_503", "HTTP_429"})
-
-
-def bulk_outcome_unknown() -> SendOutcome:
-    """A bulk request that may have been sent, though no answer says so."""
-    return SendOutcome(
-        accepted=False,
-        retryable=False,
-        error_code=OUTCOME_UNKNOWN,
-        final_status=MessageStatus.UNDELIVERED,
-    )
-
-
-def _was_not_sent(exc: TransientHttpError) -> bool:
-    if exc.code in _UNSENT_STATUSES:
-        return True
-    return exc.code == "CONNECTION" and isinstance(exc.__cause__, aiohttp.ClientConnectorError)
 
 
 def sign_request(params: Mapping[str, str], sms_key: str) -> str:
@@ -316,7 +305,7 @@ class SendCloudTransport:
             try:
                 body = await self._post(request.endpoint, request.params)
             except TransientHttpError as exc:
-                if _was_not_sent(exc):
+                if was_not_sent(exc, _UNSENT_STATUSES):
                     outcome = SendOutcome(accepted=False, retryable=True, error_code=exc.code)
                     return [outcome] * len(request.phones)
                 if delay is None:

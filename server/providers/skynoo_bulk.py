@@ -35,11 +35,15 @@ import logging
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-import aiohttp
-
 from server.domain.models import Channel, MessageStatus, OutboundMessage, UseType
 from server.domain.ports import ProviderError, ProviderRef, Receipt, SendOutcome
-from server.providers.http import HttpAnswer, TransientHttpError
+from server.providers.http import (
+    BULK_OUTCOME_UNKNOWN,
+    HttpAnswer,
+    TransientHttpError,
+    bulk_outcome_unknown,
+)
+from server.providers.http import was_not_sent as http_was_not_sent
 from server.providers.skynoo import USE_TYPES, SkynooTransport, envelope_code, send_outcome
 from server.providers.skynoo_codes import (
     BATCH_CREATE_PATH,
@@ -54,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BULK = 1000
 TASK_PREFIX = "task:"
-OUTCOME_UNKNOWN = "BULK_OUTCOME_UNKNOWN"
+OUTCOME_UNKNOWN = BULK_OUTCOME_UNKNOWN
 # Answers that say the request was not carried out: safe to send again.
 UNSENT_STATUSES = frozenset({"HTTP_500", "HTTP_503"})
 
@@ -128,19 +132,12 @@ def create_outcome(answer: HttpAnswer) -> SendOutcome | int:
 
 
 def unknown_outcome() -> SendOutcome:
-    return SendOutcome(
-        accepted=False,
-        retryable=False,
-        error_code=OUTCOME_UNKNOWN,
-        final_status=MessageStatus.UNDELIVERED,
-    )
+    return bulk_outcome_unknown()
 
 
 def was_not_sent(exc: TransientHttpError) -> bool:
     """True when the failure shows Skynoo did not act on the request."""
-    if exc.code in UNSENT_STATUSES:
-        return True
-    return exc.code == "CONNECTION" and isinstance(exc.__cause__, aiohttp.ClientConnectorError)
+    return http_was_not_sent(exc, UNSENT_STATUSES)
 
 
 def record_receipt(provider: str, ref: ProviderRef, record: Mapping[str, Any]) -> Receipt | None:

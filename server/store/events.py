@@ -49,7 +49,8 @@ event_log_lock AS (
 )"""
 
 
-def _event(row: asyncpg.Record) -> StatusEvent:
+def status_event(row: asyncpg.Record) -> StatusEvent:
+    """A StatusEvent from a row of ``_COLUMNS`` (also the webhook deliveries' rows)."""
     return StatusEvent(
         event_id=row["event_id"],
         message_id=row["message_id"],
@@ -86,7 +87,7 @@ class PgEventLog:
                 after_event_id,
                 limit,
             )
-        return [_event(r) for r in rows]
+        return [status_event(r) for r in rows]
 
     async def events_after(
         self, account_id: int, after_event_id: int, ids: Sequence[str] | None, limit: int
@@ -112,7 +113,7 @@ class PgEventLog:
                     after_event_id,
                     limit,
                 )
-        return [_event(r) for r in rows]
+        return [status_event(r) for r in rows]
 
     async def count_after(
         self, account_id: int, after_event_id: int, ids: Sequence[str] | None, limit: int
@@ -142,4 +143,4 @@ class PgEventLog:
                 account_id,
                 list(ids),
             )
-        return [_event(r) for r in rows]
+        return [status_event(r) for r in rows]

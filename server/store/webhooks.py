@@ -16,7 +16,8 @@ from datetime import datetime
 
 import asyncpg
 
-from server.domain.models import MessageStatus, StatusEvent
+from server.domain.models import StatusEvent
+from server.store.events import status_event
 from server.store.pool import unavailable_on_connection_errors
 
 # Delivery states, as sms.v1.DeliveryState numbers them (named in the SQL below).
@@ -81,21 +82,6 @@ def _delivery(row: asyncpg.Record) -> DeliveryRow:
         state=row["state"],
         next_attempt_at=row["next_attempt_at"],
         created_at=row["created_at"],
-    )
-
-
-def _status_event(row: asyncpg.Record) -> StatusEvent:
-    return StatusEvent(
-        event_id=row["event_id"],
-        message_id=row["message_id"],
-        account_id=row["account_id"],
-        to_number=row["to_number"],
-        status=MessageStatus(row["status"]),
-        error_code=row["error_code"],
-        batch_id=row["batch_id"],
-        occurred_at=row["occurred_at"],
-        reference=row["reference"] or "",
-        metadata=row["metadata"] or {},
     )
 
 
@@ -272,7 +258,7 @@ class PgWebhookStore:
                 list(busy),
             )
         return [
-            DueDelivery(_delivery(r), r["url"], bytes(r["secret_sealed"]), _status_event(r))
+            DueDelivery(_delivery(r), r["url"], bytes(r["secret_sealed"]), status_event(r))
             for r in rows
         ]
 
