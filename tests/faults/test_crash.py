@@ -435,15 +435,25 @@ async def check_takeover(conn: asyncpg.Connection, kills: list[Kill], summary: s
     assert leases, "no kill caught a message in flight: the test proved nothing"
     rows = await conn.fetch(
         "SELECT m.id, m.attempts, m.batch_id IS NOT NULL AS bulk, "
+        "  m.to_number LIKE $2 || '%' AND m.status = $3 AS delivered_by_sendcloud, "
         "  (SELECT min(e.occurred_at) FROM message_events e "
         "   WHERE e.message_id = m.id AND e.status >= 3) AS sent_at "
         "FROM messages m WHERE m.id = ANY($1::text[])",
         list(leases),
+        CLOUD_PREFIX,
+        common_pb2.MESSAGE_STATUS_DELIVERED,
     )
     assert len(rows) == len(leases), summary
     lags: dict[bool, list[float]] = {False: [], True: []}
+    confirmed = 0
     for row in rows:
         last = max(leases[row["id"]], key=lambda lease: lease.until)
+        if row["attempts"] == last.attempts and row["delivered_by_sendcloud"]:
+            # SendCloud's SMSHook names our message (the tag sent with it): the send
+            # the dead worker made is confirmed by its receipt, so it is final before
+            # its lease runs out and is neither claimed nor sent again.
+            confirmed += 1
+            continue
         assert row["attempts"] > last.attempts, f"{summary}; {row['id']} never claimed again"
         assert row["sent_at"] is not None, f"{summary}; {row['id']} never sent"
         lags[row["bulk"]].append((row["sent_at"] - last.until).total_seconds())
@@ -453,7 +463,11 @@ async def check_takeover(conn: asyncpg.Connection, kills: list[Kill], summary: s
                 f"leases taken over: {len(lags[bulk])} {kind} messages sent again "
                 f"{min(lags[bulk]):.2f} to {max(lags[bulk]):.2f} s after their lease ran out"
             )
+    if confirmed:
+        print(f"leases settled by a SendCloud receipt before their takeover: {confirmed}")
     all_lags = lags[False] + lags[True]
-    assert min(all_lags) > 0, f"{summary}; a message was taken over before its lease ran out"
+    assert min(all_lags, default=1.0) > 0, (
+        f"{summary}; a message was taken over before its lease ran out"
+    )
     late = max(lags[False], default=0.0)
     assert late < TAKEOVER_WITHIN, f"{summary}; a single message taken over {late:.1f} s late"
