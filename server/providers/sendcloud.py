@@ -60,6 +60,7 @@ from server.providers.http import (
 )
 from server.providers.sendcloud_codes import RETURN_CODES, Verdict, refusal
 from server.providers.sendcloud_hook import HookVerifier, receipt_from_hook
+from server.providers.sendcloud_status import as_int
 
 log = logging.getLogger(__name__)
 
@@ -503,7 +504,7 @@ class SendCloudTransport:
         except TransientHttpError:
             return False
         info = answer.body.get("info") if isinstance(answer.body, dict) else None
-        server_ms = _as_int(info.get("timestamp")) if isinstance(info, dict) else None
+        server_ms = as_int(info.get("timestamp")) if isinstance(info, dict) else None
         if server_ms is None:
             return False
         self._clock_offset_ms = server_ms - int(time.time() * 1000)
@@ -533,18 +534,8 @@ def _add_tag(params: dict[str, str], message_id: str) -> None:
         params["tag"] = tag
 
 
-def _as_int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
-    return None
-
-
 def _status_code(body: Any) -> int | None:
-    return _as_int(body.get("statusCode")) if isinstance(body, dict) else None
+    return as_int(body.get("statusCode")) if isinstance(body, dict) else None
 
 
 def _sms_ids(body: Any) -> list[str]:

@@ -98,7 +98,7 @@ def outcome(record: Mapping[str, Any]) -> tuple[MessageStatus, str] | None:
     on it (or says something we cannot read: the next poll asks again)."""
     status = record.get("status")
     word = status.strip().lower() if isinstance(status, str) else ""
-    code = _as_int(record.get("statusCode"))
+    code = as_int(record.get("statusCode"))
     if word.startswith(_PENDING):
         return None
     if code == 200 or (code is None and word.startswith(_DELIVERED)):
@@ -128,7 +128,7 @@ def receipts(provider: str, refs: Sequence[ProviderRef], body: Any) -> list[Rece
 def total(body: Any) -> int:
     """How many records match the query in all (``info.total``, a string on the page)."""
     info = body.get("info") if isinstance(body, dict) else None
-    value = _as_int(info.get("total")) if isinstance(info, dict) else None
+    value = as_int(info.get("total")) if isinstance(info, dict) else None
     return value or 0
 
 
@@ -146,7 +146,8 @@ def newest_by_receiver(pages: Sequence[Any]) -> dict[str, str]:
     return {receiver: sms_id for receiver, (_, sms_id) in newest.items()}
 
 
-def _as_int(value: object) -> int | None:
+def as_int(value: object) -> int | None:
+    """A number SendCloud may write as an int or as a string of digits."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
