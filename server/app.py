@@ -24,8 +24,10 @@ import asyncpg
 import grpc
 from aiohttp import web
 from sms.v1 import (
+    account_pb2_grpc,
     batch_pb2_grpc,
     message_pb2_grpc,
+    suppression_pb2_grpc,
     template_pb2_grpc,
     verification_pb2_grpc,
     webhook_pb2_grpc,
@@ -35,6 +37,7 @@ from server.api.batch_service import BatchServicer
 from server.api.interceptors import GatewayInterceptor
 from server.api.message_service import MessageServicer
 from server.api.server import SERVICE_NAMES, enable_reflection, grpc_server
+from server.api.suppression_service import SuppressionServicer
 from server.api.template_service import TemplateServicer
 from server.api.verification_service import VerificationServicer
 from server.api.webhook_service import WebhookServicer
@@ -56,6 +59,7 @@ from server.domain.codes import CodeKeys
 from server.domain.limits import AuthFailureThrottle, RateLimits, StreamCaps
 from server.domain.messaging import Messaging
 from server.domain.outbox_codes import CodeOpeningOutbox
+from server.domain.suppression import Suppressions
 from server.domain.template_catalog import TemplateCatalog
 from server.domain.verification import Verifications
 from server.health import DatabaseHealth
@@ -74,6 +78,7 @@ from server.store.messages import PgMessageStore
 from server.store.outbox import PgOutbox
 from server.store.pool import create_pool
 from server.store.server_keys import load_or_create_key
+from server.store.suppressions import PgSuppressionStore
 from server.store.templates import PgTemplateStore
 from server.store.velocity import PgVelocityCounters
 from server.store.verifications import PgVerificationStore
@@ -171,6 +176,7 @@ class Gateway:
             self._poller.start()
 
         templates = PgTemplateStore(pool)
+        suppressions = PgSuppressionStore(pool)
         message_store = PgMessageStore(pool)
         routes = ProviderRoutes(self.providers)
         messaging = Messaging(
@@ -179,6 +185,7 @@ class Gateway:
             routes=routes,
             on_accepted=self._dispatcher.wake,
             mobile_intervals=s.mobile_intervals,
+            suppressions=suppressions,
         )
         velocity = PgVelocityCounters(pool)
         verification_store = PgVerificationStore(pool, velocity)
@@ -189,6 +196,7 @@ class Gateway:
             s.otp,
             routes=routes,
             on_accepted=self._dispatcher.wake,
+            suppressions=suppressions,
         )
         self._maintenance = Maintenance(verification_store, velocity, message_store)
         self._maintenance.start()
@@ -247,6 +255,14 @@ class Gateway:
                 retry_for=s.webhook_retry_for_seconds,
             )
             self._webhooks.start()
+        suppression_pb2_grpc.add_SuppressionServiceServicer_to_server(
+            SuppressionServicer(Suppressions(suppressions, s.default_region)), server
+        )
+        # Not built yet: every method answers UNIMPLEMENTED.
+        account_pb2_grpc.add_AccountServiceServicer_to_server(
+            account_pb2_grpc.AccountServiceServicer(),  # type: ignore[abstract]
+            server,
+        )
         self.health.add_to_server(server)
         enable_reflection(server)
         self.grpc_port = listen_grpc(server, s.grpc_addr, s.tls)

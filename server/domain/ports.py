@@ -108,6 +108,9 @@ class Receipt:
     status: MessageStatus
     error_code: str = ""
     provider_message_id: str = ""
+    # A SuppressionReason number when the receipt says the recipient must not be sent
+    # to again (unsubscribed, blocked): the number is suppressed with the receipt.
+    suppress: int = 0
 
 
 class ReceiptSink(Protocol):
@@ -251,6 +254,8 @@ class ClaimedMessage:
     # The caller's validity: not handed to a provider by then, it ends EXPIRED
     # (None: the server's message TTL from created_at).
     expires_at: datetime | None = None
+    # The account suppressed the number (for this use type) after accepting it.
+    suppressed: bool = False
 
 
 @dataclass(frozen=True)
@@ -266,6 +271,8 @@ class Transition:
     # False: no provider was asked (every breaker open), so the claim's attempt is
     # given back; a message must not run out of attempts while it cannot be tried.
     attempted: bool = True
+    # A SuppressionReason number: the number is suppressed with this change (receipts).
+    suppress: int = 0
 
 
 @dataclass(frozen=True)
@@ -276,6 +283,7 @@ class ProviderReceipt:
     provider_message_id: str
     status: MessageStatus
     error_code: str = ""
+    suppress: int = 0  # as Receipt.suppress
 
 
 class Outbox(Protocol):

@@ -49,6 +49,7 @@ from server.domain.otp_guard import (
 from server.domain.phones import normalize_mobile
 from server.domain.ports import IdempotencyKey, Routes, TemplateRepository
 from server.domain.segments import count_segments
+from server.domain.suppression import SuppressionRepository, recipient_suppressed
 from server.domain.template_text import ParsedTemplate, render
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,10 @@ class Verifications:
         routes: Routes,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_accepted: Callable[[], None] = lambda: None,
+        suppressions: SuppressionRepository | None = None,
     ) -> None:
         self._store = store
+        self._suppressions = suppressions
         self._templates = templates
         self._codes = codes
         self._settings = settings
@@ -229,6 +232,10 @@ class Verifications:
                 ", ".join(allowlist.monitored),
             )
         raise_if_blocked(allowlist)
+        if self._suppressions is not None and await self._suppressions.is_suppressed(
+            caller.account_id, mobile, UseType.VERIFICATION
+        ):
+            raise recipient_suppressed(mobile)
         body, template_code, template_data = await self._body(caller, cmd.template_id, minutes)
 
         code = cmd.code or generate_code(length)

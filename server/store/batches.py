@@ -1,7 +1,8 @@
 """Batch tasks: creation in one transaction (COPY), counts, paging and cancel.
 
-Creation writes the batch row, COPYs every accepted message and inserts their
-first events with one statement under the event-log lock, all in one transaction:
+Creation writes the batch row, COPYs every accepted message, takes out the numbers
+the account suppressed (one join: rejected with RECIPIENT_SUPPRESSED) and inserts
+their first events with one statement under the event-log lock, all in one transaction:
 a crash or error stores nothing. Counts change in the statement that records each
 message's status (store/outbox.py), so they are exact at any moment.
 """
@@ -15,10 +16,12 @@ import asyncpg
 from server.domain.batch_tasks import BatchMessageRow, BatchOptions, BatchRecord
 from server.domain.models import MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey, Transition
+from server.domain.suppression import BATCH_REASON
 from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log
 from server.store.idempotency import claim_key
 from server.store.outbox import ChangeSink, StatusChanges, apply_transitions
 from server.store.pool import retry_on_conflict, unavailable_on_connection_errors
+from server.store.suppressions import matches
 
 MESSAGE_COLUMNS = (
     "id",
@@ -45,6 +48,14 @@ SELECT nextval('message_event_ids'), m.id, m.account_id, m.batch_id, m.to_number
        m.created_at
 FROM messages m CROSS JOIN event_log_lock
 WHERE m.batch_id = $1
+"""
+
+# The batch's suppressed numbers, taken out of it after the COPY: one join of the
+# batch's rows with the account's suppressions (both by index), not a look-up per number.
+_TAKE_SUPPRESSED = f"""
+DELETE FROM messages m USING suppressions s
+WHERE m.batch_id = $1 AND {matches("$2", "m.to_number", "$3")}
+RETURNING m.to_number
 """
 
 _COLUMNS = (
@@ -141,6 +152,13 @@ class PgBatchStore:
                         "messages", columns=MESSAGE_COLUMNS, records=map(_row, part)
                     )
                     total += len(part)
+                if total:
+                    suppressed = await conn.fetch(_TAKE_SUPPRESSED, batch_id, account_id, use_type)
+                    total -= len(suppressed)
+                    rejected = [
+                        *rejected,
+                        *((r["to_number"], BATCH_REASON) for r in suppressed),
+                    ]
                 # Nothing accepted: nothing can be sent (failed).
                 row = await conn.fetchrow(
                     f"UPDATE batches SET total = $2, status = $3, rejected = $4 "
