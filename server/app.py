@@ -33,6 +33,7 @@ from sms.v1 import (
     webhook_pb2_grpc,
 )
 
+from server.api.account_service import AccountServicer
 from server.api.batch_service import BatchServicer
 from server.api.interceptors import GatewayInterceptor
 from server.api.message_service import MessageServicer
@@ -258,10 +259,8 @@ class Gateway:
         suppression_pb2_grpc.add_SuppressionServiceServicer_to_server(
             SuppressionServicer(Suppressions(suppressions, s.default_region)), server
         )
-        # Not built yet: every method answers UNIMPLEMENTED.
         account_pb2_grpc.add_AccountServiceServicer_to_server(
-            account_pb2_grpc.AccountServiceServicer(),  # type: ignore[abstract]
-            server,
+            AccountServicer(PgAccountStore(pool)), server
         )
         self.health.add_to_server(server)
         enable_reflection(server)

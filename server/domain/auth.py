@@ -129,6 +129,7 @@ class Authenticator:
             quiet_hours=credential.quiet_hours,
             send_per_second=credential.send_per_second,
             query_per_second=credential.query_per_second,
+            admin=credential.admin,
         )
 
     async def recheck(self, authorization: str | None) -> None:

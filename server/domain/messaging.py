@@ -55,6 +55,7 @@ class Caller:
     quiet_hours: QuietHours | None = None  # marketing is held during these windows
     send_per_second: float | None = None  # None: the server's default rate
     query_per_second: float | None = None
+    admin: bool = False  # an operator's credential: may call AccountService
 
     def marketing_release(self, use_type: UseType, to_number: str, due: datetime) -> datetime:
         """When a message may go: marketing waits for the recipient's quiet hours to end."""

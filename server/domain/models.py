@@ -101,6 +101,7 @@ class Credential:
     quiet_hours: QuietHours | None = None
     send_per_second: float | None = None
     query_per_second: float | None = None
+    admin: bool = False  # may call AccountService
 
 
 @dataclass(frozen=True)

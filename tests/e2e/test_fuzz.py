@@ -34,9 +34,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sms.v1 import (
+    account_pb2,
     batch_pb2,
     common_pb2,
     message_pb2,
+    suppression_pb2,
     template_pb2,
     verification_pb2,
     webhook_pb2,
@@ -59,6 +61,8 @@ SERVICES = [
         (batch_pb2.DESCRIPTOR, "BatchService"),
         (template_pb2.DESCRIPTOR, "TemplateService"),
         (webhook_pb2.DESCRIPTOR, "WebhookService"),
+        (suppression_pb2.DESCRIPTOR, "SuppressionService"),
+        (account_pb2.DESCRIPTOR, "AccountService"),
     )
 ]
 METHODS = [method for service in SERVICES for method in service.methods]
