@@ -19,7 +19,8 @@ from server.domain.account_admin import (
     require_admin,
     set_fields,
 )
-from server.domain.errors import InvalidArgument, NotFound
+from server.domain.errors import FieldViolation, InvalidArgument, NotFound
+from server.domain.fields import check_id
 from server.domain.models import Credential
 from server.domain.pagination import decode_page_token, encode_page_token, page_size
 from server.store.accounts import AccountListing, PgAccountStore
@@ -148,7 +149,11 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         self, request: account_pb2.RevokeCredentialRequest, context: Context
     ) -> empty_pb2.Empty:
         require_admin(current_caller())
-        if not request.api_key or not await self._accounts.revoke_credential(request.api_key):
+        violations: list[FieldViolation] = []
+        check_id(request.api_key, "api_key", violations)
+        if violations:
+            raise InvalidArgument(violations)
+        if not await self._accounts.revoke_credential(request.api_key):
             raise NotFound(
                 f"no active credential {request.api_key!r}", reason="CREDENTIAL_NOT_FOUND"
             )

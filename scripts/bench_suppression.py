@@ -1,0 +1,126 @@
+"""CreateBatch against a large suppression list: the batch's check is one join in
+PostgreSQL, so a 100,000-number batch should cost about the same with 1,000,000
+suppressed numbers as with none (issue 19: within P2, <= 6x a raw COPY).
+
+    .venv/bin/python scripts/bench_suppression.py               # 100,000 vs 1,000,000
+    .venv/bin/python scripts/bench_suppression.py --quick       # 2,000 vs 20,000 (CI)
+
+Starts its own ``smsgw serve`` (embedded PostgreSQL in a temp dir, or DATABASE_URL)
+with no dispatch workers (accept only), on 127.0.0.1. The suppression list is COPYed
+into the database directly (setting it up through AddSuppressions would take 100
+calls); 1% of the batch's numbers are on it. Prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+
+import asyncpg
+import grpc
+from bench_batch import raw_copy, request
+from bench_common import database_label, smsgw_dsn, start_smsgw, stop_process, workspace
+from sms.v1 import batch_pb2_grpc
+
+from server.domain.suppression import DEFAULT_USE_TYPES, SuppressionReason
+
+OPTIONS = [
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", 64 << 20),
+]
+
+
+async def create_batches(
+    target: str, metadata: tuple[tuple[str, str], ...], n: int, runs: int
+) -> tuple[list[float], int]:
+    """Seconds each of ``runs`` CreateBatch calls of request(n) took; rejected count."""
+    times: list[float] = []
+    rejected = 0
+    async with grpc.aio.insecure_channel(target, options=OPTIONS) as channel:
+        stub = batch_pb2_grpc.BatchServiceStub(channel)
+        req = request(n)
+        for _ in range(runs):
+            start = time.perf_counter()
+            reply = await stub.CreateBatch(req, metadata=metadata, timeout=300)
+            times.append(time.perf_counter() - start)
+            rejected = len(reply.rejected)
+            assert reply.accepted_count + rejected == n
+    return times, rejected
+
+
+async def fill_suppressions(dsn: str, entries: int, batch_numbers: int) -> int:
+    """COPYs ``entries`` suppressions for the bench account: every 100th number of the
+    batch, and the rest numbers outside it. Returns how many of the batch's are on it."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        account_id = await conn.fetchval("SELECT max(id) FROM accounts WHERE name = 'bench'")
+        in_batch = [f"+86138{i:08d}" for i in range(0, batch_numbers, 100)][:entries]
+        others = (f"+86139{i:08d}" for i in range(entries - len(in_batch)))
+        use_types = [int(t) for t in DEFAULT_USE_TYPES]
+        reason = int(SuppressionReason.MANUAL)
+        records = ((account_id, m, reason, use_types) for m in [*in_batch, *others])
+        await conn.copy_records_to_table(
+            "suppressions",
+            columns=("account_id", "mobile", "reason", "use_types"),
+            records=records,
+        )
+        await conn.execute("ANALYZE suppressions")
+        return len(in_batch)
+    finally:
+        await conn.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--numbers", type=int, default=100_000)
+    parser.add_argument("--suppressions", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3, help="CreateBatch calls per case")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.numbers, args.suppressions, args.runs = 2_000, 20_000, 2
+    with workspace("smsgw-bench-suppression-") as (procs, tmp):
+        gw = start_smsgw(tmp, procs, {"SMSGW_DISPATCH_WORKERS": "0"}, 180)
+        dsn = smsgw_dsn(gw.log)
+        if dsn is None:
+            raise RuntimeError("cannot find the database smsgw uses")
+        copy_s = asyncio.run(raw_copy(dsn, args.numbers))["table"]
+        # A small batch first: connections and plans warm, as in a running server.
+        asyncio.run(create_batches(gw.target, gw.metadata, 1_000, 1))
+        without, none_rejected = asyncio.run(
+            create_batches(gw.target, gw.metadata, args.numbers, args.runs)
+        )
+        start = time.perf_counter()
+        listed = asyncio.run(fill_suppressions(dsn, args.suppressions, args.numbers))
+        fill_s = time.perf_counter() - start
+        with_list, rejected = asyncio.run(
+            create_batches(gw.target, gw.metadata, args.numbers, args.runs)
+        )
+        stop_process(gw.proc)
+    assert none_rejected == 0 and rejected == listed, (none_rejected, rejected, listed)
+    base, checked = statistics.median(without), statistics.median(with_list)
+    print(
+        f"batch {args.numbers:,} numbers, {args.suppressions:,} suppressions "
+        f"({listed:,} of the batch's numbers), {args.runs} runs each (median), "
+        f"database: {database_label()}"
+    )
+    rows = [
+        ("raw COPY of the same rows into a messages-like table, s", f"{copy_s:.2f}"),
+        ("CreateBatch, no suppressions, s", f"{base:.2f}"),
+        (f"CreateBatch, {args.suppressions:,} suppressions, s", f"{checked:.2f}"),
+        ("numbers rejected RECIPIENT_SUPPRESSED", f"{rejected:,}"),
+        ("ratio with / without suppressions", f"{checked / base:.2f}"),
+        ("ratio with suppressions / raw COPY (P2 target <= 6)", f"{checked / copy_s:.1f}"),
+        ("setting up the list (COPY + ANALYZE), s", f"{fill_s:.1f}"),
+    ]
+    print(f"{'figure':<58}{'value':>12}")
+    for name, value in rows:
+        print(f"{name:<58}{value:>12}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
