@@ -3,7 +3,7 @@ the store methods ``smsgw account …`` and ``smsgw credential …`` use."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from google.protobuf import empty_pb2
@@ -40,6 +40,9 @@ def _account(row: AccountListing) -> account_pb2.Account:
         quiet_hours=quiet_hours_text(row.quiet_hours),
         send_per_second=row.send_per_second,
         query_per_second=row.query_per_second,
+        allowed_countries=list(row.allowed_countries or ()),
+        daily_message_cap=row.daily_message_cap,
+        per_mobile_daily_cap=row.per_mobile_daily_cap,
     )
 
 
@@ -64,7 +67,16 @@ def _values(account: account_pb2.Account) -> AccountValues:
         quiet_hours=list(account.quiet_hours),
         send_per_second=account.send_per_second if account.HasField("send_per_second") else None,
         query_per_second=account.query_per_second if account.HasField("query_per_second") else None,
+        allowed_countries=list(account.allowed_countries),
+        daily_message_cap=_optional(account, "daily_message_cap"),
+        per_mobile_daily_cap=_optional(account, "per_mobile_daily_cap"),
     )
+
+
+def _optional(
+    account: account_pb2.Account, name: Literal["daily_message_cap", "per_mobile_daily_cap"]
+) -> int | None:
+    return int(getattr(account, name)) if account.HasField(name) else None
 
 
 def _not_found(account_id: int) -> NotFound:

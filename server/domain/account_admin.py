@@ -27,7 +27,11 @@ MASKABLE = (
     "quiet_hours",
     "send_per_second",
     "query_per_second",
+    "allowed_countries",
+    "daily_message_cap",
+    "per_mobile_daily_cap",
 )
+MAX_CAP = 1_000_000_000
 
 
 def require_admin(caller: Caller) -> None:
@@ -50,6 +54,9 @@ class AccountValues:
     quiet_hours: Sequence[str] = ()
     send_per_second: float | None = None
     query_per_second: float | None = None
+    allowed_countries: Sequence[str] = ()
+    daily_message_cap: int | None = None
+    per_mobile_daily_cap: int | None = None
 
 
 def quiet_hours_text(hours: QuietHours | None) -> list[str]:
@@ -77,8 +84,13 @@ def _check(path: str, values: AccountValues, prefix: str, out: list[FieldViolati
         if n is not None and not 1 <= n <= 100:
             out.append(FieldViolation(where, "1 to 100, or unset for the server's default"))
         return n
-    if path == "otp_allowed_regions":
-        regions = [check_region_code(r) for r in values.otp_allowed_regions]
+    if path in ("otp_allowed_regions", "allowed_countries"):
+        given = (
+            values.otp_allowed_regions
+            if path == "otp_allowed_regions"
+            else values.allowed_countries
+        )
+        regions = [check_region_code(r) for r in given]
         if None in regions:
             out.append(FieldViolation(where, "ISO 3166 region codes (CN, US, ...)"))
         return sorted({r for r in regions if r}) or None
@@ -90,6 +102,13 @@ def _check(path: str, values: AccountValues, prefix: str, out: list[FieldViolati
         except InvalidArgument as exc:
             out.extend(exc.violations)
             return None
+    if path in ("daily_message_cap", "per_mobile_daily_cap"):
+        cap = (
+            values.daily_message_cap if path == "daily_message_cap" else values.per_mobile_daily_cap
+        )
+        if cap is not None and not 0 <= cap <= MAX_CAP:
+            out.append(FieldViolation(where, f"0 to {MAX_CAP:,}, or unset for no cap"))
+        return cap
     rate = values.send_per_second if path == "send_per_second" else values.query_per_second
     if rate is not None and not 0 < rate <= MAX_RATE:
         out.append(FieldViolation(where, f"more than 0, at most {MAX_RATE:,.0f}"))
@@ -122,6 +141,9 @@ def set_fields(values: AccountValues) -> list[str]:
         ("quiet_hours", bool(values.quiet_hours)),
         ("send_per_second", values.send_per_second is not None),
         ("query_per_second", values.query_per_second is not None),
+        ("allowed_countries", bool(values.allowed_countries)),
+        ("daily_message_cap", values.daily_message_cap is not None),
+        ("per_mobile_daily_cap", values.per_mobile_daily_cap is not None),
     ]
     return ["name", "verified", *(name for name, yes in given if yes)]
 

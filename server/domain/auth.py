@@ -130,6 +130,11 @@ class Authenticator:
             send_per_second=credential.send_per_second,
             query_per_second=credential.query_per_second,
             admin=credential.admin,
+            allowed_countries=None
+            if credential.allowed_countries is None
+            else frozenset(credential.allowed_countries),
+            daily_message_cap=credential.daily_message_cap,
+            per_mobile_daily_cap=credential.per_mobile_daily_cap,
         )
 
     async def recheck(self, authorization: str | None) -> None:

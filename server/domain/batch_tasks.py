@@ -27,6 +27,7 @@ from server.domain.fields import (
     check_text,
     storable,
 )
+from server.domain.guardrails import COUNTRY_BATCH_REASON, DailyCaps, country_allowed
 from server.domain.messaging import (
     MAX_SCHEDULE_AHEAD,
     Caller,
@@ -120,6 +121,7 @@ class BatchRepository(Protocol):
         key: IdempotencyKey | None = None,
         content: str | None = None,
         options: BatchOptions | None = None,
+        caps: DailyCaps | None = None,
     ) -> BatchRecord:
         """Stores the batch row and every message of ``messages`` (slices, read in
         turn) in one transaction, or nothing. ``rejected`` is complete only once
@@ -262,6 +264,8 @@ class Batches:
                         raise no_route("these messages (their numbers, use type and content)")
                     return
                 valid += len(messages)
+                if caller.allowed_countries is not None:
+                    messages = _in_allowed_countries(caller, messages, rejected)
                 if self._routes is not None and messages:
                     messages = self._routable(messages, rejected)
                 if not messages:
@@ -279,6 +283,7 @@ class Batches:
         options = BatchOptions(
             cmd.reference, dict(cmd.metadata) or None, cmd.validity, cmd.smart_encoding
         )
+        caps = DailyCaps.of(caller)
         batch = await self._store.create(
             batch_id,
             caller.account_id,
@@ -288,6 +293,7 @@ class Batches:
             key,
             content,
             options,
+            caps if caps.active else None,
         )
         return batch, accepted, len(rejected)
 
@@ -349,6 +355,22 @@ class Batches:
             if batch.status in FINAL_BATCH:
                 return
             await asyncio.sleep(WATCH_INTERVAL)
+
+
+def _in_allowed_countries(
+    caller: Caller, messages: list[NewMessage], rejected: list[tuple[str, str]]
+) -> list[NewMessage]:
+    """The messages to countries the account may send to; the others' numbers are
+    rejected with COUNTRY_NOT_ALLOWED."""
+    verdicts = [country_allowed(caller, m.to_number) for m in messages]
+    if all(verdicts):
+        return messages
+    rejected.extend(
+        (m.to_number, COUNTRY_BATCH_REASON)
+        for m, ok in zip(messages, verdicts, strict=True)
+        if not ok
+    )
+    return [m for m, ok in zip(messages, verdicts, strict=True) if ok]
 
 
 def _check_task_id(task_id: str) -> None:

@@ -19,6 +19,7 @@ from server.domain.errors import (
     PermissionDenied,
 )
 from server.domain.fields import check_ids, check_text
+from server.domain.guardrails import DailyCaps, check_country
 from server.domain.models import (
     CODE_MARK,
     MessageState,
@@ -56,6 +57,9 @@ class Caller:
     send_per_second: float | None = None  # None: the server's default rate
     query_per_second: float | None = None
     admin: bool = False  # an operator's credential: may call AccountService
+    allowed_countries: frozenset[str] | None = None  # every use type; None: all
+    daily_message_cap: int | None = None  # messages accepted per UTC day
+    per_mobile_daily_cap: int | None = None  # ... to one mobile
 
     def marketing_release(self, use_type: UseType, to_number: str, due: datetime) -> datetime:
         """When a message may go: marketing waits for the recipient's quiet hours to end."""
@@ -196,6 +200,7 @@ class Messaging:
             violations.append(FieldViolation("text", "text or template_id is required"))
         if violations:
             raise InvalidArgument(violations)
+        check_country(caller, to_number)
 
         template_code: str | None = None
         template_data: dict[str, str] | None = None
@@ -237,6 +242,7 @@ class Messaging:
         ):
             raise recipient_suppressed(to_number)
         interval = self._mobile_intervals.get(cmd.use_type, 0.0)
+        caps = DailyCaps.of(caller)
         key: IdempotencyKey | None = None
         if cmd.request_id:
             key = IdempotencyKey(
@@ -263,8 +269,10 @@ class Messaging:
                     ),
                 ),
             )
-        if key is not None or interval > 0:
-            earlier_id = await self._messages.insert_idempotent(message, key, interval)
+        if key is not None or interval > 0 or caps.active:
+            earlier_id = await self._messages.insert_idempotent(
+                message, key, interval, caps if caps.active else None
+            )
             if earlier_id is not None:
                 states = await self._messages.get_states(caller.account_id, [earlier_id])
                 if states:

@@ -102,6 +102,9 @@ class Credential:
     send_per_second: float | None = None
     query_per_second: float | None = None
     admin: bool = False  # may call AccountService
+    allowed_countries: tuple[str, ...] | None = None  # None: every country
+    daily_message_cap: int | None = None
+    per_mobile_daily_cap: int | None = None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from server.domain.models import (
     Credential,
@@ -17,6 +17,9 @@ from server.domain.models import (
     Template,
     UseType,
 )
+
+if TYPE_CHECKING:
+    from server.domain.guardrails import DailyCaps
 
 
 class CredentialRepository(Protocol):
@@ -37,7 +40,11 @@ class MessageRepository(Protocol):
         ...
 
     async def insert_idempotent(
-        self, message: NewMessage, key: IdempotencyKey | None, mobile_interval: float = 0.0
+        self,
+        message: NewMessage,
+        key: IdempotencyKey | None,
+        mobile_interval: float = 0.0,
+        caps: DailyCaps | None = None,
     ) -> str | None:
         """Stores the message unless ``key`` was used within the window, in one
         transaction with the mobile's send interval when ``mobile_interval`` > 0.

@@ -28,6 +28,7 @@ from server.domain.errors import (
     ResourceExhausted,
 )
 from server.domain.fields import check_id
+from server.domain.guardrails import DailyCaps, check_country
 from server.domain.messaging import (
     Caller,
     check_request_id,
@@ -146,6 +147,7 @@ class VerificationRepository(Protocol):
         checks: Sequence[VelocityCheck],
         judge: Callable[[Sequence[VelocityResult]], None],
         key: IdempotencyKey | None = None,
+        caps: DailyCaps | None = None,
     ) -> StoredVerification: ...
 
     async def check(
@@ -232,6 +234,7 @@ class Verifications:
                 ", ".join(allowlist.monitored),
             )
         raise_if_blocked(allowlist)
+        check_country(caller, mobile)
         if self._suppressions is not None and await self._suppressions.is_suppressed(
             caller.account_id, mobile, UseType.VERIFICATION
         ):
@@ -329,6 +332,7 @@ class Verifications:
             checks=checks,
             judge=judge_counts,
             key=key,
+            caps=DailyCaps.of(caller),
         )
         self._on_accepted()
         log.debug(

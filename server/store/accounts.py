@@ -17,7 +17,8 @@ _CREDENTIAL_COLUMNS = """
     c.id, c.account_id, c.api_key, c.secret_hash, c.allow_cidrs::text[] AS allow_cidrs,
     c.created_at, c.revoked_at, c.admin, a.verified AS account_verified,
     a.otp_max_attempts, a.otp_allowed_regions, a.quiet_hours,
-    a.send_per_second, a.query_per_second
+    a.send_per_second, a.query_per_second, a.allowed_countries, a.daily_message_cap,
+    a.per_mobile_daily_cap
 """
 
 
@@ -41,7 +42,14 @@ def _credential(row: asyncpg.Record) -> Credential:
         send_per_second=row["send_per_second"],
         query_per_second=row["query_per_second"],
         admin=row["admin"],
+        allowed_countries=_regions(row["allowed_countries"]),
+        daily_message_cap=row["daily_message_cap"],
+        per_mobile_daily_cap=row["per_mobile_daily_cap"],
     )
+
+
+def _regions(stored: list[str] | None) -> tuple[str, ...] | None:
+    return None if stored is None else tuple(stored)
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,9 @@ class AccountListing:
     quiet_hours: QuietHours | None
     send_per_second: float | None
     query_per_second: float | None
+    allowed_countries: tuple[str, ...] | None = None
+    daily_message_cap: int | None = None
+    per_mobile_daily_cap: int | None = None
 
 
 # The settings an operator changes (``update_settings``), with each column's type.
@@ -70,11 +81,15 @@ SETTABLE: dict[str, str] = {
     "quiet_hours": "jsonb",
     "send_per_second": "real",
     "query_per_second": "real",
+    "allowed_countries": "text[]",
+    "daily_message_cap": "integer",
+    "per_mobile_daily_cap": "integer",
 }
 
 _LISTING = """
 SELECT a.id, a.name, a.verified, a.created_at, a.otp_max_attempts,
        a.otp_allowed_regions, a.quiet_hours, a.send_per_second, a.query_per_second,
+       a.allowed_countries, a.daily_message_cap, a.per_mobile_daily_cap,
        (SELECT count(*) FROM credentials c
         WHERE c.account_id = a.id AND c.revoked_at IS NULL) AS active
 FROM accounts a
@@ -95,6 +110,9 @@ def _listing(r: asyncpg.Record) -> AccountListing:
         quiet_hours=None if r["quiet_hours"] is None else QuietHours.from_json(r["quiet_hours"]),
         send_per_second=r["send_per_second"],
         query_per_second=r["query_per_second"],
+        allowed_countries=_regions(r["allowed_countries"]),
+        daily_message_cap=r["daily_message_cap"],
+        per_mobile_daily_cap=r["per_mobile_daily_cap"],
     )
 
 

@@ -10,13 +10,16 @@ message's status (store/outbox.py), so they are exact at any moment.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Sequence
+from dataclasses import replace
 
 import asyncpg
 
 from server.domain.batch_tasks import BatchMessageRow, BatchOptions, BatchRecord
+from server.domain.guardrails import MOBILE_CAP_BATCH_REASON, DailyCaps
 from server.domain.models import MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey, Transition
 from server.domain.suppression import BATCH_REASON
+from server.store.daily_caps import take_batch_mobiles, take_daily
 from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log
 from server.store.idempotency import claim_key
 from server.store.outbox import ChangeSink, StatusChanges, apply_transitions
@@ -114,6 +117,7 @@ class PgBatchStore:
         key: IdempotencyKey | None = None,
         content: str | None = None,
         options: BatchOptions | None = None,
+        caps: DailyCaps | None = None,
     ) -> BatchRecord:
         """Stores the batch with all its messages, or nothing. With ``key``, a repeat
         of an earlier request returns the earlier batch. ``content``: the text of a
@@ -159,6 +163,12 @@ class PgBatchStore:
                         *rejected,
                         *((r["to_number"], BATCH_REASON) for r in suppressed),
                     ]
+                if total and caps is not None and caps.per_mobile is not None:
+                    full = await take_batch_mobiles(conn, account_id, batch_id, caps.per_mobile)
+                    total -= len(full)
+                    rejected = [*rejected, *((n, MOBILE_CAP_BATCH_REASON) for n in full)]
+                if total and caps is not None and caps.account is not None:
+                    await take_daily(conn, account_id, "", replace(caps, per_mobile=None), total)
                 # Nothing accepted: nothing can be sent (failed).
                 row = await conn.fetchrow(
                     f"UPDATE batches SET total = $2, status = $3, rejected = $4 "

@@ -15,8 +15,10 @@ from datetime import timedelta
 import asyncpg
 
 from server.domain.errors import ResourceExhausted
+from server.domain.guardrails import DailyCaps
 from server.domain.models import MessageState, MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey
+from server.store.daily_caps import take_daily
 from server.store.events import LOCK_EVENT_LOG_CTE
 from server.store.idempotency import claim_key
 from server.store.pool import Conn, unavailable_on_connection_errors
@@ -173,7 +175,11 @@ class PgMessageStore:
             self._start_groups()
 
     async def insert_idempotent(
-        self, message: NewMessage, key: IdempotencyKey | None, mobile_interval: float = 0.0
+        self,
+        message: NewMessage,
+        key: IdempotencyKey | None,
+        mobile_interval: float = 0.0,
+        caps: DailyCaps | None = None,
     ) -> str | None:
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
@@ -183,6 +189,8 @@ class PgMessageStore:
                         return earlier
                 if mobile_interval > 0:
                     await pass_mobile_interval(conn, message, mobile_interval)
+                if caps is not None and caps.active:
+                    await take_daily(conn, message.account_id, message.to_number, caps)
                 await insert_messages(conn, [message])
         return None
 

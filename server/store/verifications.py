@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import asyncpg
 
 from server.domain.errors import ResourceExhausted
+from server.domain.guardrails import DailyCaps
 from server.domain.models import NewMessage, VerificationState
 from server.domain.otp_guard import VelocityCheck, VelocityResult
 from server.domain.ports import IdempotencyKey
@@ -27,6 +28,7 @@ from server.domain.verification import (
     NewVerification,
     StoredVerification,
 )
+from server.store.daily_caps import take_daily
 from server.store.idempotency import claim_key
 from server.store.messages import message_columns, with_messages
 from server.store.pool import unavailable_on_connection_errors
@@ -96,12 +98,14 @@ class PgVerificationStore:
         checks: Sequence[VelocityCheck],
         judge: Callable[[Sequence[VelocityResult]], None],
         key: IdempotencyKey | None = None,
+        caps: DailyCaps | None = None,
     ) -> StoredVerification:
         """Stores the verification and its message, or raises (storing nothing).
 
         With ``key``, a repeat of an earlier request returns the earlier verification."""
         stored = StoredVerification(verification.id, verification.expires_at, message.id)
-        if key is None and mobile_interval <= 0 and not checks:
+        caps = caps if caps is not None and caps.active else None
+        if key is None and mobile_interval <= 0 and not checks and caps is None:
             with unavailable_on_connection_errors():
                 await self._pool.execute(_CREATE, *_create_args(verification, message))
             return stored
@@ -142,6 +146,8 @@ class PgVerificationStore:
                         )
                 if checks:
                     judge(await self._velocity.hit(conn, checks))
+                if caps is not None:
+                    await take_daily(conn, verification.account_id, verification.mobile, caps)
                 await conn.execute(_CREATE, *_create_args(verification, message))
         return stored
 

@@ -36,6 +36,9 @@ class Account(_message.Message):
     QUIET_HOURS_FIELD_NUMBER: _builtins.int
     SEND_PER_SECOND_FIELD_NUMBER: _builtins.int
     QUERY_PER_SECOND_FIELD_NUMBER: _builtins.int
+    ALLOWED_COUNTRIES_FIELD_NUMBER: _builtins.int
+    DAILY_MESSAGE_CAP_FIELD_NUMBER: _builtins.int
+    PER_MOBILE_DAILY_CAP_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The account id (assigned by the server)."""
     name: _builtins.str
@@ -52,6 +55,14 @@ class Account(_message.Message):
     """Send calls a second; unset: the server's default."""
     query_per_second: _builtins.float
     """Query calls a second; unset: the server's default."""
+    daily_message_cap: _builtins.int
+    """Messages accepted per UTC day; unset: no cap. Past it RESOURCE_EXHAUSTED
+    (DAILY_MESSAGE_CAP) with RetryInfo until the day ends, on every replica.
+    """
+    per_mobile_daily_cap: _builtins.int
+    """Messages accepted per UTC day to one mobile (SendCloud code 498); unset: no cap.
+    Past it RESOURCE_EXHAUSTED (PER_MOBILE_DAILY_CAP) until the day ends.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the account was created (output only)."""
@@ -64,6 +75,13 @@ class Account(_message.Message):
     def quiet_hours(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Marketing quiet hours, recipient's local time: "HH:MM-HH:MM" (every country) or
         "XX=HH:MM-HH:MM" (one country); empty: none.
+        """
+
+    @_builtins.property
+    def allowed_countries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ISO 3166 regions messages of every use type may go to; empty: every country.
+        Others answer PERMISSION_DENIED reason COUNTRY_NOT_ALLOWED (in a batch, that
+        number is rejected).
         """
 
     def __init__(
@@ -79,19 +97,30 @@ class Account(_message.Message):
         quiet_hours: _abc.Iterable[_builtins.str] | None = ...,
         send_per_second: _builtins.float | None = ...,
         query_per_second: _builtins.float | None = ...,
+        allowed_countries: _abc.Iterable[_builtins.str] | None = ...,
+        daily_message_cap: _builtins.int | None = ...,
+        per_mobile_daily_cap: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_otp_max_attempts", b"_otp_max_attempts", "_query_per_second", b"_query_per_second", "_send_per_second", b"_send_per_second", "create_time", b"create_time", "otp_max_attempts", b"otp_max_attempts", "query_per_second", b"query_per_second", "send_per_second", b"send_per_second"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_daily_message_cap", b"_daily_message_cap", "_otp_max_attempts", b"_otp_max_attempts", "_per_mobile_daily_cap", b"_per_mobile_daily_cap", "_query_per_second", b"_query_per_second", "_send_per_second", b"_send_per_second", "create_time", b"create_time", "daily_message_cap", b"daily_message_cap", "otp_max_attempts", b"otp_max_attempts", "per_mobile_daily_cap", b"per_mobile_daily_cap", "query_per_second", b"query_per_second", "send_per_second", b"send_per_second"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_otp_max_attempts", b"_otp_max_attempts", "_query_per_second", b"_query_per_second", "_send_per_second", b"_send_per_second", "active_credentials", b"active_credentials", "create_time", b"create_time", "id", b"id", "name", b"name", "otp_allowed_regions", b"otp_allowed_regions", "otp_max_attempts", b"otp_max_attempts", "query_per_second", b"query_per_second", "quiet_hours", b"quiet_hours", "send_per_second", b"send_per_second", "verified", b"verified"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_daily_message_cap", b"_daily_message_cap", "_otp_max_attempts", b"_otp_max_attempts", "_per_mobile_daily_cap", b"_per_mobile_daily_cap", "_query_per_second", b"_query_per_second", "_send_per_second", b"_send_per_second", "active_credentials", b"active_credentials", "allowed_countries", b"allowed_countries", "create_time", b"create_time", "daily_message_cap", b"daily_message_cap", "id", b"id", "name", b"name", "otp_allowed_regions", b"otp_allowed_regions", "otp_max_attempts", b"otp_max_attempts", "per_mobile_daily_cap", b"per_mobile_daily_cap", "query_per_second", b"query_per_second", "quiet_hours", b"quiet_hours", "send_per_second", b"send_per_second", "verified", b"verified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__daily_message_cap: _TypeAlias = _typing.Literal["daily_message_cap"]  # noqa: Y015
+    _WhichOneofArgType__daily_message_cap: _TypeAlias = _typing.Literal["_daily_message_cap", b"_daily_message_cap"]  # noqa: Y015
     _WhichOneofReturnType__otp_max_attempts: _TypeAlias = _typing.Literal["otp_max_attempts"]  # noqa: Y015
     _WhichOneofArgType__otp_max_attempts: _TypeAlias = _typing.Literal["_otp_max_attempts", b"_otp_max_attempts"]  # noqa: Y015
+    _WhichOneofReturnType__per_mobile_daily_cap: _TypeAlias = _typing.Literal["per_mobile_daily_cap"]  # noqa: Y015
+    _WhichOneofArgType__per_mobile_daily_cap: _TypeAlias = _typing.Literal["_per_mobile_daily_cap", b"_per_mobile_daily_cap"]  # noqa: Y015
     _WhichOneofReturnType__query_per_second: _TypeAlias = _typing.Literal["query_per_second"]  # noqa: Y015
     _WhichOneofArgType__query_per_second: _TypeAlias = _typing.Literal["_query_per_second", b"_query_per_second"]  # noqa: Y015
     _WhichOneofReturnType__send_per_second: _TypeAlias = _typing.Literal["send_per_second"]  # noqa: Y015
     _WhichOneofArgType__send_per_second: _TypeAlias = _typing.Literal["_send_per_second", b"_send_per_second"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__daily_message_cap) -> _WhichOneofReturnType__daily_message_cap | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__otp_max_attempts) -> _WhichOneofReturnType__otp_max_attempts | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__per_mobile_daily_cap) -> _WhichOneofReturnType__per_mobile_daily_cap | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__query_per_second) -> _WhichOneofReturnType__query_per_second | None: ...
     @_typing.overload
@@ -214,8 +243,9 @@ class UpdateAccountRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """The fields to change (name, verified, otp_max_attempts, otp_allowed_regions,
-        quiet_hours, send_per_second, query_per_second); an unset optional field in the
-        mask goes back to the server's default.
+        quiet_hours, send_per_second, query_per_second, allowed_countries,
+        daily_message_cap, per_mobile_daily_cap); an unset optional field in the mask
+        goes back to the server's default (no cap).
         """
 
     def __init__(
