@@ -263,9 +263,10 @@ class Batches:
                         # stored: this ends the store's transaction).
                         raise no_route("these messages (their numbers, use type and content)")
                     return
-                valid += len(messages)
                 if caller.allowed_countries is not None:
+                    # Rejected like a bad number: not counted as one no route carries.
                     messages = _in_allowed_countries(caller, messages, rejected)
+                valid += len(messages)
                 if self._routes is not None and messages:
                     messages = self._routable(messages, rejected)
                 if not messages:
