@@ -15,9 +15,10 @@ ACCOUNT_ROW = ""  # daily_sends.mobile of the account's total
 
 _TAKE = """
 INSERT INTO daily_sends AS d (account_id, day, mobile, sent)
-SELECT $1, (now() AT TIME ZONE 'UTC')::date, $2, $3 WHERE $3 <= $4
+SELECT $1::bigint, (now() AT TIME ZONE 'UTC')::date, $2::text, $3::integer
+WHERE $3::integer <= $4::integer
 ON CONFLICT (account_id, day, mobile) DO UPDATE SET sent = d.sent + EXCLUDED.sent
-    WHERE d.sent + EXCLUDED.sent <= $4
+    WHERE d.sent + EXCLUDED.sent <= $4::integer
 RETURNING sent
 """
 
@@ -26,8 +27,8 @@ RETURNING sent
 _TAKE_MOBILES = """
 WITH counted AS (
     INSERT INTO daily_sends AS d (account_id, day, mobile, sent)
-    SELECT $1, (now() AT TIME ZONE 'UTC')::date, m.to_number, 1
-    FROM messages m WHERE m.batch_id = $2 AND $3 >= 1
+    SELECT $1::bigint, (now() AT TIME ZONE 'UTC')::date, m.to_number, 1
+    FROM messages m WHERE m.batch_id = $2 AND $3::integer >= 1
     ORDER BY m.to_number
     ON CONFLICT (account_id, day, mobile) DO UPDATE SET sent = d.sent + 1
         WHERE d.sent + 1 <= $3
