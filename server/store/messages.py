@@ -201,6 +201,13 @@ class PgMessageStore:
                 older_than,
             )
 
+    async def purge_past_days(self) -> None:
+        """Drops the daily caps' counts of days before today (UTC)."""
+        with unavailable_on_connection_errors():
+            await self._pool.execute(
+                "DELETE FROM daily_sends WHERE day < (now() AT TIME ZONE 'UTC')::date"
+            )
+
     async def get_states(self, account_id: int, ids: Sequence[str]) -> list[MessageState]:
         with unavailable_on_connection_errors():
             rows = await self._pool.fetch(
