@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -187,6 +188,7 @@ class Gateway:
             on_accepted=self._dispatcher.wake,
             mobile_intervals=s.mobile_intervals,
             suppressions=suppressions,
+            prices=self._prices,
         )
         velocity = PgVelocityCounters(pool)
         verification_store = PgVerificationStore(pool, velocity)
@@ -198,6 +200,7 @@ class Gateway:
             routes=routes,
             on_accepted=self._dispatcher.wake,
             suppressions=suppressions,
+            prices=self._prices,
         )
         self._maintenance = Maintenance(verification_store, velocity, message_store)
         self._maintenance.start()
@@ -238,6 +241,7 @@ class Gateway:
                     on_accepted=self._dispatcher.wake,
                     routes=routes,
                     slots=BatchSlots(s.large_batches, clock=time.monotonic),
+                    prices=self._prices,
                 )
             ),
             server,
@@ -284,6 +288,10 @@ class Gateway:
         log.info(
             "smsgw serving gRPC on port %d and HTTP on port %d", self.grpc_port, self.http_port
         )
+
+    def _prices(self) -> Mapping[str, int]:
+        """Per-segment prices by region, from the routing file in use (a reload too)."""
+        return self.settings.routing.prices
 
     def providers(self) -> ProviderSet:
         """The provider set in use (a reload replaces it)."""

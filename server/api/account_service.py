@@ -12,6 +12,7 @@ from sms.v1 import account_pb2, account_pb2_grpc
 from server.api import convert
 from server.api.context import current_caller
 from server.domain.account_admin import (
+    MAX_BALANCE,
     AccountValues,
     account_changes,
     check_cidrs,
@@ -43,6 +44,7 @@ def _account(row: AccountListing) -> account_pb2.Account:
         allowed_countries=list(row.allowed_countries or ()),
         daily_message_cap=row.daily_message_cap,
         per_mobile_daily_cap=row.per_mobile_daily_cap,
+        balance=row.balance,
     )
 
 
@@ -70,11 +72,13 @@ def _values(account: account_pb2.Account) -> AccountValues:
         allowed_countries=list(account.allowed_countries),
         daily_message_cap=_optional(account, "daily_message_cap"),
         per_mobile_daily_cap=_optional(account, "per_mobile_daily_cap"),
+        balance=_optional(account, "balance"),
     )
 
 
 def _optional(
-    account: account_pb2.Account, name: Literal["daily_message_cap", "per_mobile_daily_cap"]
+    account: account_pb2.Account,
+    name: Literal["daily_message_cap", "per_mobile_daily_cap", "balance"],
 ) -> int | None:
     return int(getattr(account, name)) if account.HasField(name) else None
 
@@ -174,5 +178,9 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
     async def TopUpBalance(
         self, request: account_pb2.TopUpBalanceRequest, context: Context
     ) -> account_pb2.Account:
-        # Prepaid balances are not built yet (the interceptor answers UNIMPLEMENTED).
-        raise NotImplementedError("TopUpBalance")
+        require_admin(current_caller())
+        if not 0 < request.amount <= MAX_BALANCE:
+            raise InvalidArgument.field("amount", f"more than 0, at most {MAX_BALANCE:,}")
+        if not await self._accounts.top_up_balance(request.account_id, request.amount):
+            raise _not_found(request.account_id)
+        return _account(await self._get(request.account_id))

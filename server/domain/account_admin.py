@@ -30,7 +30,9 @@ MASKABLE = (
     "allowed_countries",
     "daily_message_cap",
     "per_mobile_daily_cap",
+    "balance",
 )
+MAX_BALANCE = 10**15
 MAX_CAP = 1_000_000_000
 
 
@@ -57,6 +59,7 @@ class AccountValues:
     allowed_countries: Sequence[str] = ()
     daily_message_cap: int | None = None
     per_mobile_daily_cap: int | None = None
+    balance: int | None = None
 
 
 def quiet_hours_text(hours: QuietHours | None) -> list[str]:
@@ -102,6 +105,10 @@ def _check(path: str, values: AccountValues, prefix: str, out: list[FieldViolati
         except InvalidArgument as exc:
             out.extend(exc.violations)
             return None
+    if path == "balance":
+        if values.balance is not None and not 0 <= values.balance <= MAX_BALANCE:
+            out.append(FieldViolation(where, f"0 to {MAX_BALANCE:,}, or unset for unlimited"))
+        return values.balance
     if path in ("daily_message_cap", "per_mobile_daily_cap"):
         cap = (
             values.daily_message_cap if path == "daily_message_cap" else values.per_mobile_daily_cap
@@ -144,6 +151,7 @@ def set_fields(values: AccountValues) -> list[str]:
         ("allowed_countries", bool(values.allowed_countries)),
         ("daily_message_cap", values.daily_message_cap is not None),
         ("per_mobile_daily_cap", values.per_mobile_daily_cap is not None),
+        ("balance", values.balance is not None),
     ]
     return ["name", "verified", *(name for name, yes in given if yes)]
 

@@ -135,6 +135,7 @@ class Authenticator:
             else frozenset(credential.allowed_countries),
             daily_message_cap=credential.daily_message_cap,
             per_mobile_daily_cap=credential.per_mobile_daily_cap,
+            prepaid=credential.prepaid,
         )
 
     async def recheck(self, authorization: str | None) -> None:

@@ -8,6 +8,7 @@ accepted messages are stored in one transaction, so a failure stores nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,7 +28,12 @@ from server.domain.fields import (
     check_text,
     storable,
 )
-from server.domain.guardrails import COUNTRY_BATCH_REASON, DailyCaps, country_allowed
+from server.domain.guardrails import (
+    COUNTRY_BATCH_REASON,
+    DailyCaps,
+    charge_for,
+    country_allowed,
+)
 from server.domain.messaging import (
     MAX_SCHEDULE_AHEAD,
     Caller,
@@ -156,8 +162,10 @@ class Batches:
         on_accepted: Callable[[], None] = lambda: None,
         routes: Routes | None = None,
         slots: BatchSlots | None = None,
+        prices: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self._store = store
+        self._prices = prices  # per-segment prices by region (prepaid accounts)
         self._routes = routes  # None: every number is taken (dispatch alone decides)
         self._templates = templates
         self._clock = clock
@@ -271,6 +279,14 @@ class Batches:
                     messages = self._routable(messages, rejected)
                 if not messages:
                     continue
+                if caller.prepaid:
+                    prices = self._prices()
+                    messages = [
+                        dataclasses.replace(
+                            m, charge=charge_for(caller, prices, m.to_number, m.segments)
+                        )
+                        for m in messages
+                    ]
                 accepted += len(messages)
                 yield messages
 

@@ -1,5 +1,6 @@
 """An account's guardrails on every send path: the countries its messages may go to,
-and how many it may send per UTC day (in all, and to one mobile).
+how many it may send per UTC day (in all, and to one mobile), and what a prepaid
+account is charged (per segment at the routing file's price for the country).
 
 The country check is pure (the number's region). The day counts live in PostgreSQL
 (store/daily_caps.py), taken in the transaction that stores the messages, so they
@@ -8,11 +9,12 @@ hold across replicas and a refused send stores nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from server.domain.errors import PermissionDenied, ResourceExhausted
+from server.domain.errors import FailedPrecondition, PermissionDenied, ResourceExhausted
 from server.domain.phones import region_of
 
 if TYPE_CHECKING:
@@ -80,4 +82,38 @@ def mobile_cap_reached(mobile: str, cap: int) -> ResourceExhausted:
         reason="PER_MOBILE_DAILY_CAP",
         quota_subject=f"mobile:{mobile}",
         quota_description=f"at most {cap} messages a day to one mobile",
+    )
+
+
+INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
+
+
+def price_of(prices: Mapping[str, int], e164: str) -> int | None:
+    """A segment's price to this number's country ("*": any other), or None."""
+    region = region_of(e164)
+    if region is not None and region in prices:
+        return prices[region]
+    return prices.get("*")
+
+
+def charge_for(caller: Caller, prices: Mapping[str, int], e164: str, segments: int) -> int:
+    """What a message costs a prepaid account (0 for others); raises when the routing
+    file has no price for the number's country."""
+    if not caller.prepaid:
+        return 0
+    price = price_of(prices, e164)
+    if price is None:
+        raise FailedPrecondition(
+            f"no price is configured for {region_of(e164) or 'this number'}'s country, so a "
+            "prepaid account cannot send there; nothing was stored",
+            reason="NO_PRICE",
+        )
+    return price * segments
+
+
+def insufficient_balance(balance: int, needed: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"the balance ({balance}) is short of what this costs ({needed}); nothing was "
+        "stored (TopUpBalance adds to it)",
+        reason=INSUFFICIENT_BALANCE,
     )

@@ -19,7 +19,7 @@ from server.domain.errors import (
     PermissionDenied,
 )
 from server.domain.fields import check_ids, check_text
-from server.domain.guardrails import DailyCaps, check_country
+from server.domain.guardrails import DailyCaps, charge_for, check_country
 from server.domain.models import (
     CODE_MARK,
     MessageState,
@@ -60,6 +60,7 @@ class Caller:
     allowed_countries: frozenset[str] | None = None  # every use type; None: all
     daily_message_cap: int | None = None  # messages accepted per UTC day
     per_mobile_daily_cap: int | None = None  # ... to one mobile
+    prepaid: bool = False  # a balance is charged for each message accepted
 
     def marketing_release(self, use_type: UseType, to_number: str, due: datetime) -> datetime:
         """When a message may go: marketing waits for the recipient's quiet hours to end."""
@@ -156,8 +157,11 @@ class Messaging:
         mobile_intervals: Mapping[UseType, float] | None = None,
         routes: Routes | None = None,
         suppressions: SuppressionRepository | None = None,
+        prices: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self._messages = messages
+        # Per-segment prices by region, as the routing file gives them now.
+        self._prices = prices
         # None: no number is suppressed (unit tests).
         self._suppressions = suppressions
         # None: every message is taken (dispatch alone decides).
@@ -234,6 +238,7 @@ class Messaging:
             reference=cmd.reference,
             metadata=dict(cmd.metadata) or None,
             expires_at=now + cmd.validity if cmd.validity is not None else None,
+            charge=charge_for(caller, self._prices(), to_number, segments),
         )
         if self._routes is not None and not self._routes.can_carry(outbound(message)):
             raise no_route("this message (its number, use type and content)")
@@ -269,7 +274,7 @@ class Messaging:
                     ),
                 ),
             )
-        if key is not None or interval > 0 or caps.active:
+        if key is not None or interval > 0 or caps.active or message.charge:
             earlier_id = await self._messages.insert_idempotent(
                 message, key, interval, caps if caps.active else None
             )

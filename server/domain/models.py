@@ -105,6 +105,7 @@ class Credential:
     allowed_countries: tuple[str, ...] | None = None  # None: every country
     daily_message_cap: int | None = None
     per_mobile_daily_cap: int | None = None
+    prepaid: bool = False  # the account has a balance (charged per message)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ class NewMessage:
     metadata: dict[str, str] | None = None
     # Not handed to a provider by then: FAILED / EXPIRED (None: the server's TTL).
     expires_at: datetime | None = None
+    # What a prepaid account is charged for it (0: not charged).
+    charge: int = 0
 
 
 @dataclass(frozen=True)

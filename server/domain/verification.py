@@ -28,7 +28,7 @@ from server.domain.errors import (
     ResourceExhausted,
 )
 from server.domain.fields import check_id
-from server.domain.guardrails import DailyCaps, check_country
+from server.domain.guardrails import DailyCaps, charge_for, check_country
 from server.domain.messaging import (
     Caller,
     check_request_id,
@@ -170,8 +170,10 @@ class Verifications:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_accepted: Callable[[], None] = lambda: None,
         suppressions: SuppressionRepository | None = None,
+        prices: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self._store = store
+        self._prices = prices  # per-segment prices by region (prepaid accounts)
         self._suppressions = suppressions
         self._templates = templates
         self._codes = codes
@@ -245,13 +247,15 @@ class Verifications:
         verify_id = "v_" + secrets.token_hex(12)
         now = self._clock()
         expires_at = now + timedelta(minutes=minutes)
+        segments = count_segments(body.replace(CODE_MARK, "0" * len(code)))
         message = NewMessage(
             id=secrets.token_hex(16),
             account_id=caller.account_id,
             to_number=mobile,
             use_type=UseType.VERIFICATION,
             body=body,
-            segments=count_segments(body.replace(CODE_MARK, "0" * len(code))),
+            segments=segments,
+            charge=charge_for(caller, self._prices(), mobile, segments),
             priority=Priority.VERIFICATION,
             not_before=now,
             template_id=cmd.template_id,

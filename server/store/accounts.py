@@ -11,6 +11,7 @@ import asyncpg
 from server.domain import api_keys
 from server.domain.models import Account, Credential
 from server.domain.quiet_hours import QuietHours
+from server.store.balance import top_up
 from server.store.pool import unavailable_on_connection_errors
 
 _CREDENTIAL_COLUMNS = """
@@ -18,7 +19,7 @@ _CREDENTIAL_COLUMNS = """
     c.created_at, c.revoked_at, c.admin, a.verified AS account_verified,
     a.otp_max_attempts, a.otp_allowed_regions, a.quiet_hours,
     a.send_per_second, a.query_per_second, a.allowed_countries, a.daily_message_cap,
-    a.per_mobile_daily_cap
+    a.per_mobile_daily_cap, a.balance IS NOT NULL AS prepaid
 """
 
 
@@ -45,6 +46,7 @@ def _credential(row: asyncpg.Record) -> Credential:
         allowed_countries=_regions(row["allowed_countries"]),
         daily_message_cap=row["daily_message_cap"],
         per_mobile_daily_cap=row["per_mobile_daily_cap"],
+        prepaid=row["prepaid"],
     )
 
 
@@ -70,6 +72,7 @@ class AccountListing:
     allowed_countries: tuple[str, ...] | None = None
     daily_message_cap: int | None = None
     per_mobile_daily_cap: int | None = None
+    balance: int | None = None
 
 
 # The settings an operator changes (``update_settings``), with each column's type.
@@ -84,12 +87,13 @@ SETTABLE: dict[str, str] = {
     "allowed_countries": "text[]",
     "daily_message_cap": "integer",
     "per_mobile_daily_cap": "integer",
+    "balance": "bigint",
 }
 
 _LISTING = """
 SELECT a.id, a.name, a.verified, a.created_at, a.otp_max_attempts,
        a.otp_allowed_regions, a.quiet_hours, a.send_per_second, a.query_per_second,
-       a.allowed_countries, a.daily_message_cap, a.per_mobile_daily_cap,
+       a.allowed_countries, a.daily_message_cap, a.per_mobile_daily_cap, a.balance,
        (SELECT count(*) FROM credentials c
         WHERE c.account_id = a.id AND c.revoked_at IS NULL) AS active
 FROM accounts a
@@ -113,6 +117,7 @@ def _listing(r: asyncpg.Record) -> AccountListing:
         allowed_countries=_regions(r["allowed_countries"]),
         daily_message_cap=r["daily_message_cap"],
         per_mobile_daily_cap=r["per_mobile_daily_cap"],
+        balance=r["balance"],
     )
 
 
@@ -171,6 +176,13 @@ class PgAccountStore:
                 *(changes[c] for c in columns),
             )
         return result.endswith(" 1")
+
+    async def top_up_balance(self, account_id: int, amount: int) -> bool:
+        """Adds ``amount`` to the balance (an unlimited account becomes prepaid with
+        it). False if there is no such account."""
+        with unavailable_on_connection_errors():
+            async with self._pool.acquire() as conn:
+                return await top_up(conn, account_id, amount)
 
     async def update_otp_settings(
         self,

@@ -19,6 +19,7 @@ from server.domain.guardrails import MOBILE_CAP_BATCH_REASON, DailyCaps
 from server.domain.models import MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey, Transition
 from server.domain.suppression import BATCH_REASON
+from server.store.balance import charge_balance
 from server.store.daily_caps import take_batch_mobiles, take_daily
 from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log
 from server.store.idempotency import claim_key
@@ -41,6 +42,7 @@ MESSAGE_COLUMNS = (
     "template_code",
     "template_data",
     "expires_at",
+    "charged",
 )
 
 _FIRST_EVENTS = f"""
@@ -83,6 +85,7 @@ def _row(m: NewMessage) -> tuple[object, ...]:
         m.template_code,
         m.template_data,
         m.expires_at,
+        m.charge,
     )
 
 
@@ -151,7 +154,9 @@ class PgBatchStore:
                     options.smart_encoding,
                 )
                 total = 0
+                charged = False  # a prepaid account's batch: charged once stored
                 async for part in messages:
+                    charged = charged or any(m.charge for m in part)
                     await conn.copy_records_to_table(
                         "messages", columns=MESSAGE_COLUMNS, records=map(_row, part)
                     )
@@ -180,6 +185,11 @@ class PgBatchStore:
                 )
                 if total:
                     await conn.execute(_FIRST_EVENTS, batch_id)
+                    if charged:  # after the events (the event-log lock, then the account)
+                        cost = await conn.fetchval(
+                            "SELECT sum(charged) FROM messages WHERE batch_id = $1", batch_id
+                        )
+                        await charge_balance(conn, account_id, int(cost or 0))
         assert row is not None
         return _batch(row)
 

@@ -18,6 +18,7 @@ from server.domain.errors import ResourceExhausted
 from server.domain.guardrails import DailyCaps
 from server.domain.models import MessageState, MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey
+from server.store.balance import charge_balance
 from server.store.daily_caps import take_daily
 from server.store.events import LOCK_EVENT_LOG_CTE
 from server.store.idempotency import claim_key
@@ -41,17 +42,18 @@ _MESSAGES_AND_EVENTS = f"""
 m AS (
     INSERT INTO messages (id, account_id, batch_id, to_number, use_type, body, template_id,
                           segments, priority, status, not_before, template_code, template_data,
-                          channel, sealed_code, reference, metadata, expires_at)
+                          channel, sealed_code, reference, metadata, expires_at, charged)
     SELECT u.id, u.account_id, u.batch_id, u.to_number, u.use_type, u.body, u.template_id,
            u.segments, u.priority, {MessageStatus.PENDING:d}, u.not_before, u.template_code,
-           u.template_data, u.channel, u.sealed_code, u.reference, u.metadata, u.expires_at
+           u.template_data, u.channel, u.sealed_code, u.reference, u.metadata, u.expires_at,
+           u.charged
     FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::smallint[], $6::text[],
                 $7::bigint[], $8::integer[], $9::smallint[], $10::timestamptz[], $11::text[],
                 $12::jsonb[], $13::smallint[], $14::bytea[], $15::text[], $16::jsonb[],
-                $17::timestamptz[])
+                $17::timestamptz[], $18::bigint[])
          AS u(id, account_id, batch_id, to_number, use_type, body, template_id,
               segments, priority, not_before, template_code, template_data, channel,
-              sealed_code, reference, metadata, expires_at)
+              sealed_code, reference, metadata, expires_at, charged)
     RETURNING id, account_id, batch_id, to_number, created_at
 )
 INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number, status,
@@ -66,11 +68,11 @@ _INSERT_WITH_EVENTS = f"WITH {_MESSAGES_AND_EVENTS}"
 
 # How many parameters ``message_columns`` takes: a CTE given to ``with_messages``
 # numbers its own from MESSAGE_PARAMS + 1.
-MESSAGE_PARAMS = 17
+MESSAGE_PARAMS = 18
 
 
 def with_messages(cte: str) -> str:
-    """A statement that runs ``cte`` (its parameters from $18) and inserts the messages
+    """A statement that runs ``cte`` (its parameters from $19) and inserts the messages
     of ``message_columns`` with their events, atomically, in one round trip."""
     return f"WITH {cte},{_MESSAGES_AND_EVENTS}"
 
@@ -94,6 +96,7 @@ def message_columns(messages: Sequence[NewMessage]) -> list[list[object]]:
         [m.reference for m in messages],
         [m.metadata for m in messages],
         [m.expires_at for m in messages],
+        [m.charge for m in messages],
     ]
 
 
@@ -192,6 +195,8 @@ class PgMessageStore:
                 if caps is not None and caps.active:
                     await take_daily(conn, message.account_id, message.to_number, caps)
                 await insert_messages(conn, [message])
+                # After the insert (the event-log lock, then the account row).
+                await charge_balance(conn, message.account_id, message.charge)
         return None
 
     async def purge_mobile_intervals(self, older_than: timedelta) -> None:

@@ -101,6 +101,11 @@ RETURNING m.id, m.account_id, m.to_number, m.body, m.use_type, m.attempts, m.tem
                   WHERE {matches("m.account_id", "m.to_number", "m.use_type")}) AS suppressed
 """
 
+# The final statuses of a message no provider took: its charge goes back.
+REFUNDED = ", ".join(
+    str(int(s)) for s in (MessageStatus.FAILED, MessageStatus.REJECTED, MessageStatus.CANCELLED)
+)
+
 # Applies status changes forward only: a final status is never changed, and a
 # status never moves back (DELIVERED is never followed by SENT). QUEUED -> QUEUED
 # (another retry) updates the row without a new event.
@@ -111,7 +116,7 @@ WITH u AS (
          AS u(id, status, error_code, provider, provider_message_id, not_before, attempted)
 ),
 prev AS (
-    SELECT m.id, m.status FROM messages m JOIN u ON u.id = m.id
+    SELECT m.id, m.status, m.charged FROM messages m JOIN u ON u.id = m.id
     WHERE m.status < {MessageStatus.DELIVERED:d}  -- DELIVERED and after are final
     FOR UPDATE OF m
 ),
@@ -129,11 +134,21 @@ upd AS (
                             AND u.provider_message_id IS NOT NULL
                        THEN now() ELSE m.sent_at END,
         claimed_until = NULL,
-        updated_at = now()
+        updated_at = now(),
+        -- A prepaid message that ends before a provider took it is refunded (below).
+        charged = CASE WHEN u.status IN ({REFUNDED}) AND prev.status < {MessageStatus.SENT:d}
+                       THEN 0 ELSE m.charged END
     FROM u JOIN prev ON prev.id = u.id
     WHERE m.id = u.id AND u.status >= prev.status
     RETURNING m.id, m.account_id, m.batch_id, m.to_number, m.status, m.error_code,
-              m.updated_at, m.provider, prev.status AS old_status
+              m.updated_at, m.provider, prev.status AS old_status,
+              prev.charged - m.charged AS refund
+),
+refunds AS (
+    UPDATE accounts a SET balance = a.balance + r.amount
+    FROM (SELECT account_id, sum(refund) AS amount FROM upd WHERE refund > 0
+          GROUP BY account_id) r
+    WHERE a.id = r.account_id AND a.balance IS NOT NULL
 ),
 batch_counts AS (
     -- Batch counts move with their messages, in the same statement.

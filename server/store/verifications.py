@@ -28,6 +28,7 @@ from server.domain.verification import (
     NewVerification,
     StoredVerification,
 )
+from server.store.balance import charge_balance
 from server.store.daily_caps import take_daily
 from server.store.idempotency import claim_key
 from server.store.messages import message_columns, with_messages
@@ -48,7 +49,7 @@ _CREATE = with_messages(
 v AS (
     INSERT INTO verifications (id, account_id, mobile, scene, channel, code_hash, state,
                                attempts_left, expires_at, message_id)
-    VALUES ($18, $19, $20, $21, $22, $23, {VerificationState.PENDING:d}, $24, $25, $26)
+    VALUES ($19, $20, $21, $22, $23, $24, {VerificationState.PENDING:d}, $25, $26, $27)
 )"""
 )
 
@@ -105,7 +106,13 @@ class PgVerificationStore:
         With ``key``, a repeat of an earlier request returns the earlier verification."""
         stored = StoredVerification(verification.id, verification.expires_at, message.id)
         caps = caps if caps is not None and caps.active else None
-        if key is None and mobile_interval <= 0 and not checks and caps is None:
+        if (
+            key is None
+            and mobile_interval <= 0
+            and not checks
+            and caps is None
+            and not message.charge
+        ):
             with unavailable_on_connection_errors():
                 await self._pool.execute(_CREATE, *_create_args(verification, message))
             return stored
@@ -149,6 +156,7 @@ class PgVerificationStore:
                 if caps is not None:
                     await take_daily(conn, verification.account_id, verification.mobile, caps)
                 await conn.execute(_CREATE, *_create_args(verification, message))
+                await charge_balance(conn, message.account_id, message.charge)
         return stored
 
     async def check(

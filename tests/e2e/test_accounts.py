@@ -210,7 +210,7 @@ async def test_update_changes_only_the_masked_fields_and_the_cli_sees_them(
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_accounts_are_listed_in_pages_and_top_up_is_not_built_yet(
+async def test_accounts_are_listed_in_pages(
     running: Running, admin: tuple[tuple[str, str], ...]
 ) -> None:
     for i in range(3):
@@ -229,9 +229,3 @@ async def test_accounts_are_listed_in_pages_and_top_up_is_not_built_yet(
             break
     assert ids == sorted(ids) and len(ids) >= 4
     assert len(ids) == len(set(ids))
-
-    with pytest.raises(grpc.aio.AioRpcError) as unbuilt:
-        await stub.TopUpBalance(
-            A.TopUpBalanceRequest(account_id=ids[0], amount=100), metadata=admin
-        )
-    assert unbuilt.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -29,7 +29,7 @@ from tests.e2e.test_verification import otp
 from tests.e2e.test_verification import send as send_code
 
 CN, CN2, CN3 = "+8613800138000", "+8613900139000", "+8613700137000"
-GB = "+447911123456"
+GB = "+447400123456"
 NOTE = common_pb2.USE_TYPE_NOTIFICATION
 A = account_pb2
 

@@ -27,7 +27,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14sms/v1/account.proto\x12\x06sms.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x03\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08verified\x18\x03 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x61\x63tive_credentials\x18\x05 \x01(\x05\x12\x1d\n\x10otp_max_attempts\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x13otp_allowed_regions\x18\x07 \x03(\t\x12\x13\n\x0bquiet_hours\x18\x08 \x03(\t\x12\x1c\n\x0fsend_per_second\x18\t \x01(\x01H\x01\x88\x01\x01\x12\x1d\n\x10query_per_second\x18\n \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x11\x61llowed_countries\x18\x0b \x03(\t\x12\x1e\n\x11\x64\x61ily_message_cap\x18\x0c \x01(\x03H\x03\x88\x01\x01\x12!\n\x14per_mobile_daily_cap\x18\r \x01(\x03H\x04\x88\x01\x01\x42\x13\n\x11_otp_max_attemptsB\x12\n\x10_send_per_secondB\x13\n\x11_query_per_secondB\x14\n\x12_daily_message_capB\x17\n\x15_per_mobile_daily_cap\"8\n\x14\x43reateAccountRequest\x12 \n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x0f.sms.v1.Account\"\x1f\n\x11GetAccountRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"<\n\x13ListAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x14ListAccountsResponse\x12!\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x0f.sms.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"i\n\x14UpdateAccountRequest\x12 \n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x0f.sms.v1.Account\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\xcb\x01\n\nCredential\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x12\n\napi_secret\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\x03\x12\x13\n\x0b\x61llow_cidrs\x18\x04 \x03(\t\x12\r\n\x05\x61\x64min\x18\x05 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x17\x43reateCredentialRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x61llow_cidrs\x18\x02 \x03(\t\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\",\n\x16ListCredentialsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\"B\n\x17ListCredentialsResponse\x12\'\n\x0b\x63redentials\x18\x01 \x03(\x0b\x32\x12.sms.v1.Credential\"*\n\x17RevokeCredentialRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"9\n\x13TopUpBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x32\xbd\x04\n\x0e\x41\x63\x63ountService\x12>\n\rCreateAccount\x12\x1c.sms.v1.CreateAccountRequest\x1a\x0f.sms.v1.Account\x12\x38\n\nGetAccount\x12\x19.sms.v1.GetAccountRequest\x1a\x0f.sms.v1.Account\x12I\n\x0cListAccounts\x12\x1b.sms.v1.ListAccountsRequest\x1a\x1c.sms.v1.ListAccountsResponse\x12>\n\rUpdateAccount\x12\x1c.sms.v1.UpdateAccountRequest\x1a\x0f.sms.v1.Account\x12G\n\x10\x43reateCredential\x12\x1f.sms.v1.CreateCredentialRequest\x1a\x12.sms.v1.Credential\x12R\n\x0fListCredentials\x12\x1e.sms.v1.ListCredentialsRequest\x1a\x1f.sms.v1.ListCredentialsResponse\x12K\n\x10RevokeCredential\x12\x1f.sms.v1.RevokeCredentialRequest\x1a\x16.google.protobuf.Empty\x12<\n\x0cTopUpBalance\x12\x1b.sms.v1.TopUpBalanceRequest\x1a\x0f.sms.v1.AccountB\x1bZ\x19smsgw/gen/go/sms/v1;smsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14sms/v1/account.proto\x12\x06sms.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfd\x03\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08verified\x18\x03 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x61\x63tive_credentials\x18\x05 \x01(\x05\x12\x1d\n\x10otp_max_attempts\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x13otp_allowed_regions\x18\x07 \x03(\t\x12\x13\n\x0bquiet_hours\x18\x08 \x03(\t\x12\x1c\n\x0fsend_per_second\x18\t \x01(\x01H\x01\x88\x01\x01\x12\x1d\n\x10query_per_second\x18\n \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x11\x61llowed_countries\x18\x0b \x03(\t\x12\x1e\n\x11\x64\x61ily_message_cap\x18\x0c \x01(\x03H\x03\x88\x01\x01\x12!\n\x14per_mobile_daily_cap\x18\r \x01(\x03H\x04\x88\x01\x01\x12\x14\n\x07\x62\x61lance\x18\x0e \x01(\x03H\x05\x88\x01\x01\x42\x13\n\x11_otp_max_attemptsB\x12\n\x10_send_per_secondB\x13\n\x11_query_per_secondB\x14\n\x12_daily_message_capB\x17\n\x15_per_mobile_daily_capB\n\n\x08_balance\"8\n\x14\x43reateAccountRequest\x12 \n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x0f.sms.v1.Account\"\x1f\n\x11GetAccountRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"<\n\x13ListAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x14ListAccountsResponse\x12!\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x0f.sms.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"i\n\x14UpdateAccountRequest\x12 \n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x0f.sms.v1.Account\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\xcb\x01\n\nCredential\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x12\n\napi_secret\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\x03\x12\x13\n\x0b\x61llow_cidrs\x18\x04 \x03(\t\x12\r\n\x05\x61\x64min\x18\x05 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x17\x43reateCredentialRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x61llow_cidrs\x18\x02 \x03(\t\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\",\n\x16ListCredentialsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\"B\n\x17ListCredentialsResponse\x12\'\n\x0b\x63redentials\x18\x01 \x03(\x0b\x32\x12.sms.v1.Credential\"*\n\x17RevokeCredentialRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"9\n\x13TopUpBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x32\xbd\x04\n\x0e\x41\x63\x63ountService\x12>\n\rCreateAccount\x12\x1c.sms.v1.CreateAccountRequest\x1a\x0f.sms.v1.Account\x12\x38\n\nGetAccount\x12\x19.sms.v1.GetAccountRequest\x1a\x0f.sms.v1.Account\x12I\n\x0cListAccounts\x12\x1b.sms.v1.ListAccountsRequest\x1a\x1c.sms.v1.ListAccountsResponse\x12>\n\rUpdateAccount\x12\x1c.sms.v1.UpdateAccountRequest\x1a\x0f.sms.v1.Account\x12G\n\x10\x43reateCredential\x12\x1f.sms.v1.CreateCredentialRequest\x1a\x12.sms.v1.Credential\x12R\n\x0fListCredentials\x12\x1e.sms.v1.ListCredentialsRequest\x1a\x1f.sms.v1.ListCredentialsResponse\x12K\n\x10RevokeCredential\x12\x1f.sms.v1.RevokeCredentialRequest\x1a\x16.google.protobuf.Empty\x12<\n\x0cTopUpBalance\x12\x1b.sms.v1.TopUpBalanceRequest\x1a\x0f.sms.v1.AccountB\x1bZ\x19smsgw/gen/go/sms/v1;smsv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,29 +36,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\031smsgw/gen/go/sms/v1;smsv1'
   _globals['_ACCOUNT']._serialized_start=129
-  _globals['_ACCOUNT']._serialized_end=604
-  _globals['_CREATEACCOUNTREQUEST']._serialized_start=606
-  _globals['_CREATEACCOUNTREQUEST']._serialized_end=662
-  _globals['_GETACCOUNTREQUEST']._serialized_start=664
-  _globals['_GETACCOUNTREQUEST']._serialized_end=695
-  _globals['_LISTACCOUNTSREQUEST']._serialized_start=697
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=757
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=759
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=841
-  _globals['_UPDATEACCOUNTREQUEST']._serialized_start=843
-  _globals['_UPDATEACCOUNTREQUEST']._serialized_end=948
-  _globals['_CREDENTIAL']._serialized_start=951
-  _globals['_CREDENTIAL']._serialized_end=1154
-  _globals['_CREATECREDENTIALREQUEST']._serialized_start=1156
-  _globals['_CREATECREDENTIALREQUEST']._serialized_end=1237
-  _globals['_LISTCREDENTIALSREQUEST']._serialized_start=1239
-  _globals['_LISTCREDENTIALSREQUEST']._serialized_end=1283
-  _globals['_LISTCREDENTIALSRESPONSE']._serialized_start=1285
-  _globals['_LISTCREDENTIALSRESPONSE']._serialized_end=1351
-  _globals['_REVOKECREDENTIALREQUEST']._serialized_start=1353
-  _globals['_REVOKECREDENTIALREQUEST']._serialized_end=1395
-  _globals['_TOPUPBALANCEREQUEST']._serialized_start=1397
-  _globals['_TOPUPBALANCEREQUEST']._serialized_end=1454
-  _globals['_ACCOUNTSERVICE']._serialized_start=1457
-  _globals['_ACCOUNTSERVICE']._serialized_end=2030
+  _globals['_ACCOUNT']._serialized_end=638
+  _globals['_CREATEACCOUNTREQUEST']._serialized_start=640
+  _globals['_CREATEACCOUNTREQUEST']._serialized_end=696
+  _globals['_GETACCOUNTREQUEST']._serialized_start=698
+  _globals['_GETACCOUNTREQUEST']._serialized_end=729
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=731
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=791
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=793
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=875
+  _globals['_UPDATEACCOUNTREQUEST']._serialized_start=877
+  _globals['_UPDATEACCOUNTREQUEST']._serialized_end=982
+  _globals['_CREDENTIAL']._serialized_start=985
+  _globals['_CREDENTIAL']._serialized_end=1188
+  _globals['_CREATECREDENTIALREQUEST']._serialized_start=1190
+  _globals['_CREATECREDENTIALREQUEST']._serialized_end=1271
+  _globals['_LISTCREDENTIALSREQUEST']._serialized_start=1273
+  _globals['_LISTCREDENTIALSREQUEST']._serialized_end=1317
+  _globals['_LISTCREDENTIALSRESPONSE']._serialized_start=1319
+  _globals['_LISTCREDENTIALSRESPONSE']._serialized_end=1385
+  _globals['_REVOKECREDENTIALREQUEST']._serialized_start=1387
+  _globals['_REVOKECREDENTIALREQUEST']._serialized_end=1429
+  _globals['_TOPUPBALANCEREQUEST']._serialized_start=1431
+  _globals['_TOPUPBALANCEREQUEST']._serialized_end=1488
+  _globals['_ACCOUNTSERVICE']._serialized_start=1491
+  _globals['_ACCOUNTSERVICE']._serialized_end=2064
 # @@protoc_insertion_point(module_scope)

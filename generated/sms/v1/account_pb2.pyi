@@ -39,6 +39,7 @@ class Account(_message.Message):
     ALLOWED_COUNTRIES_FIELD_NUMBER: _builtins.int
     DAILY_MESSAGE_CAP_FIELD_NUMBER: _builtins.int
     PER_MOBILE_DAILY_CAP_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The account id (assigned by the server)."""
     name: _builtins.str
@@ -62,6 +63,13 @@ class Account(_message.Message):
     per_mobile_daily_cap: _builtins.int
     """Messages accepted per UTC day to one mobile (SendCloud code 498); unset: no cap.
     Past it RESOURCE_EXHAUSTED (PER_MOBILE_DAILY_CAP) until the day ends.
+    """
+    balance: _builtins.int
+    """The prepaid balance, in the smallest currency unit; unset: unlimited. Each
+    message is charged when accepted, per segment at the price the routing file's
+    [prices] gives its country; short of it FAILED_PRECONDITION reason
+    INSUFFICIENT_BALANCE. Refunded for messages cancelled, expired or rejected
+    before a provider took them. TopUpBalance adds to it.
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -100,11 +108,14 @@ class Account(_message.Message):
         allowed_countries: _abc.Iterable[_builtins.str] | None = ...,
         daily_message_cap: _builtins.int | None = ...,
         per_mobile_daily_cap: _builtins.int | None = ...,
+        balance: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_daily_message_cap", b"_daily_message_cap", "_otp_max_attempts", b"_otp_max_attempts", "_per_mobile_daily_cap", b"_per_mobile_daily_cap", "_query_per_second", b"_query_per_second", "_send_per_second", b"_send_per_second", "create_time", b"create_time", "daily_message_cap", b"daily_message_cap", "otp_max_attempts", b"otp_max_attempts", "per_mobile_daily_cap", b"per_mobile_daily_cap", "query_per_second", b"query_per_second", "send_per_second", b"send_per_second"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_balance", b"_balance", "_daily_message_cap", b"_daily_message_cap", "_otp_max_attempts", b"_otp_max_attempts", "_per_mobile_daily_cap", b"_per_mobile_daily_cap", "_query_per_second", b"_query_per_second", "_send_per_second", b"_send_per_second", "balance", b"balance", "create_time", b"create_time", "daily_message_cap", b"daily_message_cap", "otp_max_attempts", b"otp_max_attempts", "per_mobile_daily_cap", b"per_mobile_daily_cap", "query_per_second", b"query_per_second", "send_per_second", b"send_per_second"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_daily_message_cap", b"_daily_message_cap", "_otp_max_attempts", b"_otp_max_attempts", "_per_mobile_daily_cap", b"_per_mobile_daily_cap", "_query_per_second", b"_query_per_second", "_send_per_second", b"_send_per_second", "active_credentials", b"active_credentials", "allowed_countries", b"allowed_countries", "create_time", b"create_time", "daily_message_cap", b"daily_message_cap", "id", b"id", "name", b"name", "otp_allowed_regions", b"otp_allowed_regions", "otp_max_attempts", b"otp_max_attempts", "per_mobile_daily_cap", b"per_mobile_daily_cap", "query_per_second", b"query_per_second", "quiet_hours", b"quiet_hours", "send_per_second", b"send_per_second", "verified", b"verified"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_balance", b"_balance", "_daily_message_cap", b"_daily_message_cap", "_otp_max_attempts", b"_otp_max_attempts", "_per_mobile_daily_cap", b"_per_mobile_daily_cap", "_query_per_second", b"_query_per_second", "_send_per_second", b"_send_per_second", "active_credentials", b"active_credentials", "allowed_countries", b"allowed_countries", "balance", b"balance", "create_time", b"create_time", "daily_message_cap", b"daily_message_cap", "id", b"id", "name", b"name", "otp_allowed_regions", b"otp_allowed_regions", "otp_max_attempts", b"otp_max_attempts", "per_mobile_daily_cap", b"per_mobile_daily_cap", "query_per_second", b"query_per_second", "quiet_hours", b"quiet_hours", "send_per_second", b"send_per_second", "verified", b"verified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__balance: _TypeAlias = _typing.Literal["balance"]  # noqa: Y015
+    _WhichOneofArgType__balance: _TypeAlias = _typing.Literal["_balance", b"_balance"]  # noqa: Y015
     _WhichOneofReturnType__daily_message_cap: _TypeAlias = _typing.Literal["daily_message_cap"]  # noqa: Y015
     _WhichOneofArgType__daily_message_cap: _TypeAlias = _typing.Literal["_daily_message_cap", b"_daily_message_cap"]  # noqa: Y015
     _WhichOneofReturnType__otp_max_attempts: _TypeAlias = _typing.Literal["otp_max_attempts"]  # noqa: Y015
@@ -115,6 +126,8 @@ class Account(_message.Message):
     _WhichOneofArgType__query_per_second: _TypeAlias = _typing.Literal["_query_per_second", b"_query_per_second"]  # noqa: Y015
     _WhichOneofReturnType__send_per_second: _TypeAlias = _typing.Literal["send_per_second"]  # noqa: Y015
     _WhichOneofArgType__send_per_second: _TypeAlias = _typing.Literal["_send_per_second", b"_send_per_second"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__balance) -> _WhichOneofReturnType__balance | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__daily_message_cap) -> _WhichOneofReturnType__daily_message_cap | None: ...
     @_typing.overload
@@ -244,8 +257,8 @@ class UpdateAccountRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """The fields to change (name, verified, otp_max_attempts, otp_allowed_regions,
         quiet_hours, send_per_second, query_per_second, allowed_countries,
-        daily_message_cap, per_mobile_daily_cap); an unset optional field in the mask
-        goes back to the server's default (no cap).
+        daily_message_cap, per_mobile_daily_cap, balance); an unset optional field in
+        the mask goes back to the server's default (no cap, unlimited).
         """
 
     def __init__(

@@ -19,3 +19,10 @@ CREATE TABLE daily_sends (
     sent        integer NOT NULL,
     PRIMARY KEY (account_id, day, mobile)
 );
+
+-- Prepaid balance in the smallest currency unit (NULL: unlimited). A message of a
+-- prepaid account is charged when it is accepted (charged: what it cost, per segment
+-- at its country's price); the charge is given back if it ends CANCELLED, FAILED or
+-- REJECTED before a provider took it (store/outbox.py).
+ALTER TABLE accounts ADD COLUMN balance bigint;
+ALTER TABLE messages ADD COLUMN charged bigint NOT NULL DEFAULT 0;
