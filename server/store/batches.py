@@ -1,8 +1,10 @@
 """Batch tasks: creation in one transaction (COPY), counts, paging and cancel.
 
 Creation writes the batch row, COPYs every accepted message, takes out the numbers
-the account suppressed (one join: rejected with RECIPIENT_SUPPRESSED) and inserts
-their first events with one statement under the event-log lock, all in one transaction:
+the account suppressed (one join: rejected with RECIPIENT_SUPPRESSED) and those at
+their daily cap (one upsert), counts the batch against the account's daily cap,
+inserts the first events with one statement under the event-log lock and charges a
+prepaid balance, all in one transaction:
 a crash or error stores nothing. Counts change in the statement that records each
 message's status (store/outbox.py), so they are exact at any moment.
 """
