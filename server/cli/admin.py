@@ -165,6 +165,12 @@ def account_record(account: AccountListing) -> dict[str, Any]:
         "quiet_hours": None if account.quiet_hours is None else account.quiet_hours.to_json(),
         "send_per_second": account.send_per_second,
         "query_per_second": account.query_per_second,
+        "allowed_countries": None
+        if account.allowed_countries is None
+        else list(account.allowed_countries),
+        "daily_message_cap": account.daily_message_cap,
+        "per_mobile_daily_cap": account.per_mobile_daily_cap,
+        "balance": account.balance,
         "created_at": account.created_at.isoformat(),
     }
 
