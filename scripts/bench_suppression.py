@@ -38,6 +38,7 @@ from bench_common import (
 from sms.v1 import batch_pb2_grpc
 
 from server.domain.suppression import DEFAULT_USE_TYPES, SuppressionReason
+from server.store.suppressions import matches
 
 OPTIONS = [
     ("grpc.max_send_message_length", 64 << 20),
@@ -50,11 +51,12 @@ Metadata = tuple[tuple[str, str], ...]
 
 async def create_batches(
     target: str, accounts: list[Metadata], n: int, runs: int
-) -> list[tuple[list[float], int]]:
+) -> list[tuple[list[float], int, str]]:
     """For each account: seconds each of ``runs`` CreateBatch calls of request(n)
-    took (the accounts' calls alternate), and the numbers rejected."""
+    took (the accounts' calls alternate), the numbers rejected, the last batch id."""
     times: list[list[float]] = [[] for _ in accounts]
     rejected = [0 for _ in accounts]
+    last = ["" for _ in accounts]
     async with grpc.aio.insecure_channel(target, options=OPTIONS) as channel:
         stub = batch_pb2_grpc.BatchServiceStub(channel)
         req = request(n)
@@ -64,8 +66,28 @@ async def create_batches(
                 reply = await stub.CreateBatch(req, metadata=metadata, timeout=300)
                 times[i].append(time.perf_counter() - start)
                 rejected[i] = len(reply.rejected)
+                last[i] = reply.task_id
                 assert reply.accepted_count + rejected[i] == n
-    return list(zip(times, rejected, strict=True))
+    return list(zip(times, rejected, last, strict=True))
+
+
+async def join_alone(dsn: str, batch_id: str, account_id: int) -> float:
+    """Seconds the batch check's join takes on its own (as a SELECT, best of 3)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            await conn.fetchval(
+                f"SELECT count(*) FROM messages m, suppressions s WHERE m.batch_id = $1 AND "
+                f"{matches('$2', 'm.to_number', '2')}",
+                batch_id,
+                account_id,
+            )
+            best = min(best, time.perf_counter() - start)
+        return best
+    finally:
+        await conn.close()
 
 
 def second_account(dsn: str) -> Metadata:
@@ -82,6 +104,15 @@ def second_account(dsn: str) -> Metadata:
     account = json.loads(created.stdout.strip().splitlines()[-1])
     token = base64.b64encode(f"{account['api_key']}:{account['api_secret']}".encode()).decode()
     return (("authorization", f"Basic {token}"),)
+
+
+async def bench_account(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        account_id: int = await conn.fetchval("SELECT max(id) FROM accounts WHERE name = 'bench'")
+        return account_id
+    finally:
+        await conn.close()
 
 
 async def fill_suppressions(dsn: str, entries: int, batch_numbers: int) -> int:
@@ -127,9 +158,11 @@ def main() -> int:
         fill_s = time.perf_counter() - start
         # A small batch each first: connections and plans warm, as in a running server.
         asyncio.run(create_batches(gw.target, [clean, gw.metadata], 1_000, 1))
-        (without, none_rejected), (with_list, rejected) = asyncio.run(
+        (without, none_rejected, _), (with_list, rejected, listed_batch) = asyncio.run(
             create_batches(gw.target, [clean, gw.metadata], args.numbers, args.runs)
         )
+        account_id = asyncio.run(bench_account(dsn))
+        join_s = asyncio.run(join_alone(dsn, listed_batch, account_id))
         stop_process(gw.proc)
     assert none_rejected == 0 and rejected == listed, (none_rejected, rejected, listed)
     base, checked = statistics.median(without), statistics.median(with_list)
@@ -143,6 +176,7 @@ def main() -> int:
         ("CreateBatch, account with no suppressions, s", f"{base:.2f}"),
         (f"CreateBatch, account with {args.suppressions:,} suppressions, s", f"{checked:.2f}"),
         ("numbers rejected RECIPIENT_SUPPRESSED", f"{rejected:,}"),
+        ("the check's join alone (batch x suppressions), s", f"{join_s:.3f}"),
         ("ratio with / without suppressions", f"{checked / base:.2f}"),
         ("ratio with suppressions / raw COPY (P2 target <= 6)", f"{checked / copy_s:.1f}"),
         ("setting up the list (COPY + ANALYZE), s", f"{fill_s:.1f}"),
