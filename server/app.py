@@ -187,7 +187,6 @@ class Gateway:
             routes=routes,
             on_accepted=self._dispatcher.wake,
             mobile_intervals=s.mobile_intervals,
-            suppressions=suppressions,
             prices=self._prices,
         )
         velocity = PgVelocityCounters(pool)

@@ -34,7 +34,6 @@ from server.domain.ports import IdempotencyKey, MessageRepository, Routes, Templ
 from server.domain.quiet_hours import QuietHours
 from server.domain.segments import count_segments
 from server.domain.smart_encoding import smart_encode
-from server.domain.suppression import SuppressionRepository, recipient_suppressed
 from server.domain.template_text import ParsedTemplate, render, validate_values
 
 log = logging.getLogger(__name__)
@@ -156,14 +155,11 @@ class Messaging:
         on_accepted: Callable[[], None] = lambda: None,
         mobile_intervals: Mapping[UseType, float] | None = None,
         routes: Routes | None = None,
-        suppressions: SuppressionRepository | None = None,
         prices: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self._messages = messages
         # Per-segment prices by region, as the routing file gives them now.
         self._prices = prices
-        # None: no number is suppressed (unit tests).
-        self._suppressions = suppressions
         # None: every message is taken (dispatch alone decides).
         self._routes = routes
         self._templates = templates
@@ -242,10 +238,6 @@ class Messaging:
         )
         if self._routes is not None and not self._routes.can_carry(outbound(message)):
             raise no_route("this message (its number, use type and content)")
-        if self._suppressions is not None and await self._suppressions.is_suppressed(
-            caller.account_id, to_number, cmd.use_type
-        ):
-            raise recipient_suppressed(to_number)
         interval = self._mobile_intervals.get(cmd.use_type, 0.0)
         caps = DailyCaps.of(caller)
         key: IdempotencyKey | None = None

@@ -36,7 +36,9 @@ class IdempotencyKey:
 
 class MessageRepository(Protocol):
     async def insert(self, message: NewMessage) -> None:
-        """Stores a PENDING message and its first status event; durable on return."""
+        """Stores a PENDING message and its first status event; durable on return.
+        Both inserts raise FailedPrecondition (RECIPIENT_SUPPRESSED), storing nothing,
+        when the account suppressed the number for the message's use type."""
         ...
 
     async def insert_idempotent(

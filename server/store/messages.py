@@ -18,11 +18,13 @@ from server.domain.errors import ResourceExhausted
 from server.domain.guardrails import DailyCaps
 from server.domain.models import MessageState, MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey
+from server.domain.suppression import recipient_suppressed
 from server.store.balance import charge_balance
 from server.store.daily_caps import take_daily
 from server.store.events import LOCK_EVENT_LOG_CTE
 from server.store.idempotency import claim_key
 from server.store.pool import Conn, unavailable_on_connection_errors
+from server.store.suppressions import matches, suppressed
 
 MAX_GROUP = 500
 
@@ -35,9 +37,11 @@ REFERENCE_COLUMNS = (
 )
 MAX_CONCURRENT_GROUPS = 2
 
+
 # The messages' insert and their first events, as the tail of a WITH: another
 # statement can put its own CTE first and store its rows in the same round trip.
-_MESSAGES_AND_EVENTS = f"""
+def _messages_and_events(where: str = "") -> str:
+    return f"""
 {LOCK_EVENT_LOG_CTE},
 m AS (
     INSERT INTO messages (id, account_id, batch_id, to_number, use_type, body, template_id,
@@ -54,6 +58,7 @@ m AS (
          AS u(id, account_id, batch_id, to_number, use_type, body, template_id,
               segments, priority, not_before, template_code, template_data, channel,
               sealed_code, reference, metadata, expires_at, charged)
+    {where}
     RETURNING id, account_id, batch_id, to_number, created_at
 )
 INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number, status,
@@ -63,7 +68,23 @@ SELECT nextval('message_event_ids'), m.id, m.account_id, m.batch_id, m.to_number
 FROM m CROSS JOIN event_log_lock
 """
 
+
+_MESSAGES_AND_EVENTS = _messages_and_events()
+
 _INSERT_WITH_EVENTS = f"WITH {_MESSAGES_AND_EVENTS}"
+
+# Single sends by group commit: a message to a number its account suppressed (for its
+# use type) is left out, in the same statement (no round trip of its own); the ids
+# stored come back, and the callers of the others are answered RECIPIENT_SUPPRESSED.
+_INSERT_UNSUPPRESSED = (
+    "WITH "
+    + _messages_and_events(
+        "WHERE NOT EXISTS (SELECT FROM suppressions s WHERE "
+        + matches("u.account_id", "u.to_number", "u.use_type")
+        + ")"
+    )
+    + "RETURNING message_id"
+)
 
 
 # How many parameters ``message_columns`` takes: a CTE given to ``with_messages``
@@ -160,21 +181,27 @@ class PgMessageStore:
 
     async def _write_group(self, group: list[tuple[NewMessage, asyncio.Future[None]]]) -> None:
         error: BaseException | None = None
+        stored: set[str] = set()
         try:
             with unavailable_on_connection_errors():
                 async with self._pool.acquire() as conn:
-                    await insert_messages(conn, [m for m, _ in group])
+                    rows = await conn.fetch(
+                        _INSERT_UNSUPPRESSED, *message_columns([m for m, _ in group])
+                    )
+                    stored = {r["message_id"] for r in rows}
         except Exception as exc:
             error = exc
         finally:
             self._groups_in_flight -= 1
-            for _, future in group:
+            for message, future in group:
                 if future.done():
                     continue
-                if error is None:
+                if error is not None:
+                    future.set_exception(error)
+                elif message.id in stored:
                     future.set_result(None)
                 else:
-                    future.set_exception(error)
+                    future.set_exception(recipient_suppressed(message.to_number))
             self._start_groups()
 
     async def insert_idempotent(
@@ -192,6 +219,8 @@ class PgMessageStore:
                         return earlier
                 if mobile_interval > 0:
                     await pass_mobile_interval(conn, message, mobile_interval)
+                if await suppressed(conn, message.account_id, message.to_number, message.use_type):
+                    raise recipient_suppressed(message.to_number)
                 if caps is not None and caps.active:
                     await take_daily(conn, message.account_id, message.to_number, caps)
                 await insert_messages(conn, [message])

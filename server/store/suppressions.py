@@ -90,6 +90,17 @@ async def suppress_from_receipts(
     )
 
 
+async def suppressed(conn: Conn, account_id: int, mobile: str, use_type: UseType) -> bool:
+    """Whether the account suppressed ``mobile`` for ``use_type``."""
+    found = await conn.fetchval(
+        f"SELECT true FROM suppressions s WHERE {matches('$1', '$2', '$3')}",
+        account_id,
+        mobile,
+        int(use_type),
+    )
+    return bool(found)
+
+
 class PgSuppressionStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -138,10 +149,5 @@ class PgSuppressionStore:
 
     async def is_suppressed(self, account_id: int, mobile: str, use_type: UseType) -> bool:
         with unavailable_on_connection_errors():
-            found = await self._pool.fetchval(
-                f"SELECT true FROM suppressions s WHERE {matches('$1', '$2', '$3')}",
-                account_id,
-                mobile,
-                int(use_type),
-            )
-        return bool(found)
+            async with self._pool.acquire() as conn:
+                return await suppressed(conn, account_id, mobile, use_type)

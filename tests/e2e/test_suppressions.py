@@ -172,6 +172,11 @@ async def test_single_sends_to_a_suppressed_number_are_refused_and_codes_only_wh
             await send_text(client, CN, use_type)
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert reason(refused.value) == "RECIPIENT_SUPPRESSED"
+    # With a request_id (the transactional path) too; a retry answers the same.
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError) as keyed:
+            await send_text(client, CN, NOTE, request_id="order-7")
+        assert reason(keyed.value) == "RECIPIENT_SUPPRESSED"
     assert await stored_messages(running, client.account_id) == before
 
     # Verification codes are exempt unless USE_TYPE_VERIFICATION is listed.
