@@ -215,3 +215,22 @@ async def test_a_thousand_racing_sends_on_two_replicas_charge_exactly_a_hundred(
 
     await wait_for(all_delivered, within=60)
     assert await balance(running, admin, client) == 0
+
+
+async def test_a_message_that_expires_before_a_provider_took_it_is_refunded(
+    start_gateway: GatewayFactory,
+) -> None:
+    # Messages older than a second are not sent any more (SMSGW_MESSAGE_TTL_SECONDS).
+    short = await start_gateway(routing=PRICED, message_ttl_seconds=1.0)
+    store = PgAccountStore(short.gateway.pool)
+    ops = await store.create_account("ops", verified=True)
+    credential, secret = await store.create_credential(ops.id, admin=True)
+    ops_auth = basic_auth(credential.api_key, secret)
+    client, _ = await prepaid(short, ops_auth, 50)
+    soon = timestamp_pb2.Timestamp()
+    soon.FromDatetime(datetime.now(UTC) + timedelta(seconds=2))
+    message_id = await send_text(client, GB, send_at=soon)
+    assert await balance(short, ops_auth, client) == 30
+    state = await final_state(client, message_id)
+    assert (state.status, state.error_code) == (common_pb2.MESSAGE_STATUS_FAILED, "EXPIRED")
+    assert await balance(short, ops_auth, client) == 50
