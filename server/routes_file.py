@@ -1,7 +1,7 @@
 """Providers and routes from the SMSGW_CONFIG TOML file, validated into frozen specs.
 
     [providers.sky]
-    kind = "skynoo"                       # skynoo | sendcloud | sendsms | loopback
+    kind = "skynoo"                       # skynoo | sendcloud | sendsms | twilio | loopback
     base_url = "https://api.skynoo.com"
     credentials = { api_key = "SKYNOO_KEY", api_secret = "SKYNOO_SECRET" }  # env var names
     rate_per_second = 50                  # outbound limit (aiolimiter); none if unset
@@ -27,11 +27,12 @@ from typing import Any
 
 from server.domain.models import UseType
 
-KINDS = ("skynoo", "sendcloud", "sendsms", "loopback")
+KINDS = ("skynoo", "sendcloud", "sendsms", "twilio", "loopback")
 CREDENTIAL_FIELDS: dict[str, tuple[str, ...]] = {
     "skynoo": ("api_key", "api_secret"),
     "sendcloud": ("sms_user", "sms_key"),
     "sendsms": ("client_id", "passcode"),
+    "twilio": ("account_sid", "auth_token"),
     "loopback": (),
 }
 USE_TYPES = {

@@ -40,4 +40,10 @@ def build_transport(
         return SendsmsTransport(
             SendsmsConfig(client_id=c["client_id"], passcode=c["passcode"], **common)
         )
+    if spec.kind == "twilio":
+        from server.providers.twilio import TwilioConfig, TwilioTransport
+
+        return TwilioTransport(
+            TwilioConfig(account_sid=c["account_sid"], auth_token=c["auth_token"], **common)
+        )
     raise ValueError(f"unknown provider kind {spec.kind!r}")

@@ -18,6 +18,7 @@ INDEPENDENT = [
     "sendsms.py",
     "sendcloud.py",
     "sendcloud_state.py",
+    "twilio.py",
 ]
 
 
