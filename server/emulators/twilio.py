@@ -51,7 +51,7 @@ from server.emulators.common import STATE_KEY, EmulatorSettings, EmulatorState, 
 
 API_VERSION = "2010-04-01"
 MAX_BODY = 1600
-E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # + country code and subscriber number
 FINAL_ERRORS = {"undelivered": 30003, "failed": 30008}
 DEFAULT_NUMBER = "+15005550006"
 DEFAULT_SERVICE = "MG" + "0" * 32
