@@ -46,4 +46,10 @@ def build_transport(
         return TwilioTransport(
             TwilioConfig(account_sid=c["account_sid"], auth_token=c["auth_token"], **common)
         )
+    if spec.kind == "http":
+        from server.providers.generic_http import GenericHttpTransport
+
+        return GenericHttpTransport(
+            spec.name, spec.base_url, c, spec.options, timeout=spec.timeout_seconds
+        )
     raise ValueError(f"unknown provider kind {spec.kind!r}")

@@ -19,6 +19,7 @@ INDEPENDENT = [
     "sendcloud.py",
     "sendcloud_state.py",
     "twilio.py",
+    "plivo.py",
 ]
 
 
