@@ -27,7 +27,7 @@ from server.domain.models import MessageStatus, OutboundMessage, UseType
 from server.domain.ports import ProviderError, ProviderRef, Transport
 from server.emulators.common import EmulatorControls, EmulatorSettings, RunningEmulator
 from server.emulators.plivo import build_app
-from server.providers.webhooks import HookRequest
+from server.providers.webhooks import HookRequest, WebhookTransport
 from server.routes_file import RoutingConfigError, parse_routing
 from tests.contract.pair_http import (
     AUTH_ID,
@@ -131,7 +131,8 @@ def push(form: dict[str, str], query: str) -> HookRequest:
 
 def test_pushed_receipts_need_the_token_and_name_our_message() -> None:
     sender = transport(routing("https://api.plivo.com", GATEWAY))
-    hook = getattr(sender, "parse_hook")  # noqa: B009 - WebhookTransport
+    assert isinstance(sender, WebhookTransport)
+    hook = sender.parse_hook
     form = {"MessageUUID": "u-1", "Status": "undelivered", "ErrorCode": "80", "To": "1"}
     (receipt,) = hook(form, request=push(form, f"smsgw_id=m-9&token={HOOK_TOKEN}"))
     assert (receipt.message_id, receipt.provider_message_id, receipt.status) == (
