@@ -11,8 +11,8 @@ status:  GET {base_url}/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json, on
 receipt: Twilio POSTs a form to StatusCallback on each status change (MessageSid,
          MessageStatus, ErrorCode, ...), signed in X-Twilio-Signature; it is checked
          with the official ``twilio`` package's RequestValidator over the URL Twilio
-         called: the origin of ``status_callback`` and the path and query our HTTP
-         port received.
+         called: the StatusCallback we gave it, or the origin of ``status_callback``
+         with the path and query our HTTP port received.
 
 Each message's StatusCallback carries our message id (``?smsgw_id=...``); Twilio
 signs the URL, so a verified callback names our message even before its sid is
@@ -246,15 +246,19 @@ class TwilioTransport:
         signature = request.headers.get("X-Twilio-Signature", "") if request else ""
         if request is None or not signature:
             raise ProviderError("Twilio callback without X-Twilio-Signature")
-        url = self._callback_origin + request.raw_path
-        if not self._validator.validate(url, dict(form), signature):
+        ours = parse_qs(urlsplit(request.raw_path).query).get(OUR_ID, [""])[0]
+        # The URL Twilio signed: the one we gave it (even if a proxy rewrote the path),
+        # or the public origin with the path and query as received.
+        urls = [self._callback_origin + request.raw_path]
+        if ours:
+            urls.insert(0, callback_url(self._config.status_callback, ours))
+        if not any(self._validator.validate(url, dict(form), signature) for url in urls):
             raise ProviderError("X-Twilio-Signature does not match (wrong auth token or forged)")
         sid, status = form.get("MessageSid", ""), form.get("MessageStatus", "")
         if not sid or not status:
             # An inbound message (SmsStatus "received") is not a receipt; InboundService
             # will take them.
             raise ProviderError("Twilio callback without MessageSid and MessageStatus")
-        ours = parse_qs(urlsplit(request.raw_path).query).get(OUR_ID, [""])[0]
         receipt = receipt_of(self.name, ours[:128], sid, status, form.get("ErrorCode"))
         return [] if receipt is None else [receipt]
 

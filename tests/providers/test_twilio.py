@@ -183,3 +183,23 @@ def test_config_mistakes_are_named(changes: dict[str, str], problem: str) -> Non
     with pytest.raises(ValueError, match=problem):
         config("https://api.twilio.com", **changes)
     assert isinstance(config("https://api.twilio.com"), TwilioConfig)
+
+
+def test_a_callback_is_checked_against_the_url_we_gave_twilio() -> None:
+    # A proxy that serves /sms/webhooks/... as /webhooks/... changes the path our port
+    # sees; Twilio signed the StatusCallback we sent, which the transport rebuilds.
+    transport = TwilioTransport(
+        config("https://api.twilio.com", status_callback="https://gw.example.com/sms/hook")
+    )
+    form = callback_form("delivered")
+    given = "https://gw.example.com/sms/hook?smsgw_id=m-5"
+    headers = {"X-Twilio-Signature": twilio_emulator.signature(AUTH_TOKEN, given, form)}
+    (receipt,) = transport.parse_hook(
+        form, request=HookRequest("/webhooks/twilio/tw1?smsgw_id=m-5", headers)
+    )
+    assert (receipt.message_id, receipt.status) == ("m-5", MessageStatus.DELIVERED)
+    # Our id is part of what is signed: another id does not verify.
+    with pytest.raises(ProviderError):
+        transport.parse_hook(
+            form, request=HookRequest("/webhooks/twilio/tw1?smsgw_id=m-6", headers)
+        )
