@@ -51,7 +51,7 @@ WHERE m.batch_id = $1
 
 _COLUMNS = (
     "id, status, total, sent, delivered, failed, cancelled, finished, created_at, updated_at,"
-    " rejected"
+    " rejected, reference, metadata"
 )
 
 
@@ -87,6 +87,8 @@ def _batch(row: asyncpg.Record) -> BatchRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         rejected=[(n, r) for n, r in row["rejected"]],
+        reference=row["reference"],
+        metadata=row["metadata"] or {},
     )
 
 
