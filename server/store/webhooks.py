@@ -5,9 +5,9 @@ and account_events (batch status changes, verification outcomes). Each endpoint 
 a cursor per log (the last event id it has seen there); ``materialise`` turns the
 events after them, of the types it subscribed to, into PENDING deliveries, under
 ``FOR UPDATE SKIP LOCKED`` on the endpoint row so that replicas never work on one
-endpoint's cursors at once. ``claim_due`` leases due
-deliveries the same way; a delivery whose lease ran out (its replica died) is due
-again, so delivery is at least once.
+endpoint's cursors at once. ``claim_due`` leases due deliveries the same way; a
+delivery whose lease ran out (its replica died) is due again, so delivery is at least
+once.
 """
 
 from __future__ import annotations
