@@ -1,8 +1,9 @@
 """Batch tasks: creation in one transaction (COPY), counts, paging and cancel.
 
 Creation writes the batch row, COPYs every accepted message and inserts their
-first events with one statement under the event-log lock, all in one transaction:
-a crash or error stores nothing. Counts change in the statement that records each
+first events with one statement under the event-log lock, and the batch's first
+status event (store/account_events.py), all in one transaction: a crash or error
+stores nothing. Counts change in the statement that records each
 message's status (store/outbox.py), so they are exact at any moment.
 """
 
@@ -15,6 +16,7 @@ import asyncpg
 from server.domain.batch_tasks import BatchMessageRow, BatchOptions, BatchRecord
 from server.domain.models import MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey, Transition
+from server.store.account_events import record_batch_status
 from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log
 from server.store.idempotency import claim_key
 from server.store.outbox import ChangeSink, StatusChanges, apply_transitions
@@ -49,7 +51,7 @@ WHERE m.batch_id = $1
 
 _COLUMNS = (
     "id, status, total, sent, delivered, failed, cancelled, finished, created_at, updated_at,"
-    " rejected"
+    " rejected, reference, metadata"
 )
 
 
@@ -85,6 +87,8 @@ def _batch(row: asyncpg.Record) -> BatchRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         rejected=[(n, r) for n, r in row["rejected"]],
+        reference=row["reference"],
+        metadata=row["metadata"] or {},
     )
 
 
@@ -152,6 +156,9 @@ class PgBatchStore:
                 )
                 if total:
                     await conn.execute(_FIRST_EVENTS, batch_id)
+                # Its first status (PENDING, or FAILED with nothing accepted), after
+                # the message events: the account log's lock is taken last.
+                await record_batch_status(conn, batch_id)
         assert row is not None
         return _batch(row)
 
@@ -206,7 +213,7 @@ class PgBatchStore:
                     "FOR UPDATE SKIP LOCKED",
                     batch_id,
                 )
-                await conn.execute(
+                cancelled = await conn.execute(
                     "UPDATE batches SET status = 5, updated_at = now() "
                     "WHERE id = $1 AND status IN (1, 2)",
                     batch_id,
@@ -216,6 +223,9 @@ class PgBatchStore:
                     changes = await apply_transitions(
                         conn, [Transition(r["id"], MessageStatus.CANCELLED) for r in ids]
                     )
+                if cancelled != "UPDATE 0":
+                    # With the counts its cancelled messages left.
+                    await record_batch_status(conn, batch_id)
                 row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM batches WHERE id = $1", batch_id)
             return row, changes
 
