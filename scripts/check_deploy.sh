@@ -12,7 +12,8 @@
 #   - nginx.conf passes `nginx -t` (Debian's nginx; the replicas' host names, which
 #     only compose's DNS knows, are replaced by 127.0.0.1 in a scratch copy);
 #   - every YAML file passes yamllint.
-# Installs promtool and nginx from Debian's packages when missing (as root).
+# Installs promtool and nginx from Debian's packages when missing (as root);
+# `--install` only does that (scripts/test.sh: tests/e2e/test_deploy_nginx.py runs nginx).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -28,6 +29,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[ "${1:-}" != "--install" ] || exit 0
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
