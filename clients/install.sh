@@ -3,8 +3,9 @@
 # (CI runs as root). Idempotent: Debian packages are installed only when a tool or a
 # Go package is missing, npm packages always from clients/node/package-lock.json.
 #
-#   Python: nothing here; the repo's venv (.venv, `pip install -e .`) has sms.v1,
-#           grpcio, grpcio-status and googleapis-common-protos.
+#   Python: the client package clients/python (smsgw_client), editable into the
+#           repo's venv (.venv, `pip install -e .`), which has sms.v1, grpcio,
+#           grpcio-status and googleapis-common-protos; its stubs are generated/.
 #   Node:   @grpc/grpc-js, @grpc/proto-loader, protobufjs (npm ci in clients/node).
 #   Go:     Debian's Go toolchain, protoc with protoc-gen-go and protoc-gen-go-grpc,
 #           and grpc-go, protobuf-go and genproto (errdetails) as GOPATH sources in
@@ -44,3 +45,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 (cd "$here/node" && npm ci --no-audit --no-fund --loglevel=error)
+
+root="$(cd "$here/.." && pwd)"
+if [ -x "$root/.venv/bin/pip" ]; then
+  "$root/.venv/bin/pip" install --quiet --no-deps -e "$here/python"
+fi

@@ -1,7 +1,7 @@
 """Providers and routes from the SMSGW_CONFIG TOML file, validated into frozen specs.
 
     [providers.sky]
-    kind = "skynoo"                       # skynoo | sendcloud | sendsms | loopback
+    kind = "skynoo"                       # skynoo | sendcloud | sendsms | twilio | http | loopback
     base_url = "https://api.skynoo.com"
     credentials = { api_key = "SKYNOO_KEY", api_secret = "SKYNOO_SECRET" }  # env var names
     rate_per_second = 50                  # outbound limit (aiolimiter); none if unset
@@ -27,12 +27,14 @@ from typing import Any
 
 from server.domain.models import UseType
 
-KINDS = ("skynoo", "sendcloud", "sendsms", "loopback")
+KINDS = ("skynoo", "sendcloud", "sendsms", "twilio", "http", "loopback")
 CREDENTIAL_FIELDS: dict[str, tuple[str, ...]] = {
     "skynoo": ("api_key", "api_secret"),
     "sendcloud": ("sms_user", "sms_key"),
     "sendsms": ("client_id", "passcode"),
+    "twilio": ("account_sid", "auth_token"),
     "loopback": (),
+    # "http" (the declarative provider) names its own credentials: each one listed.
 }
 USE_TYPES = {
     "verification": UseType.VERIFICATION,
@@ -118,7 +120,7 @@ def _provider(name: str, table: Any, env: Mapping[str, str]) -> ProviderSpec:
     if not isinstance(names, dict):
         raise RoutingConfigError(f"{where}.credentials must be a table of env var names")
     credentials: dict[str, str] = {}
-    for key in CREDENTIAL_FIELDS[kind]:
+    for key in CREDENTIAL_FIELDS.get(kind, tuple(names)):
         var = names.get(key)
         if not isinstance(var, str) or not var:
             raise RoutingConfigError(f"{where}.credentials.{key} must name an environment variable")
@@ -135,6 +137,14 @@ def _provider(name: str, table: Any, env: Mapping[str, str]) -> ProviderSpec:
     options = table.get("options", {})
     if not isinstance(options, dict):
         raise RoutingConfigError(f"{where}.options must be a table")
+    if kind == "http":
+        # The declarative provider is all options: check them now, naming the key.
+        from server.providers.generic_http_config import HttpProviderConfigError, parse_options
+
+        try:
+            parse_options(name, options, frozenset(credentials))
+        except HttpProviderConfigError as exc:
+            raise RoutingConfigError(str(exc)) from exc
     return ProviderSpec(
         name=name,
         kind=kind,

@@ -415,6 +415,8 @@ class InMemoryBatches:
             created_at=now,
             updated_at=now,
             rejected=list(rejected),
+            reference=options.reference if options else "",
+            metadata=dict(options.metadata or {}) if options else {},
         )
         if key is not None:
             self.keys.claim(key, batch_id)

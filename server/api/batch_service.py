@@ -26,6 +26,8 @@ def batch_message(b: BatchRecord) -> batch_pb2.Batch:
         failed=b.failed,
         created_at=convert.timestamp(b.created_at),
         updated_at=convert.timestamp(b.updated_at),
+        reference=b.reference,
+        metadata=b.metadata,
     )
 
 
@@ -108,6 +110,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
                     status=common_pb2.MessageStatus.ValueType(int(r.status)),
                     error_code=r.error_code,
                     send_time=convert.timestamp(r.sent_at),
+                    reference=page.reference,
+                    metadata=page.metadata,
                 )
                 for r in rows
             ],

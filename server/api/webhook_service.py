@@ -20,9 +20,22 @@ from server.store.webhooks import DeliveryRow, PgWebhookStore, WebhookRow
 Context = grpc.aio.ServicerContext[Any, Any]
 
 # The event types an endpoint can subscribe to today (the others have no source yet).
-SUPPORTED_EVENT_TYPES = frozenset({webhook_pb2.EVENT_TYPE_MESSAGE_STATUS})
+SUPPORTED_EVENT_TYPES = frozenset(
+    {
+        webhook_pb2.EVENT_TYPE_MESSAGE_STATUS,
+        webhook_pb2.EVENT_TYPE_BATCH_STATUS,
+        webhook_pb2.EVENT_TYPE_VERIFICATION,
+    }
+)
 MAX_DESCRIPTION = 200
 _INT64_MAX = 2**63 - 1
+
+
+def _event_type_name(value: int) -> str:
+    try:
+        return webhook_pb2.EventType.Name(value)  # type: ignore[arg-type]
+    except ValueError:
+        return str(value)
 
 
 def _webhook(row: WebhookRow, secret: str = "") -> webhook_pb2.Webhook:
@@ -69,9 +82,14 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
         types = sorted(set(request.event_types))
         if not types:
             violations.append(FieldViolation("event_types", "at least one event type"))
-        elif any(t not in SUPPORTED_EVENT_TYPES for t in types):
+        elif unsupported := [t for t in types if t not in SUPPORTED_EVENT_TYPES]:
+            names = ", ".join(_event_type_name(t) for t in unsupported)
             violations.append(
-                FieldViolation("event_types", "only EVENT_TYPE_MESSAGE_STATUS is delivered yet")
+                FieldViolation(
+                    "event_types",
+                    f"not available yet: {names}; EVENT_TYPE_MESSAGE_STATUS, "
+                    "EVENT_TYPE_BATCH_STATUS and EVENT_TYPE_VERIFICATION are delivered",
+                )
             )
         if len(request.description) > MAX_DESCRIPTION:
             violations.append(

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 
-from server.cli import admin, batches, emulate, messages, serve, templates, verify
+from server.cli import admin, batches, emulate, messages, serve, templates, verify, webhooks
 from server.cli.settings import UsageError
 
 # 128 + SIGPIPE, what a shell reports for a command whose reader went away.
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smsgw", description="Self-hosted SMS gateway (gRPC).")
     parser.add_argument("--version", action="version", version=f"smsgw {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (serve, admin, messages, batches, templates, verify, emulate):
+    for group in (serve, admin, messages, batches, templates, verify, webhooks, emulate):
         group.add_commands(commands)
     return parser
 

@@ -14,7 +14,15 @@ from typing import Any, TextIO
 
 from sms.v1 import batch_pb2, common_pb2
 
-from server.cli.client import USE_TYPES, Api, client_command, pairs, use_type_option
+from server.cli.client import (
+    USE_TYPES,
+    Api,
+    client_command,
+    pairs,
+    reference_options,
+    references,
+    use_type_option,
+)
 from server.cli.output import Output
 from server.cli.settings import UsageError
 
@@ -52,6 +60,7 @@ def add_commands(commands: Any) -> None:
     )
     use_type_option(create)
     create.add_argument("--request-id", default="", help="idempotency key")
+    reference_options(create)
     create.add_argument("--watch", action="store_true", help="then show its progress")
     client_command(create, _create)
 
@@ -121,8 +130,13 @@ def batch_request(args: argparse.Namespace) -> batch_pb2.CreateBatchRequest:
         data.update(csv_data)
     if not numbers:
         raise UsageError("give numbers with --number, --numbers-file or --csv")
+    reference, metadata = references(args)
     request = batch_pb2.CreateBatchRequest(
-        use_type=USE_TYPES[args.use_type], numbers=numbers, request_id=args.request_id
+        use_type=USE_TYPES[args.use_type],
+        numbers=numbers,
+        request_id=args.request_id,
+        reference=reference,
+        metadata=metadata,
     )
     for number, values in data.items():
         request.template_data[number].values.update(values)

@@ -22,6 +22,7 @@ from sms.v1 import (
     message_pb2_grpc,
     template_pb2_grpc,
     verification_pb2_grpc,
+    webhook_pb2_grpc,
 )
 
 from server.cli.output import Output, add_output_option, describe_error
@@ -43,6 +44,7 @@ class Api:
     batches: batch_pb2_grpc.BatchServiceAsyncStub
     templates: template_pb2_grpc.TemplateServiceAsyncStub
     verifications: verification_pb2_grpc.VerificationServiceAsyncStub
+    webhooks: webhook_pb2_grpc.WebhookServiceAsyncStub
     metadata: tuple[tuple[str, str], ...]
     timeout: float = CALL_TIMEOUT
 
@@ -53,6 +55,7 @@ class Api:
             batches=batch_pb2_grpc.BatchServiceStub(channel),
             templates=template_pb2_grpc.TemplateServiceStub(channel),
             verifications=verification_pb2_grpc.VerificationServiceStub(channel),
+            webhooks=webhook_pb2_grpc.WebhookServiceStub(channel),
             metadata=metadata,
         )
 
@@ -95,6 +98,23 @@ def pairs(items: Sequence[str], option: str = "--data") -> dict[str, str]:
             raise UsageError(f"{option} {item!r}: use NAME=VALUE")
         values[name] = value
     return values
+
+
+def reference_options(parser: argparse.ArgumentParser) -> None:
+    """The caller's reference and metadata, echoed in status answers and events."""
+    parser.add_argument("--reference", default="", help="your own id (at most 128 characters)")
+    parser.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a key-value pair echoed with the status (repeats; at most 10)",
+    )
+
+
+def references(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    """``--reference`` and ``--metadata`` as the request fields take them."""
+    return args.reference, pairs(args.metadata, "--metadata")
 
 
 def use_type_option(parser: argparse.ArgumentParser, default: str = "notification") -> None:

@@ -18,30 +18,34 @@ from server.emulators.common import FAULTS, EmulatorControls, EmulatorSettings, 
 
 def _emulators() -> dict[str, Callable[[EmulatorSettings], web.Application]]:
     """The emulators by kind (imported when one is run)."""
-    from server.emulators import sendcloud, sendsms, skynoo
+    from server.emulators import sendcloud, sendsms, skynoo, twilio
 
     return {
         "skynoo": skynoo.build_app,
         "sendcloud": sendcloud.build_app,
         "sendsms": sendsms.build_app,
+        # Twilio: the Account SID and auth token; sends From +15005550006.
+        "twilio": twilio.build_app,
     }
 
 
-EMULATOR_KINDS = ("skynoo", "sendcloud", "sendsms")
+EMULATOR_KINDS = ("skynoo", "sendcloud", "sendsms", "twilio")
 
 
 def add_commands(commands: Any) -> None:
     emulate = commands.add_parser(
-        "emulate", help="run a provider emulator (skynoo, sendcloud, sendsms) on 127.0.0.1"
+        "emulate", help="run a provider emulator (skynoo, sendcloud, sendsms, twilio) on 127.0.0.1"
     )
     emulate.add_argument("kind", choices=EMULATOR_KINDS)
     emulate.add_argument("--port", type=int, default=0, help="0 picks a free port")
     emulate.add_argument("--host", default="127.0.0.1")
     emulate.add_argument(
-        "--credential-id", default="emulator-user", help="apiKey/smsUser/client_id"
+        "--credential-id", default="emulator-user", help="apiKey/smsUser/client_id/AccountSid"
     )
     emulate.add_argument(
-        "--credential-secret", default="emulator-secret", help="apiSecret/smsKey/passcode"
+        "--credential-secret",
+        default="emulator-secret",
+        help="apiSecret/smsKey/passcode/auth token",
     )
     emulate.add_argument(
         "--template", action="append", default=[], metavar="ID=TEXT", help="a provider template"

@@ -9,7 +9,15 @@ from typing import Any
 
 from sms.v1 import message_pb2
 
-from server.cli.client import USE_TYPES, Api, client_command, pairs, use_type_option
+from server.cli.client import (
+    USE_TYPES,
+    Api,
+    client_command,
+    pairs,
+    reference_options,
+    references,
+    use_type_option,
+)
 from server.cli.output import Output
 from server.cli.settings import UsageError
 
@@ -25,6 +33,7 @@ def add_commands(commands: Any) -> None:
     send.add_argument("--data", action="append", default=[], metavar="NAME=VALUE")
     use_type_option(send)
     send.add_argument("--request-id", default="", help="idempotency key")
+    reference_options(send)
     send.add_argument("--watch", action="store_true", help="then follow it to a final status")
     client_command(send, _send)
 
@@ -45,11 +54,14 @@ def add_commands(commands: Any) -> None:
 def send_request(args: argparse.Namespace) -> message_pb2.SendMessageRequest:
     if (args.text is None) == (args.template_id is None):
         raise UsageError("give the text or --template-id (one of them)")
+    reference, metadata = references(args)
     request = message_pb2.SendMessageRequest(
         mobile=args.mobile,
         use_type=USE_TYPES[args.use_type],
         data=pairs(args.data),
         request_id=args.request_id,
+        reference=reference,
+        metadata=metadata,
     )
     if args.text is not None:
         request.text = args.text

@@ -8,7 +8,7 @@ from typing import Any
 
 from sms.v1 import common_pb2, verification_pb2
 
-from server.cli.client import Api, client_command
+from server.cli.client import Api, client_command, reference_options, references
 from server.cli.output import Output
 from server.cli.settings import UsageError
 
@@ -30,6 +30,7 @@ def add_commands(commands: Any) -> None:
         "--code", default="", help="your own code ('-': read it from stdin) instead of a random one"
     )
     send.add_argument("--request-id", default="", help="idempotency key")
+    reference_options(send)
     client_command(send, _send)
     check = verify.add_parser("check", help="check a code: exit 0 if valid, 1 if not")
     check.add_argument("verify_id")
@@ -48,6 +49,7 @@ def _code(value: str) -> str:
 
 
 async def _send(api: Api, args: argparse.Namespace, out: Output) -> int:
+    reference, metadata = references(args)
     request = verification_pb2.SendVerificationRequest(
         mobile=args.mobile,
         code_length=args.code_length,
@@ -57,6 +59,8 @@ async def _send(api: Api, args: argparse.Namespace, out: Output) -> int:
         channel=CHANNELS[args.channel],
         code=_code(args.code),
         request_id=args.request_id,
+        reference=reference,
+        metadata=metadata,
     )
     sent = await api.verifications.SendVerification(
         request, metadata=api.metadata, timeout=api.timeout

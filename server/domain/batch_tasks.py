@@ -105,6 +105,9 @@ class BatchRecord:
     created_at: datetime
     updated_at: datetime
     rejected: list[tuple[str, str]]
+    # The caller's, given at creation (every message of the batch carries them).
+    reference: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,9 @@ class MessagesPage:
     messages: list[BatchMessageRow]
     total_size: int
     next_page_token: str
+    # The batch's, which each of its messages carries.
+    reference: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 NO_ROUTE_REASON = "NO_ROUTE: no configured route can carry this message"
@@ -352,7 +358,7 @@ class Batches:
         if len(rows) > size:
             rows = rows[:size]
             next_token = encode_page_token(scope, [rows[-1].id])
-        return MessagesPage(rows, batch.total, next_token)
+        return MessagesPage(rows, batch.total, next_token, batch.reference, batch.metadata)
 
     async def cancel(self, caller: Caller, batch_id: str) -> BatchRecord:
         _check_task_id(batch_id)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from server.http.webhooks import WebhookRejected
+from server.providers.webhooks import HookRequest
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +18,7 @@ MAX_WEBHOOK_BYTES = 64 * 1024
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
-WebhookHandler = Callable[[str, str | None, dict[str, str]], Awaitable[None]]
+WebhookHandler = Callable[[str, str | None, dict[str, str], HookRequest], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,10 @@ def build_http_app(
             return web.json_response({"accepted": False, "reason": "malformed body"}, status=400)
         try:
             await receive_webhook(
-                request.match_info["kind"], request.match_info.get("name"), fields
+                request.match_info["kind"],
+                request.match_info.get("name"),
+                fields,
+                HookRequest(request.raw_path, request.headers),
             )
         except WebhookRejected as exc:
             return web.json_response({"accepted": False, "reason": str(exc)}, status=403)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from server.dispatch.provider_set import ProviderSet
 from server.dispatch.receipts import ReceiptRecorder
 from server.domain.ports import ProviderError
+from server.providers.webhooks import HookRequest
 
 
 class WebhookRejected(Exception):
@@ -22,7 +23,13 @@ class WebhookReceiver:
         self._providers = providers
         self._receipts = receipts
 
-    async def __call__(self, kind: str, name: str | None, form: Mapping[str, str]) -> None:
+    async def __call__(
+        self,
+        kind: str,
+        name: str | None,
+        form: Mapping[str, str],
+        request: HookRequest | None = None,
+    ) -> None:
         """Records the push's receipts (durable on return); raises WebhookRejected when
         no transport of that kind (and name) accepts it."""
         candidates = self._providers().hook_receivers(kind, name)
@@ -31,7 +38,7 @@ class WebhookReceiver:
         errors: list[str] = []
         for transport in candidates:
             try:
-                receipts = transport.parse_hook(form)
+                receipts = transport.parse_hook(form, request=request)
             except ProviderError as exc:
                 errors.append(str(exc))
                 continue

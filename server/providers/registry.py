@@ -40,4 +40,16 @@ def build_transport(
         return SendsmsTransport(
             SendsmsConfig(client_id=c["client_id"], passcode=c["passcode"], **common)
         )
+    if spec.kind == "twilio":
+        from server.providers.twilio import TwilioConfig, TwilioTransport
+
+        return TwilioTransport(
+            TwilioConfig(account_sid=c["account_sid"], auth_token=c["auth_token"], **common)
+        )
+    if spec.kind == "http":
+        from server.providers.generic_http import GenericHttpTransport
+
+        return GenericHttpTransport(
+            spec.name, spec.base_url, c, spec.options, timeout=spec.timeout_seconds
+        )
     raise ValueError(f"unknown provider kind {spec.kind!r}")

@@ -61,6 +61,7 @@ from server.providers.http import (
 from server.providers.sendcloud_codes import RETURN_CODES, Verdict, refusal
 from server.providers.sendcloud_hook import HookVerifier, receipt_from_hook
 from server.providers.sendcloud_status import as_int
+from server.providers.webhooks import HookRequest
 
 log = logging.getLogger(__name__)
 
@@ -462,8 +463,15 @@ class SendCloudTransport:
 
     # -- SMSHook -------------------------------------------------------------------
 
-    def parse_hook(self, form: Mapping[str, str], *, now: float | None = None) -> list[Receipt]:
-        """The receipt of one SMSHook event; raises ProviderError for a forged, stale,
+    def parse_hook(
+        self,
+        form: Mapping[str, str],
+        *,
+        now: float | None = None,
+        request: HookRequest | None = None,
+    ) -> list[Receipt]:
+        """The receipt of one SMSHook event (signed over its form alone: ``request`` is
+        not needed); raises ProviderError for a forged, stale,
         replayed or malformed event. ``message_id`` is ours when the event carries
         the tag we sent, else empty: match on smsId."""
         self._hooks.verify(form, now)

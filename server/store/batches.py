@@ -3,9 +3,10 @@
 Creation writes the batch row, COPYs every accepted message, takes out the numbers
 the account suppressed (one join: rejected with RECIPIENT_SUPPRESSED) and those at
 their daily cap (one upsert), counts the batch against the account's daily cap,
-inserts the first events with one statement under the event-log lock and charges a
-prepaid balance, all in one transaction:
-a crash or error stores nothing. Counts change in the statement that records each
+inserts the first events with one statement under the event-log lock, charges a
+prepaid balance and records the batch's first status event (store/account_events.py),
+all in one transaction: a crash or error stores nothing. Counts change in the
+statement that records each
 message's status (store/outbox.py), so they are exact at any moment.
 """
 
@@ -21,6 +22,7 @@ from server.domain.guardrails import MOBILE_CAP_BATCH_REASON, DailyCaps
 from server.domain.models import MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey, Transition
 from server.domain.suppression import BATCH_REASON
+from server.store.account_events import record_batch_status
 from server.store.balance import charge_balance
 from server.store.daily_caps import take_batch_mobiles, take_daily
 from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log
@@ -67,7 +69,7 @@ RETURNING m.to_number
 
 _COLUMNS = (
     "id, status, total, sent, delivered, failed, cancelled, finished, created_at, updated_at,"
-    " rejected"
+    " rejected, reference, metadata"
 )
 
 
@@ -104,6 +106,8 @@ def _batch(row: asyncpg.Record) -> BatchRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         rejected=[(n, r) for n, r in row["rejected"]],
+        reference=row["reference"],
+        metadata=row["metadata"] or {},
     )
 
 
@@ -192,6 +196,9 @@ class PgBatchStore:
                             "SELECT sum(charged) FROM messages WHERE batch_id = $1", batch_id
                         )
                         await charge_balance(conn, account_id, int(cost or 0))
+                # Its first status (PENDING, or FAILED with nothing accepted), after
+                # the message events: the account log's lock is taken last.
+                await record_batch_status(conn, batch_id)
         assert row is not None
         return _batch(row)
 
@@ -246,7 +253,7 @@ class PgBatchStore:
                     "FOR UPDATE SKIP LOCKED",
                     batch_id,
                 )
-                await conn.execute(
+                cancelled = await conn.execute(
                     "UPDATE batches SET status = 5, updated_at = now() "
                     "WHERE id = $1 AND status IN (1, 2)",
                     batch_id,
@@ -256,6 +263,9 @@ class PgBatchStore:
                     changes = await apply_transitions(
                         conn, [Transition(r["id"], MessageStatus.CANCELLED) for r in ids]
                     )
+                if cancelled != "UPDATE 0":
+                    # With the counts its cancelled messages left.
+                    await record_batch_status(conn, batch_id)
                 row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM batches WHERE id = $1", batch_id)
             return row, changes
 

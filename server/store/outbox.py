@@ -18,6 +18,7 @@ from server.domain.models import (
 )
 from server.domain.ports import ClaimedMessage, ProviderReceipt, Transition
 from server.domain.suppression import SuppressionReason
+from server.store.account_events import EVENT_TYPE_BATCH_STATUS, lock_when_any
 from server.store.events import lock_event_log
 from server.store.pool import Conn, retry_on_conflict, unavailable_on_connection_errors
 from server.store.states import NOT_DELIVERED, REACHED, WAITING
@@ -166,7 +167,7 @@ batch_counts AS (
             ELSE {BatchStatus.EXECUTING:d}
         END,
         updated_at = now()
-    FROM (
+    FROM batches o, (
         SELECT batch_id,
                count(*) FILTER (WHERE old_status < {MessageStatus.SENT:d}
                                   AND status IN ({REACHED})) AS sent,
@@ -178,7 +179,21 @@ batch_counts AS (
         FROM upd WHERE batch_id IS NOT NULL AND status <> old_status
         GROUP BY batch_id
     ) c
-    WHERE b.id = c.batch_id
+    -- o: the row as it was (every writer of batches holds the event-log lock, so
+    -- nothing changed it meanwhile).
+    WHERE b.id = c.batch_id AND o.id = c.batch_id
+    RETURNING b.id, b.account_id, b.status, o.status AS old_status, b.total, b.sent,
+              b.delivered, b.failed, b.updated_at
+),
+{lock_when_any("batch_counts", "status <> old_status")},
+batch_events AS (
+    -- A batch whose status changed gets its event in the same statement.
+    INSERT INTO account_events (event_id, account_id, event_type, subject_id, status,
+                                total, sent, delivered, failed, occurred_at)
+    SELECT nextval('message_event_ids'), c.account_id, {EVENT_TYPE_BATCH_STATUS}, c.id,
+           c.status, c.total, c.sent, c.delivered, c.failed, c.updated_at
+    FROM batch_counts c CROSS JOIN account_events_lock
+    WHERE c.status <> c.old_status
 ),
 events AS (
     INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number, status,

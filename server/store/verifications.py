@@ -8,7 +8,9 @@ request_id, interval or counters, that one statement is the whole send.
 
 Check: one statement locks the verification row (``FOR UPDATE``), compares the
 stored hash with the candidate's and writes the new state, so concurrent checks are
-serialised: one success at most, and never more wrong attempts than allowed.
+serialised: one success at most, and never more wrong attempts than allowed. A
+check or expiry that ends a verification (VERIFIED, EXPIRED, EXHAUSTED) records the
+outcome's event in the same statement.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from server.domain.verification import (
     NewVerification,
     StoredVerification,
 )
+from server.store.account_events import EVENT_TYPE_VERIFICATION, lock_when_any
 from server.store.balance import charge_balance
 from server.store.daily_caps import take_daily
 from server.store.idempotency import claim_key
@@ -52,6 +55,20 @@ v AS (
     VALUES ($19, $20, $21, $22, $23, $24, {VerificationState.PENDING:d}, $25, $26, $27)
 )"""
 )
+
+# A verification that left PENDING has an outcome; the statement that ends it records
+# the outcome's event (store/account_events.py), from ``changed`` (id, account_id,
+# state, updated_at), after the account log's lock (``lock_when_any``).
+_ENDED = f"state <> {VerificationState.PENDING:d}"
+_OUTCOME_EVENTS = f"""
+outcome_events AS (
+    INSERT INTO account_events (event_id, account_id, event_type, subject_id, status,
+                                occurred_at)
+    SELECT nextval('message_event_ids'), c.account_id, {EVENT_TYPE_VERIFICATION}, c.id,
+           c.state, c.updated_at
+    FROM changed c CROSS JOIN account_events_lock
+    WHERE c.{_ENDED}
+)"""
 
 # Locks the row, compares the hashes and moves a pending verification on: expired if
 # late; else one attempt used, and verified on a match or exhausted on the last miss.
@@ -78,10 +95,30 @@ changed AS (
     UPDATE verifications v SET state = next.state, attempts_left = next.attempts_left,
                                updated_at = now()
     FROM next WHERE v.id = next.id
-)
+    RETURNING v.id, v.account_id, v.state, v.updated_at
+),
+{lock_when_any("changed", _ENDED)},
+{_OUTCOME_EVENTS}
 SELECT cur.mobile, cur.state, cur.attempts_left,
        next.state AS new_state, next.attempts_left AS new_attempts_left
 FROM cur LEFT JOIN next ON true
+"""
+
+
+# Pending verifications past their expiry end EXPIRED, each with its outcome event.
+_EXPIRE = f"""
+WITH changed AS (
+    UPDATE verifications SET state = {VerificationState.EXPIRED:d}, updated_at = now()
+    WHERE id IN (
+        SELECT id FROM verifications
+        WHERE state = {VerificationState.PENDING:d} AND expires_at <= now()
+        ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id, account_id, state, updated_at
+),
+{lock_when_any("changed", _ENDED)},
+{_OUTCOME_EVENTS}
+SELECT count(*) FROM changed
 """
 
 
@@ -185,18 +222,8 @@ class PgVerificationStore:
     async def expire_pending(self, limit: int = 1000) -> int:
         """Marks pending verifications past their expiry EXPIRED (rows are kept)."""
         with unavailable_on_connection_errors():
-            result: str = await self._pool.execute(
-                f"""
-                UPDATE verifications SET state = {VerificationState.EXPIRED:d}, updated_at = now()
-                WHERE id IN (
-                    SELECT id FROM verifications
-                    WHERE state = {VerificationState.PENDING:d} AND expires_at <= now()
-                    ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
-                )
-                """,
-                limit,
-            )
-        return int(result.rsplit(" ", 1)[-1])
+            count = await self._pool.fetchval(_EXPIRE, limit)
+        return int(count)
 
 
 def _create_args(verification: NewVerification, message: NewMessage) -> list[object]:

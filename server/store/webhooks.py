@@ -1,11 +1,13 @@
 """Webhook endpoints and their deliveries.
 
-Deliveries are materialised from the message_events log: each endpoint keeps a cursor
-(the last event id it has seen); ``materialise`` turns the events after it into
-PENDING deliveries, under ``FOR UPDATE SKIP LOCKED`` on the endpoint row so that
-replicas never work on one endpoint's cursor at once. ``claim_due`` leases due
-deliveries the same way; a delivery whose lease ran out (its replica died) is due
-again, so delivery is at least once.
+Deliveries are materialised from two logs: message_events (message status changes)
+and account_events (batch status changes, verification outcomes). Each endpoint keeps
+a cursor per log (the last event id it has seen there); ``materialise`` turns the
+events after them, of the types it subscribed to, into PENDING deliveries, under
+``FOR UPDATE SKIP LOCKED`` on the endpoint row so that replicas never work on one
+endpoint's cursors at once. ``claim_due`` leases due deliveries the same way; a
+delivery whose lease ran out (its replica died) is due again, so delivery is at least
+once.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from datetime import datetime
 import asyncpg
 
 from server.domain.models import StatusEvent
+from server.store.account_events import ACCOUNT_EVENT_TYPES, AccountEvent, account_events
 from server.store.events import status_event
-from server.store.pool import unavailable_on_connection_errors
+from server.store.pool import Conn, unavailable_on_connection_errors
 
 # Delivery states, as sms.v1.DeliveryState numbers them (named in the SQL below).
 PENDING, SUCCEEDED, FAILED = 1, 2, 3
@@ -56,7 +59,7 @@ class DueDelivery:
     delivery: DeliveryRow
     url: str
     secret_sealed: bytes
-    event: StatusEvent
+    event: StatusEvent | AccountEvent
 
 
 def _webhook(row: asyncpg.Record) -> WebhookRow:
@@ -108,9 +111,11 @@ class PgWebhookStore:
             row = await self._pool.fetchrow(
                 f"""
                 INSERT INTO webhooks
-                    (account_id, url, event_types, description, secret_sealed, event_cursor)
+                    (account_id, url, event_types, description, secret_sealed, event_cursor,
+                     account_event_cursor)
                 VALUES ($1, $2, $3, $4, $5,
-                        (SELECT coalesce(max(event_id), 0) FROM message_events))
+                        (SELECT coalesce(max(event_id), 0) FROM message_events),
+                        (SELECT coalesce(max(event_id), 0) FROM account_events))
                 RETURNING {_COLUMNS}
                 """,
                 account_id,
@@ -164,11 +169,12 @@ class PgWebhookStore:
         return [_delivery(r) for r in rows]
 
     async def materialise(self, limit: int) -> int:
-        """Turns new message events into deliveries, for every endpoint not locked by
-        another replica. Returns how many deliveries were created."""
+        """Turns new events into deliveries, for every endpoint not locked by another
+        replica. Returns how many deliveries were created."""
         created = 0
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
+                created += await self._materialise_account_events(conn, limit)
                 hooks = await conn.fetch(
                     "SELECT id, account_id, event_cursor FROM webhooks "
                     "WHERE NOT disabled AND $1 = ANY(event_types) "
@@ -210,6 +216,50 @@ class PgWebhookStore:
                     created += int(row["n"])
         return created
 
+    async def _materialise_account_events(self, conn: Conn, limit: int) -> int:
+        """Turns new batch and verification events into deliveries, of the types each
+        endpoint subscribed to; each batch's or verification's in its order."""
+        created = 0
+        hooks = await conn.fetch(
+            "SELECT id, account_id, account_event_cursor, event_types FROM webhooks "
+            "WHERE NOT disabled AND event_types && $1::smallint[] "
+            "AND account_event_cursor < (SELECT coalesce(max(event_id), 0) FROM account_events) "
+            "ORDER BY id FOR UPDATE SKIP LOCKED",
+            list(ACCOUNT_EVENT_TYPES),
+        )
+        for hook in hooks:
+            row = await conn.fetchrow(
+                """
+                WITH events AS (
+                    SELECT event_id FROM account_events
+                    WHERE event_id > $2 ORDER BY event_id LIMIT $4
+                ), mine AS (
+                    INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, order_key)
+                    SELECT $1, a.event_id, a.event_type, a.event_type || ':' || a.subject_id
+                    FROM events e JOIN account_events a USING (event_id)
+                    WHERE a.account_id = $3 AND a.event_type = ANY($5::smallint[])
+                    ON CONFLICT (webhook_id, event_id) DO NOTHING
+                    RETURNING 1
+                )
+                SELECT (SELECT max(event_id) FROM events) AS last,
+                       (SELECT count(*) FROM mine) AS n
+                """,
+                hook["id"],
+                hook["account_event_cursor"],
+                hook["account_id"],
+                limit,
+                list(hook["event_types"]),
+            )
+            assert row is not None
+            if row["last"] is not None:
+                await conn.execute(
+                    "UPDATE webhooks SET account_event_cursor = $2 WHERE id = $1",
+                    hook["id"],
+                    row["last"],
+                )
+            created += int(row["n"])
+        return created
+
     async def claim_due(
         self, limit: int, lease_seconds: float, busy: Sequence[int] = ()
     ) -> list[DueDelivery]:
@@ -237,7 +287,7 @@ class PgWebhookStore:
                     FROM due WHERE d.id = due.id
                     RETURNING d.*
                 )
-                SELECT {_DELIVERY_COLUMNS}, w.url, w.secret_sealed,
+                SELECT {_DELIVERY_COLUMNS}, w.url, w.secret_sealed, m.event_id AS logged,
                        m.account_id, m.message_id, m.batch_id, m.to_number,
                        m.status, m.error_code, m.occurred_at,
                        -- the caller's reference and metadata, as status streams
@@ -247,7 +297,7 @@ class PgWebhookStore:
                            AS metadata
                 FROM leased d
                 JOIN webhooks w ON w.id = d.webhook_id
-                JOIN message_events m ON m.event_id = d.event_id
+                LEFT JOIN message_events m ON m.event_id = d.event_id
                 LEFT JOIN messages msg ON msg.id = m.message_id
                 LEFT JOIN batches b ON b.id = m.batch_id
                 WHERE NOT w.disabled
@@ -257,10 +307,18 @@ class PgWebhookStore:
                 lease_seconds,
                 list(busy),
             )
-        return [
-            DueDelivery(_delivery(r), r["url"], bytes(r["secret_sealed"]), status_event(r))
-            for r in rows
-        ]
+            others = [r["event_id"] for r in rows if r["logged"] is None]
+            if others:
+                async with self._pool.acquire() as conn:
+                    found = await account_events(conn, others)
+            else:
+                found = {}
+        due = []
+        for r in rows:
+            event = status_event(r) if r["logged"] is not None else found.get(r["event_id"])
+            if event is not None:
+                due.append(DueDelivery(_delivery(r), r["url"], bytes(r["secret_sealed"]), event))
+        return due
 
     async def release(self, delivery_id: int) -> None:
         """Gives a leased delivery back untried (its endpoint was busy)."""
@@ -308,18 +366,28 @@ class PgWebhookStore:
     async def redeliver(
         self, webhook_id: int, account_id: int, start: datetime, end: datetime
     ) -> int:
-        """Schedules again the message events of [start, end) this endpoint has seen;
-        returns how many."""
+        """Schedules again the events of [start, end) this endpoint has seen (of the
+        types it subscribed to); returns how many."""
         with unavailable_on_connection_errors():
             count = await self._pool.fetchval(
                 f"""
-                WITH events AS (
-                    SELECT event_id, message_id FROM message_events
-                    WHERE account_id = $2 AND occurred_at >= $3 AND occurred_at < $4
-                      AND event_id <= (SELECT event_cursor FROM webhooks WHERE id = $1)
+                WITH hook AS (
+                    SELECT event_cursor, account_event_cursor, event_types
+                    FROM webhooks WHERE id = $1
+                ), events AS (
+                    SELECT e.event_id, $5::smallint AS event_type, e.message_id AS order_key
+                    FROM message_events e, hook
+                    WHERE e.account_id = $2 AND e.occurred_at >= $3 AND e.occurred_at < $4
+                      AND e.event_id <= hook.event_cursor AND $5 = ANY(hook.event_types)
+                    UNION ALL
+                    SELECT a.event_id, a.event_type, a.event_type || ':' || a.subject_id
+                    FROM account_events a, hook
+                    WHERE a.account_id = $2 AND a.occurred_at >= $3 AND a.occurred_at < $4
+                      AND a.event_id <= hook.account_event_cursor
+                      AND a.event_type = ANY(hook.event_types)
                 ), scheduled AS (
                     INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, order_key)
-                    SELECT $1, event_id, $5, message_id FROM events
+                    SELECT $1, event_id, event_type, order_key FROM events
                     ON CONFLICT (webhook_id, event_id) DO UPDATE
                     SET state = {PENDING:d}, next_attempt_at = now(), lease_until = NULL,
                         created_at = now()

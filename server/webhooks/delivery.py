@@ -1,6 +1,6 @@
 """The webhook delivery worker (one per process).
 
-Each round it turns new message events into deliveries (store.materialise), leases the
+Each round it turns new events into deliveries (store.materialise), leases the
 due ones and POSTs each, signed per Standard Webhooks, to its endpoint. 2xx ends a
 delivery; 410 disables the endpoint; anything else (no answer, timeout, 429, 5xx, ...)
 is retried after ``retry_delay``: base, 2 * base, 4 * base ... capped at one hour, each
@@ -22,16 +22,14 @@ from collections import Counter as Tally
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
-from google.protobuf import json_format
-from sms.v1 import webhook_pb2
 
-from server.api import convert
 from server.domain import webhook_signing
 from server.domain.codes import CodeKeys
 from server.domain.errors import InvalidArgument
 from server.http.webhook_url import check_url
 from server.metrics import GatewayMetrics
 from server.store.webhooks import FAILED, PENDING, SUCCEEDED, DueDelivery, PgWebhookStore
+from server.webhooks.events import event_body
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +57,6 @@ def retry_after_seconds(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def event_body(due: DueDelivery) -> bytes:
-    event = webhook_pb2.WebhookEvent(
-        id=str(due.event.event_id),
-        type=webhook_pb2.EVENT_TYPE_MESSAGE_STATUS,
-        occurred_at=convert.timestamp(due.event.occurred_at),
-        message_status=convert.status_event(due.event),
-    )
-    return json_format.MessageToJson(event, indent=None).encode()
 
 
 class WebhookDelivery:
@@ -180,7 +168,7 @@ class WebhookDelivery:
         if secret is None:
             log.error("webhook %d: secret sealed with another key", due.delivery.webhook_id)
             return 0, None
-        body = event_body(due)
+        body = event_body(due.event)
         headers = webhook_signing.headers(secret, str(due.delivery.id), int(time.time()), body)
         try:
             async with self._session.post(

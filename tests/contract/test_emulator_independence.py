@@ -18,6 +18,8 @@ INDEPENDENT = [
     "sendsms.py",
     "sendcloud.py",
     "sendcloud_state.py",
+    "twilio.py",
+    "plivo.py",
 ]
 
 

@@ -15,7 +15,7 @@ from server.emulators.common import FAULTS, EmulatorControls
 from tests.contract.pair import Pair
 from tests.eventually import eventually
 
-KINDS = ["loopback", "skynoo", "sendcloud", "sendsms"]
+KINDS = ["loopback", "skynoo", "sendcloud", "sendsms", "twilio", "http"]
 NETWORK_KINDS = KINDS[1:]
 
 MakePair = Callable[..., Awaitable[Pair]]

@@ -113,5 +113,7 @@ async def test_sigkill_during_create_batch_leaves_nothing_half_stored(
         assert await pool.fetchval("SELECT count(*) FROM batches") == 0
         assert await pool.fetchval("SELECT count(*) FROM messages") == 0
         assert await pool.fetchval("SELECT count(*) FROM message_events") == 0
+        # Nor the batch's first status event (webhooks would push it).
+        assert await pool.fetchval("SELECT count(*) FROM account_events") == 0
     finally:
         await pool.close()

@@ -229,7 +229,9 @@ async def test_a_providers_per_number_limit_delays_the_retry_by_its_window(
         "sendsms",
         emulator.base_url,
         {"client_id": "cookpad_Server_001", "passcode": "ARDOR-7JF3"},
-        timeout_seconds=1.0,
+        # Generous: under a loaded CI machine a 1 s timeout could end the second send as
+        # TIMEOUT rather than the provider's 429, which is what this test is about.
+        timeout_seconds=10.0,
         templates={"order_shipped": "t1"},
     )
     running = await start_gateway(routing=only(spec), **FAST)
@@ -248,7 +250,7 @@ async def test_a_providers_per_number_limit_delays_the_retry_by_its_window(
             row["status"] == common_pb2.MESSAGE_STATUS_QUEUED and row["error_code"] == "HTTP_429"
         )
 
-    await wait_for(refused)
+    await wait_for(refused, within=30.0)
     wait = await running.gateway.pool.fetchval(
         "SELECT extract(epoch FROM not_before - now()) FROM messages WHERE id = $1", second
     )

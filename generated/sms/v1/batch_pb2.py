@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sms.v1 import common_pb2 as sms_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12sms/v1/batch.proto\x12\x06sms.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13sms/v1/common.proto\"o\n\x0cTemplateData\x12\x30\n\x06values\x18\x01 \x03(\x0b\x32 .sms.v1.TemplateData.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x92\x04\n\x12\x43reateBatchRequest\x12!\n\x08use_type\x18\x01 \x01(\x0e\x32\x0f.sms.v1.UseType\x12\x11\n\x07\x63ontent\x18\x02 \x01(\tH\x00\x12\x15\n\x0btemplate_id\x18\x03 \x01(\x03H\x00\x12\x0f\n\x07numbers\x18\x04 \x03(\t\x12\x43\n\rtemplate_data\x18\x05 \x03(\x0b\x32,.sms.v1.CreateBatchRequest.TemplateDataEntry\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12+\n\x07send_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x08 \x01(\t\x12:\n\x08metadata\x18\t \x03(\x0b\x32(.sms.v1.CreateBatchRequest.MetadataEntry\x12+\n\x08validity\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0esmart_encoding\x18\x0b \x01(\x08\x1aI\n\x11TemplateDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.sms.v1.TemplateData:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06source\"0\n\x0eRejectedNumber\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8d\x01\n\x13\x43reateBatchResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.sms.v1.BatchStatus\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x03 \x01(\x05\x12(\n\x08rejected\x18\x04 \x03(\x0b\x32\x16.sms.v1.RejectedNumber\"\"\n\x0fGetBatchRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xdd\x01\n\x05\x42\x61tch\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.sms.v1.BatchStatus\x12\r\n\x05total\x18\x03 \x01(\x05\x12\x0c\n\x04sent\x18\x04 \x01(\x05\x12\x11\n\tdelivered\x18\x05 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x05\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x18ListBatchMessagesRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x97\x01\n\x0c\x42\x61tchMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tto_number\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.sms.v1.MessageStatus\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12-\n\tsend_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"p\n\x19ListBatchMessagesResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.sms.v1.BatchMessage\x12\x12\n\ntotal_size\x18\x02 \x01(\x05\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"$\n\x11WatchBatchRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"%\n\x12\x43\x61ncelBatchRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t2\xd8\x02\n\x0c\x42\x61tchService\x12\x46\n\x0b\x43reateBatch\x12\x1a.sms.v1.CreateBatchRequest\x1a\x1b.sms.v1.CreateBatchResponse\x12\x32\n\x08GetBatch\x12\x17.sms.v1.GetBatchRequest\x1a\r.sms.v1.Batch\x12X\n\x11ListBatchMessages\x12 .sms.v1.ListBatchMessagesRequest\x1a!.sms.v1.ListBatchMessagesResponse\x12\x38\n\nWatchBatch\x12\x19.sms.v1.WatchBatchRequest\x1a\r.sms.v1.Batch0\x01\x12\x38\n\x0b\x43\x61ncelBatch\x12\x1a.sms.v1.CancelBatchRequest\x1a\r.sms.v1.BatchB\x1bZ\x19smsgw/gen/go/sms/v1;smsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12sms/v1/batch.proto\x12\x06sms.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13sms/v1/common.proto\"o\n\x0cTemplateData\x12\x30\n\x06values\x18\x01 \x03(\x0b\x32 .sms.v1.TemplateData.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x92\x04\n\x12\x43reateBatchRequest\x12!\n\x08use_type\x18\x01 \x01(\x0e\x32\x0f.sms.v1.UseType\x12\x11\n\x07\x63ontent\x18\x02 \x01(\tH\x00\x12\x15\n\x0btemplate_id\x18\x03 \x01(\x03H\x00\x12\x0f\n\x07numbers\x18\x04 \x03(\t\x12\x43\n\rtemplate_data\x18\x05 \x03(\x0b\x32,.sms.v1.CreateBatchRequest.TemplateDataEntry\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12+\n\x07send_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x08 \x01(\t\x12:\n\x08metadata\x18\t \x03(\x0b\x32(.sms.v1.CreateBatchRequest.MetadataEntry\x12+\n\x08validity\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0esmart_encoding\x18\x0b \x01(\x08\x1aI\n\x11TemplateDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.sms.v1.TemplateData:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06source\"0\n\x0eRejectedNumber\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8d\x01\n\x13\x43reateBatchResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.sms.v1.BatchStatus\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x03 \x01(\x05\x12(\n\x08rejected\x18\x04 \x03(\x0b\x32\x16.sms.v1.RejectedNumber\"\"\n\x0fGetBatchRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xd0\x02\n\x05\x42\x61tch\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.sms.v1.BatchStatus\x12\r\n\x05total\x18\x03 \x01(\x05\x12\x0c\n\x04sent\x18\x04 \x01(\x05\x12\x11\n\tdelivered\x18\x05 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x05\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\t \x01(\t\x12-\n\x08metadata\x18\n \x03(\x0b\x32\x1b.sms.v1.Batch.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"R\n\x18ListBatchMessagesRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x91\x02\n\x0c\x42\x61tchMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tto_number\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.sms.v1.MessageStatus\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12-\n\tsend_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x06 \x01(\t\x12\x34\n\x08metadata\x18\x07 \x03(\x0b\x32\".sms.v1.BatchMessage.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"p\n\x19ListBatchMessagesResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.sms.v1.BatchMessage\x12\x12\n\ntotal_size\x18\x02 \x01(\x05\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"$\n\x11WatchBatchRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"%\n\x12\x43\x61ncelBatchRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t2\xd8\x02\n\x0c\x42\x61tchService\x12\x46\n\x0b\x43reateBatch\x12\x1a.sms.v1.CreateBatchRequest\x1a\x1b.sms.v1.CreateBatchResponse\x12\x32\n\x08GetBatch\x12\x17.sms.v1.GetBatchRequest\x1a\r.sms.v1.Batch\x12X\n\x11ListBatchMessages\x12 .sms.v1.ListBatchMessagesRequest\x1a!.sms.v1.ListBatchMessagesResponse\x12\x38\n\nWatchBatch\x12\x19.sms.v1.WatchBatchRequest\x1a\r.sms.v1.Batch0\x01\x12\x38\n\x0b\x43\x61ncelBatch\x12\x1a.sms.v1.CancelBatchRequest\x1a\r.sms.v1.BatchB\x1bZ\x19smsgw/gen/go/sms/v1;smsv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEBATCHREQUEST_TEMPLATEDATAENTRY']._serialized_options = b'8\001'
   _globals['_CREATEBATCHREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_CREATEBATCHREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_BATCH_METADATAENTRY']._loaded_options = None
+  _globals['_BATCH_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_BATCHMESSAGE_METADATAENTRY']._loaded_options = None
+  _globals['_BATCHMESSAGE_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_TEMPLATEDATA']._serialized_start=116
   _globals['_TEMPLATEDATA']._serialized_end=227
   _globals['_TEMPLATEDATA_VALUESENTRY']._serialized_start=182
@@ -58,17 +62,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETBATCHREQUEST']._serialized_start=956
   _globals['_GETBATCHREQUEST']._serialized_end=990
   _globals['_BATCH']._serialized_start=993
-  _globals['_BATCH']._serialized_end=1214
-  _globals['_LISTBATCHMESSAGESREQUEST']._serialized_start=1216
-  _globals['_LISTBATCHMESSAGESREQUEST']._serialized_end=1298
-  _globals['_BATCHMESSAGE']._serialized_start=1301
-  _globals['_BATCHMESSAGE']._serialized_end=1452
-  _globals['_LISTBATCHMESSAGESRESPONSE']._serialized_start=1454
-  _globals['_LISTBATCHMESSAGESRESPONSE']._serialized_end=1566
-  _globals['_WATCHBATCHREQUEST']._serialized_start=1568
-  _globals['_WATCHBATCHREQUEST']._serialized_end=1604
-  _globals['_CANCELBATCHREQUEST']._serialized_start=1606
-  _globals['_CANCELBATCHREQUEST']._serialized_end=1643
-  _globals['_BATCHSERVICE']._serialized_start=1646
-  _globals['_BATCHSERVICE']._serialized_end=1990
+  _globals['_BATCH']._serialized_end=1329
+  _globals['_BATCH_METADATAENTRY']._serialized_start=703
+  _globals['_BATCH_METADATAENTRY']._serialized_end=750
+  _globals['_LISTBATCHMESSAGESREQUEST']._serialized_start=1331
+  _globals['_LISTBATCHMESSAGESREQUEST']._serialized_end=1413
+  _globals['_BATCHMESSAGE']._serialized_start=1416
+  _globals['_BATCHMESSAGE']._serialized_end=1689
+  _globals['_BATCHMESSAGE_METADATAENTRY']._serialized_start=703
+  _globals['_BATCHMESSAGE_METADATAENTRY']._serialized_end=750
+  _globals['_LISTBATCHMESSAGESRESPONSE']._serialized_start=1691
+  _globals['_LISTBATCHMESSAGESRESPONSE']._serialized_end=1803
+  _globals['_WATCHBATCHREQUEST']._serialized_start=1805
+  _globals['_WATCHBATCHREQUEST']._serialized_end=1841
+  _globals['_CANCELBATCHREQUEST']._serialized_start=1843
+  _globals['_CANCELBATCHREQUEST']._serialized_end=1880
+  _globals['_BATCHSERVICE']._serialized_start=1883
+  _globals['_BATCHSERVICE']._serialized_end=2227
 # @@protoc_insertion_point(module_scope)

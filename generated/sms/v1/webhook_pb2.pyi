@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from sms.v1 import common_pb2 as _common_pb2
 from sms.v1 import message_pb2 as _message_pb2
 import builtins as _builtins
 import sys
@@ -437,6 +438,8 @@ class WebhookEvent(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     MESSAGE_STATUS_FIELD_NUMBER: _builtins.int
+    BATCH_STATUS_FIELD_NUMBER: _builtins.int
+    VERIFICATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The event id, stable across retries and redeliveries."""
     type: Global___EventType.ValueType
@@ -449,6 +452,14 @@ class WebhookEvent(_message.Message):
     def message_status(self) -> _message_pb2.MessageStatusEvent:
         """A message status change."""
 
+    @_builtins.property
+    def batch_status(self) -> Global___BatchStatusEvent:
+        """A batch status change."""
+
+    @_builtins.property
+    def verification(self) -> Global___VerificationEvent:
+        """A verification's outcome."""
+
     def __init__(
         self,
         *,
@@ -456,13 +467,167 @@ class WebhookEvent(_message.Message):
         type: Global___EventType.ValueType = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         message_status: _message_pb2.MessageStatusEvent | None = ...,
+        batch_status: Global___BatchStatusEvent | None = ...,
+        verification: Global___VerificationEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["message_status", b"message_status", "occurred_at", b"occurred_at", "payload", b"payload"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_status", b"batch_status", "message_status", b"message_status", "occurred_at", b"occurred_at", "payload", b"payload", "verification", b"verification"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "message_status", b"message_status", "occurred_at", b"occurred_at", "payload", b"payload", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_status", b"batch_status", "id", b"id", "message_status", b"message_status", "occurred_at", b"occurred_at", "payload", b"payload", "type", b"type", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["message_status"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["message_status", "batch_status", "verification"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___WebhookEvent: _TypeAlias = WebhookEvent  # noqa: Y015
+
+@_typing.final
+class BatchStatusEvent(_message.Message):
+    """BatchStatusEvent is one status change of one batch task."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """The batch task id."""
+    status: _common_pb2.BatchStatus.ValueType
+    """The status the batch reached."""
+    total: _builtins.int
+    """Number of accepted messages."""
+    sent: _builtins.int
+    """Messages a provider accepted, when the change happened."""
+    delivered: _builtins.int
+    """Messages delivered, when the change happened."""
+    failed: _builtins.int
+    """Messages that failed, were undeliverable or rejected, when the change happened."""
+    reference: _builtins.str
+    """The caller's reference of the batch."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the change happened."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The caller's metadata of the batch."""
+
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        status: _common_pb2.BatchStatus.ValueType = ...,
+        total: _builtins.int = ...,
+        sent: _builtins.int = ...,
+        delivered: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        reference: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered", b"delivered", "failed", b"failed", "metadata", b"metadata", "occurred_at", b"occurred_at", "reference", b"reference", "sent", b"sent", "status", b"status", "task_id", b"task_id", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchStatusEvent: _TypeAlias = BatchStatusEvent  # noqa: Y015
+
+@_typing.final
+class VerificationEvent(_message.Message):
+    """VerificationEvent is the outcome of one verification (never its code)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VERIFY_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MOBILE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    SCENE_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    verify_id: _builtins.str
+    """The verification id."""
+    state: _common_pb2.VerificationState.ValueType
+    """The state it ended in: VERIFIED, EXPIRED or EXHAUSTED."""
+    mobile: _builtins.str
+    """The mobile the code was sent to, in E.164 format."""
+    message_id: _builtins.str
+    """The id of the message that carried the code."""
+    scene: _builtins.str
+    """The business scenario given at send."""
+    reference: _builtins.str
+    """The caller's reference of the verification."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the outcome happened."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The caller's metadata of the verification."""
+
+    def __init__(
+        self,
+        *,
+        verify_id: _builtins.str = ...,
+        state: _common_pb2.VerificationState.ValueType = ...,
+        mobile: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        scene: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        reference: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "metadata", b"metadata", "mobile", b"mobile", "occurred_at", b"occurred_at", "reference", b"reference", "scene", b"scene", "state", b"state", "verify_id", b"verify_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerificationEvent: _TypeAlias = VerificationEvent  # noqa: Y015
