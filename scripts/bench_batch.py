@@ -65,6 +65,7 @@ def same_rows(n: int) -> list[tuple[object, ...]]:
             None,
             {"name": f"user{i}", "order_no": f"A-{i}"},
             now + timedelta(hours=24),  # expires_at: the server's message TTL
+            0,  # charged: not a prepaid account
         )
         for i in range(n)
     ]

@@ -18,23 +18,28 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import asyncpg
 import grpc
 from aiohttp import web
 from sms.v1 import (
+    account_pb2_grpc,
     batch_pb2_grpc,
     message_pb2_grpc,
+    suppression_pb2_grpc,
     template_pb2_grpc,
     verification_pb2_grpc,
     webhook_pb2_grpc,
 )
 
+from server.api.account_service import AccountServicer
 from server.api.batch_service import BatchServicer
 from server.api.interceptors import GatewayInterceptor
 from server.api.message_service import MessageServicer
 from server.api.server import SERVICE_NAMES, enable_reflection, grpc_server
+from server.api.suppression_service import SuppressionServicer
 from server.api.template_service import TemplateServicer
 from server.api.verification_service import VerificationServicer
 from server.api.webhook_service import WebhookServicer
@@ -56,6 +61,7 @@ from server.domain.codes import CodeKeys
 from server.domain.limits import AuthFailureThrottle, RateLimits, StreamCaps
 from server.domain.messaging import Messaging
 from server.domain.outbox_codes import CodeOpeningOutbox
+from server.domain.suppression import Suppressions
 from server.domain.template_catalog import TemplateCatalog
 from server.domain.verification import Verifications
 from server.health import DatabaseHealth
@@ -74,6 +80,7 @@ from server.store.messages import PgMessageStore
 from server.store.outbox import PgOutbox
 from server.store.pool import create_pool
 from server.store.server_keys import load_or_create_key
+from server.store.suppressions import PgSuppressionStore
 from server.store.templates import PgTemplateStore
 from server.store.velocity import PgVelocityCounters
 from server.store.verifications import PgVerificationStore
@@ -171,6 +178,7 @@ class Gateway:
             self._poller.start()
 
         templates = PgTemplateStore(pool)
+        suppressions = PgSuppressionStore(pool)
         message_store = PgMessageStore(pool)
         routes = ProviderRoutes(self.providers)
         messaging = Messaging(
@@ -179,6 +187,7 @@ class Gateway:
             routes=routes,
             on_accepted=self._dispatcher.wake,
             mobile_intervals=s.mobile_intervals,
+            prices=self._prices,
         )
         velocity = PgVelocityCounters(pool)
         verification_store = PgVerificationStore(pool, velocity)
@@ -189,6 +198,8 @@ class Gateway:
             s.otp,
             routes=routes,
             on_accepted=self._dispatcher.wake,
+            suppressions=suppressions,
+            prices=self._prices,
         )
         self._maintenance = Maintenance(verification_store, velocity, message_store)
         self._maintenance.start()
@@ -229,6 +240,7 @@ class Gateway:
                     on_accepted=self._dispatcher.wake,
                     routes=routes,
                     slots=BatchSlots(s.large_batches, clock=time.monotonic),
+                    prices=self._prices,
                 )
             ),
             server,
@@ -247,6 +259,12 @@ class Gateway:
                 retry_for=s.webhook_retry_for_seconds,
             )
             self._webhooks.start()
+        suppression_pb2_grpc.add_SuppressionServiceServicer_to_server(
+            SuppressionServicer(Suppressions(suppressions, s.default_region)), server
+        )
+        account_pb2_grpc.add_AccountServiceServicer_to_server(
+            AccountServicer(PgAccountStore(pool)), server
+        )
         self.health.add_to_server(server)
         enable_reflection(server)
         self.grpc_port = listen_grpc(server, s.grpc_addr, s.tls)
@@ -269,6 +287,10 @@ class Gateway:
         log.info(
             "smsgw serving gRPC on port %d and HTTP on port %d", self.grpc_port, self.http_port
         )
+
+    def _prices(self) -> Mapping[str, int]:
+        """Per-segment prices by region, from the routing file in use (a reload too)."""
+        return self.settings.routing.prices
 
     def providers(self) -> ProviderSet:
         """The provider set in use (a reload replaces it)."""

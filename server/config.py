@@ -17,6 +17,7 @@ from server.domain.batch_slots import SlotLimits
 from server.domain.limits import RateLimitSettings
 from server.domain.models import MessageStatus, UseType
 from server.domain.otp_guard import GuardSettings
+from server.domain.phones import check_region_code
 from server.domain.verification import OtpSettings
 from server.providers.loopback import OUTCOMES, LoopbackConfig
 from server.routes_file import DEFAULT_ROUTING, RoutingConfig, RoutingConfigError, parse_routing
@@ -72,6 +73,16 @@ def _secret_key(env: Mapping[str, str]) -> bytes | None:
     if len(key) < 32:
         raise ConfigError("SMSGW_SECRET_KEY must decode to at least 32 bytes")
     return key
+
+
+def _region(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "")
+    if not value:
+        return None
+    region = check_region_code(value)
+    if region is None:
+        raise ConfigError(f"{name} must be a two-letter region code (CN, US, ...), got {value!r}")
+    return region
 
 
 def _addr(env: Mapping[str, str], name: str, default: str) -> str:
@@ -159,6 +170,8 @@ class Settings:
     webhook_allow_insecure: bool = False
     webhook_retry_base_seconds: float = 5.0
     webhook_retry_for_seconds: float = 25 * 3600
+    # --- Suppressions: the region a national number (no +) is read in (None: refused).
+    default_region: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -226,6 +239,7 @@ class Settings:
             poll_interval_seconds=_float(merged, "SMSGW_POLL_INTERVAL_SECONDS", 2, 0.05, 3600),
             secret_key=_secret_key(merged),
             webhook_allow_insecure=_flag(merged, "SMSGW_WEBHOOK_ALLOW_INSECURE"),
+            default_region=_region(merged, "SMSGW_DEFAULT_REGION"),
             webhook_retry_base_seconds=_float(
                 merged, "SMSGW_WEBHOOK_RETRY_BASE_SECONDS", 5.0, 0.01, 3600
             ),

@@ -74,6 +74,9 @@ class RouteSpec:
 class RoutingConfig:
     providers: tuple[ProviderSpec, ...]
     routes: tuple[RouteSpec, ...]
+    # Price of one segment by ISO region ("*": every other country), in the smallest
+    # currency unit: what a prepaid account is charged (issue 19).
+    prices: Mapping[str, int] = field(default_factory=dict)
 
 
 DEFAULT_ROUTING = RoutingConfig(
@@ -196,11 +199,12 @@ def parse_routing(
 ) -> RoutingConfig:
     """Builds the routing config from a parsed TOML document (defaults: loopback only)."""
     env = os.environ if env is None else env
+    prices = _prices(document.get("prices"))
     tables = document.get("providers")
     if tables is None:
         if document.get("routes"):
             raise RoutingConfigError("routes are given but no [providers.NAME] tables")
-        return DEFAULT_ROUTING
+        return RoutingConfig(DEFAULT_ROUTING.providers, DEFAULT_ROUTING.routes, prices)
     if not isinstance(tables, dict) or not tables:
         raise RoutingConfigError("providers must hold at least one [providers.NAME] table")
     providers = tuple(_provider(name, table, env) for name, table in tables.items())
@@ -212,4 +216,26 @@ def parse_routing(
         raise RoutingConfigError("routes must be a non-empty array of [[routes]] tables")
     else:
         routes = tuple(_route(i, r, known) for i, r in enumerate(raw_routes))
-    return RoutingConfig(providers, routes)
+    return RoutingConfig(providers, routes, prices)
+
+
+MAX_PRICE = 1_000_000_000
+
+
+def _prices(table: Any) -> dict[str, int]:
+    """``[prices]``: ``CN = 4`` (a segment to China), ``"*" = 50`` (any other)."""
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise RoutingConfigError("prices must be a table of REGION = price per segment")
+    prices: dict[str, int] = {}
+    for region, price in table.items():
+        code = region.upper()
+        if code != "*" and (len(code) != 2 or not code.isascii() or not code.isalpha()):
+            raise RoutingConfigError(f'prices: {region!r} is not an ISO region or "*"')
+        if isinstance(price, bool) or not isinstance(price, int) or not 0 <= price <= MAX_PRICE:
+            raise RoutingConfigError(
+                f"prices.{region} must be a whole number 0 to {MAX_PRICE} (smallest unit)"
+            )
+        prices[code] = price
+    return prices

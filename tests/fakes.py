@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from server.domain.batch_tasks import BatchMessageRow, BatchOptions, BatchRecord
 from server.domain.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
+from server.domain.guardrails import DailyCaps
 from server.domain.models import (
     MessageState,
     MessageStatus,
@@ -121,7 +122,11 @@ class InMemoryMessages:
         self.store(message)
 
     async def insert_idempotent(
-        self, message: NewMessage, key: IdempotencyKey | None, mobile_interval: float = 0.0
+        self,
+        message: NewMessage,
+        key: IdempotencyKey | None,
+        mobile_interval: float = 0.0,
+        caps: DailyCaps | None = None,  # not held here (store/daily_caps.py, e2e tests)
     ) -> str | None:
         # Everything is checked before anything is written: a refusal stores nothing.
         if key is not None:
@@ -264,6 +269,7 @@ class InMemoryVerifications:
         checks: Sequence[VelocityCheck],
         judge: Callable[[Sequence[VelocityResult]], None],
         key: IdempotencyKey | None = None,
+        caps: DailyCaps | None = None,  # not held here
     ) -> StoredVerification:
         if key is not None:
             earlier_id = self.keys.earlier(key)
@@ -358,6 +364,7 @@ class InMemoryBatches:
         key: IdempotencyKey | None = None,
         content: str | None = None,
         options: BatchOptions | None = None,
+        caps: DailyCaps | None = None,  # not held here
     ) -> BatchRecord:
         # As the adapter's transaction: the key first (a repeat reads no slice), then
         # every slice read before anything is kept, so a slice that raises (NO_ROUTE,

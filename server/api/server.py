@@ -7,7 +7,15 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
-from sms.v1 import batch_pb2, message_pb2, template_pb2, verification_pb2, webhook_pb2
+from sms.v1 import (
+    account_pb2,
+    batch_pb2,
+    message_pb2,
+    suppression_pb2,
+    template_pb2,
+    verification_pb2,
+    webhook_pb2,
+)
 
 # The sms.v1 services this server answers (health and reflection aside).
 SERVICE_NAMES = (
@@ -16,6 +24,8 @@ SERVICE_NAMES = (
     batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name,
     template_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
     webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
+    suppression_pb2.DESCRIPTOR.services_by_name["SuppressionService"].full_name,
+    account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
 )
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

@@ -25,7 +25,7 @@ ACCOUNT_COLUMNS = (
     "query_per_second",
     "created_at",
 )
-CREDENTIAL_COLUMNS = ("api_key", "allow_cidrs", "created_at", "revoked_at")
+CREDENTIAL_COLUMNS = ("api_key", "admin", "allow_cidrs", "created_at", "revoked_at")
 Action = Callable[[PgAccountStore, argparse.Namespace, Output], Awaitable[int]]
 
 
@@ -80,8 +80,12 @@ def add_commands(commands: Any) -> None:
     credential = commands.add_parser("credential", help="manage API credentials")
     cred = credential.add_subparsers(dest="action", required=True)
     c_create = cred.add_parser("create", help="create another credential for an account")
-    c_create.add_argument("--account", type=int, required=True, help="account id")
+    c_create.add_argument("account_id", nargs="?", type=int, help="account id")
+    c_create.add_argument("--account", type=int, help="account id (as the positional)")
     c_create.add_argument("--allow-cidr", action="append", default=[], type=_cidr)
+    c_create.add_argument(
+        "--admin", action="store_true", help="the admin role: may call AccountService"
+    )
     _admin_command(c_create, _create_credential)
     c_list = cred.add_parser("list", help="list an account's credentials (never secrets)")
     c_list.add_argument("--account", type=int, required=True, help="account id")
@@ -161,6 +165,12 @@ def account_record(account: AccountListing) -> dict[str, Any]:
         "quiet_hours": None if account.quiet_hours is None else account.quiet_hours.to_json(),
         "send_per_second": account.send_per_second,
         "query_per_second": account.query_per_second,
+        "allowed_countries": None
+        if account.allowed_countries is None
+        else list(account.allowed_countries),
+        "daily_message_cap": account.daily_message_cap,
+        "per_mobile_daily_cap": account.per_mobile_daily_cap,
+        "balance": account.balance,
         "created_at": account.created_at.isoformat(),
     }
 
@@ -215,14 +225,23 @@ async def _update_account(store: PgAccountStore, args: argparse.Namespace, out: 
 
 
 async def _create_credential(store: PgAccountStore, args: argparse.Namespace, out: Output) -> int:
-    if await store.get_account(args.account) is None:
-        print(f"smsgw: account {args.account} does not exist", file=sys.stderr)
+    account_id = args.account_id if args.account_id is not None else args.account
+    if account_id is None or (args.account is not None and args.account != account_id):
+        raise UsageError("give the account id once: `credential create ID` or `--account ID`")
+    if await store.get_account(account_id) is None:
+        print(f"smsgw: account {account_id} does not exist", file=sys.stderr)
         return 1
-    credential, secret = await store.create_credential(args.account, args.allow_cidr)
-    out.item(
-        {"account_id": args.account, "api_key": credential.api_key, "api_secret": secret},
-        compact=True,
+    credential, secret = await store.create_credential(
+        account_id, args.allow_cidr, admin=args.admin
     )
+    record: dict[str, Any] = {
+        "account_id": account_id,
+        "api_key": credential.api_key,
+        "api_secret": secret,
+    }
+    if credential.admin:
+        record["admin"] = True
+    out.item(record, compact=True)
     return 0
 
 
@@ -230,6 +249,7 @@ async def _list_credentials(store: PgAccountStore, args: argparse.Namespace, out
     records = [
         {
             "api_key": c.api_key,
+            "admin": c.admin,
             "allow_cidrs": list(c.allow_cidrs),
             "created_at": c.created_at.isoformat(),
             "revoked_at": c.revoked_at.isoformat() if c.revoked_at else None,

@@ -37,6 +37,7 @@ class ReceiptRecorder:
                     status=receipt.status,
                     error_code=receipt.error_code,
                     provider=receipt.provider,
+                    suppress=receipt.suppress,
                 )
             )
         else:
@@ -46,6 +47,7 @@ class ReceiptRecorder:
                     receipt.provider_message_id,
                     receipt.status,
                     receipt.error_code,
+                    receipt.suppress,
                 )
             )
         if len(self._pending) + len(self._by_provider_id) >= self._max_group:

@@ -9,7 +9,8 @@ Per message: the route gives the providers in failover order (those that cannot
 carry it are skipped); each provider gets ``retries_per_provider`` attempts in turn,
 a provider whose breaker is open is passed over (when all are, the breakers' trickle
 still goes, and a failed trickle send costs no attempt), and a message past the
-caller's validity (else older than ``message_ttl``) becomes FAILED with EXPIRED.
+caller's validity (else older than ``message_ttl``) becomes FAILED with EXPIRED, and
+one whose number the account suppressed after accepting it REJECTED with SUPPRESSED.
 
 Batch messages routed to a provider with a bulk API share requests (``bulk``,
 dispatch/bulk.py plans them): a request takes one rate token and gives its breaker
@@ -48,6 +49,7 @@ from server.domain.ports import (
     Transport,
     VoiceTransport,
 )
+from server.domain.suppression import SUPPRESSED
 from server.metrics import GatewayMetrics
 from server.tracing import Tracing, dispatch_span
 
@@ -239,6 +241,8 @@ class Dispatcher:
     ) -> Routed | Transition:
         """The provider for this attempt, or the message's outcome when none is asked."""
         message = claimed.message
+        if claimed.suppressed:
+            return Transition(message.id, MessageStatus.REJECTED, error_code=SUPPRESSED)
         expires_at = claimed.expires_at or claimed.created_at + self._ttl
         if now > expires_at:
             return Transition(message.id, MessageStatus.FAILED, error_code="EXPIRED")

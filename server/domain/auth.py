@@ -129,6 +129,13 @@ class Authenticator:
             quiet_hours=credential.quiet_hours,
             send_per_second=credential.send_per_second,
             query_per_second=credential.query_per_second,
+            admin=credential.admin,
+            allowed_countries=None
+            if credential.allowed_countries is None
+            else frozenset(credential.allowed_countries),
+            daily_message_cap=credential.daily_message_cap,
+            per_mobile_daily_cap=credential.per_mobile_daily_cap,
+            prepaid=credential.prepaid,
         )
 
     async def recheck(self, authorization: str | None) -> None:

@@ -8,6 +8,7 @@ accepted messages are stored in one transaction, so a failure stores nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,6 +27,12 @@ from server.domain.fields import (
     check_id,
     check_text,
     storable,
+)
+from server.domain.guardrails import (
+    COUNTRY_BATCH_REASON,
+    DailyCaps,
+    charge_for,
+    country_allowed,
 )
 from server.domain.messaging import (
     MAX_SCHEDULE_AHEAD,
@@ -123,6 +130,7 @@ class BatchRepository(Protocol):
         key: IdempotencyKey | None = None,
         content: str | None = None,
         options: BatchOptions | None = None,
+        caps: DailyCaps | None = None,
     ) -> BatchRecord:
         """Stores the batch row and every message of ``messages`` (slices, read in
         turn) in one transaction, or nothing. ``rejected`` is complete only once
@@ -160,8 +168,10 @@ class Batches:
         on_accepted: Callable[[], None] = lambda: None,
         routes: Routes | None = None,
         slots: BatchSlots | None = None,
+        prices: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self._store = store
+        self._prices = prices  # per-segment prices by region (prepaid accounts)
         self._routes = routes  # None: every number is taken (dispatch alone decides)
         self._templates = templates
         self._clock = clock
@@ -267,11 +277,22 @@ class Batches:
                         # stored: this ends the store's transaction).
                         raise no_route("these messages (their numbers, use type and content)")
                     return
+                if caller.allowed_countries is not None:
+                    # Rejected like a bad number: not counted as one no route carries.
+                    messages = _in_allowed_countries(caller, messages, rejected)
                 valid += len(messages)
                 if self._routes is not None and messages:
                     messages = self._routable(messages, rejected)
                 if not messages:
                     continue
+                if caller.prepaid:
+                    prices = self._prices()
+                    messages = [
+                        dataclasses.replace(
+                            m, charge=charge_for(caller, prices, m.to_number, m.segments)
+                        )
+                        for m in messages
+                    ]
                 accepted += len(messages)
                 yield messages
 
@@ -285,6 +306,7 @@ class Batches:
         options = BatchOptions(
             cmd.reference, dict(cmd.metadata) or None, cmd.validity, cmd.smart_encoding
         )
+        caps = DailyCaps.of(caller)
         batch = await self._store.create(
             batch_id,
             caller.account_id,
@@ -294,6 +316,7 @@ class Batches:
             key,
             content,
             options,
+            caps if caps.active else None,
         )
         return batch, accepted, len(rejected)
 
@@ -355,6 +378,22 @@ class Batches:
             if batch.status in FINAL_BATCH:
                 return
             await asyncio.sleep(WATCH_INTERVAL)
+
+
+def _in_allowed_countries(
+    caller: Caller, messages: list[NewMessage], rejected: list[tuple[str, str]]
+) -> list[NewMessage]:
+    """The messages to countries the account may send to; the others' numbers are
+    rejected with COUNTRY_NOT_ALLOWED."""
+    verdicts = [country_allowed(caller, m.to_number) for m in messages]
+    if all(verdicts):
+        return messages
+    rejected.extend(
+        (m.to_number, COUNTRY_BATCH_REASON)
+        for m, ok in zip(messages, verdicts, strict=True)
+        if not ok
+    )
+    return [m for m, ok in zip(messages, verdicts, strict=True) if ok]
 
 
 def _check_task_id(task_id: str) -> None:

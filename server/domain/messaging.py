@@ -19,6 +19,7 @@ from server.domain.errors import (
     PermissionDenied,
 )
 from server.domain.fields import check_ids, check_text
+from server.domain.guardrails import DailyCaps, charge_for, check_country
 from server.domain.models import (
     CODE_MARK,
     MessageState,
@@ -54,6 +55,11 @@ class Caller:
     quiet_hours: QuietHours | None = None  # marketing is held during these windows
     send_per_second: float | None = None  # None: the server's default rate
     query_per_second: float | None = None
+    admin: bool = False  # an operator's credential: may call AccountService
+    allowed_countries: frozenset[str] | None = None  # every use type; None: all
+    daily_message_cap: int | None = None  # messages accepted per UTC day
+    per_mobile_daily_cap: int | None = None  # ... to one mobile
+    prepaid: bool = False  # a balance is charged for each message accepted
 
     def marketing_release(self, use_type: UseType, to_number: str, due: datetime) -> datetime:
         """When a message may go: marketing waits for the recipient's quiet hours to end."""
@@ -149,8 +155,11 @@ class Messaging:
         on_accepted: Callable[[], None] = lambda: None,
         mobile_intervals: Mapping[UseType, float] | None = None,
         routes: Routes | None = None,
+        prices: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self._messages = messages
+        # Per-segment prices by region, as the routing file gives them now.
+        self._prices = prices
         # None: every message is taken (dispatch alone decides).
         self._routes = routes
         self._templates = templates
@@ -191,6 +200,7 @@ class Messaging:
             violations.append(FieldViolation("text", "text or template_id is required"))
         if violations:
             raise InvalidArgument(violations)
+        check_country(caller, to_number)
 
         template_code: str | None = None
         template_data: dict[str, str] | None = None
@@ -224,10 +234,12 @@ class Messaging:
             reference=cmd.reference,
             metadata=dict(cmd.metadata) or None,
             expires_at=now + cmd.validity if cmd.validity is not None else None,
+            charge=charge_for(caller, self._prices(), to_number, segments),
         )
         if self._routes is not None and not self._routes.can_carry(outbound(message)):
             raise no_route("this message (its number, use type and content)")
         interval = self._mobile_intervals.get(cmd.use_type, 0.0)
+        caps = DailyCaps.of(caller)
         key: IdempotencyKey | None = None
         if cmd.request_id:
             key = IdempotencyKey(
@@ -254,8 +266,10 @@ class Messaging:
                     ),
                 ),
             )
-        if key is not None or interval > 0:
-            earlier_id = await self._messages.insert_idempotent(message, key, interval)
+        if key is not None or interval > 0 or caps.active or message.charge:
+            earlier_id = await self._messages.insert_idempotent(
+                message, key, interval, caps if caps.active else None
+            )
             if earlier_id is not None:
                 states = await self._messages.get_states(caller.account_id, [earlier_id])
                 if states:

@@ -101,6 +101,11 @@ class Credential:
     quiet_hours: QuietHours | None = None
     send_per_second: float | None = None
     query_per_second: float | None = None
+    admin: bool = False  # may call AccountService
+    allowed_countries: tuple[str, ...] | None = None  # None: every country
+    daily_message_cap: int | None = None
+    per_mobile_daily_cap: int | None = None
+    prepaid: bool = False  # the account has a balance (charged per message)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,8 @@ class NewMessage:
     metadata: dict[str, str] | None = None
     # Not handed to a provider by then: FAILED / EXPIRED (None: the server's TTL).
     expires_at: datetime | None = None
+    # What a prepaid account is charged for it (0: not charged).
+    charge: int = 0
 
 
 @dataclass(frozen=True)

@@ -74,3 +74,43 @@ def region_of(e164: str) -> str | None:
     if region is None or region in _NON_REGIONS:
         return None
     return region
+
+
+# Characters people write numbers with, dropped before reading one in any spelling.
+_SEPARATORS = re.compile(r"[\s\-.()/\u00a0\u2010-\u2015]")
+_REGION_CODE = re.compile(r"[A-Z]{2}")
+
+
+def normalize_any_spelling(raw: str, field: str, default_region: str | None) -> str:
+    """``raw`` in E.164 form, from any common spelling: E.164 with spaces, dashes, dots
+    or brackets (``+86 138-0013-8000``), the ``00`` international prefix, or a national
+    number (``138 0013 8000``) read in ``default_region`` (none: refused). Raises
+    ``InvalidArgument`` on ``field`` (reason ``INVALID_MOBILE``) as ``normalize_mobile``."""
+    compact = _SEPARATORS.sub("", raw)
+    if compact.startswith("00"):
+        compact = "+" + compact[2:]
+    if compact.startswith("+") or compact == "":
+        return normalize_mobile(compact, field)
+    if not compact.isascii() or not compact.isdigit():
+        raise _invalid(field, _E164_HINT)
+    if default_region is None:
+        raise _invalid(
+            field,
+            "A national number needs a region (SMSGW_DEFAULT_REGION is not set): "
+            "give it in E.164 format, for example +8613800138000.",
+        )
+    try:
+        number = phonenumbers.parse(compact, default_region)
+    except phonenumbers.NumberParseException:
+        raise _invalid(field, _E164_HINT) from None
+    if not phonenumbers.is_valid_number(number):
+        raise _invalid(field, f"The number is not a valid phone number in region {default_region}.")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def check_region_code(value: str) -> str | None:
+    """``value`` upper-cased if it is a two-letter region code libphonenumber knows."""
+    region = value.strip().upper()
+    if _REGION_CODE.fullmatch(region) and region in phonenumbers.SUPPORTED_REGIONS:
+        return region
+    return None

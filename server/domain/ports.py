@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from server.domain.models import (
     Credential,
@@ -17,6 +17,9 @@ from server.domain.models import (
     Template,
     UseType,
 )
+
+if TYPE_CHECKING:
+    from server.domain.guardrails import DailyCaps
 
 
 class CredentialRepository(Protocol):
@@ -33,11 +36,17 @@ class IdempotencyKey:
 
 class MessageRepository(Protocol):
     async def insert(self, message: NewMessage) -> None:
-        """Stores a PENDING message and its first status event; durable on return."""
+        """Stores a PENDING message and its first status event; durable on return.
+        Both inserts raise FailedPrecondition (RECIPIENT_SUPPRESSED), storing nothing,
+        when the account suppressed the number for the message's use type."""
         ...
 
     async def insert_idempotent(
-        self, message: NewMessage, key: IdempotencyKey | None, mobile_interval: float = 0.0
+        self,
+        message: NewMessage,
+        key: IdempotencyKey | None,
+        mobile_interval: float = 0.0,
+        caps: DailyCaps | None = None,
     ) -> str | None:
         """Stores the message unless ``key`` was used within the window, in one
         transaction with the mobile's send interval when ``mobile_interval`` > 0.
@@ -108,6 +117,9 @@ class Receipt:
     status: MessageStatus
     error_code: str = ""
     provider_message_id: str = ""
+    # A SuppressionReason number when the receipt says the recipient must not be sent
+    # to again (unsubscribed, blocked): the number is suppressed with the receipt.
+    suppress: int = 0
 
 
 class ReceiptSink(Protocol):
@@ -251,6 +263,8 @@ class ClaimedMessage:
     # The caller's validity: not handed to a provider by then, it ends EXPIRED
     # (None: the server's message TTL from created_at).
     expires_at: datetime | None = None
+    # The account suppressed the number (for this use type) after accepting it.
+    suppressed: bool = False
 
 
 @dataclass(frozen=True)
@@ -266,6 +280,8 @@ class Transition:
     # False: no provider was asked (every breaker open), so the claim's attempt is
     # given back; a message must not run out of attempts while it cannot be tried.
     attempted: bool = True
+    # A SuppressionReason number: the number is suppressed with this change (receipts).
+    suppress: int = 0
 
 
 @dataclass(frozen=True)
@@ -276,6 +292,7 @@ class ProviderReceipt:
     provider_message_id: str
     status: MessageStatus
     error_code: str = ""
+    suppress: int = 0  # as Receipt.suppress
 
 
 class Outbox(Protocol):

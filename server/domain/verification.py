@@ -28,6 +28,7 @@ from server.domain.errors import (
     ResourceExhausted,
 )
 from server.domain.fields import check_id
+from server.domain.guardrails import DailyCaps, charge_for, check_country
 from server.domain.messaging import (
     Caller,
     check_request_id,
@@ -49,6 +50,7 @@ from server.domain.otp_guard import (
 from server.domain.phones import normalize_mobile
 from server.domain.ports import IdempotencyKey, Routes, TemplateRepository
 from server.domain.segments import count_segments
+from server.domain.suppression import SuppressionRepository, recipient_suppressed
 from server.domain.template_text import ParsedTemplate, render
 
 log = logging.getLogger(__name__)
@@ -145,6 +147,7 @@ class VerificationRepository(Protocol):
         checks: Sequence[VelocityCheck],
         judge: Callable[[Sequence[VelocityResult]], None],
         key: IdempotencyKey | None = None,
+        caps: DailyCaps | None = None,
     ) -> StoredVerification: ...
 
     async def check(
@@ -166,8 +169,12 @@ class Verifications:
         routes: Routes,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_accepted: Callable[[], None] = lambda: None,
+        suppressions: SuppressionRepository | None = None,
+        prices: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self._store = store
+        self._prices = prices  # per-segment prices by region (prepaid accounts)
+        self._suppressions = suppressions
         self._templates = templates
         self._codes = codes
         self._settings = settings
@@ -229,19 +236,26 @@ class Verifications:
                 ", ".join(allowlist.monitored),
             )
         raise_if_blocked(allowlist)
+        check_country(caller, mobile)
+        if self._suppressions is not None and await self._suppressions.is_suppressed(
+            caller.account_id, mobile, UseType.VERIFICATION
+        ):
+            raise recipient_suppressed(mobile)
         body, template_code, template_data = await self._body(caller, cmd.template_id, minutes)
 
         code = cmd.code or generate_code(length)
         verify_id = "v_" + secrets.token_hex(12)
         now = self._clock()
         expires_at = now + timedelta(minutes=minutes)
+        segments = count_segments(body.replace(CODE_MARK, "0" * len(code)))
         message = NewMessage(
             id=secrets.token_hex(16),
             account_id=caller.account_id,
             to_number=mobile,
             use_type=UseType.VERIFICATION,
             body=body,
-            segments=count_segments(body.replace(CODE_MARK, "0" * len(code))),
+            segments=segments,
+            charge=charge_for(caller, self._prices(), mobile, segments),
             priority=Priority.VERIFICATION,
             not_before=now,
             template_id=cmd.template_id,
@@ -322,6 +336,7 @@ class Verifications:
             checks=checks,
             judge=judge_counts,
             key=key,
+            caps=DailyCaps.of(caller),
         )
         self._on_accepted()
         log.debug(

@@ -10,7 +10,8 @@ original smsIds. Templates use ``%name%`` variables; vars may use "name" or "%na
 keys. Where the seed gives no code of its own, the emulator answers: more than 2,000
 numbers -> 412, over-long sendRequestId/tag -> 441, status query with no ids -> 411
 or more than 100 -> 412. A template variable left unfilled settles as SMSHook 450,
-content over 500 characters as 460; the "undelivered" outcome uses 500 or 590.
+content over 500 characters as 460, a number in ``intercepted`` as its code (410,
+420, 430); the "undelivered" outcome uses 500 or 590.
 With ``settings.webhook_url`` set, every settled message is POSTed once as an
 SMSHook form (event, smsId, phone, statusCode, message, timestamp, token, signature,
 and the request's ``tag`` when it had one).
@@ -303,7 +304,14 @@ async def send(request: web.Request) -> web.Response:
             failed.append({"phone": phone, "vars": values, "message": text})
         else:
             sms_ids.append(
-                accept(request, form, phone, content, template_id=template_id, hook_code=hook_code)
+                accept(
+                    request,
+                    form,
+                    phone,
+                    content,
+                    template_id=template_id,
+                    hook_code=hook_code or extras.intercepted.get(phone, 0),
+                )
             )
     if not sms_ids:
         raise Refusal(312, info={"successCount": 0, "failedCount": len(failed), "items": failed})

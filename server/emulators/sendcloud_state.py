@@ -57,6 +57,9 @@ class SendCloudExtras:
     # Whether a 400 "duplicate request" answer repeats the first request's smsIds. The
     # seed documents only the code, so by default the answer carries ``info: {}``.
     duplicate_with_ids: bool = False
+    # Numbers (as sent: "13800138000") that settle with an SMSHook code at processing:
+    # 410/420 intercept lists, 430 unsubscribed.
+    intercepted: dict[str, int] = field(default_factory=dict)
     hooks_sent: int = 0
     answers_dropped: int = 0
     requests: dict[str, tuple[float, list[str]]] = field(default_factory=dict)
@@ -67,7 +70,7 @@ class SendCloudExtras:
 
 EXTRAS_KEY: web.AppKey[SendCloudExtras] = web.AppKey("sendcloud_extras", SendCloudExtras)
 _TUNABLE: tuple[str, ...] = ("clock_skew_ms", "force_code", "answer_delay", "unverified_templates")
-_TUNABLE += ("per_minute", "per_day", "drop_answers", "duplicate_with_ids")
+_TUNABLE += ("per_minute", "per_day", "drop_answers", "duplicate_with_ids", "intercepted")
 
 
 def server_ms(extras: SendCloudExtras) -> int:

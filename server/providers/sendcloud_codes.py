@@ -23,6 +23,7 @@ from typing import Final
 
 from server.domain.models import MessageStatus
 from server.domain.ports import SendOutcome
+from server.domain.suppression import SuppressionReason
 
 
 class Verdict(enum.Enum):
@@ -107,6 +108,21 @@ HOOK_CODES: Final[dict[int, MessageStatus]] = {
     580: MessageStatus.UNDELIVERED,  # phone powered off
     590: MessageStatus.UNDELIVERED,  # other reasons
 }
+
+
+# SMSHook codes that say the recipient must not get more from the account: the number
+# is suppressed with the receipt (SuppressionService).
+SUPPRESSING_CODES: Final[dict[int, SuppressionReason]] = {
+    410: SuppressionReason.PROVIDER_BLOCKED,
+    420: SuppressionReason.PROVIDER_BLOCKED,
+    430: SuppressionReason.PROVIDER_UNSUBSCRIBED,
+}
+
+
+def suppression_for(error_code: str) -> int:
+    """The SuppressionReason number a settled message's code calls for (0: none)."""
+    code = int(error_code) if error_code.isascii() and error_code.isdigit() else 0
+    return int(SUPPRESSING_CODES.get(code, SuppressionReason.UNSPECIFIED))
 
 
 def refusal(code: int) -> SendOutcome:

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 
 from server.domain.models import MessageStatus
 from server.domain.ports import ProviderError, Receipt
-from server.providers.sendcloud_codes import failed_status
+from server.providers.sendcloud_codes import failed_status, suppression_for
 
 DELIVERED_EVENTS = frozenset({"delivered"})
 FAILED_EVENTS = frozenset({"undelivered", "failed"})
@@ -114,4 +114,5 @@ def receipt_from_hook(provider: str, form: Mapping[str, str]) -> Receipt:
         failed_status(code),
         error_code=str(code) if code else "UNDELIVERED",
         provider_message_id=form["smsId"],
+        suppress=suppression_for(str(code)),
     )

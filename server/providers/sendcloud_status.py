@@ -36,7 +36,7 @@ from typing import Any
 
 from server.domain.models import MessageStatus
 from server.domain.ports import ProviderError, ProviderRef, Receipt
-from server.providers.sendcloud_codes import failed_status
+from server.providers.sendcloud_codes import failed_status, suppression_for
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,16 @@ def receipts(provider: str, refs: Sequence[ProviderRef], body: Any) -> list[Rece
         settled = outcome(record) if record is not None else None
         if settled is not None:
             status, error = settled
-            found.append(Receipt(provider, ref.message_id, status, error, ref.provider_message_id))
+            found.append(
+                Receipt(
+                    provider,
+                    ref.message_id,
+                    status,
+                    error,
+                    ref.provider_message_id,
+                    suppress=suppression_for(error),
+                )
+            )
     return found
 
 

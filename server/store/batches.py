@@ -1,26 +1,35 @@
 """Batch tasks: creation in one transaction (COPY), counts, paging and cancel.
 
-Creation writes the batch row, COPYs every accepted message and inserts their
-first events with one statement under the event-log lock, and the batch's first
-status event (store/account_events.py), all in one transaction: a crash or error
-stores nothing. Counts change in the statement that records each
+Creation writes the batch row, COPYs every accepted message, takes out the numbers
+the account suppressed (one join: rejected with RECIPIENT_SUPPRESSED) and those at
+their daily cap (one upsert), counts the batch against the account's daily cap,
+inserts the first events with one statement under the event-log lock, charges a
+prepaid balance and records the batch's first status event (store/account_events.py),
+all in one transaction: a crash or error stores nothing. Counts change in the
+statement that records each
 message's status (store/outbox.py), so they are exact at any moment.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Sequence
+from dataclasses import replace
 
 import asyncpg
 
 from server.domain.batch_tasks import BatchMessageRow, BatchOptions, BatchRecord
+from server.domain.guardrails import MOBILE_CAP_BATCH_REASON, DailyCaps
 from server.domain.models import MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey, Transition
+from server.domain.suppression import BATCH_REASON
 from server.store.account_events import record_batch_status
+from server.store.balance import charge_balance
+from server.store.daily_caps import take_batch_mobiles, take_daily
 from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log
 from server.store.idempotency import claim_key
 from server.store.outbox import ChangeSink, StatusChanges, apply_transitions
 from server.store.pool import retry_on_conflict, unavailable_on_connection_errors
+from server.store.suppressions import matches
 
 MESSAGE_COLUMNS = (
     "id",
@@ -37,6 +46,7 @@ MESSAGE_COLUMNS = (
     "template_code",
     "template_data",
     "expires_at",
+    "charged",
 )
 
 _FIRST_EVENTS = f"""
@@ -47,6 +57,14 @@ SELECT nextval('message_event_ids'), m.id, m.account_id, m.batch_id, m.to_number
        m.created_at
 FROM messages m CROSS JOIN event_log_lock
 WHERE m.batch_id = $1
+"""
+
+# The batch's suppressed numbers, taken out of it after the COPY: one join of the
+# batch's rows with the account's suppressions (both by index), not a look-up per number.
+_TAKE_SUPPRESSED = f"""
+DELETE FROM messages m USING suppressions s
+WHERE m.batch_id = $1 AND {matches("$2", "m.to_number", "$3")}
+RETURNING m.to_number
 """
 
 _COLUMNS = (
@@ -71,6 +89,7 @@ def _row(m: NewMessage) -> tuple[object, ...]:
         m.template_code,
         m.template_data,
         m.expires_at,
+        m.charge,
     )
 
 
@@ -107,6 +126,7 @@ class PgBatchStore:
         key: IdempotencyKey | None = None,
         content: str | None = None,
         options: BatchOptions | None = None,
+        caps: DailyCaps | None = None,
     ) -> BatchRecord:
         """Stores the batch with all its messages, or nothing. With ``key``, a repeat
         of an earlier request returns the earlier batch. ``content``: the text of a
@@ -140,11 +160,26 @@ class PgBatchStore:
                     options.smart_encoding,
                 )
                 total = 0
+                charged = False  # a prepaid account's batch: charged once stored
                 async for part in messages:
+                    charged = charged or any(m.charge for m in part)
                     await conn.copy_records_to_table(
                         "messages", columns=MESSAGE_COLUMNS, records=map(_row, part)
                     )
                     total += len(part)
+                if total:
+                    suppressed = await conn.fetch(_TAKE_SUPPRESSED, batch_id, account_id, use_type)
+                    total -= len(suppressed)
+                    rejected = [
+                        *rejected,
+                        *((r["to_number"], BATCH_REASON) for r in suppressed),
+                    ]
+                if total and caps is not None and caps.per_mobile is not None:
+                    full = await take_batch_mobiles(conn, account_id, batch_id, caps.per_mobile)
+                    total -= len(full)
+                    rejected = [*rejected, *((n, MOBILE_CAP_BATCH_REASON) for n in full)]
+                if total and caps is not None and caps.account is not None:
+                    await take_daily(conn, account_id, "", replace(caps, per_mobile=None), total)
                 # Nothing accepted: nothing can be sent (failed).
                 row = await conn.fetchrow(
                     f"UPDATE batches SET total = $2, status = $3, rejected = $4 "
@@ -156,6 +191,11 @@ class PgBatchStore:
                 )
                 if total:
                     await conn.execute(_FIRST_EVENTS, batch_id)
+                    if charged:  # after the events (the event-log lock, then the account)
+                        cost = await conn.fetchval(
+                            "SELECT sum(charged) FROM messages WHERE batch_id = $1", batch_id
+                        )
+                        await charge_balance(conn, account_id, int(cost or 0))
                 # Its first status (PENDING, or FAILED with nothing accepted), after
                 # the message events: the account log's lock is taken last.
                 await record_batch_status(conn, batch_id)

@@ -1,6 +1,7 @@
 """Housekeeping of the tables, every MAINTENANCE_SECONDS: pending verifications past
 their time end EXPIRED; velocity windows and mobile send times older than a day
-(intervals are at most a day) are dropped. Any replica may run it at any time."""
+(intervals are at most a day) are dropped, and the daily caps' counts of past days.
+Any replica may run it at any time."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ class Maintenance:
         await self._verifications.expire_pending()
         await self._velocity.purge(KEEP)
         await self._messages.purge_mobile_intervals(KEEP)
+        await self._messages.purge_past_days()
 
     async def _run(self) -> None:
         while True:

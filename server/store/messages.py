@@ -15,11 +15,16 @@ from datetime import timedelta
 import asyncpg
 
 from server.domain.errors import ResourceExhausted
+from server.domain.guardrails import DailyCaps
 from server.domain.models import MessageState, MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey
+from server.domain.suppression import recipient_suppressed
+from server.store.balance import charge_balance
+from server.store.daily_caps import take_daily
 from server.store.events import LOCK_EVENT_LOG_CTE
 from server.store.idempotency import claim_key
 from server.store.pool import Conn, unavailable_on_connection_errors
+from server.store.suppressions import matches, suppressed
 
 MAX_GROUP = 500
 
@@ -32,24 +37,28 @@ REFERENCE_COLUMNS = (
 )
 MAX_CONCURRENT_GROUPS = 2
 
+
 # The messages' insert and their first events, as the tail of a WITH: another
 # statement can put its own CTE first and store its rows in the same round trip.
-_MESSAGES_AND_EVENTS = f"""
+def _messages_and_events(where: str = "") -> str:
+    return f"""
 {LOCK_EVENT_LOG_CTE},
 m AS (
     INSERT INTO messages (id, account_id, batch_id, to_number, use_type, body, template_id,
                           segments, priority, status, not_before, template_code, template_data,
-                          channel, sealed_code, reference, metadata, expires_at)
+                          channel, sealed_code, reference, metadata, expires_at, charged)
     SELECT u.id, u.account_id, u.batch_id, u.to_number, u.use_type, u.body, u.template_id,
            u.segments, u.priority, {MessageStatus.PENDING:d}, u.not_before, u.template_code,
-           u.template_data, u.channel, u.sealed_code, u.reference, u.metadata, u.expires_at
+           u.template_data, u.channel, u.sealed_code, u.reference, u.metadata, u.expires_at,
+           u.charged
     FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::smallint[], $6::text[],
                 $7::bigint[], $8::integer[], $9::smallint[], $10::timestamptz[], $11::text[],
                 $12::jsonb[], $13::smallint[], $14::bytea[], $15::text[], $16::jsonb[],
-                $17::timestamptz[])
+                $17::timestamptz[], $18::bigint[])
          AS u(id, account_id, batch_id, to_number, use_type, body, template_id,
               segments, priority, not_before, template_code, template_data, channel,
-              sealed_code, reference, metadata, expires_at)
+              sealed_code, reference, metadata, expires_at, charged)
+    {where}
     RETURNING id, account_id, batch_id, to_number, created_at
 )
 INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number, status,
@@ -59,16 +68,32 @@ SELECT nextval('message_event_ids'), m.id, m.account_id, m.batch_id, m.to_number
 FROM m CROSS JOIN event_log_lock
 """
 
+
+_MESSAGES_AND_EVENTS = _messages_and_events()
+
 _INSERT_WITH_EVENTS = f"WITH {_MESSAGES_AND_EVENTS}"
+
+# Single sends by group commit: a message to a number its account suppressed (for its
+# use type) is left out, in the same statement (no round trip of its own); the ids
+# stored come back, and the callers of the others are answered RECIPIENT_SUPPRESSED.
+_INSERT_UNSUPPRESSED = (
+    "WITH "
+    + _messages_and_events(
+        "WHERE NOT EXISTS (SELECT FROM suppressions s WHERE "
+        + matches("u.account_id", "u.to_number", "u.use_type")
+        + ")"
+    )
+    + "RETURNING message_id"
+)
 
 
 # How many parameters ``message_columns`` takes: a CTE given to ``with_messages``
 # numbers its own from MESSAGE_PARAMS + 1.
-MESSAGE_PARAMS = 17
+MESSAGE_PARAMS = 18
 
 
 def with_messages(cte: str) -> str:
-    """A statement that runs ``cte`` (its parameters from $18) and inserts the messages
+    """A statement that runs ``cte`` (its parameters from $19) and inserts the messages
     of ``message_columns`` with their events, atomically, in one round trip."""
     return f"WITH {cte},{_MESSAGES_AND_EVENTS}"
 
@@ -92,6 +117,7 @@ def message_columns(messages: Sequence[NewMessage]) -> list[list[object]]:
         [m.reference for m in messages],
         [m.metadata for m in messages],
         [m.expires_at for m in messages],
+        [m.charge for m in messages],
     ]
 
 
@@ -155,25 +181,35 @@ class PgMessageStore:
 
     async def _write_group(self, group: list[tuple[NewMessage, asyncio.Future[None]]]) -> None:
         error: BaseException | None = None
+        stored: set[str] = set()
         try:
             with unavailable_on_connection_errors():
                 async with self._pool.acquire() as conn:
-                    await insert_messages(conn, [m for m, _ in group])
+                    rows = await conn.fetch(
+                        _INSERT_UNSUPPRESSED, *message_columns([m for m, _ in group])
+                    )
+                    stored = {r["message_id"] for r in rows}
         except Exception as exc:
             error = exc
         finally:
             self._groups_in_flight -= 1
-            for _, future in group:
+            for message, future in group:
                 if future.done():
                     continue
-                if error is None:
+                if error is not None:
+                    future.set_exception(error)
+                elif message.id in stored:
                     future.set_result(None)
                 else:
-                    future.set_exception(error)
+                    future.set_exception(recipient_suppressed(message.to_number))
             self._start_groups()
 
     async def insert_idempotent(
-        self, message: NewMessage, key: IdempotencyKey | None, mobile_interval: float = 0.0
+        self,
+        message: NewMessage,
+        key: IdempotencyKey | None,
+        mobile_interval: float = 0.0,
+        caps: DailyCaps | None = None,
     ) -> str | None:
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
@@ -183,7 +219,13 @@ class PgMessageStore:
                         return earlier
                 if mobile_interval > 0:
                     await pass_mobile_interval(conn, message, mobile_interval)
+                if await suppressed(conn, message.account_id, message.to_number, message.use_type):
+                    raise recipient_suppressed(message.to_number)
+                if caps is not None and caps.active:
+                    await take_daily(conn, message.account_id, message.to_number, caps)
                 await insert_messages(conn, [message])
+                # After the insert (the event-log lock, then the account row).
+                await charge_balance(conn, message.account_id, message.charge)
         return None
 
     async def purge_mobile_intervals(self, older_than: timedelta) -> None:
@@ -191,6 +233,13 @@ class PgMessageStore:
             await self._pool.execute(
                 "DELETE FROM mobile_send_last WHERE last_sent_at < now() - $1::interval",
                 older_than,
+            )
+
+    async def purge_past_days(self) -> None:
+        """Drops the daily caps' counts of days before today (UTC)."""
+        with unavailable_on_connection_errors():
+            await self._pool.execute(
+                "DELETE FROM daily_sends WHERE day < (now() AT TIME ZONE 'UTC')::date"
             )
 
     async def get_states(self, account_id: int, ids: Sequence[str]) -> list[MessageState]:

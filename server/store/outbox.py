@@ -17,10 +17,12 @@ from server.domain.models import (
     UseType,
 )
 from server.domain.ports import ClaimedMessage, ProviderReceipt, Transition
+from server.domain.suppression import SuppressionReason
 from server.store.account_events import EVENT_TYPE_BATCH_STATUS, lock_when_any
 from server.store.events import lock_event_log
 from server.store.pool import Conn, retry_on_conflict, unavailable_on_connection_errors
 from server.store.states import NOT_DELIVERED, REACHED, WAITING
+from server.store.suppressions import matches, suppress_from_receipts
 from server.store.templates import BatchContents, TemplateLayout, TemplateLayouts
 
 # Verification codes and single sends first (by priority, then due time); the room
@@ -94,8 +96,16 @@ SET claimed_until = now() + make_interval(secs => $2), attempts = m.attempts + 1
 WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM due))
 RETURNING m.id, m.account_id, m.to_number, m.body, m.use_type, m.attempts, m.template_id,
           m.priority, m.template_code, m.template_data, m.created_at, m.channel,
-          m.sealed_code, m.batch_id, m.expires_at
+          m.sealed_code, m.batch_id, m.expires_at,
+          -- Suppressed since it was accepted: the worker ends it REJECTED (SUPPRESSED).
+          EXISTS (SELECT FROM suppressions s
+                  WHERE {matches("m.account_id", "m.to_number", "m.use_type")}) AS suppressed
 """
+
+# The final statuses of a message no provider took: its charge goes back.
+REFUNDED = ", ".join(
+    str(int(s)) for s in (MessageStatus.FAILED, MessageStatus.REJECTED, MessageStatus.CANCELLED)
+)
 
 # Applies status changes forward only: a final status is never changed, and a
 # status never moves back (DELIVERED is never followed by SENT). QUEUED -> QUEUED
@@ -107,7 +117,7 @@ WITH u AS (
          AS u(id, status, error_code, provider, provider_message_id, not_before, attempted)
 ),
 prev AS (
-    SELECT m.id, m.status FROM messages m JOIN u ON u.id = m.id
+    SELECT m.id, m.status, m.charged FROM messages m JOIN u ON u.id = m.id
     WHERE m.status < {MessageStatus.DELIVERED:d}  -- DELIVERED and after are final
     FOR UPDATE OF m
 ),
@@ -125,11 +135,21 @@ upd AS (
                             AND u.provider_message_id IS NOT NULL
                        THEN now() ELSE m.sent_at END,
         claimed_until = NULL,
-        updated_at = now()
+        updated_at = now(),
+        -- A prepaid message that ends before a provider took it is refunded (below).
+        charged = CASE WHEN u.status IN ({REFUNDED}) AND prev.status < {MessageStatus.SENT:d}
+                       THEN 0 ELSE m.charged END
     FROM u JOIN prev ON prev.id = u.id
     WHERE m.id = u.id AND u.status >= prev.status
     RETURNING m.id, m.account_id, m.batch_id, m.to_number, m.status, m.error_code,
-              m.updated_at, m.provider, prev.status AS old_status
+              m.updated_at, m.provider, prev.status AS old_status,
+              prev.charged - m.charged AS refund
+),
+refunds AS (
+    UPDATE accounts a SET balance = a.balance + r.amount
+    FROM (SELECT account_id, sum(refund) AS amount FROM upd WHERE refund > 0
+          GROUP BY account_id) r
+    WHERE a.id = r.account_id AND a.balance IS NOT NULL
 ),
 batch_counts AS (
     -- Batch counts move with their messages, in the same statement.
@@ -193,8 +213,8 @@ GROUP BY status, provider
 # parked in early_receipts when the send they report on is not recorded yet.
 _MATCH_PROVIDER_RECEIPTS = """
 WITH r AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::smallint[], $4::text[])
-         AS r(provider, provider_message_id, status, error_code)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::smallint[], $4::text[], $5::smallint[])
+         AS r(provider, provider_message_id, status, error_code, suppress)
 ),
 parked AS (
     INSERT INTO early_receipts (provider, provider_message_id, status, error_code)
@@ -207,7 +227,7 @@ parked AS (
         SET status = greatest(early_receipts.status, EXCLUDED.status),
             error_code = EXCLUDED.error_code
 )
-SELECT m.id, r.status, r.error_code, r.provider
+SELECT m.id, r.status, r.error_code, r.provider, r.suppress
 FROM r JOIN messages m
   ON m.provider = r.provider AND m.provider_message_id = r.provider_message_id
 """
@@ -333,6 +353,7 @@ class PgOutbox:
             code_unavailable=sealed is not None,
             sealed_code=bytes(sealed) if sealed is not None else None,
             expires_at=r["expires_at"],
+            suppressed=r["suppressed"],
         )
 
     async def apply(self, transitions: Sequence[Transition]) -> None:
@@ -345,6 +366,7 @@ class PgOutbox:
             async with self._pool.acquire() as conn, conn.transaction():
                 await lock_event_log(conn)
                 changes = await apply_transitions(conn, transitions)
+                await _suppress(conn, transitions)
                 if sent_ids:
                     rows = await conn.fetch(_UNPARK, sent_ids)
                     changes += await apply_transitions(conn, [_from_row(r) for r in rows])
@@ -370,8 +392,11 @@ class PgOutbox:
                     [r.provider_message_id for r in receipts],
                     [int(r.status) for r in receipts],
                     [r.error_code for r in receipts],
+                    [r.suppress for r in receipts],
                 )
-                changes = await apply_transitions(conn, [_from_row(r) for r in rows])
+                matched = [_from_row(r) for r in rows]
+                changes = await apply_transitions(conn, matched)
+                await _suppress(conn, matched)
             return changes, len(rows)
 
         with unavailable_on_connection_errors():
@@ -457,7 +482,17 @@ def _from_row(row: asyncpg.Record) -> Transition:
         MessageStatus(row["status"]),
         error_code=row["error_code"],
         provider=row["provider"],
+        suppress=row.get("suppress") or 0,
     )
+
+
+async def _suppress(conn: Conn, transitions: Sequence[Transition]) -> None:
+    """Suppresses the numbers receipts said must not get more (in their transaction)."""
+    stops = [t for t in transitions if t.suppress]
+    if stops:
+        await suppress_from_receipts(
+            conn, [t.message_id for t in stops], [SuppressionReason(t.suppress) for t in stops]
+        )
 
 
 async def apply_transitions(conn: Conn, transitions: Sequence[Transition]) -> StatusChanges:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import asyncpg
 
 from server.domain.errors import ResourceExhausted
+from server.domain.guardrails import DailyCaps
 from server.domain.models import NewMessage, VerificationState
 from server.domain.otp_guard import VelocityCheck, VelocityResult
 from server.domain.ports import IdempotencyKey
@@ -30,6 +31,8 @@ from server.domain.verification import (
     StoredVerification,
 )
 from server.store.account_events import EVENT_TYPE_VERIFICATION, lock_when_any
+from server.store.balance import charge_balance
+from server.store.daily_caps import take_daily
 from server.store.idempotency import claim_key
 from server.store.messages import message_columns, with_messages
 from server.store.pool import unavailable_on_connection_errors
@@ -49,7 +52,7 @@ _CREATE = with_messages(
 v AS (
     INSERT INTO verifications (id, account_id, mobile, scene, channel, code_hash, state,
                                attempts_left, expires_at, message_id)
-    VALUES ($18, $19, $20, $21, $22, $23, {VerificationState.PENDING:d}, $24, $25, $26)
+    VALUES ($19, $20, $21, $22, $23, $24, {VerificationState.PENDING:d}, $25, $26, $27)
 )"""
 )
 
@@ -133,12 +136,20 @@ class PgVerificationStore:
         checks: Sequence[VelocityCheck],
         judge: Callable[[Sequence[VelocityResult]], None],
         key: IdempotencyKey | None = None,
+        caps: DailyCaps | None = None,
     ) -> StoredVerification:
         """Stores the verification and its message, or raises (storing nothing).
 
         With ``key``, a repeat of an earlier request returns the earlier verification."""
         stored = StoredVerification(verification.id, verification.expires_at, message.id)
-        if key is None and mobile_interval <= 0 and not checks:
+        caps = caps if caps is not None and caps.active else None
+        if (
+            key is None
+            and mobile_interval <= 0
+            and not checks
+            and caps is None
+            and not message.charge
+        ):
             with unavailable_on_connection_errors():
                 await self._pool.execute(_CREATE, *_create_args(verification, message))
             return stored
@@ -179,7 +190,10 @@ class PgVerificationStore:
                         )
                 if checks:
                     judge(await self._velocity.hit(conn, checks))
+                if caps is not None:
+                    await take_daily(conn, verification.account_id, verification.mobile, caps)
                 await conn.execute(_CREATE, *_create_args(verification, message))
+                await charge_balance(conn, message.account_id, message.charge)
         return stored
 
     async def check(

@@ -27,16 +27,18 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import descriptor, timestamp_pb2
+from google.protobuf import descriptor, field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sms.v1 import (
+    account_pb2,
     batch_pb2,
     common_pb2,
     message_pb2,
+    suppression_pb2,
     template_pb2,
     verification_pb2,
     webhook_pb2,
@@ -45,6 +47,8 @@ from sms.v1 import (
 from server.api.server import SERVICE_NAMES
 from server.domain.otp_guard import GuardSettings
 from server.domain.verification import OtpSettings
+from server.store.accounts import PgAccountStore
+from tests.conftest import basic_auth
 from tests.e2e.conftest import Client, GatewayFactory, Running
 from tests.e2e.errors import bad_fields
 
@@ -59,6 +63,8 @@ SERVICES = [
         (batch_pb2.DESCRIPTOR, "BatchService"),
         (template_pb2.DESCRIPTOR, "TemplateService"),
         (webhook_pb2.DESCRIPTOR, "WebhookService"),
+        (suppression_pb2.DESCRIPTOR, "SuppressionService"),
+        (account_pb2.DESCRIPTOR, "AccountService"),
     )
 ]
 METHODS = [method for service in SERVICES for method in service.methods]
@@ -323,6 +329,7 @@ class World:
     client: Client
     hints: dict[str, list[object]]  # realistic values by field name
     seeds: dict[str, list[Message]]  # valid requests by method name
+    admin: tuple[tuple[str, str], ...] = ()  # an admin credential (AccountService)
 
 
 @pytest.fixture(scope="module")
@@ -379,7 +386,15 @@ async def world(start_gateway: GatewayFactory) -> World:
     )
     template_ids: list[object] = [x.id for x in templates]
     tomorrow = timestamp_pb2.Timestamp(seconds=_NOW + 86_400)
+    # AccountService is called with an admin credential of another account, and
+    # changes a scratch account (not the one the other services are fuzzed with).
+    accounts = PgAccountStore(running.gateway.pool)
+    ops = await accounts.create_account("ops", verified=True)
+    admin_credential, admin_secret = await accounts.create_credential(ops.id, admin=True)
+    scratch = await accounts.create_account("scratch", verified=True)
+    scratch_key = (await accounts.create_credential(scratch.id))[0].api_key
     m, v, b, wh = message_pb2, verification_pb2, batch_pb2, webhook_pb2
+    sp, ac = suppression_pb2, account_pb2
     notification = common_pb2.USE_TYPE_NOTIFICATION
     seeds: dict[str, list[Message]] = {
         "SendMessage": [
@@ -449,6 +464,35 @@ async def world(start_gateway: GatewayFactory) -> World:
                 webhook_id=1, start_time=timestamp_pb2.Timestamp(seconds=_NOW), end_time=tomorrow
             )
         ],
+        "AddSuppressions": [
+            sp.AddSuppressionsRequest(
+                mobiles=["+86 138 0013 8009", "+447911123456"],
+                reason=sp.SUPPRESSION_REASON_OPT_OUT,
+                use_types=[common_pb2.USE_TYPE_MARKETING],
+            )
+        ],
+        "RemoveSuppression": [sp.RemoveSuppressionRequest(mobile="+8613800138009")],
+        "GetSuppression": [sp.GetSuppressionRequest(mobile="+86 138-0013-8009")],
+        "ListSuppressions": [sp.ListSuppressionsRequest(page_size=1)],
+        "CreateAccount": [
+            ac.CreateAccountRequest(
+                account=ac.Account(name="fuzz", verified=True, quiet_hours=["21:00-08:00"])
+            )
+        ],
+        "GetAccount": [ac.GetAccountRequest(id=scratch.id)],
+        "ListAccounts": [ac.ListAccountsRequest(page_size=1)],
+        "UpdateAccount": [
+            ac.UpdateAccountRequest(
+                account=ac.Account(id=scratch.id, name="renamed", otp_max_attempts=4),
+                update_mask=field_mask_pb2.FieldMask(paths=["name", "otp_max_attempts"]),
+            )
+        ],
+        "CreateCredential": [
+            ac.CreateCredentialRequest(account_id=scratch.id, allow_cidrs=["10.0.0.0/8"])
+        ],
+        "ListCredentials": [ac.ListCredentialsRequest(account_id=scratch.id)],
+        "RevokeCredential": [ac.RevokeCredentialRequest(api_key=scratch_key)],
+        "TopUpBalance": [ac.TopUpBalanceRequest(account_id=scratch.id, amount=100)],
     }
     return World(
         running,
@@ -479,6 +523,7 @@ async def world(start_gateway: GatewayFactory) -> World:
             "value": ["x", "A-1"],  # map values
         },
         seeds,
+        basic_auth(admin_credential.api_key, admin_secret),
     )
 
 
@@ -587,7 +632,12 @@ async def test_random_requests_never_fail_internally(
         asyncio.get_running_loop(),
         requests,
         examples,
-        lambda request: call(running.channel, method, request, client.metadata),
+        lambda request: call(
+            running.channel,
+            method,
+            request,
+            world.admin if method.containing_service.name == "AccountService" else client.metadata,
+        ),
     )
     await assert_healthy(running)
 
