@@ -245,8 +245,10 @@ class Gateway:
                 allow_insecure=s.webhook_allow_insecure,
                 retry_base=s.webhook_retry_base_seconds,
                 retry_for=s.webhook_retry_for_seconds,
+                timeout=s.webhook_timeout_seconds,
             )
             self._webhooks.start()
+            self._hub.on_notify(self._webhooks.wake)
         self.health.add_to_server(server)
         enable_reflection(server)
         self.grpc_port = listen_grpc(server, s.grpc_addr, s.tls)

@@ -8,7 +8,12 @@ times a random factor in [0.5, 1], until ``retry_for`` seconds after the event
 (defaults: 5 s doubling, 25 h — about 30 attempts); a 429's Retry-After is waited
 instead when it is longer. At most ``per_endpoint`` requests are open per endpoint, so
 a slow or dead endpoint holds only its own slots; every request has a timeout and
-follows no redirect.
+follows no redirect, and its connection goes only to addresses PublicOnlyResolver
+checked (server/http/webhook_url.py). A delivery is leased for three timeouts: a
+replica that dies mid-request leaves it to another after that.
+
+Rounds run when events are committed (``wake``, called on the event log's NOTIFY),
+when a request ends, and every ``interval`` seconds otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections import Counter as Tally
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from google.protobuf import json_format
 from sms.v1 import webhook_pb2
 
@@ -29,7 +35,7 @@ from server.api import convert
 from server.domain import webhook_signing
 from server.domain.codes import CodeKeys
 from server.domain.errors import InvalidArgument
-from server.http.webhook_url import check_url
+from server.http.webhook_url import PublicOnlyResolver, check_url
 from server.metrics import GatewayMetrics
 from server.store.webhooks import FAILED, PENDING, SUCCEEDED, DueDelivery, PgWebhookStore
 
@@ -85,7 +91,9 @@ class WebhookDelivery:
         timeout: float = 10.0,
         per_endpoint: int = 4,
         capacity: int = 200,
+        resolver: AbstractResolver | None = None,
     ) -> None:
+        """``resolver``: the DNS the connections use (None: the system's)."""
         self._store = store
         self._keys = keys
         self._metrics = metrics
@@ -101,11 +109,15 @@ class WebhookDelivery:
         self._loop_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._wake = asyncio.Event()
+        self._resolver = resolver
 
     def start(self) -> None:
+        resolver = self._resolver
+        if not self._allow_insecure:
+            resolver = PublicOnlyResolver(resolver)
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._timeout),
-            connector=aiohttp.TCPConnector(limit=self._capacity),
+            connector=aiohttp.TCPConnector(limit=self._capacity, resolver=resolver),
         )
         self._metrics.watch_webhook_backlog(self._store.backlog)
         self._loop_task = asyncio.create_task(self._run(), name="webhook-delivery")
@@ -144,7 +156,7 @@ class WebhookDelivery:
         if room <= 0:
             return False
         full = [w for w, n in self._open.items() if n >= self._per_endpoint]
-        due = await self._store.claim_due(room, lease_seconds=self._timeout + 30, busy=full)
+        due = await self._store.claim_due(room, lease_seconds=3 * self._timeout, busy=full)
         for d in due:
             if self._open[d.delivery.webhook_id] >= self._per_endpoint:
                 await self._store.release(d.delivery.id)
@@ -173,7 +185,7 @@ class WebhookDelivery:
         """The HTTP status (0: no answer or refused address) and a 429's Retry-After."""
         assert self._session is not None
         try:
-            await check_url(due.url, allow_insecure=self._allow_insecure)
+            await check_url(due.url, allow_insecure=self._allow_insecure, resolve=False)
         except InvalidArgument:
             return 0, None
         secret = self._keys.unseal(due.secret_sealed)
