@@ -281,6 +281,47 @@ async def test_unsafe_urls_are_refused(gw: Running, url: str) -> None:
     assert list(listed.webhooks) == []
 
 
+async def test_delivery_to_a_name_resolving_to_loopback_makes_no_connection(
+    start_gateway: GatewayFactory,
+) -> None:
+    """An endpoint whose host resolves to 127.0.0.1 by the time of delivery (its DNS
+    answer changed since it was created: here it was created by a gateway with
+    SMSGW_WEBHOOK_ALLOW_INSECURE, which delivers nothing) is refused by a gateway
+    without that setting: no connection reaches the address."""
+    accepted: list[object] = []
+
+    async def on_connect(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer.get_extra_info("peername"))
+        writer.close()
+
+    listener = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        creator = await start_gateway(webhook_allow_insecure=True, dispatch_workers=0)
+        strict = await start_gateway(
+            database_url=creator.gateway.settings.database_url, webhook_retry_base_seconds=0.05
+        )
+        client = await strict.client()
+        hook = await create(creator, client, f"https://localhost:{port}/hook")
+        await final_state(client, await send(client))
+
+        async def tried_three_times() -> bool:
+            page = await hooks(strict).ListWebhookDeliveries(
+                webhook_pb2.ListWebhookDeliveriesRequest(webhook_id=hook.id),
+                metadata=client.metadata,
+            )
+            # The message's first event is retried; the later ones wait behind it.
+            first = min(page.deliveries, key=lambda d: d.event_id, default=None)
+            assert all(d.state == webhook_pb2.DELIVERY_STATE_PENDING for d in page.deliveries)
+            return first is not None and first.attempts >= 3 and first.last_http_status == 0
+
+        await wait_for(tried_three_times, within=10)
+        assert accepted == []
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
 async def test_event_types_are_required(gw: Running) -> None:
     client = await gw.client()
     with pytest.raises(grpc.aio.AioRpcError) as err:
