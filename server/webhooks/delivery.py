@@ -37,7 +37,8 @@ from server.domain.codes import CodeKeys
 from server.domain.errors import InvalidArgument
 from server.http.webhook_url import PublicOnlyResolver, check_url
 from server.metrics import GatewayMetrics
-from server.store.webhooks import FAILED, PENDING, SUCCEEDED, DueDelivery, PgWebhookStore
+from server.store.webhooks import FAILED, PENDING, DueDelivery, PgWebhookStore
+from server.webhooks.group_write import GroupWrite
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class WebhookDelivery:
         retry_for: float,
         interval: float = 0.2,
         timeout: float = 10.0,
-        per_endpoint: int = 4,
+        per_endpoint: int = 16,
         capacity: int = 200,
         resolver: AbstractResolver | None = None,
     ) -> None:
@@ -109,7 +110,13 @@ class WebhookDelivery:
         self._loop_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._wake = asyncio.Event()
+        # New events were announced (or the poll is due): the next round turns them
+        # into deliveries. A round woken by a finished request only claims.
+        self._new_events = True
+        self._materialised_at = 0.0
         self._resolver = resolver
+        self._successes = GroupWrite(store.record_successes)
+        self._secrets: dict[bytes, str] = {}  # sealed -> plain: unsealing costs
 
     def start(self) -> None:
         resolver = self._resolver
@@ -123,6 +130,8 @@ class WebhookDelivery:
         self._loop_task = asyncio.create_task(self._run(), name="webhook-delivery")
 
     def wake(self) -> None:
+        """New events were committed (the event log's NOTIFY)."""
+        self._new_events = True
         self._wake.set()
 
     async def stop(self) -> None:
@@ -151,12 +160,19 @@ class WebhookDelivery:
                 self._wake.clear()
 
     async def _round(self) -> bool:
-        created = await self._store.materialise(500)
+        created = 0
+        now = time.monotonic()
+        if self._new_events or now - self._materialised_at >= self._interval:
+            self._new_events = False
+            self._materialised_at = now
+            created = await self._store.materialise(500)
+            self._new_events = self._new_events or created > 0  # maybe more behind them
         room = self._capacity - len(self._tasks)
         if room <= 0:
             return False
-        full = [w for w, n in self._open.items() if n >= self._per_endpoint]
-        due = await self._store.claim_due(room, lease_seconds=3 * self._timeout, busy=full)
+        due = await self._store.claim_due(
+            room, 3 * self._timeout, room=dict(self._open), per_endpoint=self._per_endpoint
+        )
         for d in due:
             if self._open[d.delivery.webhook_id] >= self._per_endpoint:
                 await self._store.release(d.delivery.id)
@@ -188,7 +204,7 @@ class WebhookDelivery:
             await check_url(due.url, allow_insecure=self._allow_insecure, resolve=False)
         except InvalidArgument:
             return 0, None
-        secret = self._keys.unseal(due.secret_sealed)
+        secret = self._secret(due.secret_sealed)
         if secret is None:
             log.error("webhook %d: secret sealed with another key", due.delivery.webhook_id)
             return 0, None
@@ -203,11 +219,21 @@ class WebhookDelivery:
         except (aiohttp.ClientError, TimeoutError, OSError):
             return 0, None
 
+    def _secret(self, sealed: bytes) -> str | None:
+        secret = self._secrets.get(sealed)
+        if secret is None:
+            secret = self._keys.unseal(sealed)
+            if secret is not None:
+                if len(self._secrets) >= 10_000:
+                    self._secrets.clear()
+                self._secrets[sealed] = secret
+        return secret
+
     async def _settle(self, due: DueDelivery, status: int, retry_after: float | None) -> None:
         d = due.delivery
         if 200 <= status < 300:
+            await self._successes.add((d.id, status))
             self._metrics.webhook_deliveries.labels("succeeded").inc()
-            await self._store.record_attempt(d.id, status, SUCCEEDED, None)
             return
         if status == 410:
             self._metrics.webhook_deliveries.labels("gone").inc()
