@@ -159,6 +159,11 @@ async def test_kills_mid_delivery_lose_and_invent_no_event(tmp_path: Path) -> No
             assert not report.invented, report.invented[:5]
             assert not report.out_of_order, list(report.out_of_order.items())[:3]
             assert settled == (len(stored), 0), settled
+            # A duplicate carries its first receipt's webhook-id: receivers deduplicate.
+            webhook_ids: dict[int, set[str]] = {}
+            for arrival in got.accepted():
+                webhook_ids.setdefault(arrival.event_id, set()).add(arrival.webhook_id)
+            assert all(len(ids) == 1 for ids in webhook_ids.values())
             # Only what was in flight at a kill is received twice.
             assert report.duplicates <= sum(in_flight), report.summary()
             # Each message's changes: accepted, handed to Skynoo, delivered.
