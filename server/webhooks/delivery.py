@@ -184,18 +184,27 @@ class WebhookDelivery:
         return created > 0 or len(due) == room
 
     async def _deliver(self, due: DueDelivery) -> None:
+        # The endpoint's slot is its open request: freed once answered, so the next
+        # request goes while this outcome is written (the delivery stays leased until
+        # then, and the message's next event waits for it in claim_due).
         try:
-            status, retry_after = await self._post(due)
+            try:
+                status, retry_after = await self._post(due)
+            finally:
+                self._close_slot(due.delivery.webhook_id)
             await self._settle(due, status, retry_after)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("webhook delivery %d failed", due.delivery.id)
         finally:
-            self._open[due.delivery.webhook_id] -= 1
-            if self._open[due.delivery.webhook_id] <= 0:
-                del self._open[due.delivery.webhook_id]
             self._wake.set()
+
+    def _close_slot(self, webhook_id: int) -> None:
+        self._open[webhook_id] -= 1
+        if self._open[webhook_id] <= 0:
+            del self._open[webhook_id]
+        self._wake.set()
 
     async def _post(self, due: DueDelivery) -> tuple[int, float | None]:
         """The HTTP status (0: no answer or refused address) and a 429's Retry-After."""

@@ -1,10 +1,10 @@
 """Group commit: callers that each need a row written share one statement.
 
-``await writes.add(item)`` returns once ``item`` is written, or raises what the write
-raised. The caller that arrives while no write runs writes everything queued, then
-what queued meanwhile, until nothing is left; the others wait for the batch that
-holds their item. One UPDATE for many deliveries instead of one each (the delivery
-loop's largest cost per event).
+``await writes.add(item)`` returns once ``item`` is written, or raises: the write's
+error (in the caller that wrote) or WriteFailed (in the others). The caller arriving
+while no write runs writes everything queued, then what queued meanwhile, until
+nothing is left; the others wait for the batch that holds their item. One UPDATE for
+many deliveries instead of one each (the delivery loop's largest cost per event).
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+
+class WriteFailed(Exception):
+    """The write that held this caller's item failed (the cause says why)."""
 
 
 class GroupWrite(Generic[T]):
@@ -32,18 +36,35 @@ class GroupWrite(Generic[T]):
                     batch, self._queued = self._queued, []
                     try:
                         await self._write([i for i, _ in batch])
-                    except BaseException as exc:
-                        # This batch and everything queued behind it fail alike.
-                        failed = RuntimeError("write cancelled")
-                        error = exc if isinstance(exc, Exception) else failed
-                        for _, waiting in batch + self._queued:
-                            if not waiting.done():
-                                waiting.set_exception(error)
+                    except Exception as exc:
+                        self._fail(batch, exc, done)
+                    except BaseException as exc:  # cancelled: nobody writes the rest
+                        self._fail(batch + self._queued, exc, done)
                         self._queued = []
                         raise
-                    for _, waiting in batch:
-                        if not waiting.done():
-                            waiting.set_result(None)
+                    else:
+                        for _, waiting in batch:
+                            if not waiting.done():
+                                waiting.set_result(None)
             finally:
                 self._writing = False
         await done
+
+    @staticmethod
+    def _fail(
+        batch: list[tuple[T, asyncio.Future[None]]],
+        exc: BaseException,
+        mine: asyncio.Future[None],
+    ) -> None:
+        """The writer's own item gets the error itself, each other caller a
+        WriteFailed of its own (one exception object raised in many tasks at once
+        is not something CPython 3.11 handles well)."""
+        for _, waiting in batch:
+            if waiting.done():
+                continue
+            if waiting is mine and isinstance(exc, Exception):
+                waiting.set_exception(exc)
+            elif waiting is not mine:
+                failed = WriteFailed(f"{type(exc).__name__}: {exc}")
+                failed.__cause__ = exc
+                waiting.set_exception(failed)

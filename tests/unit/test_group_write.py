@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.webhooks.group_write import GroupWrite
+from server.webhooks.group_write import GroupWrite, WriteFailed
 
 
 async def test_callers_arriving_during_a_write_share_the_next_one() -> None:
@@ -32,7 +32,24 @@ async def test_a_failed_write_fails_its_callers_and_the_next_write_goes_on() -> 
 
     group = GroupWrite(write)
     results = await asyncio.gather(*(group.add(i) for i in range(5)), return_exceptions=True)
-    assert all(isinstance(r, ConnectionError) for r in results)
+    # The caller that wrote gets the error itself; the others a WriteFailed.
+    assert [type(r) for r in results] == [ConnectionError] + [WriteFailed] * 4
+    assert [type(r.__cause__) for r in results[1:] if r is not None] == [ConnectionError] * 4
     failing = False
     async with asyncio.timeout(1):
         await group.add(5)  # nothing left stuck behind the failure
+
+
+async def test_the_writer_is_not_failed_by_a_later_batch_it_wrote_for_others() -> None:
+    calls = 0
+
+    async def write(items: list[int]) -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+        if calls == 2:
+            raise ConnectionError("database gone")
+
+    group = GroupWrite(write)
+    results = await asyncio.gather(*(group.add(i) for i in range(3)), return_exceptions=True)
+    assert [type(r) for r in results] == [type(None), WriteFailed, WriteFailed]
