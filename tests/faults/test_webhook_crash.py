@@ -49,7 +49,7 @@ from tests.faults.webhook_support import (
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 KILLS = 3
-SENDERS, PER_SENDER = 4, 60  # 240 messages, about three events each
+SENDERS = 4  # callers sending until the last kill is over (a few hundred messages)
 WEBHOOK_TIMEOUT = 1.0  # SMSGW_WEBHOOK_TIMEOUT_SECONDS: a delivery is leased for 3 s
 SETTLE_WITHIN = 45.0
 CHANNEL_OPTIONS = [
@@ -60,9 +60,15 @@ CHANNEL_OPTIONS = [
 
 
 async def send_messages(
-    stub: message_pb2_grpc.MessageServiceAsyncStub, md: Metadata, sender: int, sent: list[str]
+    stub: message_pb2_grpc.MessageServiceAsyncStub,
+    md: Metadata,
+    sender: int,
+    sent: list[str],
+    stop: asyncio.Event,
 ) -> None:
-    for n in range(PER_SENDER):
+    n = 0
+    while not stop.is_set():
+        n += 1
         request = message_pb2.SendMessageRequest(
             mobile=f"+447912{sender:02d}{n:04d}",
             use_type=common_pb2.USE_TYPE_NOTIFICATION,
@@ -114,9 +120,10 @@ async def test_kills_mid_delivery_lose_and_invent_no_event(tmp_path: Path) -> No
             hook_id = await subscribe(channel, md, got)
             stub = message_pb2_grpc.MessageServiceStub(channel)
             sent: list[str] = []
+            stop = asyncio.Event()
             in_flight: list[int] = []  # deliveries leased by the process at each kill
             async with background(
-                *(send_messages(stub, md, i, sent) for i in range(SENDERS))
+                *(send_messages(stub, md, i, sent, stop) for i in range(SENDERS))
             ) as senders:
                 for _ in range(KILLS):
                     mark = len(got.arrivals) + 20
@@ -137,6 +144,8 @@ async def test_kills_mid_delivery_lose_and_invent_no_event(tmp_path: Path) -> No
                         )
                     )
                     server = await start()
+                await asyncio.sleep(1)
+                stop.set()  # each caller ends after its call in hand
                 await asyncio.gather(*senders)
             states = await wait_until_delivered(pg.dsn, sent, within=SETTLE_WITHIN)
             assert all(s == common_pb2.MESSAGE_STATUS_DELIVERED for s in states.values()), states
@@ -150,7 +159,8 @@ async def test_kills_mid_delivery_lose_and_invent_no_event(tmp_path: Path) -> No
             )
             report = check_events(stored, got.accepted())
             print(
-                f"{KILLS} kills, deliveries in flight at each {in_flight}; {report.summary()}; "
+                f"{KILLS} kills, {len(sent)} messages, deliveries in flight at each kill "
+                f"{in_flight}; {report.summary()}; "
                 f"test {time.monotonic() - started:.1f} s"
             )
             assert got.forged == 0
