@@ -216,10 +216,6 @@ class PgWebhookStore:
                     LEFT JOIN unnest($3::bigint[], $5::int[]) AS o (webhook_id, open)
                         ON o.webhook_id = w.id
                     WHERE NOT w.disabled AND $4 - coalesce(o.open, 0) > 0
-                      AND EXISTS (
-                          SELECT 1 FROM webhook_deliveries d
-                          WHERE d.webhook_id = w.id AND d.state = {PENDING:d}
-                            AND d.next_attempt_at <= now())
                 ), candidates AS (
                     SELECT c.id, c.next_attempt_at FROM hooks h CROSS JOIN LATERAL (
                         SELECT d.id, d.next_attempt_at FROM webhook_deliveries d
