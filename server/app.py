@@ -93,6 +93,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+WEBHOOK_POOL_SIZE = 4  # the delivery worker's own connections
+
 
 class Gateway:
     """One running smsgw process."""
@@ -122,6 +124,7 @@ class Gateway:
         self._poller: ReceiptPoller | None = None
         self._maintenance: Maintenance | None = None
         self._webhooks: WebhookDelivery | None = None
+        self._webhook_pool: asyncpg.Pool | None = None
         self.metrics = GatewayMetrics()
         self.metrics.watch_breakers(self._providers.breaker_states)
 
@@ -250,15 +253,27 @@ class Gateway:
             WebhookServicer(webhook_store, codes, allow_insecure=s.webhook_allow_insecure), server
         )
         if s.dispatch_workers > 0:
+            # The delivery worker's writes (leases, outcomes, materialised events)
+            # commit without waiting for the WAL flush: one lost in a database crash
+            # only sends a delivery again, which at least once allows; the events
+            # themselves are written (durably) with the changes that made them.
+            self._webhook_pool = await create_pool(
+                dsn,
+                min_size=1,
+                max_size=WEBHOOK_POOL_SIZE,
+                server_settings={"synchronous_commit": "off"},
+            )
             self._webhooks = WebhookDelivery(
-                webhook_store,
+                PgWebhookStore(self._webhook_pool),
                 codes,
                 self.metrics,
                 allow_insecure=s.webhook_allow_insecure,
                 retry_base=s.webhook_retry_base_seconds,
                 retry_for=s.webhook_retry_for_seconds,
+                timeout=s.webhook_timeout_seconds,
             )
             self._webhooks.start()
+            self._hub.on_notify(self._webhooks.wake)
         suppression_pb2_grpc.add_SuppressionServiceServicer_to_server(
             SuppressionServicer(Suppressions(suppressions, s.default_region)), server
         )
@@ -342,6 +357,8 @@ class Gateway:
             await self._maintenance.stop()
         if self._webhooks is not None:
             await self._webhooks.stop()
+        if self._webhook_pool is not None:
+            await self._webhook_pool.close()
         await self.health.stop()
         await self._providers.close()
         if self._receipts is not None:

@@ -166,12 +166,14 @@ class Settings:
     max_streams: int = 2_000
     # --- Webhooks: plain http and private addresses allowed (tests, development);
     # first retry delay (doubling, capped at an hour, with jitter) and how long an
-    # event is retried before its delivery is FAILED.
+    # event is retried before its delivery is FAILED; each request's timeout (a
+    # delivery is leased for three: a replica that died leaves it to another then).
     webhook_allow_insecure: bool = False
     webhook_retry_base_seconds: float = 5.0
     webhook_retry_for_seconds: float = 25 * 3600
     # --- Suppressions: the region a national number (no +) is read in (None: refused).
     default_region: str | None = None
+    webhook_timeout_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -246,6 +248,7 @@ class Settings:
             webhook_retry_for_seconds=_float(
                 merged, "SMSGW_WEBHOOK_RETRY_FOR_SECONDS", 25 * 3600, 1, 30 * 86_400
             ),
+            webhook_timeout_seconds=_float(merged, "SMSGW_WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1, 300),
             otp=OtpSettings(
                 default_max_attempts=_int(merged, "SMSGW_OTP_MAX_ATTEMPTS", 3, 1, 100),
                 mobile_interval_seconds=_float(

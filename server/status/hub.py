@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -75,6 +76,7 @@ class StatusHub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
+        self._also_wake: list[Callable[[], None]] = []
 
     @property
     def open_streams(self) -> int:
@@ -118,8 +120,14 @@ class StatusHub:
             self._listener = None
             log.warning("status hub cannot LISTEN (%s); reading by polling", type(exc).__name__)
 
+    def on_notify(self, wake: Callable[[], None]) -> None:
+        """Calls ``wake`` too whenever new events are announced (webhook delivery)."""
+        self._also_wake.append(wake)
+
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
+        for wake in self._also_wake:
+            wake()
 
     async def _run(self) -> None:
         while True:

@@ -109,7 +109,13 @@ async def _keep_session(conn: Conn) -> None:
     on every release, is skipped. asyncpg still rolls back a leftover transaction."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    server_settings: dict[str, str] | None = None,
+) -> asyncpg.Pool:
     with unavailable_on_connection_errors():
         pool = await asyncpg.create_pool(
             dsn,
@@ -118,6 +124,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
             init=init_connection,
             reset=_keep_session,
             command_timeout=30,
+            server_settings=server_settings,
         )
     assert pool is not None
     return pool

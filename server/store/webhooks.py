@@ -12,7 +12,7 @@ once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -170,51 +170,44 @@ class PgWebhookStore:
 
     async def materialise(self, limit: int) -> int:
         """Turns new events into deliveries, for every endpoint not locked by another
-        replica. Returns how many deliveries were created."""
-        created = 0
+        replica (at most ``limit`` events of each log per endpoint). Returns how many
+        deliveries were created. Message events: one statement, one round trip, atomic;
+        batch and verification events (account_events): a transaction of their own."""
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
-                created += await self._materialise_account_events(conn, limit)
-                hooks = await conn.fetch(
-                    "SELECT id, account_id, event_cursor FROM webhooks "
-                    "WHERE NOT disabled AND $1 = ANY(event_types) "
-                    "AND event_cursor < (SELECT coalesce(max(event_id), 0) FROM message_events) "
-                    "ORDER BY id FOR UPDATE SKIP LOCKED",
-                    EVENT_TYPE_MESSAGE_STATUS,
+                from_accounts = await self._materialise_account_events(conn, limit)
+            created = await self._pool.fetchval(
+                """
+                WITH hooks AS (
+                    SELECT id, account_id, event_cursor FROM webhooks
+                    WHERE NOT disabled AND $1 = ANY(event_types)
+                      AND event_cursor < (SELECT coalesce(max(event_id), 0) FROM message_events)
+                    ORDER BY id FOR UPDATE SKIP LOCKED
+                ), events AS (
+                    SELECT h.id AS webhook_id, h.account_id AS hook_account, e.*
+                    FROM hooks h CROSS JOIN LATERAL (
+                        SELECT event_id, message_id, account_id FROM message_events
+                        WHERE event_id > h.event_cursor ORDER BY event_id LIMIT $2
+                    ) e
+                ), mine AS (
+                    INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, order_key)
+                    SELECT webhook_id, event_id, $1, message_id FROM events
+                    WHERE account_id = hook_account
+                    ON CONFLICT (webhook_id, event_id) DO NOTHING
+                    RETURNING 1
+                ), moved AS (
+                    UPDATE webhooks w SET event_cursor = seen.last
+                    FROM (SELECT webhook_id, max(event_id) AS last FROM events
+                          GROUP BY webhook_id) seen
+                    WHERE w.id = seen.webhook_id
+                    RETURNING 1
                 )
-                for hook in hooks:
-                    row = await conn.fetchrow(
-                        """
-                        WITH events AS (
-                            SELECT event_id, message_id FROM message_events
-                            WHERE event_id > $2 ORDER BY event_id LIMIT $4
-                        ), mine AS (
-                            INSERT INTO webhook_deliveries
-                                (webhook_id, event_id, event_type, order_key)
-                            SELECT $1, e.event_id, $5, e.message_id
-                            FROM events e JOIN message_events m USING (event_id)
-                            WHERE m.account_id = $3
-                            ON CONFLICT (webhook_id, event_id) DO NOTHING
-                            RETURNING 1
-                        )
-                        SELECT (SELECT max(event_id) FROM events) AS last,
-                               (SELECT count(*) FROM mine) AS n
-                        """,
-                        hook["id"],
-                        hook["event_cursor"],
-                        hook["account_id"],
-                        limit,
-                        EVENT_TYPE_MESSAGE_STATUS,
-                    )
-                    assert row is not None
-                    if row["last"] is not None:
-                        await conn.execute(
-                            "UPDATE webhooks SET event_cursor = $2 WHERE id = $1",
-                            hook["id"],
-                            row["last"],
-                        )
-                    created += int(row["n"])
-        return created
+                SELECT count(*) FROM mine  -- (every data-modifying CTE runs in full)
+                """,
+                EVENT_TYPE_MESSAGE_STATUS,
+                limit,
+            )
+        return int(created) + from_accounts
 
     async def _materialise_account_events(self, conn: Conn, limit: int) -> int:
         """Turns new batch and verification events into deliveries, of the types each
@@ -261,26 +254,41 @@ class PgWebhookStore:
         return created
 
     async def claim_due(
-        self, limit: int, lease_seconds: float, busy: Sequence[int] = ()
+        self, limit: int, lease_seconds: float, room: Mapping[int, int], per_endpoint: int
     ) -> list[DueDelivery]:
         """Leases due deliveries: each the earliest pending one of its message for its
         endpoint (so one message's events go in order), at most one per endpoint and
-        message at a time. Endpoints in ``busy`` (all their slots in use here) are left
-        for later."""
+        message at a time, and at most ``per_endpoint`` per endpoint less what
+        ``room`` says is open there already (so none is leased only to wait)."""
         with unavailable_on_connection_errors():
             rows = await self._pool.fetch(
                 f"""
-                WITH due AS (
-                    SELECT d.id FROM webhook_deliveries d
-                    WHERE d.state = {PENDING:d} AND d.next_attempt_at <= now()
+                WITH hooks AS (
+                    SELECT w.id, $4 - coalesce(o.open, 0) AS room FROM webhooks w
+                    LEFT JOIN unnest($3::bigint[], $5::int[]) AS o (webhook_id, open)
+                        ON o.webhook_id = w.id
+                    WHERE NOT w.disabled AND $4 - coalesce(o.open, 0) > 0
+                ), candidates AS (
+                    SELECT c.id, c.next_attempt_at FROM hooks h CROSS JOIN LATERAL (
+                        SELECT d.id, d.next_attempt_at FROM webhook_deliveries d
+                        WHERE d.webhook_id = h.id
+                          AND d.state = {PENDING:d} AND d.next_attempt_at <= now()
+                          AND (d.lease_until IS NULL OR d.lease_until < now())
+                          -- the message's earliest pending event (a scalar subquery:
+                          -- one probe of webhook_deliveries_order, never a scan)
+                          AND d.event_id = (
+                              SELECT min(p.event_id) FROM webhook_deliveries p
+                              WHERE p.webhook_id = d.webhook_id AND p.order_key = d.order_key
+                                AND p.state = {PENDING:d})
+                        ORDER BY d.next_attempt_at, d.id
+                        LIMIT h.room
+                    ) c
+                ), due AS (
+                    SELECT d.id FROM webhook_deliveries d JOIN candidates c ON c.id = d.id
+                    WHERE d.state = {PENDING:d}
                       AND (d.lease_until IS NULL OR d.lease_until < now())
-                      AND NOT (d.webhook_id = ANY($3::bigint[]))
-                      AND NOT EXISTS (
-                          SELECT 1 FROM webhook_deliveries p
-                          WHERE p.webhook_id = d.webhook_id AND p.order_key = d.order_key
-                            AND p.state = {PENDING:d} AND p.event_id < d.event_id)
-                    ORDER BY d.next_attempt_at, d.id
-                    LIMIT $1 FOR UPDATE SKIP LOCKED
+                    ORDER BY c.next_attempt_at, c.id
+                    LIMIT $1 FOR UPDATE OF d SKIP LOCKED
                 ), leased AS (
                     UPDATE webhook_deliveries d
                     SET lease_until = now() + make_interval(secs => $2)
@@ -305,7 +313,9 @@ class PgWebhookStore:
                 """,
                 limit,
                 lease_seconds,
-                list(busy),
+                list(room),
+                per_endpoint,
+                list(room.values()),
             )
             others = [r["event_id"] for r in rows if r["logged"] is None]
             if others:
@@ -339,6 +349,17 @@ class PgWebhookStore:
                 http_status,
                 state,
                 next_attempt_at,
+            )
+
+    async def record_successes(self, answers: Sequence[tuple[int, int]]) -> None:
+        """Deliveries answered 2xx: (delivery id, HTTP status) each, in one statement."""
+        with unavailable_on_connection_errors():
+            await self._pool.execute(
+                "UPDATE webhook_deliveries d SET attempts = d.attempts + 1, "
+                f"last_http_status = a.status, state = {SUCCEEDED:d}, lease_until = NULL "
+                "FROM unnest($1::bigint[], $2::int[]) AS a (id, status) WHERE d.id = a.id",
+                [i for i, _ in answers],
+                [s for _, s in answers],
             )
 
     async def disable(self, webhook_id: int) -> None:

@@ -8,7 +8,12 @@ times a random factor in [0.5, 1], until ``retry_for`` seconds after the event
 (defaults: 5 s doubling, 25 h — about 30 attempts); a 429's Retry-After is waited
 instead when it is longer. At most ``per_endpoint`` requests are open per endpoint, so
 a slow or dead endpoint holds only its own slots; every request has a timeout and
-follows no redirect.
+follows no redirect, and its connection goes only to addresses PublicOnlyResolver
+checked (server/http/webhook_url.py). A delivery is leased for three timeouts: a
+replica that dies mid-request leaves it to another after that.
+
+Rounds run when events are committed (``wake``, called on the event log's NOTIFY),
+when a request ends, and every ``interval`` seconds otherwise.
 """
 
 from __future__ import annotations
@@ -22,14 +27,16 @@ from collections import Counter as Tally
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 
 from server.domain import webhook_signing
 from server.domain.codes import CodeKeys
 from server.domain.errors import InvalidArgument
-from server.http.webhook_url import check_url
+from server.http.webhook_url import PublicOnlyResolver, check_url
 from server.metrics import GatewayMetrics
-from server.store.webhooks import FAILED, PENDING, SUCCEEDED, DueDelivery, PgWebhookStore
+from server.store.webhooks import FAILED, PENDING, DueDelivery, PgWebhookStore
 from server.webhooks.events import event_body
+from server.webhooks.group_write import GroupWrite
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +78,11 @@ class WebhookDelivery:
         retry_for: float,
         interval: float = 0.2,
         timeout: float = 10.0,
-        per_endpoint: int = 4,
+        per_endpoint: int = 16,
         capacity: int = 200,
+        resolver: AbstractResolver | None = None,
     ) -> None:
+        """``resolver``: the DNS the connections use (None: the system's)."""
         self._store = store
         self._keys = keys
         self._metrics = metrics
@@ -89,16 +98,28 @@ class WebhookDelivery:
         self._loop_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._wake = asyncio.Event()
+        # New events were announced (or the poll is due): the next round turns them
+        # into deliveries. A round woken by a finished request only claims.
+        self._new_events = True
+        self._materialised_at = 0.0
+        self._resolver = resolver
+        self._successes = GroupWrite(store.record_successes)
+        self._secrets: dict[bytes, str] = {}  # sealed -> plain: unsealing costs
 
     def start(self) -> None:
+        resolver = self._resolver
+        if not self._allow_insecure:
+            resolver = PublicOnlyResolver(resolver)
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._timeout),
-            connector=aiohttp.TCPConnector(limit=self._capacity),
+            connector=aiohttp.TCPConnector(limit=self._capacity, resolver=resolver),
         )
         self._metrics.watch_webhook_backlog(self._store.backlog)
         self._loop_task = asyncio.create_task(self._run(), name="webhook-delivery")
 
     def wake(self) -> None:
+        """New events were committed (the event log's NOTIFY)."""
+        self._new_events = True
         self._wake.set()
 
     async def stop(self) -> None:
@@ -127,12 +148,19 @@ class WebhookDelivery:
                 self._wake.clear()
 
     async def _round(self) -> bool:
-        created = await self._store.materialise(500)
+        created = 0
+        now = time.monotonic()
+        if self._new_events or now - self._materialised_at >= self._interval:
+            self._new_events = False
+            self._materialised_at = now
+            created = await self._store.materialise(500)
+            self._new_events = self._new_events or created > 0  # maybe more behind them
         room = self._capacity - len(self._tasks)
         if room <= 0:
             return False
-        full = [w for w, n in self._open.items() if n >= self._per_endpoint]
-        due = await self._store.claim_due(room, lease_seconds=self._timeout + 30, busy=full)
+        due = await self._store.claim_due(
+            room, 3 * self._timeout, room=dict(self._open), per_endpoint=self._per_endpoint
+        )
         for d in due:
             if self._open[d.delivery.webhook_id] >= self._per_endpoint:
                 await self._store.release(d.delivery.id)
@@ -144,27 +172,36 @@ class WebhookDelivery:
         return created > 0 or len(due) == room
 
     async def _deliver(self, due: DueDelivery) -> None:
+        # The endpoint's slot is its open request: freed once answered, so the next
+        # request goes while this outcome is written (the delivery stays leased until
+        # then, and the message's next event waits for it in claim_due).
         try:
-            status, retry_after = await self._post(due)
+            try:
+                status, retry_after = await self._post(due)
+            finally:
+                self._close_slot(due.delivery.webhook_id)
             await self._settle(due, status, retry_after)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("webhook delivery %d failed", due.delivery.id)
         finally:
-            self._open[due.delivery.webhook_id] -= 1
-            if self._open[due.delivery.webhook_id] <= 0:
-                del self._open[due.delivery.webhook_id]
             self._wake.set()
+
+    def _close_slot(self, webhook_id: int) -> None:
+        self._open[webhook_id] -= 1
+        if self._open[webhook_id] <= 0:
+            del self._open[webhook_id]
+        self._wake.set()
 
     async def _post(self, due: DueDelivery) -> tuple[int, float | None]:
         """The HTTP status (0: no answer or refused address) and a 429's Retry-After."""
         assert self._session is not None
         try:
-            await check_url(due.url, allow_insecure=self._allow_insecure)
+            await check_url(due.url, allow_insecure=self._allow_insecure, resolve=False)
         except InvalidArgument:
             return 0, None
-        secret = self._keys.unseal(due.secret_sealed)
+        secret = self._secret(due.secret_sealed)
         if secret is None:
             log.error("webhook %d: secret sealed with another key", due.delivery.webhook_id)
             return 0, None
@@ -179,11 +216,21 @@ class WebhookDelivery:
         except (aiohttp.ClientError, TimeoutError, OSError):
             return 0, None
 
+    def _secret(self, sealed: bytes) -> str | None:
+        secret = self._secrets.get(sealed)
+        if secret is None:
+            secret = self._keys.unseal(sealed)
+            if secret is not None:
+                if len(self._secrets) >= 10_000:
+                    self._secrets.clear()
+                self._secrets[sealed] = secret
+        return secret
+
     async def _settle(self, due: DueDelivery, status: int, retry_after: float | None) -> None:
         d = due.delivery
         if 200 <= status < 300:
+            await self._successes.add((d.id, status))
             self._metrics.webhook_deliveries.labels("succeeded").inc()
-            await self._store.record_attempt(d.id, status, SUCCEEDED, None)
             return
         if status == 410:
             self._metrics.webhook_deliveries.labels("gone").inc()

@@ -59,12 +59,15 @@ class Receiver:
     times: list[float] = field(default_factory=list)
     delay: float = 0.0  # seconds each answer takes
     answer_headers: dict[str, str] = field(default_factory=dict)
+    outage: float = 0.0  # seconds from the first request answered 500, whatever statuses say
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.times.append(time.monotonic())
         await asyncio.sleep(self.delay)
         status = self.statuses[min(len(self.requests), len(self.statuses) - 1)]
+        if self.times[-1] - self.times[0] < self.outage:
+            status = 500
         self.requests.append(({k.lower(): v for k, v in request.headers.items()}, body, status))
         return web.Response(status=status, headers=self.answer_headers if status >= 300 else {})
 
@@ -188,6 +191,41 @@ async def test_500s_then_200_get_every_event_once_in_order_signed(
     assert base64.b64decode(hook.secret[6:]) not in bytes(stored)
 
 
+async def test_an_endpoint_down_10_minutes_then_up_gets_every_event_once_in_order(
+    insecure: Running, receivers: list[Receiver]
+) -> None:
+    """The insecure gateway's retry schedule is the default's (5 s doubling) scaled by
+    1/100 (0.05 s), so its 6 s of 500s stand for 10 minutes of them."""
+    client = await insecure.client()
+    receiver = await start_receiver(receivers, [200])
+    receiver.outage = 600 / 100
+    await create(insecure, client, receiver.url)
+    sent = [await send(client) for _ in range(3)]
+    for message_id in sent:
+        await final_state(client, message_id)
+    logged = await insecure.gateway.pool.fetch(
+        "SELECT event_id, message_id FROM message_events WHERE message_id = ANY($1::text[]) "
+        "ORDER BY event_id",
+        sent,
+    )
+
+    async def all_accepted() -> bool:
+        return len(receiver.accepted()) >= len(logged)
+
+    await wait_for(all_accepted, within=30)
+    await asyncio.sleep(0.5)  # time for a duplicate to show, if one came
+    got = [e["id"] for e in receiver.accepted()]
+    assert sorted(got) == sorted(str(r["event_id"]) for r in logged)  # each once
+    for message_id in sent:
+        mine = [
+            e["id"] for e in receiver.accepted() if e["messageStatus"]["messageId"] == message_id
+        ]
+        assert mine == [str(r["event_id"]) for r in logged if r["message_id"] == message_id]
+    failed = [r for r in receiver.requests if r[2] == 500]
+    # The endpoint was retried through its whole outage, and the first 200 came after it.
+    assert len(failed) >= 5 and receiver.times[len(failed)] - receiver.times[0] >= 6.0
+
+
 async def test_410_disables_the_endpoint(insecure: Running, receivers: list[Receiver]) -> None:
     client = await insecure.client()
     receiver = await start_receiver(receivers, [410])
@@ -241,6 +279,47 @@ async def test_unsafe_urls_are_refused(gw: Running, url: str) -> None:
         webhook_pb2.ListWebhooksRequest(), metadata=client.metadata
     )
     assert list(listed.webhooks) == []
+
+
+async def test_delivery_to_a_name_resolving_to_loopback_makes_no_connection(
+    start_gateway: GatewayFactory,
+) -> None:
+    """An endpoint whose host resolves to 127.0.0.1 by the time of delivery (its DNS
+    answer changed since it was created: here it was created by a gateway with
+    SMSGW_WEBHOOK_ALLOW_INSECURE, which delivers nothing) is refused by a gateway
+    without that setting: no connection reaches the address."""
+    accepted: list[object] = []
+
+    async def on_connect(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer.get_extra_info("peername"))
+        writer.close()
+
+    listener = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        creator = await start_gateway(webhook_allow_insecure=True, dispatch_workers=0)
+        strict = await start_gateway(
+            database_url=creator.gateway.settings.database_url, webhook_retry_base_seconds=0.05
+        )
+        client = await strict.client()
+        hook = await create(creator, client, f"https://localhost:{port}/hook")
+        await final_state(client, await send(client))
+
+        async def tried_three_times() -> bool:
+            page = await hooks(strict).ListWebhookDeliveries(
+                webhook_pb2.ListWebhookDeliveriesRequest(webhook_id=hook.id),
+                metadata=client.metadata,
+            )
+            # The message's first event is retried; the later ones wait behind it.
+            first = min(page.deliveries, key=lambda d: d.event_id, default=None)
+            assert all(d.state == webhook_pb2.DELIVERY_STATE_PENDING for d in page.deliveries)
+            return first is not None and first.attempts >= 3 and first.last_http_status == 0
+
+        await wait_for(tried_three_times, within=10)
+        assert accepted == []
+    finally:
+        listener.close()
+        await listener.wait_closed()
 
 
 async def test_event_types_are_required(gw: Running) -> None:
