@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,9 @@ from sms.v1 import (
     webhook_pb2_grpc,
 )
 
+from server.api.batch_prep import ProcessPreparer
 from server.api.batch_service import BatchServicer
+from server.api.batch_wire import decode_create_batch
 from server.api.interceptors import GatewayInterceptor
 from server.api.message_service import MessageServicer
 from server.api.server import SERVICE_NAMES, enable_reflection, grpc_server
@@ -115,6 +118,11 @@ class Gateway:
         self._poller: ReceiptPoller | None = None
         self._maintenance: Maintenance | None = None
         self._webhooks: WebhookDelivery | None = None
+        # Large batches are prepared in processes of their own (one per CPU at most,
+        # and no more than may be stored at once); started when first needed.
+        self._preparer = ProcessPreparer(
+            min(settings.large_batches.per_server, os.cpu_count() or 1)
+        )
         self.metrics = GatewayMetrics()
         self.metrics.watch_breakers(self._providers.breaker_states)
 
@@ -201,6 +209,8 @@ class Gateway:
             RateLimits(s.limits),
             metrics=self.metrics,
             streams=StreamCaps(s.max_streams_per_account, s.max_streams),
+            # A large CreateBatch is decoded in a preparation process, not here.
+            decoders={"/sms.v1.BatchService/CreateBatch": decode_create_batch},
         )
         server = grpc_server(
             # The tracing interceptor first, so that a call's span holds our checks.
@@ -229,6 +239,7 @@ class Gateway:
                     on_accepted=self._dispatcher.wake,
                     routes=routes,
                     slots=BatchSlots(s.large_batches, clock=time.monotonic),
+                    preparer=self._preparer,
                 )
             ),
             server,
@@ -329,6 +340,7 @@ class Gateway:
             await self._hub.stop()
         if self._http is not None:
             await self._http.cleanup()
+        self._preparer.close()
         if self._pool is not None:
             await self._pool.close()
         await self.database.stop()

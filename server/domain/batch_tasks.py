@@ -231,7 +231,10 @@ class _InlineRun:
     async def slices(self) -> AsyncIterator[PreparedSlice]:
         parts = self._prep.slices()
         while True:
-            part = await asyncio.to_thread(next, parts, None) if self._threaded else next(parts, None)
+            if self._threaded:
+                part = await asyncio.to_thread(next, parts, None)
+            else:
+                part = next(parts, None)
             if part is None:
                 return
             yield part
