@@ -198,7 +198,8 @@ class Gateway:
             routes=routes,
             on_accepted=self._dispatcher.wake,
         )
-        self._maintenance = Maintenance(verification_store, velocity, message_store)
+        batch_store = PgBatchStore(pool, on_changes=self.metrics.message_changes)
+        self._maintenance = Maintenance(verification_store, velocity, message_store, batch_store)
         self._maintenance.start()
         self.authenticator = authenticator = Authenticator(
             PgAccountStore(pool),
@@ -234,7 +235,7 @@ class Gateway:
         batch_pb2_grpc.add_BatchServiceServicer_to_server(
             BatchServicer(
                 Batches(
-                    PgBatchStore(pool, on_changes=self.metrics.message_changes),
+                    batch_store,
                     templates,
                     on_accepted=self._dispatcher.wake,
                     routes=routes,

@@ -1,21 +1,34 @@
 """Batch tasks: creation in one transaction (COPY), counts, paging and cancel.
 
-Creation writes the batch row, COPYs every accepted message and inserts their
-first events with one statement under the event-log lock, all in one transaction:
-a crash or error stores nothing. Counts change in the statement that records each
-message's status (store/outbox.py), so they are exact at any moment.
+Creation writes the batch row and COPYs every accepted message in one transaction:
+a crash or error stores nothing. The messages are committed unannounced
+(``claimed_until`` = infinity: no worker takes them) and then announced
+``ANNOUNCE_CHUNK`` at a time, each chunk in a statement of its own that writes
+their PENDING events under the event-log lock and makes them claimable. So no
+batch holds the event log (which every send and status change of every account
+waits for) longer than one chunk, where writing 100,000 first events in the
+batch's transaction held it for a second or more. A message's PENDING event still
+comes before any other of its events (it cannot be sent unannounced), and event
+ids still follow commit order. A batch whose announcement was cut off (its
+server died) is finished by ``announce_unfinished`` on any replica.
+
+Counts change in the statement that records each message's status
+(store/outbox.py), so they are exact at any moment.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterable, Sequence
+from datetime import UTC, datetime
 
 import asyncpg
 
 from server.domain.batch_tasks import BatchMessageRow, BatchOptions, BatchRecord
 from server.domain.models import MessageStatus, NewMessage
 from server.domain.ports import IdempotencyKey, Transition
-from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log
+from server.store.events import EVENTS_CHANNEL, EVENTS_LOCK_KEY, lock_event_log
 from server.store.idempotency import claim_key
 from server.store.outbox import ChangeSink, StatusChanges, apply_transitions
 from server.store.pool import retry_on_conflict, unavailable_on_connection_errors
@@ -35,16 +48,59 @@ MESSAGE_COLUMNS = (
     "template_code",
     "template_data",
     "expires_at",
+    "claimed_until",
 )
 
-_FIRST_EVENTS = f"""
-WITH {LOCK_EVENT_LOG_CTE}
-INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number, status,
-                            occurred_at)
-SELECT nextval('message_event_ids'), m.id, m.account_id, m.batch_id, m.to_number, 1,
-       m.created_at
-FROM messages m CROSS JOIN event_log_lock
-WHERE m.batch_id = $1
+log = logging.getLogger(__name__)
+
+# Messages announced per statement: the event-log lock is held for one chunk's
+# events and commit (a few milliseconds).
+ANNOUNCE_CHUNK = 500
+# A batch still announcing this long after it was created lost its server.
+STALE_ANNOUNCING_SECONDS = 60
+
+# asyncpg writes this as 'infinity': no lease runs out, so no worker claims it.
+UNANNOUNCED = datetime.max.replace(tzinfo=UTC)
+
+# One chunk of a batch's unannounced messages, after ``$3`` in id order: made
+# claimable, then (the event log locked only once the rows are updated) given their
+# PENDING events. Rows another announcer holds are skipped (it announces them).
+_ANNOUNCE = f"""
+WITH picked AS (
+    SELECT m.id FROM messages m
+    WHERE m.batch_id = $1 AND m.id > $3 AND m.claimed_until = 'infinity'
+    ORDER BY m.id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+announced AS (
+    UPDATE messages m SET claimed_until = NULL
+    FROM picked WHERE m.id = picked.id AND m.claimed_until = 'infinity'
+    RETURNING m.id, m.account_id, m.batch_id, m.to_number, m.created_at
+),
+event_log_lock AS (
+    SELECT pg_advisory_xact_lock({EVENTS_LOCK_KEY}), pg_notify('{EVENTS_CHANNEL}', '')
+    FROM (SELECT count(*) FROM announced) AS after_the_update
+),
+events AS (
+    INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number,
+                                status, occurred_at)
+    SELECT nextval('message_event_ids'), a.id, a.account_id, a.batch_id, a.to_number, 1,
+           a.created_at
+    FROM (SELECT * FROM announced ORDER BY id) AS a CROSS JOIN event_log_lock
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM picked) AS picked, (SELECT max(id) FROM picked) AS last,
+       (SELECT count(*) FROM events) AS announced
+"""
+
+# The batch is announced once none of its messages is left unannounced.
+_ANNOUNCED = """
+UPDATE batches SET announcing = false
+WHERE id = $1 AND announcing AND NOT EXISTS (
+    SELECT 1 FROM messages WHERE batch_id = $1 AND claimed_until = 'infinity'
+)
+RETURNING id
 """
 
 _COLUMNS = (
@@ -69,6 +125,7 @@ def _row(m: NewMessage) -> tuple[object, ...]:
         m.template_code,
         m.template_data,
         m.expires_at,
+        UNANNOUNCED,
     )
 
 
@@ -92,6 +149,7 @@ class PgBatchStore:
     def __init__(self, pool: asyncpg.Pool, *, on_changes: ChangeSink | None = None) -> None:
         self._pool = pool
         self._on_changes = on_changes  # told of the cancellations once committed
+        self._announcing: set[asyncio.Task[None]] = set()
 
     async def create(
         self,
@@ -143,17 +201,67 @@ class PgBatchStore:
                     total += len(part)
                 # Nothing accepted: nothing can be sent (failed).
                 row = await conn.fetchrow(
-                    f"UPDATE batches SET total = $2, status = $3, rejected = $4 "
-                    f"WHERE id = $1 RETURNING {_COLUMNS}",
+                    f"UPDATE batches SET total = $2, status = $3, rejected = $4, "
+                    f"announcing = $2 > 0 WHERE id = $1 RETURNING {_COLUMNS}",
                     batch_id,
                     total,
                     1 if total else 4,
                     [list(r) for r in rejected],
                 )
-                if total:
-                    await conn.execute(_FIRST_EVENTS, batch_id)
         assert row is not None
+        if total:
+            # Committed: the announcement goes on even if the call is given up (its
+            # messages are stored and will be sent).
+            task = asyncio.create_task(self._announce(batch_id), name="batch-announce")
+            self._announcing.add(task)
+            task.add_done_callback(self._announcing.discard)
+            await asyncio.shield(task)
         return _batch(row)
+
+    async def _announce(self, batch_id: str) -> None:
+        try:
+            await self.announce(batch_id)
+        except Exception as exc:
+            # Stored; announce_unfinished (any replica's maintenance) finishes it.
+            log.warning(
+                "announcing a batch's messages failed (%s); maintenance will finish it",
+                type(exc).__name__,
+                extra={"batch_id": batch_id},
+            )
+
+    async def announce(self, batch_id: str) -> None:
+        """Announces every unannounced message of a stored batch, a chunk at a time."""
+        with unavailable_on_connection_errors():
+            while True:
+                after = ""
+                while True:
+                    row = await self._pool.fetchrow(_ANNOUNCE, batch_id, ANNOUNCE_CHUNK, after)
+                    assert row is not None
+                    if row["last"] is not None:
+                        after = row["last"]
+                    if row["picked"] < ANNOUNCE_CHUNK:
+                        break
+                if await self._pool.fetchval(_ANNOUNCED, batch_id) is not None:
+                    return
+                if not await self._pool.fetchval(
+                    "SELECT announcing FROM batches WHERE id = $1", batch_id
+                ):
+                    return
+                # Rows another announcer held when skipped: once more from the start.
+                await asyncio.sleep(0.1)
+
+    async def announce_unfinished(self) -> int:
+        """Finishes the announcement of batches whose server died announcing them."""
+        with unavailable_on_connection_errors():
+            ids = await self._pool.fetch(
+                "SELECT id FROM batches WHERE announcing "
+                "AND created_at < now() - make_interval(secs => $1) ORDER BY created_at",
+                STALE_ANNOUNCING_SECONDS,
+            )
+        for r in ids:
+            log.info("finishing a batch's announcement", extra={"batch_id": r["id"]})
+            await self.announce(r["id"])
+        return len(ids)
 
     async def get(self, account_id: int, batch_id: str) -> BatchRecord | None:
         with unavailable_on_connection_errors():
@@ -202,7 +310,8 @@ class PgBatchStore:
                 await conn.execute("SELECT 1 FROM batches WHERE id = $1 FOR UPDATE", batch_id)
                 ids = await conn.fetch(
                     "SELECT id FROM messages WHERE batch_id = $1 AND status IN (1, 2) "
-                    "AND (claimed_until IS NULL OR claimed_until < now()) "
+                    "AND (claimed_until IS NULL OR claimed_until < now() "
+                    "     OR claimed_until = 'infinity') "
                     "FOR UPDATE SKIP LOCKED",
                     batch_id,
                 )

@@ -1,6 +1,7 @@
 """Housekeeping of the tables, every MAINTENANCE_SECONDS: pending verifications past
 their time end EXPIRED; velocity windows and mobile send times older than a day
-(intervals are at most a day) are dropped. Any replica may run it at any time."""
+(intervals are at most a day) are dropped; batches whose server died announcing
+their messages are announced. Any replica may run it at any time."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 import logging
 from datetime import timedelta
 
+from server.store.batches import PgBatchStore
 from server.store.messages import PgMessageStore
 from server.store.velocity import PgVelocityCounters
 from server.store.verifications import PgVerificationStore
@@ -25,12 +27,14 @@ class Maintenance:
         verifications: PgVerificationStore,
         velocity: PgVelocityCounters,
         messages: PgMessageStore,
+        batches: PgBatchStore | None = None,
         *,
         interval: float = MAINTENANCE_SECONDS,
     ) -> None:
         self._verifications = verifications
         self._velocity = velocity
         self._messages = messages
+        self._batches = batches
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
 
@@ -48,6 +52,8 @@ class Maintenance:
         await self._verifications.expire_pending()
         await self._velocity.purge(KEEP)
         await self._messages.purge_mobile_intervals(KEEP)
+        if self._batches is not None:
+            await self._batches.announce_unfinished()
 
     async def _run(self) -> None:
         while True:
