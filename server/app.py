@@ -120,9 +120,7 @@ class Gateway:
         self._webhooks: WebhookDelivery | None = None
         # Large batches are prepared in processes of their own (one per CPU at most,
         # and no more than may be stored at once); started when first needed.
-        self._preparer = ProcessPreparer(
-            min(settings.large_batches.per_server, os.cpu_count() or 1)
-        )
+        self.preparer = ProcessPreparer(min(settings.large_batches.per_server, os.cpu_count() or 1))
         self.metrics = GatewayMetrics()
         self.metrics.watch_breakers(self._providers.breaker_states)
 
@@ -240,7 +238,7 @@ class Gateway:
                     on_accepted=self._dispatcher.wake,
                     routes=routes,
                     slots=BatchSlots(s.large_batches, clock=time.monotonic),
-                    preparer=self._preparer,
+                    preparer=self.preparer,
                 )
             ),
             server,
@@ -341,7 +339,7 @@ class Gateway:
             await self._hub.stop()
         if self._http is not None:
             await self._http.cleanup()
-        self._preparer.close()
+        self.preparer.close()
         if self._pool is not None:
             await self._pool.close()
         await self.database.stop()

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 # Messages a process sends back at a time: small enough that receiving one (and
 # routing and storing it) stalls the event loop for a few milliseconds only.
-SLICE = 1_000
+SLICE = 250
 NICE = 10
 BAD_REQUEST = "the body is not a valid CreateBatch request message"
 
@@ -142,8 +142,8 @@ class ProcessPreparer:
     def __init__(self, processes: int) -> None:
         self._inline = InlinePreparer()
         self._processes = max(processes, 1)
-        self._started = 0
         self._idle: list[_Worker] = []
+        self._busy: set[_Worker] = set()
         self._free = asyncio.Semaphore(self._processes)
         self._closed = False
 
@@ -160,16 +160,25 @@ class ProcessPreparer:
         while self._idle:
             worker = self._idle.pop()
             if worker.proc.is_alive():
+                self._busy.add(worker)
                 return worker
             worker.kill()
         try:
             # Starting a process imports the server's modules: off the event loop.
-            return await asyncio.to_thread(_Worker)
+            worker = await asyncio.to_thread(_Worker)
         except BaseException:
             self._free.release()
             raise
+        self._busy.add(worker)
+        return worker
+
+    def pids(self) -> list[int]:
+        """The preparation processes running now (idle or preparing)."""
+        workers = [*self._idle, *self._busy]
+        return [w.proc.pid for w in workers if w.proc.pid is not None and w.proc.is_alive()]
 
     def release(self, worker: _Worker, *, reusable: bool) -> None:
+        self._busy.discard(worker)
         if reusable and not self._closed:
             self._idle.append(worker)
         else:
