@@ -18,7 +18,13 @@ from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from server.domain.batch_tasks import BatchMessageRow, BatchOptions, BatchRecord
+from server.domain.batch_tasks import (
+    BatchMessageRow,
+    BatchOptions,
+    BatchRecord,
+    EncodedSlice,
+    StoredSlice,
+)
 from server.domain.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
 from server.domain.models import (
     MessageState,
@@ -353,7 +359,7 @@ class InMemoryBatches:
         batch_id: str,
         account_id: int,
         use_type: int,
-        messages: AsyncIterable[Sequence[NewMessage]],
+        messages: AsyncIterable[StoredSlice],
         rejected: Sequence[tuple[str, str]],
         key: IdempotencyKey | None = None,
         content: str | None = None,
@@ -384,7 +390,7 @@ class InMemoryBatches:
         self,
         batch_id: str,
         account_id: int,
-        messages: AsyncIterable[Sequence[NewMessage]],
+        messages: AsyncIterable[StoredSlice],
         rejected: Sequence[tuple[str, str]],
         key: IdempotencyKey | None,
         content: str | None,
@@ -392,6 +398,8 @@ class InMemoryBatches:
     ) -> BatchRecord:
         accepted: list[NewMessage] = []
         async for part in messages:
+            # Rows encoded for PostgreSQL's COPY come from a preparation process only.
+            assert not isinstance(part, EncodedSlice), "the fake stores messages, not rows"
             accepted.extend(part)
         if batch_id in self.rows or any(m.id in self.messages.rows for m in accepted):
             raise AssertionError(f"batch {batch_id} or one of its messages stored twice")

@@ -5,7 +5,8 @@ checking every number and value, judging the numbers, rendering the bodies. In
 the server process that time holds the GIL, and every other account's calls wait
 behind it. So a large request (its bytes kept by server/api/batch_wire.py) is
 handed to a preparation process: it decodes the request, runs the domain's
-``BatchPreparation`` and sends the messages back a slice at a time.
+``BatchPreparation`` and sends the messages back a slice at a time, each already
+encoded as the lines the store COPYs (``EncodedSlice``).
 
 * A few long-lived processes (``spawn``: nothing of the server's state is
   inherited), started when first needed, at a lower CPU priority (nice) than the
@@ -35,12 +36,15 @@ from sms.v1 import batch_pb2
 from server.domain.batch_tasks import (
     BatchPreparation,
     CreateBatchCommand,
+    EncodedSlice,
     InlinePreparer,
     PreparationRun,
     PreparedSlice,
     PrepJob,
 )
 from server.domain.errors import FieldViolation, InvalidArgument, Unavailable
+from server.domain.models import NewMessage
+from server.store.batches import copy_row
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +98,9 @@ def _prepare_one(conn: Connection, job: PrepJob, wire: bytes) -> None:
         return
     conn.send(("checked", fingerprint))
     sent = 0
-    for part in prep.slices():
+    for messages, rejected in prep.slices():
+        # Encoded for COPY here: the server only routes them and passes the bytes on.
+        part: PreparedSlice = (_encoded(messages), rejected)
         if sent and conn.recv() != "ack":
             return
         conn.send_bytes(pickle.dumps(("slice", part), pickle.HIGHEST_PROTOCOL))
@@ -102,6 +108,14 @@ def _prepare_one(conn: Connection, job: PrepJob, wire: bytes) -> None:
     if sent and conn.recv() != "ack":
         return
     conn.send(("done", None))
+
+
+def _encoded(messages: list[NewMessage] | EncodedSlice) -> list[NewMessage] | EncodedSlice:
+    if not messages or isinstance(messages, EncodedSlice):
+        return messages
+    return EncodedSlice(
+        messages[0], [m.to_number for m in messages], [copy_row(m) for m in messages]
+    )
 
 
 # --- the server's side ---------------------------------------------------------

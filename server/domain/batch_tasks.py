@@ -13,9 +13,9 @@ import json
 import logging
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, overload
 
 from server.domain.batch_slots import BatchSlots, SlotLimits
 from server.domain.caller_refs import check_reference, check_validity
@@ -119,7 +119,7 @@ class BatchRepository(Protocol):
         batch_id: str,
         account_id: int,
         use_type: int,
-        messages: AsyncIterable[Sequence[NewMessage]],
+        messages: AsyncIterable[StoredSlice],
         rejected: Sequence[tuple[str, str]],
         key: IdempotencyKey | None = None,
         content: str | None = None,
@@ -150,8 +150,31 @@ class PrepJob:
     now: datetime
 
 
+@dataclass(frozen=True)
+class EncodedSlice:
+    """Messages a preparation process has encoded for the store already (one row
+    each, opaque here): storing them costs the server no work per message. Routing
+    reads their numbers and the first message whole (the others differ from it
+    only in id, number, body and values, which no route looks at)."""
+
+    sample: NewMessage
+    numbers: list[str]
+    rows: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def keep(self, verdicts: Sequence[bool]) -> EncodedSlice:
+        return EncodedSlice(
+            self.sample,
+            [n for n, ok in zip(self.numbers, verdicts, strict=True) if ok],
+            [r for r, ok in zip(self.rows, verdicts, strict=True) if ok],
+        )
+
+
 # Messages ready to store, and the numbers rejected since the previous slice.
-PreparedSlice = tuple[list[NewMessage], list[tuple[str, str]]]
+PreparedSlice = tuple[list[NewMessage] | EncodedSlice, list[tuple[str, str]]]
+StoredSlice = Sequence[NewMessage] | EncodedSlice
 
 
 class PreparationRun(Protocol):
@@ -346,7 +369,7 @@ class Batches:
         accepted = 0
         valid = 0  # numbers that passed validation (before routing)
 
-        async def slices() -> AsyncIterator[list[NewMessage]]:
+        async def slices() -> AsyncIterator[StoredSlice]:
             # Each slice is stored before the next is asked for.
             nonlocal accepted, valid
             async for messages, part in run.slices():
@@ -389,12 +412,31 @@ class Batches:
             await run.aclose()
         return batch, accepted, len(rejected)
 
+    @overload
     def _routable(
         self, messages: list[NewMessage], rejected: list[tuple[str, str]]
-    ) -> list[NewMessage]:
+    ) -> list[NewMessage]: ...
+    @overload
+    def _routable(
+        self, messages: EncodedSlice, rejected: list[tuple[str, str]]
+    ) -> EncodedSlice: ...
+    def _routable(
+        self, messages: list[NewMessage] | EncodedSlice, rejected: list[tuple[str, str]]
+    ) -> list[NewMessage] | EncodedSlice:
         """The messages some route can carry; the others' numbers are rejected with
         NO_ROUTE (the caller refuses the call when no number of the batch can be)."""
         assert self._routes is not None
+        if isinstance(messages, EncodedSlice):
+            sample = outbound(messages.sample)
+            verdicts = self._routes.can_carry_batch(
+                [replace(sample, to_number=n) for n in messages.numbers]
+            )
+            rejected.extend(
+                (n, NO_ROUTE_REASON)
+                for n, ok in zip(messages.numbers, verdicts, strict=True)
+                if not ok
+            )
+            return messages if all(verdicts) else messages.keep(verdicts)
         verdicts = self._routes.can_carry_batch([outbound(m) for m in messages])
         if all(verdicts):
             return messages
