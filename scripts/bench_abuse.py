@@ -108,11 +108,12 @@ def retry_delay(exc: grpc.aio.AioRpcError) -> float | None:
 
 def children(pid: int) -> list[int]:
     """The child processes of ``pid`` (the server's batch preparation processes)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
+    found: list[int] = []
+    # Each thread lists the children it started (these start from a worker thread).
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
 
 
 class Sampler:
