@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from typing import TYPE_CHECKING
 
@@ -32,7 +31,7 @@ from sms.v1 import (
     webhook_pb2_grpc,
 )
 
-from server.api.batch_prep import ProcessPreparer
+from server.api.batch_prep import PREPARATION_PROCESSES, ProcessPreparer
 from server.api.batch_service import BatchServicer
 from server.api.batch_wire import decode_create_batch
 from server.api.interceptors import GatewayInterceptor
@@ -118,9 +117,10 @@ class Gateway:
         self._poller: ReceiptPoller | None = None
         self._maintenance: Maintenance | None = None
         self._webhooks: WebhookDelivery | None = None
-        # Large batches are prepared in processes of their own (one per CPU at most,
-        # and no more than may be stored at once); started when first needed.
-        self.preparer = ProcessPreparer(min(settings.large_batches.per_server, os.cpu_count() or 1))
+        # Large batches are prepared in a process of its own (started when first
+        # needed); one batch at a time: each holds its request decoded (100-150 MB
+        # for 100,000 numbers with values), and it runs beside the server's cores.
+        self.preparer = ProcessPreparer(PREPARATION_PROCESSES)
         self.metrics = GatewayMetrics()
         self.metrics.watch_breakers(self._providers.breaker_states)
 

@@ -8,9 +8,10 @@ handed to a preparation process: it decodes the request, runs the domain's
 ``BatchPreparation`` and sends the messages back a slice at a time, each already
 encoded as the lines the store COPYs (``EncodedSlice``).
 
-* A few long-lived processes (``spawn``: nothing of the server's state is
-  inherited), started when first needed, at a lower CPU priority (nice) than the
-  server, one batch at a time each; a batch waits for a free one.
+* One long-lived process (``spawn``: nothing of the server's state is inherited),
+  started when first needed, at a lower CPU priority (nice) than the server, one
+  batch at a time (a decoded 100,000-number request with its values takes 100-150
+  MB); a batch waits for it.
 * Bounded memory: a process prepares at most one slice ahead of the slice being
   stored (it waits for the server's acknowledgement of the previous slice).
 * A run not read to its end (refused, failed, cancelled), or a process that dies,
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 # routing and storing it) stalls the event loop for a few milliseconds only.
 SLICE = 250
 NICE = 10
+PREPARATION_PROCESSES = 1
 BAD_REQUEST = "the body is not a valid CreateBatch request message"
 
 
@@ -78,6 +81,8 @@ def _serve(conn: Connection) -> None:
             _prepare_one(conn, job, wire)
         except (EOFError, OSError, BrokenPipeError):
             return
+        del job, wire
+        gc.collect()  # the decoded request's cycles, before the next one
 
 
 def _prepare_one(conn: Connection, job: PrepJob, wire: bytes) -> None:
