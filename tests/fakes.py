@@ -494,5 +494,8 @@ class FakeRoutes:
     def can_carry_batch(self, messages: Sequence[OutboundMessage]) -> list[bool]:
         return [self.can_carry(m) for m in messages]
 
+    def can_carry_to(self, message: OutboundMessage, numbers: Sequence[str]) -> list[bool]:
+        return [self.can_carry(replace(message, to_number=n)) for n in numbers]
+
     def places_calls(self, mobile: str) -> bool:
         return self.voice

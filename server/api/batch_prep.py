@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 SLICE = 250
 NICE = 10
 PREPARATION_PROCESSES = 1
+ACK = b"+"  # the server has the slice: the next may come
 BAD_REQUEST = "the body is not a valid CreateBatch request message"
 
 
@@ -106,11 +107,11 @@ def _prepare_one(conn: Connection, job: PrepJob, wire: bytes) -> None:
     for messages, rejected in prep.slices():
         # Encoded for COPY here: the server only routes them and passes the bytes on.
         part: PreparedSlice = (_encoded(messages), rejected)
-        if sent and conn.recv() != "ack":
+        if sent and conn.recv_bytes() != ACK:
             return
         conn.send_bytes(pickle.dumps(("slice", part), pickle.HIGHEST_PROTOCOL))
         sent += 1
-    if sent and conn.recv() != "ack":
+    if sent and conn.recv_bytes() != ACK:
         return
     conn.send(("done", None))
 
@@ -140,7 +141,7 @@ class _Worker:
         await asyncio.to_thread(self.conn.send, item)
 
     def send_ack(self) -> None:
-        self.conn.send("ack")  # a few bytes: the pipe never blocks on it
+        self.conn.send_bytes(ACK)  # one byte: the pipe never blocks on it
 
     async def recv(self) -> Any:
         data = await asyncio.to_thread(self.conn.recv_bytes)

@@ -13,7 +13,7 @@ import json
 import logging
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, overload
 
@@ -427,10 +427,7 @@ class Batches:
         NO_ROUTE (the caller refuses the call when no number of the batch can be)."""
         assert self._routes is not None
         if isinstance(messages, EncodedSlice):
-            sample = outbound(messages.sample)
-            verdicts = self._routes.can_carry_batch(
-                [replace(sample, to_number=n) for n in messages.numbers]
-            )
+            verdicts = self._routes.can_carry_to(outbound(messages.sample), messages.numbers)
             rejected.extend(
                 (n, NO_ROUTE_REASON)
                 for n, ok in zip(messages.numbers, verdicts, strict=True)
