@@ -207,50 +207,58 @@ class PgBatchStore:
         options = options or BatchOptions()
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
+                earlier: asyncpg.Record | None = None
                 if key is not None:
                     earlier_id = await claim_key(conn, key, batch_id)
                     if earlier_id is not None:
                         earlier = await conn.fetchrow(
-                            f"SELECT {_COLUMNS} FROM batches WHERE id = $1", earlier_id
+                            f"SELECT {_COLUMNS}, announcing FROM batches WHERE id = $1",
+                            earlier_id,
                         )
                         assert earlier is not None
-                        return _batch(earlier)
-                await conn.execute(
-                    "INSERT INTO batches (id, account_id, status, use_type, total, content, "
-                    "reference, metadata, validity_seconds, smart_encoding) "
-                    "VALUES ($1, $2, 1, $3, 0, $4, $5, $6, $7, $8)",
-                    batch_id,
-                    account_id,
-                    use_type,
-                    content,
-                    options.reference,
-                    dict(options.metadata) if options.metadata else None,
-                    int(options.validity.total_seconds()) if options.validity else None,
-                    options.smart_encoding,
-                )
-                total = 0
-                async for part in messages:
-                    if isinstance(part, EncodedSlice):
-                        await conn.copy_to_table(
-                            "messages",
-                            source=_one(b"".join(part.rows)),
-                            columns=MESSAGE_COLUMNS,
-                            format="text",
-                        )
-                    else:
-                        await conn.copy_records_to_table(
-                            "messages", columns=MESSAGE_COLUMNS, records=map(_row, part)
-                        )
-                    total += len(part)
-                # Nothing accepted: nothing can be sent (failed).
-                row = await conn.fetchrow(
-                    f"UPDATE batches SET total = $2, status = $3, rejected = $4, "
-                    f"announcing = $2 > 0 WHERE id = $1 RETURNING {_COLUMNS}",
-                    batch_id,
-                    total,
-                    1 if total else 4,
-                    [list(r) for r in rejected],
-                )
+                if earlier is None:
+                    await conn.execute(
+                        "INSERT INTO batches (id, account_id, status, use_type, total, content, "
+                        "reference, metadata, validity_seconds, smart_encoding) "
+                        "VALUES ($1, $2, 1, $3, 0, $4, $5, $6, $7, $8)",
+                        batch_id,
+                        account_id,
+                        use_type,
+                        content,
+                        options.reference,
+                        dict(options.metadata) if options.metadata else None,
+                        int(options.validity.total_seconds()) if options.validity else None,
+                        options.smart_encoding,
+                    )
+                    total = 0
+                    async for part in messages:
+                        if isinstance(part, EncodedSlice):
+                            await conn.copy_to_table(
+                                "messages",
+                                source=_one(b"".join(part.rows)),
+                                columns=MESSAGE_COLUMNS,
+                                format="text",
+                            )
+                        else:
+                            await conn.copy_records_to_table(
+                                "messages", columns=MESSAGE_COLUMNS, records=map(_row, part)
+                            )
+                        total += len(part)
+                    # Nothing accepted: nothing can be sent (failed).
+                    row = await conn.fetchrow(
+                        f"UPDATE batches SET total = $2, status = $3, rejected = $4, "
+                        f"announcing = $2 > 0 WHERE id = $1 RETURNING {_COLUMNS}",
+                        batch_id,
+                        total,
+                        1 if total else 4,
+                        [list(r) for r in rejected],
+                    )
+        if earlier is not None:
+            if earlier["announcing"]:
+                # A repeat of a call cut off while announcing (its server died): its
+                # answer waits for the announcement, finished here.
+                await self.announce(earlier["id"])
+            return _batch(earlier)
         assert row is not None
         if total:
             # Committed: the announcement goes on even if the call is given up (its

@@ -10,6 +10,7 @@ from dataclasses import replace
 import asyncpg
 
 from server.domain.models import MessageStatus, NewMessage, Priority
+from server.domain.ports import IdempotencyKey
 from server.store.accounts import PgAccountStore
 from server.store.batches import ANNOUNCE_CHUNK, PgBatchStore
 from server.store.outbox import PgOutbox
@@ -89,4 +90,29 @@ async def test_a_batch_announcing_on_a_live_server_is_left_to_it(pool: asyncpg.P
     await pool.execute("UPDATE batches SET announcing = true WHERE id = $1", batch_id)
     # Created moments ago: its own server is taken to be announcing it.
     assert await PgBatchStore(pool).announce_unfinished() == 0
+    await pool.execute("UPDATE messages SET status = 8 WHERE batch_id = $1", batch_id)
+
+
+async def test_a_repeat_of_a_call_cut_off_announcing_finishes_the_announcement(
+    pool: asyncpg.Pool,
+) -> None:
+    account_id = (await PgAccountStore(pool).create_account("announce", verified=True)).id
+    batch_id = "b_announce_repeat"
+    key = IdempotencyKey(account_id, "CreateBatch", "req-announce", b"fingerprint")
+    messages = [
+        replace(new_message(account_id, Priority.BATCH), batch_id=batch_id) for _ in range(12)
+    ]
+    store = PgBatchStore(pool)
+    await store.create(batch_id, account_id, 2, slices(messages), [], key)
+    cut = sorted(m.id for m in messages)[4:]
+    await pool.execute(
+        "UPDATE messages SET claimed_until = 'infinity' WHERE id = ANY($1::text[])", cut
+    )
+    await pool.execute("DELETE FROM message_events WHERE message_id = ANY($1::text[])", cut)
+    await pool.execute("UPDATE batches SET announcing = true WHERE id = $1", batch_id)
+    # The caller, answered UNAVAILABLE, calls again with the same request_id.
+    again = await store.create("b_never_stored", account_id, 2, slices([]), [], key)
+    assert (again.id, again.total) == (batch_id, 12)
+    assert sorted(await _pending_events(pool, batch_id)) == sorted(m.id for m in messages)
+    assert not await pool.fetchval("SELECT announcing FROM batches WHERE id = $1", batch_id)
     await pool.execute("UPDATE messages SET status = 8 WHERE batch_id = $1", batch_id)
