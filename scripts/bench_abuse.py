@@ -4,7 +4,8 @@ Four accounts each send one CreateBatch of --numbers numbers (100,000 by default
 the maximum, each with its own template values) at the same moment; a refused call
 (RESOURCE_EXHAUSTED) is sent again after the RetryInfo delay, as a client should.
 Meanwhile a fifth account sends one SendMessage at a time, and the peak resident
-memory of the ``smsgw serve`` process is sampled every 20 ms.
+memory of the ``smsgw serve`` process, alone and with its child processes (the
+batch preparation processes), is sampled every 20 ms.
 
     .venv/bin/python scripts/bench_abuse.py              # 4 x 100,000 numbers
     .venv/bin/python scripts/bench_abuse.py --quick      # 4 x 5,000 numbers (CI)
@@ -105,19 +106,36 @@ def retry_delay(exc: grpc.aio.AioRpcError) -> float | None:
     return None
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (the server's batch preparation processes)."""
+    found: list[int] = []
+    # Each thread lists the children it started (these start from a worker thread).
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
 class Sampler:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak = 0.0
+        self.peak_with_children = 0.0
         self._task: asyncio.Task[None] | None = None
+
+    def _sample(self) -> None:
+        own = rss_mb(self.pid)
+        self.peak = max(self.peak, own)
+        total = own + sum(rss_mb(c) for c in children(self.pid))
+        self.peak_with_children = max(self.peak_with_children, total)
 
     async def _run(self) -> None:
         while True:
-            self.peak = max(self.peak, rss_mb(self.pid))
+            self._sample()
             await asyncio.sleep(0.02)
 
     def start(self) -> None:
-        self.peak = rss_mb(self.pid)
+        self._sample()
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> float:
@@ -233,11 +251,13 @@ async def run(
         stop.set()
         busy, busy_errors = await victim_task
         peak = await sampler.stop()
+        peak_all = sampler.peak_with_children
         for p in procs:
             p.join(30)
     return {
         "idle_rss": idle_rss,
         "peak_rss": peak,
+        "peak_rss_with_children": peak_all,
         "idle_n": len(idle),
         "idle_p50": percentile_ms(idle, 0.50),
         "idle_p99": percentile_ms(idle, 0.99),
@@ -279,9 +299,10 @@ def main() -> int:
         )
         rows = [
             ("server RSS idle, MB", f"{f['idle_rss']:.0f}"),
+            ("server RSS peak during the batches, MB", f"{f['peak_rss']:.0f}"),
             (
-                f"server RSS peak during the batches, MB (target <= {RSS_TARGET_MB:.0f})",
-                f"{f['peak_rss']:.0f}",
+                f"  with its batch preparation processes, MB (target <= {RSS_TARGET_MB:.0f})",
+                f"{f['peak_rss_with_children']:.0f}",
             ),
             ("messages accepted, of", f"{f['accepted']:.0f} / {expected}"),
             ("CreateBatch refusals (RESOURCE_EXHAUSTED, retried)", f"{f['refusals']:.0f}"),
@@ -306,7 +327,7 @@ def main() -> int:
     ok = (
         f["accepted"] == expected
         and f["errors"] == 0
-        and f["peak_rss"] <= RSS_TARGET_MB
+        and f["peak_rss_with_children"] <= RSS_TARGET_MB
         and f["busy_p99"] <= P99_FACTOR * f["idle_p99"]
     )
     return 0 if ok else 1

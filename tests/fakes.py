@@ -18,7 +18,13 @@ from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from server.domain.batch_tasks import BatchMessageRow, BatchOptions, BatchRecord
+from server.domain.batch_tasks import (
+    BatchMessageRow,
+    BatchOptions,
+    BatchRecord,
+    EncodedSlice,
+    StoredSlice,
+)
 from server.domain.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
 from server.domain.guardrails import DailyCaps
 from server.domain.models import (
@@ -359,7 +365,7 @@ class InMemoryBatches:
         batch_id: str,
         account_id: int,
         use_type: int,
-        messages: AsyncIterable[Sequence[NewMessage]],
+        messages: AsyncIterable[StoredSlice],
         rejected: Sequence[tuple[str, str]],
         key: IdempotencyKey | None = None,
         content: str | None = None,
@@ -391,7 +397,7 @@ class InMemoryBatches:
         self,
         batch_id: str,
         account_id: int,
-        messages: AsyncIterable[Sequence[NewMessage]],
+        messages: AsyncIterable[StoredSlice],
         rejected: Sequence[tuple[str, str]],
         key: IdempotencyKey | None,
         content: str | None,
@@ -399,6 +405,8 @@ class InMemoryBatches:
     ) -> BatchRecord:
         accepted: list[NewMessage] = []
         async for part in messages:
+            # Rows encoded for PostgreSQL's COPY come from a preparation process only.
+            assert not isinstance(part, EncodedSlice), "the fake stores messages, not rows"
             accepted.extend(part)
         if batch_id in self.rows or any(m.id in self.messages.rows for m in accepted):
             raise AssertionError(f"batch {batch_id} or one of its messages stored twice")
@@ -494,6 +502,9 @@ class FakeRoutes:
 
     def can_carry_batch(self, messages: Sequence[OutboundMessage]) -> list[bool]:
         return [self.can_carry(m) for m in messages]
+
+    def can_carry_to(self, message: OutboundMessage, numbers: Sequence[str]) -> list[bool]:
+        return [self.can_carry(replace(message, to_number=n)) for n in numbers]
 
     def places_calls(self, mobile: str) -> bool:
         return self.voice

@@ -9,6 +9,7 @@ import grpc
 from sms.v1 import batch_pb2, batch_pb2_grpc, common_pb2
 
 from server.api import convert
+from server.api.batch_wire import LargeCreateBatch
 from server.api.context import current_caller
 from server.domain.batch_tasks import Batches, BatchRecord, CreateBatchCommand
 from server.domain.models import UseType
@@ -53,36 +54,48 @@ class TemplateDataView(Mapping[str, Mapping[str, str]]):
         return len(self._data)
 
 
+def command_of(request: batch_pb2.CreateBatchRequest | LargeCreateBatch) -> CreateBatchCommand:
+    """The domain's command for a request; of a large one, its header and its bytes
+    (a preparation process decodes its numbers and values)."""
+    wire: bytes | None = None
+    template_data: Mapping[str, Mapping[str, str]]
+    # A CreateBatchHeader reads as a CreateBatchRequest (every field but one).
+    message: batch_pb2.CreateBatchRequest
+    if isinstance(request, LargeCreateBatch):
+        wire, message = request.wire, request.header
+        template_data = {}
+    else:
+        message = request
+        template_data = TemplateDataView(request.template_data)
+    source = message.WhichOneof("source")
+    return CreateBatchCommand(
+        use_type=convert.enum_value(UseType, message.use_type, UseType.UNSPECIFIED),
+        # Views of the request, not copies: a refused large batch (no slot) costs
+        # nothing more, and an accepted one is read a slice at a time.
+        numbers=message.numbers,
+        content=message.content if source == "content" else None,
+        template_id=message.template_id if source == "template_id" else None,
+        template_data=template_data,
+        request_id=message.request_id,
+        send_at=convert.from_timestamp(message.send_at, "send_at")
+        if message.HasField("send_at")
+        else None,
+        reference=message.reference,
+        metadata=dict(message.metadata),
+        validity=convert.validity(message.validity) if message.HasField("validity") else None,
+        smart_encoding=message.smart_encoding,
+        wire=wire,
+    )
+
+
 class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     def __init__(self, batches: Batches) -> None:
         self._batches = batches
 
     async def CreateBatch(
-        self, request: batch_pb2.CreateBatchRequest, context: Context
+        self, request: batch_pb2.CreateBatchRequest | LargeCreateBatch, context: Context
     ) -> batch_pb2.CreateBatchResponse:
-        source = request.WhichOneof("source")
-        batch = await self._batches.create(
-            current_caller(),
-            CreateBatchCommand(
-                use_type=convert.enum_value(UseType, request.use_type, UseType.UNSPECIFIED),
-                # Views of the request, not copies: a refused large batch (no slot)
-                # costs nothing more, and an accepted one is read a slice at a time.
-                numbers=request.numbers,
-                content=request.content if source == "content" else None,
-                template_id=request.template_id if source == "template_id" else None,
-                template_data=TemplateDataView(request.template_data),
-                request_id=request.request_id,
-                send_at=convert.from_timestamp(request.send_at, "send_at")
-                if request.HasField("send_at")
-                else None,
-                reference=request.reference,
-                metadata=dict(request.metadata),
-                validity=convert.validity(request.validity)
-                if request.HasField("validity")
-                else None,
-                smart_encoding=request.smart_encoding,
-            ),
-        )
+        batch = await self._batches.create(current_caller(), command_of(request))
         return batch_pb2.CreateBatchResponse(
             task_id=batch.id,
             status=common_pb2.BatchStatus.ValueType(batch.status),

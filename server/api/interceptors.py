@@ -32,7 +32,7 @@ import secrets
 import time
 import traceback
 import urllib.parse
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,8 +140,11 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         limits: RateLimits | None = None,
         metrics: GatewayMetrics | None = None,
         streams: StreamCaps | None = None,
+        decoders: Mapping[str, Decoder] | None = None,
     ) -> None:
         self._authenticator = authenticator
+        # Methods decoded otherwise than by their generated parser (full method name).
+        self._decoders = dict(decoders or {})
         self._limits = limits
         self._caps = streams
         self._metrics = metrics or GatewayMetrics()
@@ -225,7 +228,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         self, handler: grpc.RpcMethodHandler[Any, Any], method: str
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         # Requests reach the wrappers as bytes (no request_deserializer): they decode.
-        parse = _decoder(handler)
+        parse = self._decoders.get(method) or _decoder(handler)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, parse),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiolimiter import AsyncLimiter
 
@@ -115,6 +115,20 @@ class ProviderSet:
             out.append(verdicts[key])
         return out
 
+    def can_carry_to(self, message: OutboundMessage, numbers: Sequence[str]) -> list[bool]:
+        """``can_carry_batch`` for ``message`` to each of ``numbers``: one verdict per
+        route (routes differ by number prefix only), no message built per number."""
+        verdicts: dict[int, bool] = {}
+        out: list[bool] = []
+        for number in numbers:
+            route = self.router.route(number, message.use_type)
+            verdict = verdicts.get(id(route))
+            if verdict is None:
+                verdict = self.can_carry(replace(message, to_number=number))
+                verdicts[id(route)] = verdict
+            out.append(verdict)
+        return out
+
     def hook_receivers(self, kind: str, name: str | None = None) -> list[WebhookTransport]:
         """The transports that take pushes posted for provider ``kind`` (and ``name``,
         when the post names one)."""
@@ -158,6 +172,9 @@ class ProviderRoutes:
 
     def can_carry_batch(self, messages: Sequence[OutboundMessage]) -> list[bool]:
         return self._providers().can_carry_batch(messages)
+
+    def can_carry_to(self, message: OutboundMessage, numbers: Sequence[str]) -> list[bool]:
+        return self._providers().can_carry_to(message, numbers)
 
     def places_calls(self, mobile: str) -> bool:
         return self._providers().places_calls(mobile)

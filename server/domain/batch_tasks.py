@@ -16,7 +16,7 @@ import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, overload
 
 from server.domain.batch_slots import BatchSlots, SlotLimits
 from server.domain.caller_refs import check_reference, check_validity
@@ -79,6 +79,10 @@ class CreateBatchCommand:
     metadata: Mapping[str, str] = field(default_factory=dict)
     validity: timedelta | None = None
     smart_encoding: bool = False
+    # The request's wire bytes when ``numbers`` and ``template_data`` were not decoded
+    # here (a large request: ``numbers`` then only counts them, ``template_data`` is
+    # empty). Only a Preparer that can decode them takes such a command.
+    wire: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,7 @@ class BatchRepository(Protocol):
         batch_id: str,
         account_id: int,
         use_type: int,
-        messages: AsyncIterable[Sequence[NewMessage]],
+        messages: AsyncIterable[StoredSlice],
         rejected: Sequence[tuple[str, str]],
         key: IdempotencyKey | None = None,
         content: str | None = None,
@@ -143,6 +147,149 @@ class BatchRepository(Protocol):
         self, batch_id: str, after_id: str, limit: int
     ) -> list[BatchMessageRow]: ...
     async def cancel(self, account_id: int, batch_id: str) -> BatchRecord | None: ...
+
+
+@dataclass(frozen=True)
+class PrepJob:
+    """What preparing a batch's messages needs besides its numbers and values
+    (picklable: a preparation process is given it)."""
+
+    caller: Caller
+    parsed: ParsedTemplate
+    template_code: str | None
+    batch_id: str
+    now: datetime
+    # Per-segment prices by region, for a prepaid account's charges (empty otherwise).
+    prices: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EncodedSlice:
+    """Messages a preparation process has encoded for the store already (one row
+    each, opaque here): storing them costs the server no work per message. Routing
+    reads their numbers and the first message whole (the others differ from it
+    only in id, number, body and values, which no route looks at)."""
+
+    sample: NewMessage
+    numbers: list[str]
+    rows: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def keep(self, verdicts: Sequence[bool]) -> EncodedSlice:
+        return EncodedSlice(
+            self.sample,
+            [n for n, ok in zip(self.numbers, verdicts, strict=True) if ok],
+            [r for r, ok in zip(self.rows, verdicts, strict=True) if ok],
+        )
+
+
+# Messages ready to store, and the numbers rejected since the previous slice.
+PreparedSlice = tuple[list[NewMessage] | EncodedSlice, list[tuple[str, str]]]
+StoredSlice = Sequence[NewMessage] | EncodedSlice
+
+
+class PreparationRun(Protocol):
+    """One batch being prepared: ``check`` first, then ``slices``, then ``aclose``."""
+
+    async def check(self) -> bytes | None:
+        """Raises InvalidArgument for numbers or values that refuse the whole call;
+        returns the batch's fingerprint when it has a request_id."""
+        ...
+
+    def slices(self) -> AsyncIterator[PreparedSlice]: ...
+
+    async def aclose(self) -> None:
+        """Ends the run, finished or not (the batch stored, refused or failed)."""
+        ...
+
+
+class Preparer(Protocol):
+    def start(self, cmd: CreateBatchCommand, job: PrepJob) -> PreparationRun: ...
+
+
+class BatchPreparation:
+    """The per-number work of one batch, pure CPU: the checks of every number and
+    value, the fingerprint, then the messages in slices of at most ``size``."""
+
+    def __init__(self, cmd: CreateBatchCommand, job: PrepJob, size: int = SLICE_NUMBERS) -> None:
+        self._cmd = cmd
+        self._job = job
+        self._size = size
+
+    def check(self) -> bytes | None:
+        violations = entry_violations(self._cmd.numbers, self._cmd.template_data)
+        if violations:
+            raise InvalidArgument(violations)
+        return batch_fingerprint(self._cmd) if self._cmd.request_id else None
+
+    def slices(self) -> Iterator[PreparedSlice]:
+        job = self._job
+        rejected: list[tuple[str, str]] = []
+        for messages in _prepare(
+            job.caller,
+            self._cmd,
+            job.parsed,
+            job.template_code,
+            job.batch_id,
+            job.now,
+            rejected,
+            self._size,
+        ):
+            # The account's guardrails, here so a preparation process applies them too:
+            # numbers outside its countries rejected (not counted as unroutable), and
+            # a prepaid account's messages priced (charged once stored).
+            caller = job.caller
+            if caller.allowed_countries is not None:
+                messages = _in_allowed_countries(caller, messages, rejected)
+            if caller.prepaid:
+                messages = [
+                    dataclasses.replace(
+                        m, charge=charge_for(caller, job.prices, m.to_number, m.segments)
+                    )
+                    for m in messages
+                ]
+            part = rejected[:]
+            rejected.clear()
+            yield messages, part
+        if rejected:
+            yield [], rejected
+
+
+class InlinePreparer:
+    """Prepares in this process: a small batch on the event loop, a large one a
+    slice at a time in a worker thread."""
+
+    def start(self, cmd: CreateBatchCommand, job: PrepJob) -> PreparationRun:
+        if cmd.wire is not None:
+            raise ValueError("a command with undecoded numbers needs a decoding Preparer")
+        return _InlineRun(BatchPreparation(cmd, job), len(cmd.numbers) > INLINE_NUMBERS)
+
+
+class _InlineRun:
+    def __init__(self, prep: BatchPreparation, threaded: bool) -> None:
+        self._prep = prep
+        self._threaded = threaded
+
+    async def check(self) -> bytes | None:
+        if self._threaded:
+            return await asyncio.to_thread(self._prep.check)
+        return self._prep.check()
+
+    async def slices(self) -> AsyncIterator[PreparedSlice]:
+        parts = self._prep.slices()
+        while True:
+            if self._threaded:
+                part = await asyncio.to_thread(next, parts, None)
+            else:
+                part = next(parts, None)
+            if part is None:
+                return
+            yield part
+
+    async def aclose(self) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -169,9 +316,11 @@ class Batches:
         routes: Routes | None = None,
         slots: BatchSlots | None = None,
         prices: Callable[[], Mapping[str, int]] = dict,
+        preparer: Preparer | None = None,
     ) -> None:
         self._store = store
         self._prices = prices  # per-segment prices by region (prepaid accounts)
+        self._preparer = preparer if preparer is not None else InlinePreparer()
         self._routes = routes  # None: every number is taken (dispatch alone decides)
         self._templates = templates
         self._clock = clock
@@ -191,21 +340,10 @@ class Batches:
             violations.append(
                 FieldViolation("numbers", f"at most {MAX_NUMBERS:,} numbers per batch")
             )
-        else:
-            violations.extend(_unreadable_numbers(cmd.numbers))
-        if len(cmd.template_data) > MAX_NUMBERS:
-            violations.append(
-                FieldViolation("template_data", f"at most {MAX_NUMBERS:,} entries per batch")
-            )
-        elif any(len(key) > MAX_NUMBER_CHARS for key in cmd.template_data):
-            violations.append(
-                FieldViolation(
-                    "template_data",
-                    f"keys are numbers as given in numbers: at most {MAX_NUMBER_CHARS} characters",
-                )
-            )
-        elif not _storable_data(cmd.template_data):
-            violations.append(FieldViolation("template_data", NUL_DESCRIPTION))
+        if cmd.wire is None and max(len(cmd.numbers), len(cmd.template_data)) <= INLINE_NUMBERS:
+            # A small batch's numbers and values are checked with its other fields
+            # (a large one's while it is prepared, once it has its slot).
+            violations.extend(entry_violations(cmd.numbers, cmd.template_data))
         now = self._clock()
         if cmd.send_at is not None and cmd.send_at > now + MAX_SCHEDULE_AHEAD:
             violations.append(FieldViolation("send_at", "must be at most 30 days in the future"))
@@ -228,6 +366,8 @@ class Batches:
             template_code = template.code
         assert parsed is not None
 
+        # The slot first: a large batch refused for want of one costs no pass over
+        # its numbers (each number and value is checked while preparing).
         slot = self._slots.take(caller.account_id, len(cmd.numbers), cmd.request_id)
         stored = False
         try:
@@ -256,76 +396,80 @@ class Batches:
     ) -> tuple[BatchRecord, int, int]:
         batch_id = "b_" + secrets.token_hex(12)
         rejected: list[tuple[str, str]] = []
-        prepared = _prepare(caller, cmd, parsed, template_code, batch_id, now, rejected)
-        inline = len(cmd.numbers) <= INLINE_NUMBERS
+        prices = dict(self._prices()) if caller.prepaid else {}
+        run = self._preparer.start(
+            cmd, PrepJob(caller, parsed, template_code, batch_id, now, prices)
+        )
         accepted = 0
         valid = 0  # numbers that passed validation (before routing)
 
-        async def slices() -> AsyncIterator[list[NewMessage]]:
-            # Validation and rendering of a large batch are CPU work: off the event
-            # loop, one slice at a time, each stored before the next is made.
+        async def slices() -> AsyncIterator[StoredSlice]:
+            # Each slice is stored before the next is asked for.
             nonlocal accepted, valid
-            while True:
-                messages = (
-                    next(prepared, None)
-                    if inline
-                    else await asyncio.to_thread(next, prepared, None)
-                )
-                if messages is None:
-                    if valid and not accepted:
-                        # No route carries any of them: refuse the call (nothing is
-                        # stored: this ends the store's transaction).
-                        raise no_route("these messages (their numbers, use type and content)")
-                    return
-                if caller.allowed_countries is not None:
-                    # Rejected like a bad number: not counted as one no route carries.
-                    messages = _in_allowed_countries(caller, messages, rejected)
+            async for messages, part in run.slices():
+                rejected.extend(part)
                 valid += len(messages)
                 if self._routes is not None and messages:
                     messages = self._routable(messages, rejected)
                 if not messages:
                     continue
-                if caller.prepaid:
-                    prices = self._prices()
-                    messages = [
-                        dataclasses.replace(
-                            m, charge=charge_for(caller, prices, m.to_number, m.segments)
-                        )
-                        for m in messages
-                    ]
                 accepted += len(messages)
                 yield messages
+            if valid and not accepted:
+                # No route carries any of them: refuse the call (nothing is
+                # stored: this ends the store's transaction).
+                raise no_route("these messages (their numbers, use type and content)")
 
-        key = None
-        if cmd.request_id:
-            fingerprint = batch_fingerprint(cmd)
-            key = IdempotencyKey(caller.account_id, "CreateBatch", cmd.request_id, fingerprint)
-        # A campaign of content with per-number variables keeps its text: a provider's
-        # bulk API can then take the one text and each number's values.
-        content = parsed.content if cmd.template_id is None and parsed.variables else None
-        options = BatchOptions(
-            cmd.reference, dict(cmd.metadata) or None, cmd.validity, cmd.smart_encoding
-        )
-        caps = DailyCaps.of(caller)
-        batch = await self._store.create(
-            batch_id,
-            caller.account_id,
-            int(cmd.use_type),
-            slices(),
-            rejected,
-            key,
-            content,
-            options,
-            caps if caps.active else None,
-        )
+        try:
+            fingerprint = await run.check()
+            key = None
+            if cmd.request_id:
+                assert fingerprint is not None
+                key = IdempotencyKey(caller.account_id, "CreateBatch", cmd.request_id, fingerprint)
+            # A campaign of content with per-number variables keeps its text: a
+            # provider's bulk API can then take the one text and each number's values.
+            content = parsed.content if cmd.template_id is None and parsed.variables else None
+            options = BatchOptions(
+                cmd.reference, dict(cmd.metadata) or None, cmd.validity, cmd.smart_encoding
+            )
+            caps = DailyCaps.of(caller)
+            batch = await self._store.create(
+                batch_id,
+                caller.account_id,
+                int(cmd.use_type),
+                slices(),
+                rejected,
+                key,
+                content,
+                options,
+                caps if caps.active else None,
+            )
+        finally:
+            await run.aclose()
         return batch, accepted, len(rejected)
 
+    @overload
     def _routable(
         self, messages: list[NewMessage], rejected: list[tuple[str, str]]
-    ) -> list[NewMessage]:
+    ) -> list[NewMessage]: ...
+    @overload
+    def _routable(
+        self, messages: EncodedSlice, rejected: list[tuple[str, str]]
+    ) -> EncodedSlice: ...
+    def _routable(
+        self, messages: list[NewMessage] | EncodedSlice, rejected: list[tuple[str, str]]
+    ) -> list[NewMessage] | EncodedSlice:
         """The messages some route can carry; the others' numbers are rejected with
         NO_ROUTE (the caller refuses the call when no number of the batch can be)."""
         assert self._routes is not None
+        if isinstance(messages, EncodedSlice):
+            verdicts = self._routes.can_carry_to(outbound(messages.sample), messages.numbers)
+            rejected.extend(
+                (n, NO_ROUTE_REASON)
+                for n, ok in zip(messages.numbers, verdicts, strict=True)
+                if not ok
+            )
+            return messages if all(verdicts) else messages.keep(verdicts)
         verdicts = self._routes.can_carry_batch([outbound(m) for m in messages])
         if all(verdicts):
             return messages
@@ -403,6 +547,29 @@ def _check_task_id(task_id: str) -> None:
         raise InvalidArgument(violations)
 
 
+def entry_violations(
+    numbers: Sequence[str], template_data: Mapping[str, Mapping[str, str]]
+) -> list[FieldViolation]:
+    """What refuses a whole call among its numbers and values: a number too long or
+    with a NUL, too many or too long template_data keys, a value that cannot be
+    stored. (A pass over every entry: run where it stalls no other call.)"""
+    violations = _unreadable_numbers(numbers)
+    if len(template_data) > MAX_NUMBERS:
+        violations.append(
+            FieldViolation("template_data", f"at most {MAX_NUMBERS:,} entries per batch")
+        )
+    elif any(len(key) > MAX_NUMBER_CHARS for key in template_data):
+        violations.append(
+            FieldViolation(
+                "template_data",
+                f"keys are numbers as given in numbers: at most {MAX_NUMBER_CHARS} characters",
+            )
+        )
+    elif not _storable_data(template_data):
+        violations.append(FieldViolation("template_data", NUL_DESCRIPTION))
+    return violations
+
+
 def _storable_data(data: Mapping[str, Mapping[str, str]]) -> bool:
     """Whether every key, variable name and value of ``template_data`` can be stored
     (a NUL cannot: it would reach a rejected number's reason or a message's values)."""
@@ -437,9 +604,10 @@ def _prepare(
     batch_id: str,
     now: datetime,
     rejected: list[tuple[str, str]],
+    size: int = SLICE_NUMBERS,
 ) -> Iterator[list[NewMessage]]:
     """Validates every number and its values and renders its message (pure CPU), in
-    slices of at most SLICE_NUMBERS messages; rejected numbers go to ``rejected``."""
+    slices of at most ``size`` messages; rejected numbers go to ``rejected``."""
     not_before = max(now, cmd.send_at) if cmd.send_at else now
     expires_at = now + cmd.validity if cmd.validity is not None else None
     messages: list[NewMessage] = []
@@ -460,7 +628,7 @@ def _prepare(
         if cmd.smart_encoding:
             body = smart_encode(body)
         if not random_hex:
-            random_hex = secrets.token_bytes(16 * SLICE_NUMBERS).hex()
+            random_hex = secrets.token_bytes(16 * size).hex()
         index = len(messages)
         messages.append(
             NewMessage(
@@ -479,7 +647,7 @@ def _prepare(
                 expires_at=expires_at,
             )
         )
-        if len(messages) == SLICE_NUMBERS:
+        if len(messages) == size:
             yield messages
             messages, random_hex = [], ""
     if messages:

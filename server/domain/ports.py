@@ -208,6 +208,10 @@ class Routes(Protocol):
         """``can_carry`` for each message, in order."""
         ...
 
+    def can_carry_to(self, message: OutboundMessage, numbers: Sequence[str]) -> list[bool]:
+        """``can_carry_batch`` for ``message`` sent to each of ``numbers`` instead."""
+        ...
+
     def places_calls(self, mobile: str) -> bool:
         """Whether some provider routed for verification codes to ``mobile`` places
         voice calls at all."""

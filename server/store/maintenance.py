@@ -1,7 +1,8 @@
 """Housekeeping of the tables, every MAINTENANCE_SECONDS: pending verifications past
 their time end EXPIRED; velocity windows and mobile send times older than a day
-(intervals are at most a day) are dropped, and the daily caps' counts of past days.
-Any replica may run it at any time."""
+(intervals are at most a day) are dropped, and the daily caps' counts of past days;
+batches whose server died announcing their messages are announced. Any replica may
+run it at any time."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import contextlib
 import logging
 from datetime import timedelta
 
+from server.store.batches import PgBatchStore
 from server.store.messages import PgMessageStore
 from server.store.velocity import PgVelocityCounters
 from server.store.verifications import PgVerificationStore
@@ -26,12 +28,14 @@ class Maintenance:
         verifications: PgVerificationStore,
         velocity: PgVelocityCounters,
         messages: PgMessageStore,
+        batches: PgBatchStore | None = None,
         *,
         interval: float = MAINTENANCE_SECONDS,
     ) -> None:
         self._verifications = verifications
         self._velocity = velocity
         self._messages = messages
+        self._batches = batches
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
 
@@ -50,6 +54,8 @@ class Maintenance:
         await self._velocity.purge(KEEP)
         await self._messages.purge_mobile_intervals(KEEP)
         await self._messages.purge_past_days()
+        if self._batches is not None:
+            await self._batches.announce_unfinished()
 
     async def _run(self) -> None:
         while True:

@@ -4,10 +4,12 @@ implements the domain's Outbox, ReceiptOutbox and PolledOutbox ports."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import asyncpg
 
+from server.domain.errors import Unavailable
 from server.domain.models import (
     BatchStatus,
     Channel,
@@ -19,11 +21,13 @@ from server.domain.models import (
 from server.domain.ports import ClaimedMessage, ProviderReceipt, Transition
 from server.domain.suppression import SuppressionReason
 from server.store.account_events import EVENT_TYPE_BATCH_STATUS, lock_when_any
-from server.store.events import lock_event_log
+from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log
 from server.store.pool import Conn, retry_on_conflict, unavailable_on_connection_errors
 from server.store.states import NOT_DELIVERED, REACHED, WAITING
 from server.store.suppressions import matches, suppress_from_receipts
 from server.store.templates import BatchContents, TemplateLayout, TemplateLayouts
+
+log = logging.getLogger(__name__)
 
 # Verification codes and single sends first (by priority, then due time); the room
 # left goes to batch messages, shared evenly between the accounts that have some due,
@@ -209,6 +213,29 @@ GROUP BY status, provider
 """
 
 
+# _TRANSITION as a statement of its own (autocommit): the event log is locked before
+# any row (the one lock order), and the commit is part of the same round trip, so the
+# lock is held for one statement rather than across a transaction's round trips.
+_TRANSITION_ALONE = _TRANSITION.replace(
+    "\nWITH u AS (", f"\nWITH {LOCK_EVENT_LOG_CTE},\nu AS (", 1
+).replace(
+    "SELECT m.id, m.status, m.charged FROM messages m JOIN u ON u.id = m.id\n",
+    "SELECT m.id, m.status, m.charged FROM messages m JOIN u ON u.id = m.id\n"
+    "    CROSS JOIN event_log_lock\n",
+    1,
+)
+assert _TRANSITION_ALONE.count("event_log_lock") == 2
+
+# Whether receipts are parked for any of these messages (read without the lock).
+_PARKED_FOR = """
+SELECT EXISTS (
+    SELECT 1 FROM early_receipts e JOIN messages m
+      ON m.provider = e.provider AND m.provider_message_id = e.provider_message_id
+    WHERE m.id = ANY($1::text[])
+)
+"""
+
+
 # Receipts that name only the provider's id (webhooks): matched to messages, or
 # parked in early_receipts when the send they report on is not recorded yet.
 _MATCH_PROVIDER_RECEIPTS = """
@@ -362,6 +389,34 @@ class PgOutbox:
             return
         sent_ids = [t.message_id for t in transitions if t.provider_message_id]
 
+        rounds = _rounds(transitions)
+        if len(rounds) > 1 or any(t.suppress for t in transitions):
+            # Several rounds, or receipts that suppress their numbers: one transaction.
+            await self._apply_in_transaction(transitions, sent_ids)
+            return
+
+        async def record() -> StatusChanges:
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(_TRANSITION_ALONE, *_transition_columns(rounds[0]))
+            return _changes(rows)
+
+        with unavailable_on_connection_errors():
+            changes = await retry_on_conflict(record, what="recording status changes")
+        self._on_changes(changes)
+        if not sent_ids:
+            return
+        # Receipts that came before the send was recorded (rare): applied now, in a
+        # transaction of their own. The changes above are recorded whatever happens
+        # here: receipts left parked are applied by the poller's sweep (unpark_matched).
+        try:
+            if await self._pool.fetchval(_PARKED_FOR, sent_ids):
+                await self._apply_in_transaction([], sent_ids)
+        except (Unavailable, asyncpg.PostgresError, OSError) as exc:
+            log.warning("applying parked receipts failed (%s); the sweep will", type(exc).__name__)
+
+    async def _apply_in_transaction(
+        self, transitions: Sequence[Transition], sent_ids: list[str]
+    ) -> None:
         async def record() -> StatusChanges:
             async with self._pool.acquire() as conn, conn.transaction():
                 await lock_event_log(conn)
@@ -501,18 +556,24 @@ async def apply_transitions(conn: Conn, transitions: Sequence[Transition]) -> St
     would move a status back, or repeats it, is none)."""
     changes: StatusChanges = []
     for group in _rounds(transitions):
-        rows = await conn.fetch(
-            _TRANSITION,
-            [t.message_id for t in group],
-            [int(t.status) for t in group],
-            [t.error_code for t in group],
-            [t.provider for t in group],
-            [t.provider_message_id for t in group],
-            [t.not_before for t in group],
-            [t.attempted for t in group],
-        )
-        changes += [(MessageStatus(r["status"]), r["provider"], r["n"]) for r in rows]
+        changes += _changes(await conn.fetch(_TRANSITION, *_transition_columns(group)))
     return changes
+
+
+def _transition_columns(group: Sequence[Transition]) -> list[list[object]]:
+    return [
+        [t.message_id for t in group],
+        [int(t.status) for t in group],
+        [t.error_code for t in group],
+        [t.provider for t in group],
+        [t.provider_message_id for t in group],
+        [t.not_before for t in group],
+        [t.attempted for t in group],
+    ]
+
+
+def _changes(rows: Sequence[asyncpg.Record]) -> StatusChanges:
+    return [(MessageStatus(r["status"]), r["provider"], r["n"]) for r in rows]
 
 
 def _rounds(transitions: Sequence[Transition]) -> list[list[Transition]]:

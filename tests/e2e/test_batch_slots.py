@@ -1,9 +1,10 @@
 """Large batches as a shared resource: few are stored at once (per account and per
 server), the rest are refused at once with RESOURCE_EXHAUSTED and RetryInfo and store
-nothing; one stored in slices is still stored whole or not at all.
+nothing; one stored in slices is still stored whole or not at all, and once stored
+it is announced whole.
 
 A test holds the event-log advisory lock to keep batches "being stored": each waits
-at its first events, the last step of its transaction, holding its slot."""
+at its first chunk of PENDING events (committed, being announced), holding its slot."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ async def event_log_held(running: Running) -> AsyncIterator[PoolConnectionProxy]
 
 
 async def batches_waiting(running: Running) -> int:
-    """Batches waiting for the event log (their first events' statement)."""
+    """Batches waiting for the event log (a chunk of their first events)."""
     waiting: int = await running.gateway.pool.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
         "AND query LIKE '%WHERE m.batch_id = $1%'"
@@ -156,9 +157,56 @@ async def test_a_large_batch_is_stored_whole_across_its_slices(running: Running)
     assert body == f"Hi u{last}, order A-{last} shipped."
 
 
-async def test_a_large_batch_cut_off_at_its_last_step_stores_nothing(
+async def test_a_large_batch_given_up_before_its_messages_commit_stores_nothing(
+    running: Running,
+) -> None:
+    client = await running.client()
+    n = 3 * SLICE_NUMBERS
+    held = await running.gateway.pool.acquire()
+    tx = held.transaction()
+    await tx.start()
+    try:
+        # COPY waits for this lock: the batch's transaction stays open, its row written.
+        await held.execute("LOCK TABLE messages IN SHARE MODE")
+        call = client.batches.CreateBatch(
+            batch_pb2.CreateBatchRequest(
+                use_type=S.USE_TYPE_NOTIFICATION, content="Sale on Friday.", numbers=numbers(n)
+            ),
+            metadata=client.metadata,
+            timeout=30,
+        )
+        task = asyncio.ensure_future(call)
+
+        async def copying() -> bool:
+            waiting: int = await running.gateway.pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE 'COPY%messages%'"
+            )
+            return waiting == 1
+
+        await wait_for(copying, 30)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        async def rolled_back() -> bool:
+            return not await copying()
+
+        await wait_for(rolled_back, 30)
+    finally:
+        await tx.rollback()
+        await running.gateway.pool.release(held)
+    assert await stored(running, client.account_id) == (0, 0, 0)
+    # Its slot is back too.
+    reply = await create(client, content="Sale on Friday.", numbers=numbers(n))
+    assert reply.accepted_count == n
+
+
+async def test_a_large_batch_given_up_while_announced_is_announced_whole(
     running: Running, event_log_held: PoolConnectionProxy
 ) -> None:
+    """Once its messages are committed a batch is stored: they are announced (their
+    PENDING events written, a chunk at a time) even if the caller gives up."""
     client = await running.client()
     n = 3 * SLICE_NUMBERS
     call = client.batches.CreateBatch(
@@ -169,18 +217,23 @@ async def test_a_large_batch_cut_off_at_its_last_step_stores_nothing(
         timeout=30,
     )
     task = asyncio.ensure_future(call)
-    # Every slice is in; the batch waits for the event log: the caller gives up.
+    # Committed; its first chunk waits for the event log: the caller gives up.
     await waiting_at_lock(running, 1)
+    assert (await stored(running, client.account_id))[:2] == (1, n)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-
-    async def rolled_back() -> bool:
-        return await batches_waiting(running) == 0
-
-    await wait_for(rolled_back, 30)
     await event_log_held.execute("SELECT pg_advisory_unlock_all()")
-    assert await stored(running, client.account_id) == (0, 0, 0)
-    # Its slot is back too.
-    reply = await create(client, content="Sale on Friday.", numbers=numbers(n))
-    assert reply.accepted_count == n
+
+    async def announced() -> bool:
+        return await stored(running, client.account_id) == (1, n, n)
+
+    await wait_for(announced, 30)
+    left = await running.gateway.pool.fetchval(
+        "SELECT count(*) FROM messages WHERE account_id = $1 AND claimed_until = 'infinity'",
+        client.account_id,
+    )
+    assert left == 0
+    assert not await running.gateway.pool.fetchval(
+        "SELECT announcing FROM batches WHERE account_id = $1", client.account_id
+    )

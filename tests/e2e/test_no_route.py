@@ -14,8 +14,9 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-from sms.v1 import common_pb2, message_pb2, verification_pb2
+from sms.v1 import batch_pb2, common_pb2, message_pb2, verification_pb2
 
+from server.api.batch_wire import LARGE_REQUEST_BYTES
 from server.emulators.common import RunningEmulator
 from server.routes_file import ProviderSpec, RouteSpec, RoutingConfig
 from tests.e2e.batch_calls import create, final
@@ -110,6 +111,34 @@ async def test_a_batch_keeps_the_numbers_a_route_covers(start_gateway: GatewayFa
         await create(client, content="Campaign.", numbers=[US, "+14155550124"])
     assert refused_for_no_route(caught.value), caught.value
     assert await running.gateway.pool.fetchval("SELECT count(*) FROM batches") == batches
+
+
+async def test_a_large_batch_prepared_in_its_process_keeps_the_numbers_a_route_covers(
+    start_gateway: GatewayFactory,
+) -> None:
+    """The preparation process's rows are routed by number, as a small batch's messages."""
+    running = await start_gateway(routing=CHINA_ONLY)
+    client = await running.client()
+    given = [f"+86138{i:08d}" if i % 3 else f"+447911{i:06d}" for i in range(12_000)]
+    request = batch_pb2.CreateBatchRequest(
+        use_type=S.USE_TYPE_NOTIFICATION,
+        content="Hi #name#.",
+        numbers=given,
+        template_data={
+            n: batch_pb2.TemplateData(values={"name": f"u{i}"}) for i, n in enumerate(given)
+        },
+    )
+    assert request.ByteSize() > LARGE_REQUEST_BYTES
+    reply = await client.batches.CreateBatch(request, metadata=client.metadata)
+    uk = [n for n in given if n.startswith("+44")]
+    assert reply.accepted_count == len(given) - len(uk)
+    assert sorted(r.number for r in reply.rejected) == sorted(uk)
+    assert {r.reason.split(":")[0] for r in reply.rejected} == {"NO_ROUTE"}
+    assert running.gateway.preparer.pids()
+    stored_numbers = await running.gateway.pool.fetch(
+        "SELECT to_number FROM messages WHERE batch_id = $1", reply.task_id
+    )
+    assert not {r["to_number"] for r in stored_numbers} & set(uk)
 
 
 async def test_a_route_taken_away_after_the_call_still_fails_with_no_route(

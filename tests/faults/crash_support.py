@@ -163,6 +163,7 @@ async def leased_now(conn: asyncpg.Connection) -> dict[str, Lease]:
     until the lease expires and a worker of the next process takes them over."""
     rows = await conn.fetch(
         "SELECT id, to_number, attempts, claimed_until FROM messages "
-        "WHERE status IN (1, 2) AND claimed_until > now()"
+        # 'infinity': a batch's message not announced yet, claimed by no worker.
+        "WHERE status IN (1, 2) AND claimed_until > now() AND claimed_until <> 'infinity'"
     )
     return {r["id"]: Lease(r["to_number"], r["attempts"], r["claimed_until"]) for r in rows}
