@@ -31,8 +31,8 @@ from server.domain.fields import (
 from server.domain.guardrails import (
     COUNTRY_BATCH_REASON,
     DailyCaps,
-    charge_for,
     country_allowed,
+    price_of,
 )
 from server.domain.messaging import (
     MAX_SCHEDULE_AHEAD,
@@ -185,6 +185,9 @@ class EncodedSlice:
         )
 
 
+# A prepaid account's batch number whose country the routing file gives no price.
+NO_PRICE_BATCH_REASON = "NO_PRICE"
+
 # Messages ready to store, and the numbers rejected since the previous slice.
 PreparedSlice = tuple[list[NewMessage] | EncodedSlice, list[tuple[str, str]]]
 StoredSlice = Sequence[NewMessage] | EncodedSlice
@@ -244,12 +247,7 @@ class BatchPreparation:
             if caller.allowed_countries is not None:
                 messages = _in_allowed_countries(caller, messages, rejected)
             if caller.prepaid:
-                messages = [
-                    dataclasses.replace(
-                        m, charge=charge_for(caller, job.prices, m.to_number, m.segments)
-                    )
-                    for m in messages
-                ]
+                messages = _priced(job.prices, messages, rejected)
             part = rejected[:]
             rejected.clear()
             yield messages, part
@@ -522,6 +520,21 @@ class Batches:
             if batch.status in FINAL_BATCH:
                 return
             await asyncio.sleep(WATCH_INTERVAL)
+
+
+def _priced(
+    prices: Mapping[str, int], messages: list[NewMessage], rejected: list[tuple[str, str]]
+) -> list[NewMessage]:
+    """A prepaid account's messages with their charges; a number whose country has no
+    price is rejected with NO_PRICE (the rest of the batch goes on)."""
+    priced: list[NewMessage] = []
+    for m in messages:
+        price = price_of(prices, m.to_number)
+        if price is None:
+            rejected.append((m.to_number, NO_PRICE_BATCH_REASON))
+        else:
+            priced.append(dataclasses.replace(m, charge=price * m.segments))
+    return priced
 
 
 def _in_allowed_countries(

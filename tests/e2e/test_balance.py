@@ -21,10 +21,11 @@ from sms.v1 import (
     suppression_pb2_grpc,
 )
 
+from server.api.batch_wire import LARGE_REQUEST_BYTES
 from server.routes_file import DEFAULT_ROUTING, RoutingConfig
 from server.store.accounts import PgAccountStore
 from tests.conftest import basic_auth
-from tests.e2e.batch_calls import create
+from tests.e2e.batch_calls import create, numbers
 from tests.e2e.conftest import Client, GatewayFactory, Running, final_state, wait_for
 from tests.e2e.errors import reason
 from tests.e2e.test_verification import otp
@@ -234,3 +235,30 @@ async def test_a_message_that_expires_before_a_provider_took_it_is_refunded(
     state = await final_state(client, message_id)
     assert (state.status, state.error_code) == (common_pb2.MESSAGE_STATUS_FAILED, "EXPIRED")
     assert await balance(short, ops_auth, client) == 50
+
+
+async def test_a_large_batch_prepared_in_another_process_is_charged_and_unpriced_numbers_rejected(
+    running: Running, admin: tuple[tuple[str, str], ...]
+) -> None:
+    # Past LARGE_REQUEST_BYTES: prepared (and priced) in the preparation process.
+    given = numbers(20_000)
+    given[7] = US  # no price for the US: that number alone is rejected
+    request = batch_pb2.CreateBatchRequest(
+        use_type=NOTE,
+        content="Hi #name#, your order shipped.",
+        numbers=given,
+        template_data={
+            n: batch_pb2.TemplateData(values={"name": f"u{i}"}) for i, n in enumerate(given)
+        },
+    )
+    assert request.ByteSize() > LARGE_REQUEST_BYTES
+    client, _ = await prepaid(running, admin, 200_000)
+    reply = await client.batches.CreateBatch(request, metadata=client.metadata)
+    assert reply.accepted_count == 19_999
+    assert [(r.number, r.reason) for r in reply.rejected] == [(US, "NO_PRICE")]
+    # 19,999 one-segment messages to China at 5 each, taken with the batch.
+    assert await balance(running, admin, client) == 200_000 - 19_999 * 5
+    charged = await running.gateway.pool.fetchval(
+        "SELECT sum(charged) FROM messages WHERE batch_id = $1", reply.task_id
+    )
+    assert charged == 19_999 * 5
