@@ -23,7 +23,7 @@ import grpc
 from bench_common import database_label, smsgw_dsn, start_smsgw, stop_process, workspace
 from sms.v1 import batch_pb2, batch_pb2_grpc, common_pb2
 
-from server.store.batches import MESSAGE_COLUMNS
+from server.store.batches import MESSAGE_COLUMNS, UNANNOUNCED
 from server.store.pool import init_connection
 
 FINAL = {
@@ -66,6 +66,7 @@ def same_rows(n: int) -> list[tuple[object, ...]]:
             {"name": f"user{i}", "order_no": f"A-{i}"},
             now + timedelta(hours=24),  # expires_at: the server's message TTL
             0,  # charged: not a prepaid account
+            UNANNOUNCED,  # claimed_until: stored unannounced, as CreateBatch does
         )
         for i in range(n)
     ]
