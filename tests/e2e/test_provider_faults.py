@@ -119,6 +119,9 @@ async def test_half_the_requests_failing_every_way_still_delivers_everything_onc
         max_attempts=40,
         retry_base_seconds=0.02,
         breaker_failures=4,
+        # Half failing sits right at the default threshold (0.5), where opening is a
+        # coin toss; below it, half failing opens the breakers for sure.
+        breaker_failure_rate=0.3,
         breaker_reset_seconds=0.3,
         poll_interval_seconds=0.2,
     )
