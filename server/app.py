@@ -380,7 +380,13 @@ class Gateway:
             await self._http.cleanup()
         self.preparer.close()
         if self._pool is not None:
-            await self._pool.close()
+            # A connection some call never gave back must not hold the shutdown: after
+            # the grace period the pool is closed hard.
+            try:
+                await asyncio.wait_for(self._pool.close(), grace)
+            except TimeoutError:
+                log.warning("database connections still in use after %.0f s: closed", grace)
+                self._pool.terminate()
         await self.database.stop()
         if self.tracing is not None:
             self.tracing.close()
