@@ -40,6 +40,7 @@ from twilio.request_validator import RequestValidator
 from server.domain.inbound import InboundSms
 from server.domain.models import MessageStatus, OutboundMessage
 from server.domain.ports import Capabilities, ProviderError, ProviderRef, Receipt, SendOutcome
+from server.domain.suppression import SuppressionReason
 from server.providers.http import HttpAnswer, TransientHttpError, call, new_session
 from server.providers.twilio_codes import (
     API_VERSION,
@@ -57,6 +58,7 @@ MAX_STATUS_IDS = 20  # messages fetched per poll round (one GET each)
 FETCH_CONCURRENCY = 5
 THROTTLE_WAIT = 1.0  # seconds before trying Twilio again after a 429
 OUR_ID = "smsgw_id"  # the StatusCallback query parameter naming our message
+UNSUBSCRIBED = 21610  # Attempt to send to unsubscribed recipient
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ def send_outcome(answer: HttpAnswer) -> SendOutcome:
         error_code=str(code) if code is not None else f"HTTP_{answer.status}",
         final_status=rule.final_status,
         retry_after=THROTTLE_WAIT if rule.retryable else 0.0,
+        # The recipient replied STOP to this Twilio number: the account's too.
+        suppress=int(SuppressionReason.OPT_OUT) if code == UNSUBSCRIBED else 0,
     )
 
 
