@@ -97,16 +97,21 @@ async def inject(running: Running, sender: str, text: str) -> int:
     return await post_form(url, {"From": sender, "To": LOOPBACK_NUMBER, "Body": text})
 
 
-async def send(client: Client, mobile: str, use_type: int = common_pb2.USE_TYPE_MARKETING) -> str:
+async def send(
+    client: Client,
+    mobile: str,
+    use_type: common_pb2.UseType.ValueType = common_pb2.USE_TYPE_MARKETING,
+) -> str:
     reply = await client.messages.SendMessage(
-        message_pb2.SendMessageRequest(
-            mobile=mobile,
-            use_type=use_type,
-            text="Spring sale: 20% off.",  # type: ignore[arg-type]
-        ),
+        message_pb2.SendMessageRequest(mobile=mobile, use_type=use_type, text="Spring sale."),
         metadata=client.metadata,
     )
     return reply.id
+
+
+async def next_message(stream: Any, within: float = 10) -> inbound_pb2.InboundMessage:
+    message: inbound_pb2.InboundMessage = await asyncio.wait_for(stream.read(), within)
+    return message
 
 
 async def listed(running: Running, client: Client) -> list[inbound_pb2.InboundMessage]:
@@ -147,10 +152,10 @@ async def test_an_inbound_message_is_stored_listed_and_resumable_from_its_event(
         metadata=client.metadata,
     )
     try:
-        replayed = await asyncio.wait_for(stream.read(), 10)
+        replayed = await next_message(stream)
         assert (replayed.id, replayed.text) == (newest.id, "And on Monday?")
         assert await inject(running, sender, "Thanks!") == 200
-        live = await asyncio.wait_for(stream.read(), 10)
+        live = await next_message(stream)
         assert (live.text, live.event_id > newest.event_id) == ("Thanks!", True)
     finally:
         stream.cancel()
@@ -169,7 +174,7 @@ async def test_a_watch_without_a_cursor_sends_only_what_arrives_after_it_opened(
     try:
         await asyncio.sleep(0.5)  # the stream takes its starting point
         assert await inject(running, sender, "after the watch") == 200
-        first = await asyncio.wait_for(stream.read(), 10)
+        first = await next_message(stream)
         assert first.text == "after the watch"
     finally:
         stream.cancel()
