@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,6 +34,7 @@ from server.routes_file import DEFAULT_ROUTING, ProviderSpec
 from tests.e2e.conftest import Client, GatewayFactory, Running, final_state, wait_for
 from tests.e2e.emulated import only
 from tests.e2e.errors import reason
+from tests.e2e.test_cli_client import SMSGW, smsgw
 from tests.e2e.test_webhooks import Receiver, hooks, verify
 
 SID = "AC" + "1b0d" * 8
@@ -461,3 +464,53 @@ async def test_twilio_stop_suppresses_and_a_21610_refusal_does_too(
     )
     assert stored.reason == suppression_pb2.SUPPRESSION_REASON_OPT_OUT
     await refused_as_suppressed(client, opted_out)
+
+
+async def test_the_cli_injects_lists_and_watches_inbound_messages(running: Running) -> None:
+    client = await running.client()
+    sender = number(13)
+    await send(client, sender, common_pb2.USE_TYPE_NOTIFICATION)
+    http = f"127.0.0.1:{running.gateway.http_port}"
+    code, out, err = await smsgw(
+        running,
+        client,
+        "inbound",
+        "inject",
+        "--from",
+        sender,
+        "--text",
+        "quit",
+        "--http-addr",
+        http,
+    )
+    assert (code, out.strip()) == (0, "injected"), err
+    code, out, err = await smsgw(running, client, "inbound", "list")
+    assert code == 0, err
+    (shown,) = json.loads(out)["inboundMessages"]
+    assert (shown["fromNumber"], shown["keyword"], shown["text"]) == (sender, "STOP", "quit")
+    await refused_as_suppressed(client, sender)
+    # watch --after-event-id replays from there (stopped once it printed the message).
+    proc = await asyncio.create_subprocess_exec(
+        *SMSGW,
+        "inbound", "watch", "--after-event-id", str(int(shown["eventId"]) - 1),
+        env={
+            **os.environ,
+            "SMSGW_ADDR": f"127.0.0.1:{running.gateway.grpc_port}",
+            "SMSGW_API_KEY": client.api_key,
+            "SMSGW_API_SECRET": client.api_secret,
+        },
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert json.loads(line)["id"] == shown["id"]
+    finally:
+        proc.kill()
+        await proc.wait()
+    # No gateway there: the command says so.
+    code, _, err = await smsgw(
+        running, client, "inbound", "inject", "--from", sender, "--text", "hi",
+        "--http-addr", "127.0.0.1:9",
+    )  # fmt: skip
+    assert code == 1 and "cannot reach" in err
