@@ -15,6 +15,7 @@ its sender (through any provider). With neither, it is refused (nobody to tell).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 from collections.abc import Callable, Mapping
@@ -24,6 +25,7 @@ from typing import Protocol
 
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.pagination import decode_page_token, encode_page_token, page_size
+from server.domain.phones import normalize_any_spelling
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,13 @@ class InboundRepository(Protocol):
     async def last_event_id(self) -> int: ...
 
 
+def as_e164(number: str) -> str:
+    try:
+        return normalize_any_spelling(number.strip(), "From", None)
+    except InvalidArgument:
+        return number.strip()
+
+
 def check_inbound(sms: InboundSms) -> None:
     """Refuses what no provider would send (the transport checked the signature)."""
     violations: list[FieldViolation] = []
@@ -189,6 +198,9 @@ class InboundIntake:
 
     async def receive(self, sms: InboundSms) -> InboundMessage | None:
         check_inbound(sms)
+        # The sender as SendMessage and suppressions spell it (E.164), when it is a
+        # phone number; a short code or sender name is kept as given.
+        sms = dataclasses.replace(sms, from_number=as_e164(sms.from_number))
         message, replied = await self._recorder.record(sms, self._config())
         if message is None:
             log.warning(

@@ -220,6 +220,19 @@ async def test_a_configured_synonym_in_another_language_stops_too(running: Runni
     assert await send(client, other)
 
 
+async def test_a_sender_spelled_with_spaces_is_stored_and_suppressed_in_e164(
+    running: Running,
+) -> None:
+    client = await running.client()
+    sender = number(14)
+    await send(client, sender, common_pb2.USE_TYPE_NOTIFICATION)
+    spaced = f"{sender[:3]} {sender[3:6]} {sender[6:10]} {sender[10:]}"
+    assert await inject(running, spaced, "END") == 200
+    (message,) = await listed(running, client)
+    assert (message.from_number, message.keyword) == (sender, "STOP")
+    await refused_as_suppressed(client, sender)
+
+
 async def test_start_does_not_lift_a_suppression_the_account_added(running: Running) -> None:
     client = await running.client()
     sender = number(6)
