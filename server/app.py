@@ -82,7 +82,7 @@ from server.store.accounts import PgAccountStore
 from server.store.batches import PgBatchStore
 from server.store.database import Database, migrate
 from server.store.events import PgEventLog
-from server.store.inbound import PgInboundStore
+from server.store.inbound import INBOUND_CHANNEL, PgInboundStore
 from server.store.maintenance import Maintenance
 from server.store.messages import PgMessageStore
 from server.store.outbox import PgOutbox
@@ -296,7 +296,7 @@ class Gateway:
         )
         inbound_store = PgInboundStore(pool)
         inbound_watcher = InboundWatcher(inbound_store, max_replay=s.max_replay_events)
-        self._hub.on_notify(inbound_watcher.wake)
+        await self._hub.listen(INBOUND_CHANNEL, inbound_watcher.wake)
         inbound_pb2_grpc.add_InboundServiceServicer_to_server(
             InboundServicer(InboundMessages(inbound_store), inbound_watcher), server
         )

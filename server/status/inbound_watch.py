@@ -5,9 +5,9 @@
 it is refused FAILED_PRECONDITION (REPLAY_TOO_LONG) before anything is sent, as
 WatchMessageStatus does. Event ids of inbound messages are drawn under the account
 events' lock until commit, so they follow commit order and reading the table after
-the cursor never skips one. New messages are read when the event log's NOTIFY
-arrives (``wake``, from the status hub), and every ``poll_interval`` seconds in case
-a notification was lost.
+the cursor never skips one. New messages are read when their NOTIFY arrives
+(``wake``, on the status hub's LISTEN connection), and every ``poll_interval``
+seconds in case a notification was lost.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class InboundWatcher:
         repository: InboundRepository,
         *,
         max_replay: int = MAX_REPLAY_EVENTS,
-        poll_interval: float = 1.0,
+        poll_interval: float = 5.0,
     ) -> None:
         self._repository = repository
         self._max_replay = max_replay

@@ -30,6 +30,8 @@ from server.store.messages import insert_messages
 from server.store.pool import Conn, unavailable_on_connection_errors
 from server.store.suppressions import suppressed
 
+INBOUND_CHANNEL = "smsgw_inbound"
+
 _COLUMNS = (
     "id, event_id, account_id, from_number, to_number, body, provider, keyword, "
     "received_at, reply_to_message_id"
@@ -108,6 +110,18 @@ def help_reply(account_id: int, to_number: str, text: str) -> NewMessage:
     )
 
 
+async def _posted_before(conn: Conn, sms: InboundSms) -> InboundMessage | None:
+    """The message as stored when its provider posted it before (same message id)."""
+    if not sms.provider_message_id:
+        return None
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM inbound_messages WHERE provider = $1 AND provider_message_id = $2",
+        sms.provider,
+        sms.provider_message_id,
+    )
+    return None if row is None else inbound_message(row)
+
+
 class PgInboundStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -119,21 +133,29 @@ class PgInboundStore:
         when no account owns it, whether a HELP reply was queued). A message its
         provider posted before (same provider message id) is returned as stored, with
         no effect repeated."""
+        try:
+            return await self._record(sms, config)
+        except asyncpg.UniqueViolationError:
+            # The provider posted it twice at once: the other post stored it.
+            with unavailable_on_connection_errors():
+                async with self._pool.acquire() as conn:
+                    earlier = await _posted_before(conn, sms)
+            if earlier is None:
+                raise
+            return earlier, False
+
+    async def _record(
+        self, sms: InboundSms, config: InboundConfig
+    ) -> tuple[InboundMessage | None, bool]:
         keyword, reply = config.keyword(sms.text)
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
                 account_id = await owner_of(conn, config, sms)
                 if account_id is None:
                     return None, False
-                if sms.provider_message_id:
-                    row = await conn.fetchrow(
-                        f"SELECT {_COLUMNS} FROM inbound_messages "
-                        "WHERE provider = $1 AND provider_message_id = $2",
-                        sms.provider,
-                        sms.provider_message_id,
-                    )
-                    if row is not None:
-                        return inbound_message(row), False
+                earlier = await _posted_before(conn, sms)
+                if earlier is not None:
+                    return earlier, False
                 # The HELP reply; not to a number suppressed for notifications (it
                 # would only be rejected at dispatch).
                 replied = (
@@ -164,10 +186,13 @@ class PgInboundStore:
                         int(SuppressionReason.OPT_OUT),
                     )
                     changed = False if status != "DELETE 0" else None
+                # The lock until commit; at commit, open inbound streams (INBOUND_CHANNEL)
+                # and the webhook delivery (the event log's channel) are told.
                 await conn.execute(
-                    "SELECT pg_advisory_xact_lock($1), pg_notify($2, '')",
+                    "SELECT pg_advisory_xact_lock($1), pg_notify($2, ''), pg_notify($3, '')",
                     ACCOUNT_EVENTS_LOCK_KEY,
                     EVENTS_CHANNEL,
+                    INBOUND_CHANNEL,
                 )
                 row = await conn.fetchrow(
                     _INSERT,
