@@ -27,6 +27,7 @@ from aiohttp import web
 from sms.v1 import (
     account_pb2_grpc,
     batch_pb2_grpc,
+    inbound_pb2_grpc,
     message_pb2_grpc,
     suppression_pb2_grpc,
     template_pb2_grpc,
@@ -38,6 +39,7 @@ from server.api.account_service import AccountServicer
 from server.api.batch_prep import PREPARATION_PROCESSES, ProcessPreparer
 from server.api.batch_service import BatchServicer
 from server.api.batch_wire import decode_create_batch
+from server.api.inbound_service import InboundServicer
 from server.api.interceptors import GatewayInterceptor
 from server.api.message_service import MessageServicer
 from server.api.server import SERVICE_NAMES, enable_reflection, grpc_server
@@ -60,6 +62,7 @@ from server.domain.auth import Authenticator
 from server.domain.batch_slots import BatchSlots
 from server.domain.batch_tasks import Batches
 from server.domain.codes import CodeKeys
+from server.domain.inbound import InboundIntake, InboundMessages
 from server.domain.limits import AuthFailureThrottle, RateLimits, StreamCaps
 from server.domain.messaging import Messaging
 from server.domain.outbox_codes import CodeOpeningOutbox
@@ -68,15 +71,18 @@ from server.domain.template_catalog import TemplateCatalog
 from server.domain.verification import Verifications
 from server.health import DatabaseHealth
 from server.http.app import MetricsEndpoint, build_http_app
+from server.http.inbound import InboundReceiver
 from server.http.webhooks import WebhookReceiver
 from server.listen import bind_http, listen_grpc
 from server.metrics import CONTENT_TYPE, GatewayMetrics
 from server.status.hub import StatusHub
+from server.status.inbound_watch import InboundWatcher
 from server.status.watch import StatusWatcher
 from server.store.accounts import PgAccountStore
 from server.store.batches import PgBatchStore
 from server.store.database import Database, migrate
 from server.store.events import PgEventLog
+from server.store.inbound import INBOUND_CHANNEL, PgInboundStore
 from server.store.maintenance import Maintenance
 from server.store.messages import PgMessageStore
 from server.store.outbox import PgOutbox
@@ -127,6 +133,7 @@ class Gateway:
         self._maintenance: Maintenance | None = None
         self._webhooks: WebhookDelivery | None = None
         self._webhook_pool: asyncpg.Pool | None = None
+        self._inbound: InboundIntake | None = None
         # Large batches are prepared in a process of its own (started when first
         # needed); one batch at a time: each holds its request decoded (100-150 MB
         # for 100,000 numbers with values), and it runs beside the server's cores.
@@ -287,6 +294,15 @@ class Gateway:
         suppression_pb2_grpc.add_SuppressionServiceServicer_to_server(
             SuppressionServicer(Suppressions(suppressions, s.default_region)), server
         )
+        inbound_store = PgInboundStore(pool)
+        inbound_watcher = InboundWatcher(inbound_store, max_replay=s.max_replay_events)
+        await self._hub.listen(INBOUND_CHANNEL, inbound_watcher.wake)
+        inbound_pb2_grpc.add_InboundServiceServicer_to_server(
+            InboundServicer(InboundMessages(inbound_store), inbound_watcher), server
+        )
+        self._inbound = InboundIntake(
+            inbound_store, lambda: self.settings.routing.inbound, self._dispatcher.wake
+        )
         account_pb2_grpc.add_AccountServiceServicer_to_server(
             AccountServicer(PgAccountStore(pool)), server
         )
@@ -302,6 +318,7 @@ class Gateway:
                 self.health.is_healthy,
                 WebhookReceiver(self.providers, self._receipts),
                 MetricsEndpoint(self.metrics.render, CONTENT_TYPE),
+                InboundReceiver(self.providers, self._inbound),
             ),
             access_log=None,
         )

@@ -103,6 +103,7 @@ TOML_TABLES: dict[str, dict[str, str]] = {
         "max_bulk": "SMSGW_LOOPBACK_MAX_BULK",
         "latency_ms": "SMSGW_LOOPBACK_LATENCY_MS",
         "refused": "SMSGW_LOOPBACK_REFUSED",
+        "inbound": "SMSGW_LOOPBACK_INBOUND",
     },
     "limits": {
         "global_send_per_second": "SMSGW_GLOBAL_SEND_RATE",
@@ -291,6 +292,7 @@ class Settings:
                 max_bulk=_int(merged, "SMSGW_LOOPBACK_MAX_BULK", 1000, 1, 100_000),
                 latency=_float(merged, "SMSGW_LOOPBACK_LATENCY_MS", 0, 0, 600_000) / 1000,
                 refused=_prefixes(merged, "SMSGW_LOOPBACK_REFUSED"),
+                inbound=_flag(merged, "SMSGW_LOOPBACK_INBOUND"),
             ),
             tls=tls,
             tracing=tracing,
