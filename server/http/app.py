@@ -1,4 +1,5 @@
-"""The HTTP side of the gateway: /healthz, /metrics (Prometheus), provider webhooks."""
+"""The HTTP side of the gateway: /healthz, /metrics (Prometheus), provider webhooks,
+and the sms.v1 RPCs over Connect and gRPC-Web (server/http/rpc_bridge.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from server.http.rpc_bridge import RpcBridge
 from server.http.webhooks import WebhookRejected
 from server.providers.webhooks import HookRequest
 
@@ -31,6 +33,7 @@ def build_http_app(
     is_healthy: Callable[[], Awaitable[bool]],
     receive_webhook: WebhookHandler | None = None,
     metrics: MetricsEndpoint | None = None,
+    rpc: RpcBridge | None = None,
 ) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         healthy = await is_healthy()
@@ -66,6 +69,8 @@ def build_http_app(
     if receive_webhook is not None:
         app.router.add_post("/webhooks/{kind}", webhook)
         app.router.add_post("/webhooks/{kind}/{name}", webhook)
+    if rpc is not None:
+        rpc.add_routes(app)  # reads its bodies itself, up to the gRPC message limit
     return app
 
 
