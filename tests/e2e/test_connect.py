@@ -1,0 +1,322 @@
+"""The sms.v1 RPCs on the HTTP port over the Connect protocol and gRPC-Web, called by
+independent clients: `curl` with a JSON body, `buf curl --protocol connect` and
+`--protocol grpcweb` (unary calls and server streams), and aiohttp for what a
+browser or a client that leaves does (CORS, a stream whose client goes away).
+Every call goes through the gateway's own gRPC server: the same credentials,
+limits, errors and metrics (the TypeScript client: test_ts_client.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2
+from prometheus_client.parser import text_string_to_metric_families
+from sms.v1 import common_pb2, message_pb2, message_pb2_grpc
+
+from server.store.accounts import PgAccountStore
+from tests.e2e.conftest import Client, GatewayFactory, Running, final_state, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+BUF = ROOT / "node_modules" / ".bin" / "buf"
+CN = "+8613800138000"
+ORIGIN = "https://app.example.com"
+SEND = "sms.v1.MessageService/SendMessage"
+STATUS = "sms.v1.MessageService/GetMessageStatus"
+WATCH = "sms.v1.MessageService/WatchMessageStatus"
+
+
+@pytest.fixture(scope="module")
+async def gateway(start_gateway: GatewayFactory) -> Running:
+    return await start_gateway(http_cors_origins=(ORIGIN,))
+
+
+def _url(gateway: Running, path: str = "") -> str:
+    return f"http://127.0.0.1:{gateway.gateway.http_port}/{path}"
+
+
+def _auth(client: Client) -> str:
+    return client.metadata[0][1]
+
+
+async def _run(*command: str | Path, stdin: bytes | None = None) -> tuple[int, str, str]:
+    """A command, run without blocking the loop the gateway serves on."""
+    proc = await asyncio.create_subprocess_exec(
+        *map(str, command),
+        stdin=asyncio.subprocess.PIPE if stdin is not None else None,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def _curl(gateway: Running, path: str, body: str, auth: str) -> tuple[int, dict[str, Any]]:
+    """curl posting a JSON body as the README shows; the HTTP status and the JSON answer."""
+    code, out, err = await _run(
+        "curl", "-sS", "-w", "\n%{http_code}", "-X", "POST", _url(gateway, path),
+        "-H", "Content-Type: application/json", "-H", f"Authorization: {auth}",
+        "--data-binary", body,
+    )  # fmt: skip
+    assert code == 0, err
+    text, _, status = out.rpartition("\n")
+    return int(status), json.loads(text)
+
+
+async def _buf(gateway: Running, protocol: str, path: str, body: str, auth: str) -> tuple[int, str]:
+    """buf curl with the schema read from proto/ (the HTTP port has no reflection)."""
+    assert BUF.exists(), "buf is installed by the test command (npm ci); run it first"
+    code, out, err = await _run(
+        BUF, "curl", "--protocol", protocol, "--schema", ROOT / "proto",
+        "-H", f"Authorization: {auth}", "-d", body, _url(gateway, path),
+    )  # fmt: skip
+    return code, out + err
+
+
+def _bad_fields(error: dict[str, Any]) -> set[str]:
+    """The fields a Connect error's google.rpc.BadRequest detail names."""
+    for detail in error.get("details", ()):
+        if detail["type"] == "google.rpc.BadRequest":
+            value = detail["value"]
+            bad = error_details_pb2.BadRequest.FromString(
+                base64.b64decode(value + "=" * (-len(value) % 4))
+            )
+            return {v.field for v in bad.field_violations}
+    return set()
+
+
+async def test_curl_sends_then_reads_the_status(gateway: Running) -> None:
+    client = await gateway.client()
+    body = json.dumps({"mobile": CN, "useType": "USE_TYPE_NOTIFICATION", "text": "hi over curl"})
+    status, sent = await _curl(gateway, SEND, body, _auth(client))
+    assert status == 200, sent
+    assert sent["toNumber"] == CN and sent["status"] == "MESSAGE_STATUS_PENDING"
+    assert sent["segments"] == 1
+    # The same message over gRPC: stored, durable, the gateway's own.
+    state = await final_state(client, sent["id"])
+    assert state.status == common_pb2.MESSAGE_STATUS_DELIVERED
+
+    status, found = await _curl(gateway, STATUS, json.dumps({"ids": [sent["id"]]}), _auth(client))
+    assert status == 200, found
+    [message] = found["messages"]
+    assert message["id"] == sent["id"] and message["status"] == "MESSAGE_STATUS_DELIVERED"
+
+
+async def test_curl_bad_input_is_invalid_argument_with_bad_request(gateway: Running) -> None:
+    client = await gateway.client()
+    status, error = await _curl(gateway, SEND, json.dumps({"requestId": "x" * 129}), _auth(client))
+    assert status == 400, error
+    assert error["code"] == "invalid_argument"
+    assert _bad_fields(error) == {"mobile", "use_type", "request_id", "text"}
+    info = next(d for d in error["details"] if d["type"] == "google.rpc.ErrorInfo")
+    assert info["debug"]["reason"] == "INVALID_ARGUMENT" and info["debug"]["domain"] == "smsgw"
+
+    # A body that is not the method's JSON: the same error the gRPC port gives bad bytes.
+    status, error = await _curl(gateway, SEND, '{"mobile": 12', _auth(client))
+    assert (status, error["code"]) == (400, "invalid_argument"), error
+    assert _bad_fields(error) == {"request"}
+    # An enum name this server does not know is left unset (as Connect servers read
+    # JSON): the field is then named as missing.
+    status, error = await _curl(gateway, SEND, '{"useType": "NO_SUCH_TYPE"}', _auth(client))
+    assert (status, error["code"]) == (400, "invalid_argument"), error
+    assert "use_type" in _bad_fields(error)
+
+
+async def test_curl_wrong_credentials_are_unauthenticated(gateway: Running) -> None:
+    client = await gateway.client()
+    wrong = "Basic " + base64.b64encode(f"{client.api_key}:sec_wrong".encode()).decode()
+    body = json.dumps({"mobile": CN, "useType": "USE_TYPE_NOTIFICATION", "text": "x"})
+    status, error = await _curl(gateway, SEND, body, wrong)
+    assert (status, error["code"]) == (401, "unauthenticated"), error
+    status, error = await _curl(gateway, SEND, body, "")
+    assert (status, error["code"]) == (401, "unauthenticated"), error
+
+
+@pytest.mark.parametrize("protocol", ["connect", "grpcweb"])
+async def test_buf_curl_unary_and_stream(gateway: Running, protocol: str) -> None:
+    client = await gateway.client()
+    body = json.dumps({"mobile": CN, "useType": "USE_TYPE_NOTIFICATION", "text": protocol})
+    code, out = await _buf(gateway, protocol, SEND, body, _auth(client))
+    assert code == 0, out
+    sent = json.loads(out)
+    assert sent["toNumber"] == CN
+
+    # The server stream: the current state, then each change, ending at DELIVERED.
+    code, out = await _buf(
+        gateway, protocol, WATCH, json.dumps({"ids": [sent["id"]]}), _auth(client)
+    )
+    assert code == 0, out
+    events = [json.loads(chunk) for chunk in out.replace("}\n{", "}\0{").split("\0")]
+    statuses = [e["status"] for e in events]
+    assert statuses[-1] == "MESSAGE_STATUS_DELIVERED", statuses
+    assert {e["messageId"] for e in events} == {sent["id"]}
+
+    # Errors come back as the protocol's status with the same details.
+    code, out = await _buf(gateway, protocol, SEND, json.dumps({"mobile": "12"}), _auth(client))
+    assert code != 0 and "invalid_argument" in out and "google.rpc.BadRequest" in out, out
+    code, out = await _buf(gateway, protocol, WATCH, json.dumps({"ids": ["nope"]}), "Basic eDp5")
+    assert code != 0 and "unauthenticated" in out, out
+
+
+async def test_credential_network_sees_the_http_client_address(gateway: Running) -> None:
+    """A credential allowed only from 10.0.0.0/8 is refused from 127.0.0.1 over HTTP (the
+    bridge passes the client's address on), and one allowed from 127.0.0.1 works; a gRPC
+    caller cannot claim an address by sending the bridge's metadata key itself."""
+    store = PgAccountStore(gateway.gateway.pool)
+    account = await store.create_account("cidr", verified=True)
+    far, far_secret = await store.create_credential(account.id, ["10.0.0.0/8"])
+    near, near_secret = await store.create_credential(account.id, ["127.0.0.1/32"])
+    body = json.dumps({"mobile": CN, "useType": "USE_TYPE_NOTIFICATION", "text": "x"})
+
+    def basic(key: str, secret: str) -> str:
+        return "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()
+
+    status, error = await _curl(gateway, SEND, body, basic(far.api_key, far_secret))
+    assert (status, error["code"]) == (403, "permission_denied"), error
+    status, sent = await _curl(gateway, SEND, body, basic(near.api_key, near_secret))
+    assert status == 200, sent
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await message_pb2_grpc.MessageServiceStub(gateway.channel).SendMessage(
+            message_pb2.SendMessageRequest(
+                mobile=CN, use_type=common_pb2.USE_TYPE_NOTIFICATION, text="x"
+            ),
+            metadata=(
+                ("authorization", basic(far.api_key, far_secret)),
+                ("x-smsgw-bridge-peer", "guess 10.1.2.3"),
+            ),
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def _scrape(gateway: Running, session: aiohttp.ClientSession) -> dict[tuple[str, str], float]:
+    async with session.get(_url(gateway, "metrics")) as response:
+        text = await response.text()
+    return {
+        (s.name, s.labels.get("method", "") + "|" + s.labels.get("code", "")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _envelope(message: dict[str, Any]) -> bytes:
+    data = json.dumps(message).encode()
+    return struct.pack(">BI", 0, len(data)) + data
+
+
+async def test_metrics_count_connect_calls_and_a_gone_client_ends_its_stream(
+    gateway: Running,
+) -> None:
+    client = await gateway.client()
+    key = ("smsgw_rpc_requests_total", "/" + SEND + "|INVALID_ARGUMENT")
+    async with aiohttp.ClientSession() as session:
+        before = (await _scrape(gateway, session)).get(key, 0.0)
+        await _curl(gateway, SEND, "{}", _auth(client))
+        assert (await _scrape(gateway, session)).get(key, 0.0) == before + 1
+
+        # A message scheduled an hour ahead: its stream waits after the first event.
+        later = timestamp_pb2.Timestamp(seconds=int(time.time()) + 3600)
+        sent = await client.messages.SendMessage(
+            message_pb2.SendMessageRequest(
+                mobile=CN, use_type=common_pb2.USE_TYPE_NOTIFICATION, text="later", send_at=later
+            ),
+            metadata=client.metadata,
+        )
+        response = await session.post(
+            _url(gateway, WATCH),
+            data=_envelope({"ids": [sent.id]}),
+            headers={
+                "Content-Type": "application/connect+json",
+                "Authorization": _auth(client),
+            },
+        )
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "application/connect+json"
+        header = await response.content.readexactly(5)
+        flags, length = struct.unpack(">BI", header)
+        first = json.loads(await response.content.readexactly(length))
+        assert flags == 0 and first["messageId"] == sent.id, first
+        streams = ("smsgw_open_streams", "|")
+        assert (await _scrape(gateway, session))[streams] >= 1
+        response.close()  # the client goes away
+
+        async def closed() -> bool:
+            return (await _scrape(gateway, session))[streams] == 0
+
+        await wait_for(closed, within=5)
+
+
+async def test_cors_preflight_and_headers(gateway: Running, start_gateway: GatewayFactory) -> None:
+    client = await gateway.client()
+    body = json.dumps({"ids": ["msg_x"]})
+    async with aiohttp.ClientSession() as session:
+        async with session.options(
+            _url(gateway, STATUS),
+            headers={
+                "Origin": ORIGIN,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type,authorization",
+            },
+        ) as preflight:
+            assert preflight.status == 204
+            assert preflight.headers["Access-Control-Allow-Origin"] == ORIGIN
+            allowed = preflight.headers["Access-Control-Allow-Headers"].lower()
+            assert "authorization" in allowed and "connect-protocol-version" in allowed
+        async with session.post(
+            _url(gateway, STATUS),
+            data=body,
+            headers={
+                "Origin": ORIGIN,
+                "Content-Type": "application/json",
+                "Authorization": _auth(client),
+            },
+        ) as answer:
+            assert answer.status == 200
+            assert answer.headers["Access-Control-Allow-Origin"] == ORIGIN
+        async with session.options(
+            _url(gateway, STATUS),
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        ) as refused:
+            assert refused.status == 403
+            assert "Access-Control-Allow-Origin" not in refused.headers
+
+        # Off by default: no preflight answer, no CORS headers.
+        plain = await start_gateway()
+        async with session.options(
+            _url(plain, STATUS), headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
+        ) as off:
+            assert off.status == 405
+            assert "Access-Control-Allow-Origin" not in off.headers
+        async with session.post(
+            _url(plain, STATUS),
+            data=body,
+            headers={"Origin": ORIGIN, "Content-Type": "application/json", "Authorization": "x"},
+        ) as answer:
+            assert answer.status == 401
+            assert "Access-Control-Allow-Origin" not in answer.headers
+
+
+async def test_unknown_method_and_content_type(gateway: Running) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            _url(gateway, "sms.v1.MessageService/NoSuchMethod"),
+            data="{}",
+            headers={"Content-Type": "application/json"},
+        ) as answer:
+            assert answer.status == 501
+            assert (await answer.json())["code"] == "unimplemented"
+        async with session.post(
+            _url(gateway, SEND), data="{}", headers={"Content-Type": "text/plain"}
+        ) as answer:
+            assert answer.status == 415
