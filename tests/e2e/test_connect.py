@@ -225,17 +225,10 @@ async def test_metrics_count_connect_calls_and_a_gone_client_ends_its_stream(
         await _curl(gateway, SEND, "{}", _auth(client))
         assert (await _scrape(gateway, session)).get(key, 0.0) == before + 1
 
-        # A message scheduled an hour ahead: its stream waits after the first event.
-        later = timestamp_pb2.Timestamp(seconds=int(time.time()) + 3600)
-        sent = await client.messages.SendMessage(
-            message_pb2.SendMessageRequest(
-                mobile=CN, use_type=common_pb2.USE_TYPE_NOTIFICATION, text="later", send_at=later
-            ),
-            metadata=client.metadata,
-        )
+        message_id = await _scheduled(client)
         response = await session.post(
             _url(gateway, WATCH),
-            data=_envelope({"ids": [sent.id]}),
+            data=_envelope({"ids": [message_id]}),
             headers={
                 "Content-Type": "application/connect+json",
                 "Authorization": _auth(client),
@@ -246,7 +239,7 @@ async def test_metrics_count_connect_calls_and_a_gone_client_ends_its_stream(
         header = await response.content.readexactly(5)
         flags, length = struct.unpack(">BI", header)
         first = json.loads(await response.content.readexactly(length))
-        assert flags == 0 and first["messageId"] == sent.id, first
+        assert flags == 0 and first["messageId"] == message_id, first
         streams = ("smsgw_open_streams", "|")
         assert (await _scrape(gateway, session))[streams] >= 1
         response.close()  # the client goes away
@@ -320,3 +313,71 @@ async def test_unknown_method_and_content_type(gateway: Running) -> None:
             _url(gateway, SEND), data="{}", headers={"Content-Type": "text/plain"}
         ) as answer:
             assert answer.status == 415
+
+
+async def _scheduled(client: Client) -> str:
+    """A message scheduled an hour ahead: a stream over it waits after its first event."""
+    later = timestamp_pb2.Timestamp(seconds=int(time.time()) + 3600)
+    sent = await client.messages.SendMessage(
+        message_pb2.SendMessageRequest(
+            mobile=CN, use_type=common_pb2.USE_TYPE_NOTIFICATION, text="later", send_at=later
+        ),
+        metadata=client.metadata,
+    )
+    return sent.id
+
+
+async def test_connect_timeout_ends_a_stream_with_deadline_exceeded(gateway: Running) -> None:
+    client = await gateway.client()
+    message_id = await _scheduled(client)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            _url(gateway, WATCH),
+            data=_envelope({"ids": [message_id]}),
+            headers={
+                "Content-Type": "application/connect+json",
+                "Connect-Timeout-Ms": "400",
+                "Authorization": _auth(client),
+            },
+        ) as response,
+    ):
+        body = await asyncio.wait_for(response.read(), 10)
+    frames = []
+    while body:
+        flags, length = struct.unpack(">BI", body[:5])
+        frames.append((flags, json.loads(body[5 : 5 + length])))
+        body = body[5 + length :]
+    assert [flags for flags, _ in frames] == [0, 2], frames
+    assert frames[0][1]["messageId"] == message_id
+    assert frames[1][1]["error"]["code"] == "deadline_exceeded", frames
+
+
+async def test_grpc_web_text(gateway: Running) -> None:
+    """grpc-web-text (base64 bodies, as grpc-web's browser client sends by default)."""
+    client = await gateway.client()
+    message_id = await _scheduled(client)
+    request = message_pb2.GetMessageStatusRequest(ids=[message_id]).SerializeToString()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            _url(gateway, STATUS),
+            data=base64.b64encode(struct.pack(">BI", 0, len(request)) + request),
+            headers={
+                "Content-Type": "application/grpc-web-text",
+                "X-Grpc-Web": "1",
+                "Authorization": _auth(client),
+            },
+        ) as response,
+    ):
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "application/grpc-web-text"
+        text = await response.read()
+    # Each chunk is padded base64: decoded four characters at a time, as clients do.
+    body = b"".join(base64.b64decode(text[i : i + 4]) for i in range(0, len(text), 4))
+    flags, length = struct.unpack(">BI", body[:5])
+    assert flags == 0
+    reply = message_pb2.GetMessageStatusResponse.FromString(body[5 : 5 + length])
+    assert [m.id for m in reply.messages] == [message_id]
+    trailers = body[5 + length :]
+    assert trailers[0] == 0x80 and b"grpc-status: 0\r\n" in trailers[5:]
