@@ -311,7 +311,9 @@ class Gateway:
             self._bridge_dir = Path(tempfile.mkdtemp(prefix="smsgw-"))  # mode 0700
             internal = f"unix:{self._bridge_dir / 'grpc.sock'}"
             server.add_insecure_port(internal)
-            self._bridge = RpcBridge(internal, self._bridge_token, s.http_cors_origins)
+            self._bridge = RpcBridge(
+                internal, self._bridge_token, s.http_cors_origins, self.metrics
+            )
         await server.start()
         self._server = server
         await self.health.start(pool)

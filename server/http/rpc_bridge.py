@@ -25,6 +25,7 @@ import base64
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,8 +51,10 @@ from server.http.rpc_wire import (
     parse_timeout,
     protocol_for,
     single_envelope,
+    status_code,
     status_from_trailers,
 )
+from server.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +101,17 @@ def sms_methods() -> dict[str, RpcMethod]:
 class RpcBridge:
     """The Connect and gRPC-Web routes, calling the gRPC server at ``target``."""
 
-    def __init__(self, target: str, token: str, cors_origins: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        target: str,
+        token: str,
+        cors_origins: Sequence[str] = (),
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        """``metrics``: where a call refused here, before the gRPC server (its JSON,
+        framing or compression), is counted, as the server counts the calls it answers."""
         self._target = target
+        self._metrics = metrics
         self._token = token
         self._origins = frozenset(cors_origins)
         self._methods = sms_methods()
@@ -185,16 +197,24 @@ class RpcBridge:
         ):
             # Connect: a unary method takes application/json|proto, a stream connect+...
             return web.Response(status=415, headers=self._cors(request))
-        try:
-            if method is None:
-                raise WireError(grpc.StatusCode.UNIMPLEMENTED, f"{request.path} is not a method")
-            payload, metadata, deadline = await self._request(request, protocol, method)
-        except WireError as exc:
-            status = status_pb2.Status(code=exc.code.value[0], message=exc.message)
+        if method is None:
+            status = status_pb2.Status(
+                code=grpc.StatusCode.UNIMPLEMENTED.value[0],
+                message=f"{request.path} is not a method",
+            )
             return await self._refuse(request, protocol, status)
-        except _BadMessage as exc:
-            return await self._refuse(request, protocol, exc.status)
-        assert method is not None
+        started = time.perf_counter()
+        try:
+            payload, metadata, deadline = await self._request(request, protocol, method)
+        except (WireError, _BadMessage) as exc:
+            if isinstance(exc, WireError):
+                status = status_pb2.Status(code=exc.code.value[0], message=exc.message)
+            else:
+                status = exc.status
+            if self._metrics is not None:
+                code = status_code(status.code).name
+                self._metrics.rpc(method.path).done(code, time.perf_counter() - started)
+            return await self._refuse(request, protocol, status)
         if not protocol.streaming:
             return await self._connect_unary(request, protocol, method, payload, metadata, deadline)
         return await self._stream(request, protocol, method, payload, metadata, deadline)

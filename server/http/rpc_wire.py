@@ -192,7 +192,7 @@ def _debug(detail: Any) -> dict[str, Any] | None:
 
 def connect_error(status: status_pb2.Status) -> tuple[dict[str, Any], int]:
     """The Connect error JSON for a gRPC status, and the HTTP status of its code."""
-    code = _status_code(status.code)
+    code = status_code(status.code)
     name, http_status = CONNECT_CODES.get(code, ("unknown", 500))
     error: dict[str, Any] = {"code": name}
     if status.message:
@@ -234,7 +234,7 @@ def grpc_web_trailers(status: status_pb2.Status | None, metadata: dict[str, str]
     return envelope(GRPC_WEB_TRAILERS, ("\r\n".join(lines) + "\r\n").encode())
 
 
-def _status_code(number: int) -> grpc.StatusCode:
+def status_code(number: int) -> grpc.StatusCode:
     for code in grpc.StatusCode:
         if code.value[0] == number:
             return code

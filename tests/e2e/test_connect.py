@@ -222,8 +222,10 @@ async def test_metrics_count_connect_calls_and_a_gone_client_ends_its_stream(
     key = ("smsgw_rpc_requests_total", "/" + SEND + "|INVALID_ARGUMENT")
     async with aiohttp.ClientSession() as session:
         before = (await _scrape(gateway, session)).get(key, 0.0)
-        await _curl(gateway, SEND, "{}", _auth(client))
+        await _curl(gateway, SEND, "{}", _auth(client))  # refused by the servicer
         assert (await _scrape(gateway, session)).get(key, 0.0) == before + 1
+        await _curl(gateway, SEND, "{", _auth(client))  # refused by the bridge: not JSON
+        assert (await _scrape(gateway, session)).get(key, 0.0) == before + 2
 
         message_id = await _scheduled(client)
         response = await session.post(
