@@ -25,6 +25,7 @@ done
 
 # TypeScript (protoc-gen-es): sms.v1, and google/rpc/error_details.proto as the
 # googleapis-common-protos package ships it (the details our errors carry).
+[ -x node_modules/.bin/protoc-gen-es ] || { echo "run npm ci first (buf, protoc-gen-es)" >&2; exit 1; }
 rm -rf generated/ts
 node_modules/.bin/buf generate proto --template clients/ts/buf.gen.yaml
 rpc_protos="$(mktemp -d)"
