@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import struct
 import time
@@ -23,8 +24,10 @@ from google.rpc import error_details_pb2
 from prometheus_client.parser import text_string_to_metric_families
 from sms.v1 import common_pb2, message_pb2, message_pb2_grpc
 
+from server.app import Gateway
 from server.store.accounts import PgAccountStore
-from tests.e2e.conftest import Client, GatewayFactory, Running, final_state, wait_for
+from tests.conftest import DatabaseFactory
+from tests.e2e.conftest import FAST, Client, GatewayFactory, Running, final_state, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BUF = ROOT / "node_modules" / ".bin" / "buf"
@@ -383,3 +386,44 @@ async def test_grpc_web_text(gateway: Running) -> None:
     assert [m.id for m in reply.messages] == [message_id]
     trailers = body[5 + length :]
     assert trailers[0] == 0x80 and b"grpc-status: 0\r\n" in trailers[5:]
+
+
+async def test_shutdown_ends_a_connect_stream_with_unavailable(databases: DatabaseFactory) -> None:
+    """SIGTERM's path: the open stream ends at once with unavailable and RetryInfo (the
+    caller resumes on another replica), and the private socket's directory is removed."""
+    settings = dataclasses.replace(FAST, database_url=await databases.new(migrate=False))
+    gateway = Gateway(settings)
+    await gateway.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}")
+    running = Running(gateway, channel)
+    stopped = False
+    try:
+        client = await running.client()
+        message_id = await _scheduled(client)
+        async with aiohttp.ClientSession() as session:
+            response = await session.post(
+                _url(running, WATCH),
+                data=_envelope({"ids": [message_id]}),
+                headers={
+                    "Content-Type": "application/connect+json",
+                    "Authorization": _auth(client),
+                },
+            )
+            flags, length = struct.unpack(">BI", await response.content.readexactly(5))
+            assert flags == 0
+            await response.content.readexactly(length)
+            bridge_dir = gateway._bridge_dir
+            assert bridge_dir is not None and bridge_dir.is_dir()
+            stopping = asyncio.create_task(gateway.stop())
+            flags, length = struct.unpack(">BI", await response.content.readexactly(5))
+            end = json.loads(await response.content.readexactly(length))
+            await asyncio.wait_for(stopping, 15)
+            stopped = True
+        assert flags == 2, end
+        assert end["error"]["code"] == "unavailable"
+        assert "google.rpc.RetryInfo" in {d["type"] for d in end["error"]["details"]}
+        assert not bridge_dir.exists()
+    finally:
+        await channel.close()
+        if not stopped:
+            await gateway.stop()
