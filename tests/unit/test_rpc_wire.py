@@ -12,6 +12,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from server.api.errors import to_status
+from server.config import ConfigError, Settings
 from server.domain.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from server.http.rpc_wire import (
     CONNECT_CODES,
@@ -95,3 +96,16 @@ def test_end_of_stream_and_trailers() -> None:
     assert lines["grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
     details = status_pb2.Status.FromString(base64.b64decode(lines["grpc-status-details-bin"]))
     assert details.code == status.code and len(details.details) == len(status.details)
+
+
+def test_cors_origins_setting() -> None:
+    assert Settings.from_env({}).http_cors_origins == ()
+    origins = "https://app.example.com, http://localhost:5173/"
+    assert Settings.from_env({"SMSGW_HTTP_CORS_ORIGINS": origins}).http_cors_origins == (
+        "https://app.example.com",
+        "http://localhost:5173",
+    )
+    assert Settings.from_env({"SMSGW_HTTP_CORS_ORIGINS": "*"}).http_cors_origins == ("*",)
+    for bad in ("app.example.com", "https://app.example.com/path", "ftp://x"):
+        with pytest.raises(ConfigError, match="SMSGW_HTTP_CORS_ORIGINS"):
+            Settings.from_env({"SMSGW_HTTP_CORS_ORIGINS": bad})
