@@ -325,9 +325,15 @@ class RpcBridge:
                 await response.write(_text(protocol, envelope(0, data)))
         except grpc.aio.AioRpcError as exc:
             status = _status_of(exc)
-        except (ConnectionResetError, asyncio.CancelledError):
-            call.cancel()  # the HTTP client went away
-            raise
+        except ConnectionResetError:
+            call.cancel()  # the HTTP client went away during a write
+            return response
+        except asyncio.CancelledError:
+            call.cancel()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this handler is cancelled (the server stops)
+            return response  # the watcher cancelled the call: its client went away
         finally:
             watcher.cancel()
         try:
