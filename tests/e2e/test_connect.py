@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sms.v1 import common_pb2, message_pb2, message_pb2_grpc
 
 from server.app import Gateway
+from server.domain.limits import RateLimitSettings
 from server.store.accounts import PgAccountStore
 from tests.conftest import DatabaseFactory
 from tests.e2e.conftest import FAST, Client, GatewayFactory, Running, final_state, wait_for
@@ -427,3 +428,26 @@ async def test_shutdown_ends_a_connect_stream_with_unavailable(databases: Databa
         await channel.close()
         if not stopped:
             await gateway.stop()
+
+
+async def test_auth_throttle_counts_http_callers_by_their_address(
+    start_gateway: GatewayFactory,
+) -> None:
+    """Wrong secrets over Connect fill the auth-failure bucket of (key, 127.0.0.1): the
+    next call over Connect is refused with resource_exhausted and RetryInfo, and so is
+    one over gRPC from the same address, the same bucket (not one for the socket)."""
+    throttled = await start_gateway(limits=RateLimitSettings(auth_failures_per_minute=2))
+    client = await throttled.client()
+    wrong = "Basic " + base64.b64encode(f"{client.api_key}:sec_wrong".encode()).decode()
+    body = json.dumps({"ids": ["msg_x"]})
+    answers = [(await _curl(throttled, STATUS, body, wrong))[0] for _ in range(3)]
+    assert answers[:2] == [401, 401] and answers[2] == 429, answers
+    status, error = await _curl(throttled, STATUS, body, wrong)
+    assert (status, error["code"]) == (429, "resource_exhausted"), error
+    assert "google.rpc.RetryInfo" in {d["type"] for d in error["details"]}
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.messages.GetMessageStatus(
+            message_pb2.GetMessageStatusRequest(ids=["msg_x"]),
+            metadata=(("authorization", wrong),),
+        )
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
