@@ -307,7 +307,7 @@ class Gateway:
         if s.tls is not None and s.tls.mutual:
             # The HTTP port has no client certificates to check: the RPCs stay gRPC-only.
             log.info("mutual TLS on the gRPC port: Connect and gRPC-Web are not served")
-        else:
+        elif s.http_rpc:
             self._bridge_dir = Path(tempfile.mkdtemp(prefix="smsgw-"))  # mode 0700
             internal = f"unix:{self._bridge_dir / 'grpc.sock'}"
             server.add_insecure_port(internal)

@@ -133,7 +133,9 @@ class Settings:
     data_dir: Path = Path(".smsgw")
     grpc_addr: str = "127.0.0.1:50051"
     http_addr: str = "127.0.0.1:8080"
-    # Browser origins allowed to call the RPCs on the HTTP port (CORS); empty: none.
+    # The sms.v1 RPCs on the HTTP port (Connect, gRPC-Web), and the browser origins
+    # allowed to call them (CORS; empty: none).
+    http_rpc: bool = True
     http_cors_origins: tuple[str, ...] = ()
     config_file: Path | None = None
     pool_size: int = 10
@@ -229,6 +231,7 @@ class Settings:
             data_dir=Path(merged.get("SMSGW_DATA_DIR") or ".smsgw"),
             grpc_addr=_addr(merged, "SMSGW_GRPC_ADDR", "127.0.0.1:50051"),
             http_addr=_addr(merged, "SMSGW_HTTP_ADDR", "127.0.0.1:8080"),
+            http_rpc=_flag(merged, "SMSGW_HTTP_RPC", default=True),
             http_cors_origins=_origins(merged, "SMSGW_HTTP_CORS_ORIGINS"),
             config_file=config_file,
             pool_size=_int(merged, "SMSGW_POOL_SIZE", 10, 2, 200),

@@ -451,3 +451,18 @@ async def test_auth_throttle_counts_http_callers_by_their_address(
             metadata=(("authorization", wrong),),
         )
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_the_rpcs_can_be_kept_off_the_http_port(start_gateway: GatewayFactory) -> None:
+    """SMSGW_HTTP_RPC=false: the HTTP port serves health, metrics and webhooks only."""
+    off = await start_gateway(http_rpc=False)
+    client = await off.client()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            _url(off, STATUS),
+            data=json.dumps({"ids": ["msg_x"]}),
+            headers={"Content-Type": "application/json", "Authorization": _auth(client)},
+        ) as answer:
+            assert answer.status == 404
+        async with session.get(_url(off, "healthz")) as health:
+            assert health.status == 200

@@ -109,3 +109,10 @@ def test_cors_origins_setting() -> None:
     for bad in ("app.example.com", "https://app.example.com/path", "ftp://x"):
         with pytest.raises(ConfigError, match="SMSGW_HTTP_CORS_ORIGINS"):
             Settings.from_env({"SMSGW_HTTP_CORS_ORIGINS": bad})
+
+
+def test_http_rpc_setting() -> None:
+    assert Settings.from_env({}).http_rpc is True
+    assert Settings.from_env({"SMSGW_HTTP_RPC": "false"}).http_rpc is False
+    with pytest.raises(ConfigError, match="SMSGW_HTTP_RPC"):
+        Settings.from_env({"SMSGW_HTTP_RPC": "maybe"})
