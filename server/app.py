@@ -17,8 +17,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -72,6 +76,7 @@ from server.domain.verification import Verifications
 from server.health import DatabaseHealth
 from server.http.app import MetricsEndpoint, build_http_app
 from server.http.inbound import InboundReceiver
+from server.http.rpc_bridge import RpcBridge
 from server.http.webhooks import WebhookReceiver
 from server.listen import bind_http, listen_grpc
 from server.metrics import CONTENT_TYPE, GatewayMetrics
@@ -125,6 +130,11 @@ class Gateway:
         self._interceptor: GatewayInterceptor | None = None
         self.health = DatabaseHealth(SERVICE_NAMES)
         self._http: web.AppRunner | None = None
+        # The HTTP port's Connect/gRPC-Web bridge reaches the gRPC server over a Unix
+        # socket in a private directory; its token vouches for the caller's address.
+        self._bridge: RpcBridge | None = None
+        self._bridge_dir: Path | None = None
+        self._bridge_token = secrets.token_urlsafe(24)
         self._hub: StatusHub | None = None
         self._dispatcher: Dispatcher | None = None
         self._receipts: ReceiptRecorder | None = None
@@ -231,6 +241,7 @@ class Gateway:
             streams=StreamCaps(s.max_streams_per_account, s.max_streams),
             # A large CreateBatch is decoded in a preparation process, not here.
             decoders={"/sms.v1.BatchService/CreateBatch": decode_create_batch},
+            bridge_token=self._bridge_token,
         )
         server = grpc_server(
             # The tracing interceptor first, so that a call's span holds our checks.
@@ -309,6 +320,16 @@ class Gateway:
         self.health.add_to_server(server)
         enable_reflection(server)
         self.grpc_port = listen_grpc(server, s.grpc_addr, s.tls)
+        if s.tls is not None and s.tls.mutual:
+            # The HTTP port has no client certificates to check: the RPCs stay gRPC-only.
+            log.info("mutual TLS on the gRPC port: Connect and gRPC-Web are not served")
+        elif s.http_rpc:
+            self._bridge_dir = Path(tempfile.mkdtemp(prefix="smsgw-"))  # mode 0700
+            internal = f"unix:{self._bridge_dir / 'grpc.sock'}"
+            server.add_insecure_port(internal)
+            self._bridge = RpcBridge(
+                internal, self._bridge_token, s.http_cors_origins, self.metrics
+            )
         await server.start()
         self._server = server
         await self.health.start(pool)
@@ -319,6 +340,7 @@ class Gateway:
                 WebhookReceiver(self.providers, self._receipts),
                 MetricsEndpoint(self.metrics.render, CONTENT_TYPE),
                 InboundReceiver(self.providers, self._inbound),
+                self._bridge,
             ),
             access_log=None,
         )
@@ -395,6 +417,10 @@ class Gateway:
             await self._hub.stop()
         if self._http is not None:
             await self._http.cleanup()
+        if self._bridge is not None:
+            await self._bridge.close()
+        if self._bridge_dir is not None:
+            shutil.rmtree(self._bridge_dir, ignore_errors=True)
         self.preparer.close()
         if self._pool is not None:
             # A connection some call never gave back must not hold the shutdown: after

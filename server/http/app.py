@@ -1,5 +1,6 @@
 """The HTTP side of the gateway: /healthz, /metrics (Prometheus), provider webhooks
-(delivery receipts at /webhooks/..., messages from recipients at /inbound/...)."""
+(delivery receipts at /webhooks/..., messages from recipients at /inbound/...),
+and the sms.v1 RPCs over Connect and gRPC-Web (server/http/rpc_bridge.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from server.domain.errors import InvalidArgument
+from server.http.rpc_bridge import RpcBridge
 from server.http.webhooks import WebhookRejected
 from server.providers.webhooks import HookRequest
 
@@ -37,6 +39,7 @@ def build_http_app(
     receive_webhook: WebhookHandler | None = None,
     metrics: MetricsEndpoint | None = None,
     receive_inbound: InboundHandler | None = None,
+    rpc: RpcBridge | None = None,
 ) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         healthy = await is_healthy()
@@ -94,6 +97,8 @@ def build_http_app(
     if receive_inbound is not None:
         app.router.add_post("/inbound/{kind}", inbound)
         app.router.add_post("/inbound/{kind}/{name}", inbound)
+    if rpc is not None:
+        rpc.add_routes(app)  # reads its bodies itself, up to the gRPC message limit
     return app
 
 
