@@ -4,15 +4,18 @@ real gateways on one database, run by Debian's nginx.
 The committed file is used as it is, with only the addresses compose's DNS would give
 replaced by the test's ports: calls on one HTTP/2 connection are spread over both
 replicas, a watch stream goes through its own route and sees sends accepted on
-either, and the HTTP server passes /healthz and nothing else.
+either, the HTTP server passes /healthz, and the API over Connect (a unary call and a
+server stream, unbuffered) goes to either replica; /metrics stays private.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import socket
+import struct
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -147,6 +150,47 @@ async def test_a_watch_through_the_stream_route_sees_sends_on_either_replica(
         async for event in stream:
             final[event.message_id] = event.status
     assert final == dict.fromkeys(ids, common_pb2.MESSAGE_STATUS_DELIVERED)
+
+
+async def test_connect_calls_and_streams_pass_through_the_http_server(
+    replicas: tuple[Running, Running], balancer: tuple[int, int]
+) -> None:
+    account = await replicas[0].client(name="nginx-connect")
+    headers = {"Authorization": account.metadata[0][1], "Content-Type": "application/json"}
+    base = f"http://127.0.0.1:{balancer[1]}"
+    async with aiohttp.ClientSession() as session:
+        ids = []
+        for i in range(6):
+            async with session.post(
+                f"{base}{SEND}",
+                headers=headers,
+                json={
+                    "mobile": f"+86138007{i:05d}",
+                    "text": "over connect",
+                    "useType": "USE_TYPE_NOTIFICATION",
+                },
+            ) as reply:
+                assert reply.status == 200, await reply.text()
+                ids.append((await reply.json())["id"])
+        # A server stream: Connect's envelopes (5-byte prefix, JSON), flushed as they
+        # come; the last one (flag 2) ends the stream.
+        finals: dict[str, str] = {}
+        watch = json.dumps({"ids": ids}).encode()
+        async with session.post(
+            f"{base}/sms.v1.MessageService/WatchMessageStatus",
+            headers={**headers, "Content-Type": "application/connect+json"},
+            data=struct.pack(">BI", 0, len(watch)) + watch,
+            timeout=aiohttp.ClientTimeout(total=30),
+        ) as stream:
+            assert stream.status == 200
+            while True:
+                flags, size = struct.unpack(">BI", await stream.content.readexactly(5))
+                body = json.loads(await stream.content.readexactly(size))
+                if flags & 2:
+                    assert "error" not in body, body
+                    break
+                finals[body["messageId"]] = body["status"]
+    assert finals == dict.fromkeys(ids, "MESSAGE_STATUS_DELIVERED")
 
 
 async def test_the_http_server_passes_healthz_and_keeps_metrics_private(
