@@ -78,6 +78,8 @@ FINAL_STATUSES = {
     0x04: "ESME_RINVBNDSTS",
     0x66: "ESME_RX_R_APPN",
 }
+# Most octets of the bind and address fields, without their NUL (SMPP 3.4 5.2).
+LIMITS = {"system_id": 15, "password": 8, "system_type": 12, "source_addr": 20}
 MAX_SETTLED = 100_000  # combined receipts kept for query_status
 MAX_GROUPS = 200_000  # parts awaiting their receipts (oldest dropped first)
 
@@ -120,6 +122,16 @@ class SmppConfig:
     orphan_grace: float = 5.0
     templates: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # SMPP 3.4 5.2: C-Octet strings with their NUL (the library panics past them).
+        for key, most in LIMITS.items():
+            if len(str(getattr(self, key)).encode()) > most:
+                raise ValueError(f"{key} is longer than SMPP 3.4 allows ({most} octets)")
+        if self.long_messages not in ("udh", "payload"):
+            raise ValueError('long_messages must be "udh" or "payload"')
+        if self.binds < 1 or self.window < 1:
+            raise ValueError("binds and window must be at least 1")
+
 
 class _Retry(Exception):
     def __init__(self, code: str, final: bool = False) -> None:
@@ -148,6 +160,7 @@ class _Bind:
         self.limiter = AsyncLimiter(config.throughput, 1) if config.throughput else None
         self.smsc: smpp34.Smsc | None = None
         self.bound = asyncio.Event()
+        self.tried = asyncio.Event()  # set when a bind attempt failed (until bound)
         self.in_flight = 0
         self.last_error = ""
         self.binds_made = 0
@@ -186,12 +199,14 @@ class _Bind:
                     self.last_error,
                     delay,
                 )
+                self.tried.set()
                 await self._stop_client(client)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, config.reconnect_max)
                 continue
             self.smsc = smsc
             self.last_error = ""
+            self.tried.clear()
             self.binds_made += 1
             self.bound.set()
             log.info("smpp %s bind %d bound", self._transport.name, self.index)
@@ -280,13 +295,18 @@ class SmppTransport:
         self.start()
         bound = [b for b in self._binds if b.bound.is_set()]
         if not bound:
+            # Until a bind is up, or each has failed once (the library reports a
+            # refused bind only when its connect timeout ends).
             waits = [asyncio.ensure_future(b.bound.wait()) for b in self._binds]
+            everyone_tried = asyncio.ensure_future(self._all_tried())
             try:
                 await asyncio.wait(
-                    waits, timeout=self.config.timeout, return_when=asyncio.FIRST_COMPLETED
+                    [*waits, everyone_tried],
+                    timeout=2 * self.config.timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
-                for w in waits:
+                for w in [*waits, everyone_tried]:
                     w.cancel()
             bound = [b for b in self._binds if b.bound.is_set()]
         if not bound:
@@ -300,6 +320,10 @@ class SmppTransport:
             bound,
             key=lambda b: (b.in_flight, (b.index - turn) % len(self._binds)),
         )
+
+    async def _all_tried(self) -> None:
+        for bind in self._binds:
+            await bind.tried.wait()
 
     async def send(self, message: OutboundMessage) -> SendOutcome:
         if not self.can_carry(message):

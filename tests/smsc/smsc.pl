@@ -129,9 +129,10 @@ sub answer_submit {
         return;
     }
     my $message_id = sprintf('%x', $next_id++);
-    $c->submit_sm_resp(seq => $pdu->{seq}, message_id => $message_id);
+    # recorded first: a test that has the answer finds it in the log
     record({event => 'submit_sm_resp', conn => $conn_id{$fd}, seq => $pdu->{seq},
         message_id => $message_id});
+    $c->submit_sm_resp(seq => $pdu->{seq}, message_id => $message_id);
     if ($opt{receipts} && ($pdu->{registered_delivery} & 0x03)) {
         later($opt{'delivery-delay'}, sub { send_receipt($c, $pdu, $message_id) });
     }
