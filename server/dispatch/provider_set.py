@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from aiolimiter import AsyncLimiter
 
@@ -60,10 +61,11 @@ class ProviderSet:
         receipts: ReceiptSink,
         loopback: LoopbackConfig,
         breaker: BreakerSettings | None = None,
+        inbound: Callable[[Any], Awaitable[None]] | None = None,
     ) -> ProviderSet:
         breaker = breaker or BreakerSettings()
         transports = {
-            spec.name: build_transport(spec, receipts=receipts, loopback=loopback)
+            spec.name: build_transport(spec, receipts=receipts, loopback=loopback, inbound=inbound)
             for spec in routing.providers
         }
         limiters: dict[str, AsyncLimiter | contextlib.nullcontext[None]] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,9 +82,6 @@ async def start_smsc(
     c = controls or EmulatorControls()
     if log_path is None:
         handle, name = tempfile.mkstemp(prefix="smsc-", suffix=".jsonl")
-        Path(name).touch()
-        import os
-
         os.close(handle)
         log_path = Path(name)
     args = [
