@@ -71,15 +71,15 @@ def parse_smpp(
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise SmppConfigError(f"{where}.options.{key} must be a whole number {low}..{high}")
             values[key] = value
-    for key, (low, high) in _FLOATS.items():
+    for key, (least, most) in _FLOATS.items():
         if key in options:
             number = options[key]
             if (
                 isinstance(number, bool)
                 or not isinstance(number, int | float)
-                or not low <= number <= high
+                or not least <= number <= most
             ):
-                raise SmppConfigError(f"{where}.options.{key} must be a number {low}..{high}")
+                raise SmppConfigError(f"{where}.options.{key} must be a number {least}..{most}")
             values[key] = float(number)
     for key in _STRINGS:
         if key in options:
