@@ -160,7 +160,7 @@ class _Bind:
         self.limiter = AsyncLimiter(config.throughput, 1) if config.throughput else None
         self.smsc: smpp34.Smsc | None = None
         self.bound = asyncio.Event()
-        self.tried = asyncio.Event()  # set when a bind attempt failed (until bound)
+        self._failed = asyncio.Event()  # set (and replaced) at each failed attempt
         self.in_flight = 0
         self.last_error = ""
         self.binds_made = 0
@@ -199,14 +199,14 @@ class _Bind:
                     self.last_error,
                     delay,
                 )
-                self.tried.set()
+                self._failed.set()
+                self._failed = asyncio.Event()
                 await self._stop_client(client)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, config.reconnect_max)
                 continue
             self.smsc = smsc
             self.last_error = ""
-            self.tried.clear()
             self.binds_made += 1
             self.bound.set()
             log.info("smpp %s bind %d bound", self._transport.name, self.index)
@@ -230,19 +230,24 @@ class _Bind:
             await asyncio.sleep(delay)
             delay = min(delay * 2, config.reconnect_max)
 
+    async def next_failure(self) -> None:
+        """Returns when the next bind attempt fails."""
+        await self._failed.wait()
+
     @staticmethod
     async def _stop_client(client: smpp34.Client) -> None:
         with contextlib.suppress(Exception):
             await client.stop()
 
     async def close(self) -> None:
+        smsc = self.smsc
+        if smsc is not None:  # unbind first: stopping the client leaves the socket open
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(smsc.unbind(), 1.0)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.smsc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.smsc.unbind(), 1.0)
         if self._client is not None:
             await self._stop_client(self._client)
         self.bound.clear()
@@ -295,8 +300,8 @@ class SmppTransport:
         self.start()
         bound = [b for b in self._binds if b.bound.is_set()]
         if not bound:
-            # Until a bind is up, or each has failed once (the library reports a
-            # refused bind only when its connect timeout ends).
+            # Until a bind is up, or each has failed once more (the library reports
+            # a refused bind only when its connect timeout ends).
             waits = [asyncio.ensure_future(b.bound.wait()) for b in self._binds]
             everyone_tried = asyncio.ensure_future(self._all_tried())
             try:
@@ -322,8 +327,7 @@ class SmppTransport:
         )
 
     async def _all_tried(self) -> None:
-        for bind in self._binds:
-            await bind.tried.wait()
+        await asyncio.gather(*(bind.next_failure() for bind in self._binds))
 
     async def send(self, message: OutboundMessage) -> SendOutcome:
         if not self.can_carry(message):

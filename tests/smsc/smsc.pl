@@ -19,6 +19,8 @@
 #   drop     -> the connection is closed without an answer
 # --latency delays every submit_sm_resp (to hold a submit window open).
 #
+# A receipt whose connection has closed goes to another bound receiver or
+# transceiver, or waits for the next bind (as an SMSC stores and forwards them).
 # Standard input takes JSON commands, one a line:
 #   {"cmd":"mo","source_addr":"...","destination_addr":"...","short_message_hex":"...",
 #    "data_coding":0,"esm_class":0}          -> a mobile-originated deliver_sm
@@ -46,7 +48,7 @@ srand($opt{seed});
 my $json = JSON::PP->new->canonical(1);
 open(my $log, '>>', $opt{log}) or die "cannot open $opt{log}: $!\n";
 $log->autoflush(1);
-sub record { print $log $json->encode($_[0]), "\n"; }
+sub record { $_[0]{t} = time; print $log $json->encode($_[0]), "\n"; }
 
 my $listener = Net::SMPP->new_listen('127.0.0.1', port => $opt{port}, smpp_version => 0x34)
     or die "cannot listen: $!\n";
@@ -59,6 +61,7 @@ my $next_conn = 0;
 my %conn_id;            # fileno -> number (in the log)
 my $next_id = 1000;
 my @timers;             # [at, code]
+my $stdin_buffer = '';
 
 my %CMD = (
     0x00000009 => 'bind_transceiver', 0x00000002 => 'bind_transmitter',
@@ -92,10 +95,21 @@ sub close_conn {
     close($c);
 }
 
+my @held;    # receipts for a connection that closed, for the next bind (store and forward)
+
+sub a_receiver {
+    my ($fd) = grep { $bound{$_} ne 'bind_transmitter' } sort keys %bound;
+    return defined $fd ? $conns{$fd} : undef;
+}
+
 sub send_receipt {
     my ($c, $submit, $message_id) = @_;
-    my $fd = fileno($c);
-    return unless defined $fd && $conns{$fd};
+    my $fd = defined $c ? fileno($c) : undef;
+    unless (defined $fd && $conns{$fd} && $conns{$fd} == $c && $bound{$fd}) {
+        $c = a_receiver();
+        unless ($c) { push @held, [$submit, $message_id]; return; }
+        $fd = fileno($c);
+    }
     my $delivered = $opt{outcome} eq 'delivered';
     my ($stat, $state, $err) = $delivered ? ('DELIVRD', 2, '000') : ('UNDELIV', 5, '001');
     my $now = strftime('%y%m%d%H%M', gmtime);
@@ -157,6 +171,11 @@ sub on_pdu {
         if ($ok) {
             $bound{$fd} = $name;
             $c->$resp(seq => $pdu->{seq}, system_id => 'NetSMPP');
+            if ($name ne 'bind_transmitter') {
+                my @now = @held;
+                @held = ();
+                send_receipt($c, @$_) for @now;
+            }
         } else {
             # SMPP 3.4 5.1.2: an error response carries no body (the header alone).
             my $id = {bind_transceiver => 0x80000009, bind_transmitter => 0x80000002,
@@ -197,9 +216,9 @@ sub on_command {
         for my $k (keys %$cmd) { $opt{$k} = $cmd->{$k} unless $k eq 'cmd'; }
         record({event => 'set'});
     } elsif ($cmd->{cmd} eq 'mo') {
-        my ($fd) = grep { $bound{$_} ne 'bind_transmitter' } sort keys %bound;
-        if (!defined $fd) { record({event => 'mo_unsent'}); return; }
-        my $c = $conns{$fd};
+        my $c = a_receiver();
+        if (!$c) { record({event => 'mo_unsent'}); return; }
+        my $fd = fileno($c);
         my $seq = $c->deliver_sm(
             async => 1, source_addr_ton => 1, source_addr_npi => 1,
             source_addr => $cmd->{source_addr}, dest_addr_ton => 1, dest_addr_npi => 1,
@@ -227,9 +246,10 @@ while (1) {
             $select->add($c);
             record({event => 'connected', conn => $next_conn});
         } elsif ($fh == \*STDIN) {
-            my $line = <STDIN>;
-            if (!defined $line) { $select->remove(\*STDIN); next; }
-            on_command($line);
+            # sysread, not <STDIN>: buffered lines would be invisible to select
+            my $n = sysread(STDIN, $stdin_buffer, 65536, length $stdin_buffer);
+            if (!$n) { $select->remove(\*STDIN); next; }
+            while ($stdin_buffer =~ s/^([^\n]*)\n//) { on_command($1); }
         } else {
             my $pdu = $fh->read_pdu();
             if (!$pdu) { close_conn($fh); next; }
