@@ -82,6 +82,7 @@ FINAL_STATUSES = {
 LIMITS = {"system_id": 15, "password": 8, "system_type": 12, "source_addr": 20}
 MAX_SETTLED = 100_000  # combined receipts kept for query_status
 MAX_GROUPS = 200_000  # parts awaiting their receipts (oldest dropped first)
+MAX_MO_PARTS = 10_000  # inbound messages waiting for their other parts
 
 
 @dataclass(frozen=True)
@@ -187,16 +188,18 @@ class _Bind:
             self._client = client
             try:
                 smsc = await client.connect()
-            except smpp34.SmppError as exc:
-                text = str(exc)
+            except Exception as exc:  # the library's SmppError, or anything of the socket
+                # Its text names the address and the failure, never the password.
+                text = str(exc) if isinstance(exc, smpp34.SmppError) else type(exc).__name__
                 self.last_error = (
                     "SMPP_BIND_REFUSED" if "bind" in text.lower() else "SMPP_NOT_BOUND"
                 )
                 log.warning(
-                    "smpp %s bind %d: %s; again in %.1f s",
+                    "smpp %s bind %d: %s (%s); again in %.1f s",
                     self._transport.name,
                     self.index,
                     self.last_error,
+                    text,
                     delay,
                 )
                 self._failed.set()
@@ -212,7 +215,10 @@ class _Bind:
             log.info("smpp %s bind %d bound", self._transport.name, self.index)
             try:
                 while True:
-                    event = await smsc.next()
+                    try:
+                        event = await smsc.next()
+                    except smpp34.SmppError:
+                        break
                     if isinstance(event, smpp34.Disconnected):
                         break
                     try:
@@ -490,6 +496,8 @@ class SmppTransport:
             text = decode_text(body, event.data_coding)
             if concat is not None and concat.total > 1:
                 key = (sender, concat.reference)
+                if key not in self._mo_parts and len(self._mo_parts) >= MAX_MO_PARTS:
+                    self._mo_parts.pop(next(iter(self._mo_parts)))  # the oldest unfinished
                 parts = self._mo_parts.setdefault(key, {})
                 parts[concat.number] = text
                 if len(parts) < concat.total:
