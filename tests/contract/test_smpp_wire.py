@@ -40,7 +40,10 @@ class Rig:
     async def smsc(self, **controls: Any) -> Smsc:
         latency = controls.pop("latency", None)
         port = controls.pop("port", 0)
-        smsc = await start_smsc(EmulatorControls(**controls), latency=latency, port=port)
+        reject = controls.pop("reject_prefix", "")
+        smsc = await start_smsc(
+            EmulatorControls(**controls), latency=latency, port=port, reject_prefix=reject
+        )
         self.smscs.append(smsc)
         return smsc
 
@@ -314,3 +317,17 @@ async def test_an_smsc_killed_mid_window_loses_nothing_and_resends_only_the_unan
     assert max(transport.submitted.values()) == 2
     assert sum(transport.submitted.values()) == len(numbers) + len(transport_twice)
     assert transport.binds[0].binds_made == 2
+
+
+async def test_answers_map_to_final_or_retryable_refusals(rig: Rig) -> None:
+    smsc = await rig.smsc(reject_prefix="999")
+    transport = rig.transport(smsc)
+    refused = await transport.send(message("hello", to="+999123456"))
+    assert (refused.accepted, refused.retryable) == (False, False)
+    assert refused.final_status == MessageStatus.REJECTED
+    assert refused.error_code == "SMPP_ESME_RINVDSTADR"
+    await smsc.command(cmd="set", **{"fail-rate": 1.0, "fault": "html"})
+    await eventually(lambda: smsc.records("set"), what="the SMSC throttling")
+    throttled = await transport.send(message("hello"))
+    assert (throttled.accepted, throttled.retryable) == (False, True)
+    assert throttled.error_code == "SMPP_ESME_RTHROTTLED"

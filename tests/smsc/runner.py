@@ -74,6 +74,7 @@ async def start_smsc(
     port: int = 0,
     log_path: Path | None = None,
     latency: float | None = None,
+    reject_prefix: str = "",
 ) -> Smsc:
     """Starts the SMSC on 127.0.0.1 (a free port unless ``port``); ``controls`` as the
     HTTP emulators take them (delivery_delay, outcome, fail_rate, fault, latency)."""
@@ -96,6 +97,7 @@ async def start_smsc(
         f"--fail-rate={c.fail_rate}",
         f"--fault={c.fault}",
         f"--latency={c.latency if latency is None else latency}",
+        f"--reject-prefix={reject_prefix}",
     ]
     process = await asyncio.create_subprocess_exec(
         *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE

@@ -18,6 +18,7 @@
 #   timeout  -> no answer at all
 #   drop     -> the connection is closed without an answer
 # --latency delays every submit_sm_resp (to hold a submit window open).
+# --reject-prefix refuses destinations starting with it: ESME_RINVDSTADR (0x0B).
 #
 # A receipt whose connection has closed goes to another bound receiver or
 # transceiver, or waits for the next bind (as an SMSC stores and forwards them).
@@ -38,10 +39,11 @@ use Net::SMPP;
 my %opt = (
     port => 0, 'system-id' => 'smsgw', password => 'secret', log => '/dev/null',
     'delivery-delay' => 0.2, outcome => 'delivered', 'fail-rate' => 0.0,
-    fault => 'http_500', latency => 0.0, seed => 1, receipts => 1,
+    fault => 'http_500', latency => 0.0, seed => 1, receipts => 1, 'reject-prefix' => '',
 );
 GetOptions(\%opt, 'port=i', 'system-id=s', 'password=s', 'log=s', 'delivery-delay=f',
-    'outcome=s', 'fail-rate=f', 'fault=s', 'latency=f', 'seed=i', 'receipts=i')
+    'outcome=s', 'fail-rate=f', 'fault=s', 'latency=f', 'seed=i', 'receipts=i',
+    'reject-prefix=s')
     or die "bad arguments\n";
 srand($opt{seed});
 
@@ -132,6 +134,12 @@ sub answer_submit {
     my ($c, $pdu) = @_;
     my $fd = fileno($c);
     return unless defined $fd && $conns{$fd};
+    my $prefix = $opt{'reject-prefix'};
+    if ($prefix ne '' && index($pdu->{destination_addr}, $prefix) == 0) {
+        record({event => 'rejected', conn => $conn_id{$fd}, seq => $pdu->{seq}});
+        $c->submit_sm_resp(seq => $pdu->{seq}, status => 0x0B, message_id => '');  # RINVDSTADR
+        return;
+    }
     if ($opt{'fail-rate'} > 0 && rand() < $opt{'fail-rate'}) {
         my $fault = $opt{fault};
         record({event => 'fault', conn => $conn_id{$fd}, seq => $pdu->{seq}, fault => $fault});
