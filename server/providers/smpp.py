@@ -166,6 +166,7 @@ class _Bind:
         self.last_error = ""
         self.binds_made = 0
         self._client: smpp34.Client | None = None
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -228,6 +229,8 @@ class _Bind:
             finally:
                 self.bound.clear()
                 self.smsc = None
+            if self._closing:
+                return
             log.warning(
                 "smpp %s bind %d lost; again in %.1f s", self._transport.name, self.index, delay
             )
@@ -246,6 +249,7 @@ class _Bind:
             await client.stop()
 
     async def close(self) -> None:
+        self._closing = True
         smsc = self.smsc
         if smsc is not None:  # unbind first: stopping the client leaves the socket open
             with contextlib.suppress(Exception):
