@@ -97,8 +97,9 @@ async def start_smsc(
         f"--fail-rate={c.fail_rate}",
         f"--fault={c.fault}",
         f"--latency={c.latency if latency is None else latency}",
-        f"--reject-prefix={reject_prefix}",
     ]
+    if reject_prefix:
+        args.append(f"--reject-prefix={reject_prefix}")
     process = await asyncio.create_subprocess_exec(
         *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
     )
