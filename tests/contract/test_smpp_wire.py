@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections import Counter
@@ -270,8 +271,9 @@ async def test_the_throughput_cap_spaces_the_submit_sm(rig: Rig) -> None:
 
 
 async def test_an_smsc_killed_mid_window_loses_nothing_and_resends_only_the_unanswered(
-    rig: Rig,
+    rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="server.providers.smpp")
     first = await rig.smsc(latency=0.3)
     transport = rig.transport(first, window=5, reconnect_min=0.1, reconnect_max=0.3, timeout=2.0)
     numbers = [f"+86138001380{i:02d}" for i in range(10)]
@@ -293,6 +295,7 @@ async def test_an_smsc_killed_mid_window_loses_nothing_and_resends_only_the_unan
     assert {n for n, o in outcomes.items() if o.accepted} == answered_first
     failed = [n for n, o in outcomes.items() if not o.accepted]
     assert failed and all(outcomes[n].retryable for n in failed)
+    await asyncio.sleep(1.0)  # the SMSC stays away a second: the binds back off
     # The SMSC comes back on the same port; the dispatcher would send the failed again.
     second = await rig.smsc(port=first.port)
     again = await asyncio.gather(*(transport.send(messages[n]) for n in failed))
@@ -317,6 +320,10 @@ async def test_an_smsc_killed_mid_window_loses_nothing_and_resends_only_the_unan
     assert max(transport.submitted.values()) == 2
     assert sum(transport.submitted.values()) == len(numbers) + len(transport_twice)
     assert transport.binds[0].binds_made == 2
+    # While the SMSC was away, bind attempts backed off: doubling, capped.
+    waits = [float(w) for w in re.findall(r"again in ([0-9.]+) s", caplog.text)]
+    assert len(waits) >= 3
+    assert waits == sorted(waits) and waits[0] == 0.1 and max(waits) == 0.3
 
 
 async def test_answers_map_to_final_or_retryable_refusals(rig: Rig) -> None:
