@@ -17,8 +17,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -27,6 +31,7 @@ from aiohttp import web
 from sms.v1 import (
     account_pb2_grpc,
     batch_pb2_grpc,
+    inbound_pb2_grpc,
     message_pb2_grpc,
     suppression_pb2_grpc,
     template_pb2_grpc,
@@ -38,6 +43,7 @@ from server.api.account_service import AccountServicer
 from server.api.batch_prep import PREPARATION_PROCESSES, ProcessPreparer
 from server.api.batch_service import BatchServicer
 from server.api.batch_wire import decode_create_batch
+from server.api.inbound_service import InboundServicer
 from server.api.interceptors import GatewayInterceptor
 from server.api.message_service import MessageServicer
 from server.api.server import SERVICE_NAMES, enable_reflection, grpc_server
@@ -60,6 +66,7 @@ from server.domain.auth import Authenticator
 from server.domain.batch_slots import BatchSlots
 from server.domain.batch_tasks import Batches
 from server.domain.codes import CodeKeys
+from server.domain.inbound import InboundIntake, InboundMessages
 from server.domain.limits import AuthFailureThrottle, RateLimits, StreamCaps
 from server.domain.messaging import Messaging
 from server.domain.outbox_codes import CodeOpeningOutbox
@@ -68,15 +75,19 @@ from server.domain.template_catalog import TemplateCatalog
 from server.domain.verification import Verifications
 from server.health import DatabaseHealth
 from server.http.app import MetricsEndpoint, build_http_app
+from server.http.inbound import InboundReceiver
+from server.http.rpc_bridge import RpcBridge
 from server.http.webhooks import WebhookReceiver
 from server.listen import bind_http, listen_grpc
 from server.metrics import CONTENT_TYPE, GatewayMetrics
 from server.status.hub import StatusHub
+from server.status.inbound_watch import InboundWatcher
 from server.status.watch import StatusWatcher
 from server.store.accounts import PgAccountStore
 from server.store.batches import PgBatchStore
 from server.store.database import Database, migrate
 from server.store.events import PgEventLog
+from server.store.inbound import INBOUND_CHANNEL, PgInboundStore
 from server.store.maintenance import Maintenance
 from server.store.messages import PgMessageStore
 from server.store.outbox import PgOutbox
@@ -119,6 +130,11 @@ class Gateway:
         self._interceptor: GatewayInterceptor | None = None
         self.health = DatabaseHealth(SERVICE_NAMES)
         self._http: web.AppRunner | None = None
+        # The HTTP port's Connect/gRPC-Web bridge reaches the gRPC server over a Unix
+        # socket in a private directory; its token vouches for the caller's address.
+        self._bridge: RpcBridge | None = None
+        self._bridge_dir: Path | None = None
+        self._bridge_token = secrets.token_urlsafe(24)
         self._hub: StatusHub | None = None
         self._dispatcher: Dispatcher | None = None
         self._receipts: ReceiptRecorder | None = None
@@ -127,6 +143,7 @@ class Gateway:
         self._maintenance: Maintenance | None = None
         self._webhooks: WebhookDelivery | None = None
         self._webhook_pool: asyncpg.Pool | None = None
+        self._inbound: InboundIntake | None = None
         # Large batches are prepared in a process of its own (started when first
         # needed); one batch at a time: each holds its request decoded (100-150 MB
         # for 100,000 numbers with values), and it runs beside the server's cores.
@@ -224,6 +241,7 @@ class Gateway:
             streams=StreamCaps(s.max_streams_per_account, s.max_streams),
             # A large CreateBatch is decoded in a preparation process, not here.
             decoders={"/sms.v1.BatchService/CreateBatch": decode_create_batch},
+            bridge_token=self._bridge_token,
         )
         server = grpc_server(
             # The tracing interceptor first, so that a call's span holds our checks.
@@ -287,12 +305,31 @@ class Gateway:
         suppression_pb2_grpc.add_SuppressionServiceServicer_to_server(
             SuppressionServicer(Suppressions(suppressions, s.default_region)), server
         )
+        inbound_store = PgInboundStore(pool)
+        inbound_watcher = InboundWatcher(inbound_store, max_replay=s.max_replay_events)
+        await self._hub.listen(INBOUND_CHANNEL, inbound_watcher.wake)
+        inbound_pb2_grpc.add_InboundServiceServicer_to_server(
+            InboundServicer(InboundMessages(inbound_store), inbound_watcher), server
+        )
+        self._inbound = InboundIntake(
+            inbound_store, lambda: self.settings.routing.inbound, self._dispatcher.wake
+        )
         account_pb2_grpc.add_AccountServiceServicer_to_server(
             AccountServicer(PgAccountStore(pool)), server
         )
         self.health.add_to_server(server)
         enable_reflection(server)
         self.grpc_port = listen_grpc(server, s.grpc_addr, s.tls)
+        if s.tls is not None and s.tls.mutual:
+            # The HTTP port has no client certificates to check: the RPCs stay gRPC-only.
+            log.info("mutual TLS on the gRPC port: Connect and gRPC-Web are not served")
+        elif s.http_rpc:
+            self._bridge_dir = Path(tempfile.mkdtemp(prefix="smsgw-"))  # mode 0700
+            internal = f"unix:{self._bridge_dir / 'grpc.sock'}"
+            server.add_insecure_port(internal)
+            self._bridge = RpcBridge(
+                internal, self._bridge_token, s.http_cors_origins, self.metrics
+            )
         await server.start()
         self._server = server
         await self.health.start(pool)
@@ -302,6 +339,8 @@ class Gateway:
                 self.health.is_healthy,
                 WebhookReceiver(self.providers, self._receipts),
                 MetricsEndpoint(self.metrics.render, CONTENT_TYPE),
+                InboundReceiver(self.providers, self._inbound),
+                self._bridge,
             ),
             access_log=None,
         )
@@ -378,6 +417,10 @@ class Gateway:
             await self._hub.stop()
         if self._http is not None:
             await self._http.cleanup()
+        if self._bridge is not None:
+            await self._bridge.close()
+        if self._bridge_dir is not None:
+            shutil.rmtree(self._bridge_dir, ignore_errors=True)
         self.preparer.close()
         if self._pool is not None:
             # A connection some call never gave back must not hold the shutdown: after

@@ -75,6 +75,16 @@ def _secret_key(env: Mapping[str, str]) -> bytes | None:
     return key
 
 
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of browser origins ("https://app.example.com") or "*"."""
+    entries = tuple(e.strip().rstrip("/") for e in (env.get(name) or "").split(",") if e.strip())
+    for entry in entries:
+        scheme, sep, rest = entry.partition("://")
+        if entry != "*" and (scheme not in ("http", "https") or not sep or not rest or "/" in rest):
+            raise ConfigError(f"{name} must list origins (https://host[:port]) or *, got {entry!r}")
+    return entries
+
+
 def _region(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name, "")
     if not value:
@@ -103,6 +113,7 @@ TOML_TABLES: dict[str, dict[str, str]] = {
         "max_bulk": "SMSGW_LOOPBACK_MAX_BULK",
         "latency_ms": "SMSGW_LOOPBACK_LATENCY_MS",
         "refused": "SMSGW_LOOPBACK_REFUSED",
+        "inbound": "SMSGW_LOOPBACK_INBOUND",
     },
     "limits": {
         "global_send_per_second": "SMSGW_GLOBAL_SEND_RATE",
@@ -123,6 +134,10 @@ class Settings:
     data_dir: Path = Path(".smsgw")
     grpc_addr: str = "127.0.0.1:50051"
     http_addr: str = "127.0.0.1:8080"
+    # The sms.v1 RPCs on the HTTP port (Connect, gRPC-Web), and the browser origins
+    # allowed to call them (CORS; empty: none).
+    http_rpc: bool = True
+    http_cors_origins: tuple[str, ...] = ()
     config_file: Path | None = None
     pool_size: int = 10
     dispatch_workers: int = 2
@@ -217,6 +232,8 @@ class Settings:
             data_dir=Path(merged.get("SMSGW_DATA_DIR") or ".smsgw"),
             grpc_addr=_addr(merged, "SMSGW_GRPC_ADDR", "127.0.0.1:50051"),
             http_addr=_addr(merged, "SMSGW_HTTP_ADDR", "127.0.0.1:8080"),
+            http_rpc=_flag(merged, "SMSGW_HTTP_RPC", default=True),
+            http_cors_origins=_origins(merged, "SMSGW_HTTP_CORS_ORIGINS"),
             config_file=config_file,
             pool_size=_int(merged, "SMSGW_POOL_SIZE", 10, 2, 200),
             dispatch_workers=_int(merged, "SMSGW_DISPATCH_WORKERS", 2, 0, 64),
@@ -291,6 +308,7 @@ class Settings:
                 max_bulk=_int(merged, "SMSGW_LOOPBACK_MAX_BULK", 1000, 1, 100_000),
                 latency=_float(merged, "SMSGW_LOOPBACK_LATENCY_MS", 0, 0, 600_000) / 1000,
                 refused=_prefixes(merged, "SMSGW_LOOPBACK_REFUSED"),
+                inbound=_flag(merged, "SMSGW_LOOPBACK_INBOUND"),
             ),
             tls=tls,
             tracing=tracing,

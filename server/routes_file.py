@@ -21,10 +21,12 @@ hold them; a missing variable stops the process with a message naming it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.domain.inbound import ENGLISH, InboundConfig, KeywordLanguage
 from server.domain.models import UseType
 
 KINDS = ("skynoo", "sendcloud", "sendsms", "twilio", "http", "smpp", "loopback")
@@ -78,6 +80,8 @@ class RoutingConfig:
     # Price of one segment by ISO region ("*": every other country), in the smallest
     # currency unit: what a prepaid account is charged (issue 19).
     prices: Mapping[str, int] = field(default_factory=dict)
+    # Keywords per language, the HELP replies and the owners of numbers (issue 20).
+    inbound: InboundConfig = field(default_factory=InboundConfig)
 
 
 DEFAULT_ROUTING = RoutingConfig(
@@ -211,11 +215,12 @@ def parse_routing(
     """Builds the routing config from a parsed TOML document (defaults: loopback only)."""
     env = os.environ if env is None else env
     prices = _prices(document.get("prices"))
+    inbound = _inbound(document.get("inbound"))
     tables = document.get("providers")
     if tables is None:
         if document.get("routes"):
             raise RoutingConfigError("routes are given but no [providers.NAME] tables")
-        return RoutingConfig(DEFAULT_ROUTING.providers, DEFAULT_ROUTING.routes, prices)
+        return RoutingConfig(DEFAULT_ROUTING.providers, DEFAULT_ROUTING.routes, prices, inbound)
     if not isinstance(tables, dict) or not tables:
         raise RoutingConfigError("providers must hold at least one [providers.NAME] table")
     providers = tuple(_provider(name, table, env) for name, table in tables.items())
@@ -227,7 +232,7 @@ def parse_routing(
         raise RoutingConfigError("routes must be a non-empty array of [[routes]] tables")
     else:
         routes = tuple(_route(i, r, known) for i, r in enumerate(raw_routes))
-    return RoutingConfig(providers, routes, prices)
+    return RoutingConfig(providers, routes, prices, inbound)
 
 
 MAX_PRICE = 1_000_000_000
@@ -250,3 +255,65 @@ def _prices(table: Any) -> dict[str, int]:
             )
         prices[code] = price
     return prices
+
+
+_KEYWORD_KINDS = ("stop", "start", "help")
+_RECEIVING_NUMBER = re.compile(r"\+?[0-9]{3,15}")
+
+
+def _words(where: str, value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(w, str) and w.strip() for w in value):
+        raise RoutingConfigError(f"{where} must be a list of non-empty words")
+    return frozenset(" ".join(w.split()).upper() for w in value)
+
+
+def _inbound(table: Any) -> InboundConfig:
+    """``[inbound]``: ``owners = { "+15005550006" = 1 }`` (the account that owns a
+    number we receive on) and ``[inbound.languages.LANG]`` tables with ``stop``,
+    ``start``, ``help`` (lists of words) and ``help_reply``. Without languages:
+    English (STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT; START, UNSTOP; HELP, INFO)."""
+    if table is None:
+        return InboundConfig()
+    if not isinstance(table, dict):
+        raise RoutingConfigError("inbound must be a table")
+    unknown = sorted(set(table) - {"owners", "languages"})
+    if unknown:
+        raise RoutingConfigError(f"inbound has unknown keys: {', '.join(unknown)}")
+    owners: dict[str, int] = {}
+    raw_owners = table.get("owners", {})
+    if not isinstance(raw_owners, dict):
+        raise RoutingConfigError("inbound.owners must be a table of NUMBER = account id")
+    for number, account in raw_owners.items():
+        e164 = number.strip()
+        if not _RECEIVING_NUMBER.fullmatch(e164):
+            raise RoutingConfigError(
+                f"inbound.owners: {number!r} is not an E.164 number or a short code"
+            )
+        if isinstance(account, bool) or not isinstance(account, int) or account <= 0:
+            raise RoutingConfigError(f"inbound.owners.{number} must be an account id")
+        owners[e164] = account
+    raw_languages = table.get("languages")
+    if raw_languages is None:
+        return InboundConfig(owners=owners)
+    if not isinstance(raw_languages, dict) or not raw_languages:
+        raise RoutingConfigError("inbound.languages must hold [inbound.languages.LANG] tables")
+    languages: dict[str, KeywordLanguage] = {}
+    for code, spec in raw_languages.items():
+        where = f"inbound.languages.{code}"
+        if not isinstance(spec, dict):
+            raise RoutingConfigError(f"{where} must be a table")
+        unknown = sorted(set(spec) - {*_KEYWORD_KINDS, "help_reply"})
+        if unknown:
+            raise RoutingConfigError(f"{where} has unknown keys: {', '.join(unknown)}")
+        default = ENGLISH if code == "en" else None
+        words = {}
+        for kind in _KEYWORD_KINDS:
+            if kind in spec:
+                words[kind] = _words(f"{where}.{kind}", spec[kind])
+            else:
+                words[kind] = getattr(default, kind) if default else frozenset()
+        reply = spec.get("help_reply", default.help_reply if default else "")
+        if not isinstance(reply, str) or len(reply) > 460:
+            raise RoutingConfigError(f"{where}.help_reply must be text of at most 460 characters")
+        languages[code] = KeywordLanguage(words["stop"], words["start"], words["help"], reply)
+    return InboundConfig(languages=languages, owners=owners)

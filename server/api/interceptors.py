@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
 import logging
 import secrets
@@ -57,6 +58,10 @@ from server.metrics import GatewayMetrics
 log = logging.getLogger(__name__)
 
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+# The HTTP port's Connect/gRPC-Web bridge (server/http/rpc_bridge.py) sends its
+# caller's address in this key, after the bridge's token: "<token> <address>".
+BRIDGE_PEER_KEY = "x-smsgw-bridge-peer"
 
 SHUTTING_DOWN = (
     "the server is shutting down; call again (another replica), streams resume from "
@@ -141,8 +146,12 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         metrics: GatewayMetrics | None = None,
         streams: StreamCaps | None = None,
         decoders: Mapping[str, Decoder] | None = None,
+        bridge_token: str | None = None,
     ) -> None:
+        """``bridge_token``: calls carrying it in BRIDGE_PEER_KEY come from the HTTP
+        port's bridge, and the address after it is the caller's."""
         self._authenticator = authenticator
+        self._bridge_token = bridge_token
         # Methods decoded otherwise than by their generated parser (full method name).
         self._decoders = dict(decoders or {})
         self._limits = limits
@@ -246,12 +255,22 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         request_id = _metadata_value(metadata, "x-request-id") or self._new_request_id()
         request_id_var.set(request_id[:64])
         caller = await self._authenticator.authenticate(
-            _metadata_value(metadata, "authorization"), peer_ip(context.peer())
+            _metadata_value(metadata, "authorization"), self._caller_ip(context, metadata)
         )
         set_caller(caller)
         if self._limits is not None:
             self._limits.admit(caller, method)
         return caller
+
+    def _caller_ip(self, context: grpc.aio.ServicerContext[Any, Any], metadata: Any) -> str | None:
+        """The caller's address: the HTTP client's for a call the bridge passes on (its
+        token vouches for it), else the connection's peer."""
+        forwarded = _metadata_value(metadata, BRIDGE_PEER_KEY)
+        if forwarded is not None and self._bridge_token is not None:
+            token, _, address = forwarded.partition(" ")
+            if hmac.compare_digest(token.encode(), self._bridge_token.encode()):
+                return address or None
+        return peer_ip(context.peer())
 
     def _wrap_unary(
         self, behavior: Callable[..., Any], method: str, parse: Decoder | None

@@ -10,6 +10,7 @@ from grpc_reflection.v1alpha import reflection
 from sms.v1 import (
     account_pb2,
     batch_pb2,
+    inbound_pb2,
     message_pb2,
     suppression_pb2,
     template_pb2,
@@ -25,6 +26,7 @@ SERVICE_NAMES = (
     template_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
     webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
     suppression_pb2.DESCRIPTOR.services_by_name["SuppressionService"].full_name,
+    inbound_pb2.DESCRIPTOR.services_by_name["InboundService"].full_name,
     account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
 )
 

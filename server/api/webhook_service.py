@@ -19,12 +19,14 @@ from server.store.webhooks import DeliveryRow, PgWebhookStore, WebhookRow
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-# The event types an endpoint can subscribe to today (the others have no source yet).
+# The event types an endpoint can subscribe to.
 SUPPORTED_EVENT_TYPES = frozenset(
     {
         webhook_pb2.EVENT_TYPE_MESSAGE_STATUS,
         webhook_pb2.EVENT_TYPE_BATCH_STATUS,
         webhook_pb2.EVENT_TYPE_VERIFICATION,
+        webhook_pb2.EVENT_TYPE_INBOUND_MESSAGE,
+        webhook_pb2.EVENT_TYPE_SUPPRESSION,
     }
 )
 MAX_DESCRIPTION = 200
@@ -88,7 +90,8 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
                 FieldViolation(
                     "event_types",
                     f"not available yet: {names}; EVENT_TYPE_MESSAGE_STATUS, "
-                    "EVENT_TYPE_BATCH_STATUS and EVENT_TYPE_VERIFICATION are delivered",
+                    "EVENT_TYPE_BATCH_STATUS, EVENT_TYPE_VERIFICATION, "
+                    "EVENT_TYPE_INBOUND_MESSAGE and EVENT_TYPE_SUPPRESSION are delivered",
                 )
             )
         if len(request.description) > MAX_DESCRIPTION:

@@ -4,7 +4,8 @@ commands to the parser with a ``handler`` that runs it.
 - serve.py: serve, migrate, healthcheck     - admin.py: account, credential
 - emulate.py: provider emulators            - messages.py: send, status, watch
 - batches.py: batch …                       - templates.py: template …
-- verify.py: verify send|check              - client.py, output.py, settings.py: shared
+- verify.py: verify send|check              - inbound.py: inbound list|watch|inject
+- webhooks.py: webhook …                    - client.py, output.py, settings.py: shared
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 
-from server.cli import admin, batches, emulate, messages, serve, templates, verify, webhooks
+from server.cli import (
+    admin,
+    batches,
+    emulate,
+    inbound,
+    messages,
+    serve,
+    templates,
+    verify,
+    webhooks,
+)
 from server.cli.settings import UsageError
 
 # 128 + SIGPIPE, what a shell reports for a command whose reader went away.
@@ -35,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smsgw", description="Self-hosted SMS gateway (gRPC).")
     parser.add_argument("--version", action="version", version=f"smsgw {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (serve, admin, messages, batches, templates, verify, webhooks, emulate):
+    for group in (serve, admin, messages, batches, templates, verify, webhooks, inbound, emulate):
         group.add_commands(commands)
     return parser
 

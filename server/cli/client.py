@@ -19,6 +19,7 @@ import grpc
 from sms.v1 import (
     batch_pb2_grpc,
     common_pb2,
+    inbound_pb2_grpc,
     message_pb2_grpc,
     template_pb2_grpc,
     verification_pb2_grpc,
@@ -45,6 +46,7 @@ class Api:
     templates: template_pb2_grpc.TemplateServiceAsyncStub
     verifications: verification_pb2_grpc.VerificationServiceAsyncStub
     webhooks: webhook_pb2_grpc.WebhookServiceAsyncStub
+    inbound: inbound_pb2_grpc.InboundServiceAsyncStub
     metadata: tuple[tuple[str, str], ...]
     timeout: float = CALL_TIMEOUT
 
@@ -56,6 +58,7 @@ class Api:
             templates=template_pb2_grpc.TemplateServiceStub(channel),
             verifications=verification_pb2_grpc.VerificationServiceStub(channel),
             webhooks=webhook_pb2_grpc.WebhookServiceStub(channel),
+            inbound=inbound_pb2_grpc.InboundServiceStub(channel),
             metadata=metadata,
         )
 

@@ -20,6 +20,8 @@ EVENT_TYPES = {
     "message-status": webhook_pb2.EVENT_TYPE_MESSAGE_STATUS,
     "batch-status": webhook_pb2.EVENT_TYPE_BATCH_STATUS,
     "verification": webhook_pb2.EVENT_TYPE_VERIFICATION,
+    "inbound-message": webhook_pb2.EVENT_TYPE_INBOUND_MESSAGE,
+    "suppression": webhook_pb2.EVENT_TYPE_SUPPRESSION,
 }
 WEBHOOK_COLUMNS = ("id", "url", "event_types", "disabled", "create_time", "description")
 DELIVERY_COLUMNS = (

@@ -21,7 +21,7 @@ from server.domain.models import Channel, OutboundMessage, UseType
 from server.domain.ports import ReceiptSink, Transport, VoiceTransport
 from server.providers.loopback import LoopbackConfig
 from server.providers.registry import build_transport
-from server.providers.webhooks import WebhookTransport
+from server.providers.webhooks import InboundTransport, WebhookTransport
 from server.routes_file import RoutingConfig
 
 __all__ = ["BreakerSettings", "LiveProviders", "ProviderRoutes", "ProviderSet", "can_carry"]
@@ -140,6 +140,16 @@ class ProviderSet:
             if (name is None or n == name)
             and self.kinds[n] == kind
             and isinstance(transport, WebhookTransport)
+        ]
+
+    def inbound_receivers(self, kind: str, name: str | None = None) -> list[InboundTransport]:
+        """The transports that take inbound messages posted for ``kind`` (and ``name``)."""
+        return [
+            transport
+            for n, transport in self.transports.items()
+            if (name is None or n == name)
+            and self.kinds[n] == kind
+            and isinstance(transport, InboundTransport)
         ]
 
     def places_calls(self, mobile: str) -> bool:

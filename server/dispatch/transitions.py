@@ -58,7 +58,11 @@ def transition(
         )
     if not outcome.retryable:
         return Transition(
-            message.id, outcome.final_status, error_code=outcome.error_code, provider=name
+            message.id,
+            outcome.final_status,
+            error_code=outcome.error_code,
+            provider=name,
+            suppress=outcome.suppress,
         )
     if routed.trickle:
         # A try through an open breaker tells the breaker, not the message: it

@@ -93,6 +93,9 @@ class SendOutcome:
     # For retryable refusals with a known wait (a provider's rate limit): the
     # earliest sensible retry on this provider, in seconds.
     retry_after: float = 0.0
+    # A SuppressionReason number for a final refusal that says the recipient must not
+    # be sent to again (Twilio 21610: replied STOP): suppressed with the refusal.
+    suppress: int = 0
 
 
 @dataclass(frozen=True)

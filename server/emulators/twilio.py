@@ -27,6 +27,23 @@ documentation alone (never from the gateway's transport):
   ``X-Twilio-Signature`` = base64(HMAC-SHA1(auth token, the full callback URL followed
   by each POST parameter's name and value, sorted by name)).
 
+* Incoming messages (https://www.twilio.com/docs/messaging/guides/webhook-request):
+  when a message reaches one of the account's numbers, Twilio POSTs a form to the
+  number's "A message comes in" webhook (its ``SmsUrl``) with ``MessageSid``,
+  ``SmsSid``, ``SmsMessageSid``, ``AccountSid``, ``MessagingServiceSid`` (when the
+  number is in a service), ``From``, ``To``, ``Body``, ``NumMedia``, ``NumSegments``,
+  ``SmsStatus`` "received" and ``ApiVersion``, signed like status callbacks.
+* Opt-out handling (https://help.twilio.com/articles/223134027): an incoming message
+  that is exactly one of STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT (any case,
+  trimmed) opts the sender out of the account (later sends answer 21610); START,
+  YES, UNSTOP opt them in again. The message is still passed to the webhook.
+
+Not from the document: ``POST /_emulator/inbound`` (a form or JSON with ``From``,
+``To``, ``Body``, optionally ``SmsUrl``) stands for a handset sending a message to
+one of the account's numbers: the emulator posts it to the number's ``SmsUrl``
+(``sms_url`` given to ``build_app`` unless the request names one) and answers with
+the MessageSid and the webhook's HTTP status.
+
 The ``outcome`` control picks how messages end ("delivered", "undelivered" or
 "failed"); ``delivery_delay`` how long after "sent" they do.
 """
@@ -55,6 +72,8 @@ E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # + country code and subscriber number
 FINAL_ERRORS = {"undelivered": 30003, "failed": 30008}
 DEFAULT_NUMBER = "+15005550006"
 DEFAULT_SERVICE = "MG" + "0" * 32
+OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+OPT_IN_WORDS = frozenset({"START", "YES", "UNSTOP"})
 
 
 def signature(auth_token: str, url: str, params: Mapping[str, str]) -> str:
@@ -97,6 +116,7 @@ class TwilioAccount:
     window: list[float] = field(default_factory=list)  # create times within 1 s
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     session: aiohttp.ClientSession | None = None
+    sms_url: str = ""  # the numbers' "A message comes in" webhook
 
 
 ACCOUNT_KEY: web.AppKey[TwilioAccount] = web.AppKey("twilio_account", TwilioAccount)
@@ -307,6 +327,55 @@ async def _fetch(request: web.Request) -> web.Response:
     return web.json_response(_resource(state.settings.credential_id, message))
 
 
+async def _inbound(request: web.Request) -> web.Response:
+    """A handset sends a message to one of the account's numbers (emulator control)."""
+    state = request.app[STATE_KEY]
+    account = request.app[ACCOUNT_KEY]
+    if request.content_type == "application/json":
+        raw = await request.json()
+        fields = {k: str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+    else:
+        fields = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    sender, to, body = fields.get("From", ""), fields.get("To", ""), fields.get("Body", "")
+    url = fields.get("SmsUrl") or account.sms_url
+    if not E164.fullmatch(sender) or to not in account.numbers or not url:
+        return web.json_response(
+            {"error": "From must be E.164, To one of the account's numbers, and an SmsUrl set"},
+            status=400,
+        )
+    word = " ".join(body.split()).upper()
+    if word in OPT_OUT_WORDS:
+        account.opted_out.add(sender)
+    elif word in OPT_IN_WORDS:
+        account.opted_out.discard(sender)
+    sid = "SM" + f"{state.rng.getrandbits(128):032x}"
+    params = {
+        "AccountSid": state.settings.credential_id,
+        "ApiVersion": API_VERSION,
+        "Body": body,
+        "From": sender,
+        "MessageSid": sid,
+        "NumMedia": "0",
+        "NumSegments": "1",
+        "SmsMessageSid": sid,
+        "SmsSid": sid,
+        "SmsStatus": "received",
+        "To": to,
+    }
+    headers = {"X-Twilio-Signature": signature(state.settings.credential_secret, url, params)}
+    if account.session is None:
+        account.session = aiohttp.ClientSession()
+    answered = 0
+    try:
+        async with account.session.post(
+            url, data=params, headers=headers, timeout=aiohttp.ClientTimeout(total=15)
+        ) as reply:
+            answered = reply.status
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        answered = 0
+    return web.json_response({"sid": sid, "http_status": answered})
+
+
 async def _stop(app: web.Application) -> None:
     account = app[ACCOUNT_KEY]
     for task in list(account.tasks):
@@ -323,20 +392,24 @@ def build_app(
     services: Collection[str] = (DEFAULT_SERVICE,),
     opted_out: Collection[str] = (),
     send_rate: float = 0.0,
+    sms_url: str = "",
 ) -> web.Application:
     """Twilio's Messages API for one account: ``settings.credential_id`` is the Account
     SID, ``credential_secret`` the auth token. ``numbers`` are the account's sending
     numbers, ``services`` its Messaging Service SIDs, ``opted_out`` recipients who
-    replied STOP (21610); ``send_rate`` creates a second before 429 (0: no limit)."""
+    replied STOP (21610); ``send_rate`` creates a second before 429 (0: no limit);
+    ``sms_url`` the numbers' "A message comes in" webhook (POST /_emulator/inbound)."""
     app = new_app(settings)
     app[ACCOUNT_KEY] = TwilioAccount(
         numbers=frozenset(numbers),
         services=frozenset(services),
         opted_out=set(opted_out),
         send_rate=send_rate,
+        sms_url=sms_url,
     )
     base = f"/{API_VERSION}/Accounts/{{account}}/Messages"
     app.router.add_post(base + ".json", _create)
     app.router.add_get(base + "/{sid}.json", _fetch)
+    app.router.add_post("/_emulator/inbound", _inbound)
     app.on_cleanup.append(_stop)
     return app

@@ -1,4 +1,6 @@
-"""The HTTP side of the gateway: /healthz, /metrics (Prometheus), provider webhooks."""
+"""The HTTP side of the gateway: /healthz, /metrics (Prometheus), provider webhooks
+(delivery receipts at /webhooks/..., messages from recipients at /inbound/...),
+and the sms.v1 RPCs over Connect and gRPC-Web (server/http/rpc_bridge.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from server.domain.errors import InvalidArgument
+from server.http.rpc_bridge import RpcBridge
 from server.http.webhooks import WebhookRejected
 from server.providers.webhooks import HookRequest
 
@@ -19,6 +23,9 @@ FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-dat
 
 
 WebhookHandler = Callable[[str, str | None, dict[str, str], HookRequest], Awaitable[None]]
+InboundHandler = Callable[[str, str | None, dict[str, str], HookRequest], Awaitable[object]]
+# What an inbound webhook is answered: Twilio reads TwiML, an empty Response sends nothing.
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,8 @@ def build_http_app(
     is_healthy: Callable[[], Awaitable[bool]],
     receive_webhook: WebhookHandler | None = None,
     metrics: MetricsEndpoint | None = None,
+    receive_inbound: InboundHandler | None = None,
+    rpc: RpcBridge | None = None,
 ) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         healthy = await is_healthy()
@@ -54,6 +63,25 @@ def build_http_app(
             return web.json_response({"accepted": False, "reason": str(exc)}, status=403)
         return web.json_response({"accepted": True})
 
+    async def inbound(request: web.Request) -> web.Response:
+        assert receive_inbound is not None
+        fields = await _form_fields(request)
+        if fields is None:
+            return web.json_response({"accepted": False, "reason": "malformed body"}, status=400)
+        try:
+            await receive_inbound(
+                request.match_info["kind"],
+                request.match_info.get("name"),
+                fields,
+                HookRequest(request.raw_path, request.headers),
+            )
+        except WebhookRejected as exc:
+            return web.json_response({"accepted": False, "reason": str(exc)}, status=403)
+        except InvalidArgument as exc:
+            reasons = "; ".join(f"{v.field}: {v.description}" for v in exc.violations)
+            return web.json_response({"accepted": False, "reason": reasons}, status=400)
+        return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+
     async def exposition(_: web.Request) -> web.Response:
         assert metrics is not None
         body = await metrics.render()
@@ -66,6 +94,11 @@ def build_http_app(
     if receive_webhook is not None:
         app.router.add_post("/webhooks/{kind}", webhook)
         app.router.add_post("/webhooks/{kind}/{name}", webhook)
+    if receive_inbound is not None:
+        app.router.add_post("/inbound/{kind}", inbound)
+        app.router.add_post("/inbound/{kind}/{name}", inbound)
+    if rpc is not None:
+        rpc.add_routes(app)  # reads its bodies itself, up to the gRPC message limit
     return app
 
 

@@ -18,11 +18,20 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
+from server.domain.inbound import InboundSms
 from server.domain.models import Channel, MessageStatus, OutboundMessage
-from server.domain.ports import Capabilities, ProviderRef, Receipt, ReceiptSink, SendOutcome
+from server.domain.ports import (
+    Capabilities,
+    ProviderError,
+    ProviderRef,
+    Receipt,
+    ReceiptSink,
+    SendOutcome,
+)
+from server.providers.webhooks import HookRequest
 
 OUTCOMES = {
     "delivered": MessageStatus.DELIVERED,
@@ -43,6 +52,10 @@ class LoopbackConfig:
     latency: float = 0.0
     # Numbers, or prefixes of numbers, the provider refuses (final, one by one).
     refused: tuple[str, ...] = ()
+    # Take inbound messages posted to /inbound/loopback (From, To, Body): for trying
+    # InboundService offline. Anyone who reaches the HTTP port can then post one, so
+    # it is off unless SMSGW_LOOPBACK_INBOUND is set.
+    inbound: bool = False
 
 
 class LoopbackTransport:
@@ -132,6 +145,26 @@ class LoopbackTransport:
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def parse_inbound(
+        self, form: Mapping[str, str], *, request: HookRequest | None = None
+    ) -> InboundSms:
+        """A pretend message from a recipient (when SMSGW_LOOPBACK_INBOUND allows):
+        From, To, Body, and optionally MessageId (a repeat of one is stored once)."""
+        if not self._config.inbound:
+            raise ProviderError(
+                f"loopback {self.name}: inbound injection is off (SMSGW_LOOPBACK_INBOUND)"
+            )
+        sender, to = form.get("From", "").strip(), form.get("To", "").strip()
+        if not sender or not to:
+            raise ProviderError("loopback inbound without From and To")
+        return InboundSms(
+            provider=self.name,
+            from_number=sender,
+            to_number=to,
+            text=form.get("Body", ""),
+            provider_message_id=form.get("MessageId", "")[:64],
+        )
 
     async def close(self) -> None:
         """Reports every outstanding receipt now, so none is lost at shutdown."""

@@ -8,6 +8,9 @@ send:    POST {base_url}/2010-04-01/Accounts/{AccountSid}/Messages.json, a form 
          {"code", "message", "more_info", "status"} (twilio_codes.ERROR_CODES).
 status:  GET {base_url}/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json, one per
          message (the fallback when callbacks are lost or not configured).
+inbound: Twilio POSTs each message a recipient sends to the number's "A message comes
+         in" webhook, ``inbound_url`` (/inbound/twilio/<name> on our HTTP port): a
+         form with MessageSid, From, To, Body, signed like status callbacks.
 receipt: Twilio POSTs a form to StatusCallback on each status change (MessageSid,
          MessageStatus, ErrorCode, ...), signed in X-Twilio-Signature; it is checked
          with the official ``twilio`` package's RequestValidator over the URL Twilio
@@ -34,8 +37,10 @@ from urllib.parse import parse_qs, quote, urlsplit
 import aiohttp
 from twilio.request_validator import RequestValidator
 
+from server.domain.inbound import InboundSms
 from server.domain.models import MessageStatus, OutboundMessage
 from server.domain.ports import Capabilities, ProviderError, ProviderRef, Receipt, SendOutcome
+from server.domain.suppression import SuppressionReason
 from server.providers.http import HttpAnswer, TransientHttpError, call, new_session
 from server.providers.twilio_codes import (
     API_VERSION,
@@ -53,6 +58,7 @@ MAX_STATUS_IDS = 20  # messages fetched per poll round (one GET each)
 FETCH_CONCURRENCY = 5
 THROTTLE_WAIT = 1.0  # seconds before trying Twilio again after a 429
 OUR_ID = "smsgw_id"  # the StatusCallback query parameter naming our message
+UNSUBSCRIBED = 21610  # Attempt to send to unsubscribed recipient
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,9 @@ class TwilioConfig:
     # The public URL of /webhooks/twilio/<name> on our HTTP port; empty: no callbacks,
     # statuses come from polling alone.
     status_callback: str = ""
+    # The public URL of /inbound/twilio/<name> on our HTTP port, as set for the number's
+    # "A message comes in" webhook; empty: inbound messages are refused.
+    inbound_url: str = ""
 
     def __post_init__(self) -> None:
         where = f"twilio provider {self.name!r}"
@@ -85,6 +94,10 @@ class TwilioConfig:
                 raise ValueError(f"{where}: status_callback must be an http(s) URL")
             if "_" in parts.hostname:
                 raise ValueError(f"{where}: Twilio refuses callback hosts with underscores")
+        if self.inbound_url:
+            parts = urlsplit(self.inbound_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{where}: inbound_url must be an http(s) URL")
         if self.timeout <= 0:
             raise ValueError(f"{where}: timeout must be positive")
 
@@ -114,6 +127,8 @@ def send_outcome(answer: HttpAnswer) -> SendOutcome:
         error_code=str(code) if code is not None else f"HTTP_{answer.status}",
         final_status=rule.final_status,
         retry_after=THROTTLE_WAIT if rule.retryable else 0.0,
+        # The recipient replied STOP to this Twilio number: the account's too.
+        suppress=int(SuppressionReason.OPT_OUT) if code == UNSUBSCRIBED else 0,
     )
 
 
@@ -151,6 +166,8 @@ class TwilioTransport:
         self._validator = RequestValidator(config.auth_token)
         parts = urlsplit(config.status_callback)
         self._callback_origin = f"{parts.scheme}://{parts.netloc}" if parts.netloc else ""
+        parts = urlsplit(config.inbound_url)
+        self._inbound_origin = f"{parts.scheme}://{parts.netloc}" if parts.netloc else ""
 
     def can_carry(self, message: OutboundMessage) -> bool:
         """Always: Twilio takes the rendered text, templates included."""
@@ -256,11 +273,39 @@ class TwilioTransport:
             raise ProviderError("X-Twilio-Signature does not match (wrong auth token or forged)")
         sid, status = form.get("MessageSid", ""), form.get("MessageStatus", "")
         if not sid or not status:
-            # An inbound message (SmsStatus "received") is not a receipt; InboundService
-            # will take them.
+            # An inbound message (SmsStatus "received") is not a receipt: Twilio posts
+            # those to inbound_url (/inbound/twilio/<name>).
             raise ProviderError("Twilio callback without MessageSid and MessageStatus")
         receipt = receipt_of(self.name, ours[:128], sid, status, form.get("ErrorCode"))
         return [] if receipt is None else [receipt]
+
+    # -- inbound messages ------------------------------------------------------------
+
+    def parse_inbound(
+        self, form: Mapping[str, str], *, request: HookRequest | None = None
+    ) -> InboundSms:
+        """The message of one verified "A message comes in" webhook (MessageSid, From,
+        To, Body), signed like status callbacks over ``inbound_url``, or its origin
+        with the path and query our HTTP port received (behind a proxy)."""
+        if not self._inbound_origin:
+            raise ProviderError(f"twilio {self.name}: no inbound_url configured")
+        signature = request.headers.get("X-Twilio-Signature", "") if request else ""
+        if request is None or not signature:
+            raise ProviderError("Twilio inbound webhook without X-Twilio-Signature")
+        urls = [self._config.inbound_url, self._inbound_origin + request.raw_path]
+        if not any(self._validator.validate(url, dict(form), signature) for url in urls):
+            raise ProviderError("X-Twilio-Signature does not match (wrong auth token or forged)")
+        sid = form.get("MessageSid") or form.get("SmsMessageSid") or ""
+        sender, to = form.get("From", ""), form.get("To", "")
+        if not sid or not sender or not to:
+            raise ProviderError("Twilio inbound webhook without MessageSid, From and To")
+        return InboundSms(
+            provider=self.name,
+            from_number=sender,
+            to_number=to,
+            text=form.get("Body", ""),
+            provider_message_id=sid[:64],
+        )
 
     async def close(self) -> None:
         if self._owns_session and self._session is not None:

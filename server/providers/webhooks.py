@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from server.domain.inbound import InboundSms
 from server.domain.ports import Receipt
 
 
@@ -31,4 +32,16 @@ class WebhookTransport(Protocol):
     ) -> list[Receipt]:
         """Verifies a push (signature, freshness, replay) and returns its receipts;
         raises ProviderError when it must be refused."""
+        ...
+
+
+@runtime_checkable
+class InboundTransport(Protocol):
+    """Posted to /inbound/<provider kind>[/<provider name>]: a message a recipient sent."""
+
+    def parse_inbound(
+        self, form: Mapping[str, str], *, request: HookRequest | None = None
+    ) -> InboundSms:
+        """Verifies the post (signature) and returns the message it carries; raises
+        ProviderError when it must be refused."""
         ...

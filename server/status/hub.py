@@ -77,6 +77,8 @@ class StatusHub:
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
         self._also_wake: list[Callable[[], None]] = []
+        # Other channels this process LISTENs on (inbound messages): channel -> callbacks.
+        self._channels: dict[str, list[Callable[[], None]]] = {}
 
     @property
     def open_streams(self) -> int:
@@ -112,10 +114,25 @@ class StatusHub:
             if not subs:
                 del self._subscriptions[subscription.account_id]
 
+    async def listen(self, channel: str, wake: Callable[[], None]) -> None:
+        """Calls ``wake`` on each NOTIFY of ``channel`` (on the hub's LISTEN connection,
+        again after it reconnects)."""
+        first = channel not in self._channels
+        self._channels.setdefault(channel, []).append(wake)
+        if first and self._listener is not None and not self._listener.is_closed():
+            with contextlib.suppress(OSError, asyncpg.PostgresError):
+                await self._listener.add_listener(channel, self._on_channel)
+
+    def _on_channel(self, _conn: object, _pid: object, channel: str, _payload: object) -> None:
+        for wake in self._channels.get(channel, ()):
+            wake()
+
     async def _connect_listener(self) -> None:
         try:
             self._listener = await asyncpg.connect(self._dsn)
             await self._listener.add_listener(EVENTS_CHANNEL, self._on_notify)
+            for channel in self._channels:
+                await self._listener.add_listener(channel, self._on_channel)
         except (OSError, asyncpg.PostgresError) as exc:
             self._listener = None
             log.warning("status hub cannot LISTEN (%s); reading by polling", type(exc).__name__)

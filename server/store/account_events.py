@@ -1,5 +1,6 @@
-"""account_events: the log of batch status changes and verification outcomes that
-webhooks deliver (message status changes have their own log, store/events.py).
+"""account_events: the log of batch status changes, verification outcomes, inbound
+messages and their keywords' suppression changes that webhooks deliver (message
+status changes have their own log, store/events.py).
 
 Each row is inserted by the statement or transaction that makes the change it
 records, so an event exists exactly when its change committed. Writers hold
@@ -20,7 +21,13 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from server.domain.account_events import BatchStatusChange, VerificationOutcome
+from server.domain.account_events import (
+    BatchStatusChange,
+    InboundReceived,
+    KeywordSuppression,
+    VerificationOutcome,
+)
+from server.domain.inbound import InboundMessage, Keyword
 from server.domain.models import BatchStatus, VerificationState
 from server.store.pool import Conn
 
@@ -28,9 +35,16 @@ ACCOUNT_EVENTS_LOCK_KEY = 0x736D_7367_7703
 # As sms.v1.EventType numbers them.
 EVENT_TYPE_BATCH_STATUS = 2
 EVENT_TYPE_VERIFICATION = 3
-ACCOUNT_EVENT_TYPES = (EVENT_TYPE_BATCH_STATUS, EVENT_TYPE_VERIFICATION)
+EVENT_TYPE_INBOUND_MESSAGE = 4
+EVENT_TYPE_SUPPRESSION = 5
+ACCOUNT_EVENT_TYPES = (
+    EVENT_TYPE_BATCH_STATUS,
+    EVENT_TYPE_VERIFICATION,
+    EVENT_TYPE_INBOUND_MESSAGE,
+    EVENT_TYPE_SUPPRESSION,
+)
 
-AccountEvent = BatchStatusChange | VerificationOutcome
+AccountEvent = BatchStatusChange | VerificationOutcome | InboundReceived | KeywordSuppression
 
 
 def lock_when_any(cte: str, condition: str = "true") -> str:
@@ -72,16 +86,50 @@ SELECT a.event_id, a.account_id, a.event_type, a.subject_id, a.status,
        coalesce(b.reference, m.reference, '') AS reference,
        CASE WHEN a.event_type = {EVENT_TYPE_BATCH_STATUS} THEN b.metadata ELSE m.metadata END
            AS metadata,
-       v.mobile, v.message_id, v.scene
+       v.mobile, v.message_id, v.scene,
+       i.id AS inbound_id, i.from_number, i.to_number, i.body, i.provider, i.keyword,
+       i.received_at, i.reply_to_message_id
 FROM account_events a
 LEFT JOIN batches b ON a.event_type = {EVENT_TYPE_BATCH_STATUS} AND b.id = a.subject_id
 LEFT JOIN verifications v ON a.event_type = {EVENT_TYPE_VERIFICATION} AND v.id = a.subject_id
 LEFT JOIN messages m ON m.id = v.message_id
+LEFT JOIN inbound_messages i
+    ON a.event_type IN ({EVENT_TYPE_INBOUND_MESSAGE}, {EVENT_TYPE_SUPPRESSION})
+    AND i.id = a.subject_id
 WHERE a.event_id = ANY($1::bigint[])
 """
 
 
-def _event(row: asyncpg.Record) -> AccountEvent:
+def _event(row: asyncpg.Record) -> AccountEvent | None:
+    if row["event_type"] == EVENT_TYPE_INBOUND_MESSAGE:
+        if row["inbound_id"] is None:
+            return None
+        return InboundReceived(
+            event_id=row["event_id"],
+            account_id=row["account_id"],
+            message=InboundMessage(
+                id=row["inbound_id"],
+                event_id=row["event_id"],
+                account_id=row["account_id"],
+                from_number=row["from_number"],
+                to_number=row["to_number"],
+                text=row["body"],
+                provider=row["provider"],
+                keyword=Keyword(row["keyword"]),
+                received_at=row["received_at"],
+                reply_to_message_id=row["reply_to_message_id"],
+            ),
+            occurred_at=row["occurred_at"],
+        )
+    if row["event_type"] == EVENT_TYPE_SUPPRESSION:
+        return KeywordSuppression(
+            event_id=row["event_id"],
+            account_id=row["account_id"],
+            mobile=row["from_number"] or "",
+            suppressed=bool(row["status"]),
+            inbound_message_id=row["subject_id"],
+            occurred_at=row["occurred_at"],
+        )
     if row["event_type"] == EVENT_TYPE_BATCH_STATUS:
         return BatchStatusChange(
             event_id=row["event_id"],
@@ -115,4 +163,5 @@ async def account_events(conn: Conn, event_ids: Sequence[int]) -> dict[int, Acco
     if not event_ids:
         return {}
     rows = await conn.fetch(_DETAILS, list(event_ids))
-    return {r["event_id"]: _event(r) for r in rows}
+    found = {r["event_id"]: _event(r) for r in rows}
+    return {k: v for k, v in found.items() if v is not None}

@@ -268,7 +268,11 @@ class PgWebhookStore:
                     LEFT JOIN unnest($3::bigint[], $5::int[]) AS o (webhook_id, open)
                         ON o.webhook_id = w.id
                     WHERE NOT w.disabled AND $4 - coalesce(o.open, 0) > 0
-                ), candidates AS (
+                ), candidates AS MATERIALIZED (
+                    -- MATERIALIZED: computed once. Inlined, the planner could (with
+                    -- the statistics of a table that was empty when analysed) walk
+                    -- every pending delivery and run this per row: 0.6 s a round
+                    -- at a 5,000-event backlog instead of 2 ms.
                     SELECT c.id, c.next_attempt_at FROM hooks h CROSS JOIN LATERAL (
                         SELECT d.id, d.next_attempt_at FROM webhook_deliveries d
                         WHERE d.webhook_id = h.id
@@ -372,6 +376,13 @@ class PgWebhookStore:
                     f"WHERE webhook_id = $1 AND state = {PENDING:d}",
                     webhook_id,
                 )
+
+    async def analyze(self) -> None:
+        """Refreshes the planner's statistics of the delivery queue. A queue created
+        empty is planned as empty until autovacuum's next look (a minute by default):
+        claim_due then walked a whole backlog per probe (30-600 ms a round)."""
+        with unavailable_on_connection_errors():
+            await self._pool.execute("ANALYZE webhook_deliveries")
 
     async def backlog(self) -> tuple[int, float]:
         """Pending deliveries (all replicas) and the age in seconds of the oldest."""

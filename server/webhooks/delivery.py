@@ -66,6 +66,10 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
+ANALYZE_AFTER_ROWS = 1000
+ANALYZE_EVERY_SECONDS = 10.0
+
+
 class WebhookDelivery:
     def __init__(
         self,
@@ -105,6 +109,8 @@ class WebhookDelivery:
         self._resolver = resolver
         self._successes = GroupWrite(store.record_successes)
         self._secrets: dict[bytes, str] = {}  # sealed -> plain: unsealing costs
+        self._created_since_analyze = 0
+        self._analyzed_at = -ANALYZE_EVERY_SECONDS
 
     def start(self) -> None:
         resolver = self._resolver
@@ -155,6 +161,7 @@ class WebhookDelivery:
             self._materialised_at = now
             created = await self._store.materialise(500)
             self._new_events = self._new_events or created > 0  # maybe more behind them
+            await self._keep_statistics(created, now)
         room = self._capacity - len(self._tasks)
         if room <= 0:
             return False
@@ -170,6 +177,19 @@ class WebhookDelivery:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return created > 0 or len(due) == room
+
+    async def _keep_statistics(self, created: int, now: float) -> None:
+        """ANALYZE the queue once it has grown by ANALYZE_AFTER_ROWS since the last
+        time (at most every ANALYZE_EVERY_SECONDS): the planner's picture of a queue
+        that filled faster than autovacuum looks must not be an empty table."""
+        self._created_since_analyze += created
+        if (
+            self._created_since_analyze >= ANALYZE_AFTER_ROWS
+            and now - self._analyzed_at >= ANALYZE_EVERY_SECONDS
+        ):
+            self._created_since_analyze = 0
+            self._analyzed_at = now
+            await self._store.analyze()
 
     async def _deliver(self, due: DueDelivery) -> None:
         # The endpoint's slot is its open request: freed once answered, so the next

@@ -85,3 +85,23 @@ async def test_go_example(gateway: Running) -> None:
     code, output = await _run("bash", CLIENTS / "go" / "build.sh", within=300)
     assert code == 0, f"{output}\n{MISSING}"
     await _example(gateway, "go", CLIENTS / "go" / "bin" / "smsgw-example")
+
+
+async def test_typescript_connect_example(gateway: Running) -> None:
+    """clients/ts/example.ts (Connect's TypeScript client, stubs from protoc-gen-es in
+    generated/ts) on the HTTP port, over the Connect protocol and over gRPC-Web."""
+    tsx = ROOT / "node_modules" / ".bin" / "tsx"
+    assert tsx.exists(), "tsx and Connect are installed by the test command (npm ci)"
+    client = await gateway.client(name="example-ts")
+    env = dict(os.environ)
+    env.update(
+        SMSGW_HTTP_URL=f"http://127.0.0.1:{gateway.gateway.http_port}",
+        SMSGW_API_KEY=client.api_key,
+        SMSGW_API_SECRET=client.api_secret,
+    )
+    code, output = await _run(tsx, CLIENTS / "ts" / "example.ts", env=env)
+    assert code == 0, output
+    assert output.rstrip().endswith("ts example: OK"), output
+    for protocol in ("connect", "grpc-web"):
+        assert f"{protocol}: field mobile:" in output, output
+        assert f"{protocol}: DELIVERED" in output, output

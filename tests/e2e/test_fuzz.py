@@ -37,6 +37,7 @@ from sms.v1 import (
     account_pb2,
     batch_pb2,
     common_pb2,
+    inbound_pb2,
     message_pb2,
     suppression_pb2,
     template_pb2,
@@ -65,6 +66,7 @@ SERVICES = [
         (webhook_pb2.DESCRIPTOR, "WebhookService"),
         (suppression_pb2.DESCRIPTOR, "SuppressionService"),
         (account_pb2.DESCRIPTOR, "AccountService"),
+        (inbound_pb2.DESCRIPTOR, "InboundService"),
     )
 ]
 METHODS = [method for service in SERVICES for method in service.methods]
@@ -474,6 +476,8 @@ async def world(start_gateway: GatewayFactory) -> World:
         "RemoveSuppression": [sp.RemoveSuppressionRequest(mobile="+8613800138009")],
         "GetSuppression": [sp.GetSuppressionRequest(mobile="+86 138-0013-8009")],
         "ListSuppressions": [sp.ListSuppressionsRequest(page_size=1)],
+        "ListInboundMessages": [inbound_pb2.ListInboundMessagesRequest(page_size=1)],
+        "WatchInboundMessages": [inbound_pb2.WatchInboundMessagesRequest(after_event_id=1)],
         "CreateAccount": [
             ac.CreateAccountRequest(
                 account=ac.Account(name="fuzz", verified=True, quiet_hours=["21:00-08:00"])

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from sms.v1 import common_pb2, message_pb2, message_pb2_grpc
@@ -132,6 +133,28 @@ async def test_mtls_refuses_clients_without_a_certificate_from_the_ca(
             await messages.SendMessage(SEND, metadata=client.metadata, timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert await stored(mtls_gw, client) == 0
+
+
+async def test_mtls_keeps_the_rpcs_off_the_plain_http_port(
+    mtls_gw: Running, tls_gw: Running
+) -> None:
+    """The HTTP port cannot check client certificates: under mutual TLS it does not serve
+    the RPCs over Connect (nothing stored), while plain server TLS leaves them on."""
+    client = await mtls_gw.client()
+    path = "sms.v1.MessageService/SendMessage"
+    body = '{"mobile":"+8613800138000","useType":"USE_TYPE_NOTIFICATION","text":"x"}'
+    headers = {"Content-Type": "application/json", "Authorization": client.metadata[0][1]}
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{mtls_gw.gateway.http_port}/{path}"
+        async with session.post(url, data=body, headers=headers) as answer:
+            assert answer.status == 404
+        tls_client = await tls_gw.client()
+        headers["Authorization"] = tls_client.metadata[0][1]
+        url = f"http://127.0.0.1:{tls_gw.gateway.http_port}/{path}"
+        async with session.post(url, data=body, headers=headers) as answer:
+            assert answer.status == 200
+    assert await stored(mtls_gw, client) == 0
+    assert await stored(tls_gw, tls_client) == 1
 
 
 # --- the command line: `smsgw serve` with TLS variables, `smsgw healthcheck`, `buf curl`

@@ -304,8 +304,8 @@ async def test_the_expiry_sweep_reports_expired_verifications(
 @pytest.mark.parametrize(
     ("refused", "name"),
     [
-        (W.EVENT_TYPE_INBOUND_MESSAGE, "EVENT_TYPE_INBOUND_MESSAGE"),
-        (W.EVENT_TYPE_SUPPRESSION, "EVENT_TYPE_SUPPRESSION"),
+        (W.EVENT_TYPE_UNSPECIFIED, "EVENT_TYPE_UNSPECIFIED"),
+        (W.EventType.ValueType(99), "99"),
     ],
 )
 async def test_event_types_without_a_source_are_refused_by_name(

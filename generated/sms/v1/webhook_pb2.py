@@ -25,10 +25,11 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from sms.v1 import common_pb2 as sms_dot_v1_dot_common__pb2
+from sms.v1 import inbound_pb2 as sms_dot_v1_dot_inbound__pb2
 from sms.v1 import message_pb2 as sms_dot_v1_dot_message__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14sms/v1/webhook.proto\x12\x06sms.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13sms/v1/common.proto\x1a\x14sms/v1/message.proto\"\xb2\x01\n\x07Webhook\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03url\x18\x02 \x01(\t\x12&\n\x0b\x65vent_types\x18\x03 \x03(\x0e\x32\x11.sms.v1.EventType\x12\x0e\n\x06secret\x18\x04 \x01(\t\x12\x10\n\x08\x64isabled\x18\x05 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"`\n\x14\x43reateWebhookRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\x12&\n\x0b\x65vent_types\x18\x02 \x03(\x0e\x32\x11.sms.v1.EventType\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\x1f\n\x11GetWebhookRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"<\n\x13ListWebhooksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x14ListWebhooksResponse\x12!\n\x08webhooks\x18\x01 \x03(\x0b\x32\x0f.sms.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x14\x44\x65leteWebhookRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"\xdf\x01\n\x0fWebhookDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12%\n\nevent_type\x18\x03 \x01(\x0e\x32\x11.sms.v1.EventType\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x18\n\x10last_http_status\x18\x05 \x01(\x05\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.sms.v1.DeliveryState\x12\x35\n\x11next_attempt_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x1cListWebhookDeliveriesRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"e\n\x1dListWebhookDeliveriesResponse\x12+\n\ndeliveries\x18\x01 \x03(\x0b\x32\x17.sms.v1.WebhookDelivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x91\x01\n\x1dRedeliverWebhookEventsRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\x03\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"/\n\x1eRedeliverWebhookEventsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\"\x92\x02\n\x0cWebhookEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1f\n\x04type\x18\x02 \x01(\x0e\x32\x11.sms.v1.EventType\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x0emessage_status\x18\n \x01(\x0b\x32\x1a.sms.v1.MessageStatusEventH\x00\x12\x30\n\x0c\x62\x61tch_status\x18\x0b \x01(\x0b\x32\x18.sms.v1.BatchStatusEventH\x00\x12\x31\n\x0cverification\x18\x0c \x01(\x0b\x32\x19.sms.v1.VerificationEventH\x00\x42\t\n\x07payload\"\xb7\x02\n\x10\x42\x61tchStatusEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.sms.v1.BatchStatus\x12\r\n\x05total\x18\x03 \x01(\x05\x12\x0c\n\x04sent\x18\x04 \x01(\x05\x12\x11\n\tdelivered\x18\x05 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x05\x12/\n\x0boccurred_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x08 \x01(\t\x12\x38\n\x08metadata\x18\t \x03(\x0b\x32&.sms.v1.BatchStatusEvent.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x02\n\x11VerificationEvent\x12\x11\n\tverify_id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.sms.v1.VerificationState\x12\x0e\n\x06mobile\x18\x03 \x01(\t\x12\x12\n\nmessage_id\x18\x04 \x01(\t\x12\r\n\x05scene\x18\x05 \x01(\t\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x07 \x01(\t\x12\x39\n\x08metadata\x18\x08 \x03(\x0b\x32\'.sms.v1.VerificationEvent.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xbc\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45VENT_TYPE_MESSAGE_STATUS\x10\x01\x12\x1b\n\x17\x45VENT_TYPE_BATCH_STATUS\x10\x02\x12\x1b\n\x17\x45VENT_TYPE_VERIFICATION\x10\x03\x12\x1e\n\x1a\x45VENT_TYPE_INBOUND_MESSAGE\x10\x04\x12\x1a\n\x16\x45VENT_TYPE_SUPPRESSION\x10\x05*\x84\x01\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45LIVERY_STATE_PENDING\x10\x01\x12\x1c\n\x18\x44\x45LIVERY_STATE_SUCCEEDED\x10\x02\x12\x19\n\x15\x44\x45LIVERY_STATE_FAILED\x10\x03\x32\xeb\x03\n\x0eWebhookService\x12>\n\rCreateWebhook\x12\x1c.sms.v1.CreateWebhookRequest\x1a\x0f.sms.v1.Webhook\x12\x38\n\nGetWebhook\x12\x19.sms.v1.GetWebhookRequest\x1a\x0f.sms.v1.Webhook\x12I\n\x0cListWebhooks\x12\x1b.sms.v1.ListWebhooksRequest\x1a\x1c.sms.v1.ListWebhooksResponse\x12\x45\n\rDeleteWebhook\x12\x1c.sms.v1.DeleteWebhookRequest\x1a\x16.google.protobuf.Empty\x12\x64\n\x15ListWebhookDeliveries\x12$.sms.v1.ListWebhookDeliveriesRequest\x1a%.sms.v1.ListWebhookDeliveriesResponse\x12g\n\x16RedeliverWebhookEvents\x12%.sms.v1.RedeliverWebhookEventsRequest\x1a&.sms.v1.RedeliverWebhookEventsResponseB\x1bZ\x19smsgw/gen/go/sms/v1;smsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14sms/v1/webhook.proto\x12\x06sms.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13sms/v1/common.proto\x1a\x14sms/v1/inbound.proto\x1a\x14sms/v1/message.proto\"\xb2\x01\n\x07Webhook\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03url\x18\x02 \x01(\t\x12&\n\x0b\x65vent_types\x18\x03 \x03(\x0e\x32\x11.sms.v1.EventType\x12\x0e\n\x06secret\x18\x04 \x01(\t\x12\x10\n\x08\x64isabled\x18\x05 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"`\n\x14\x43reateWebhookRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\x12&\n\x0b\x65vent_types\x18\x02 \x03(\x0e\x32\x11.sms.v1.EventType\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\x1f\n\x11GetWebhookRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"<\n\x13ListWebhooksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x14ListWebhooksResponse\x12!\n\x08webhooks\x18\x01 \x03(\x0b\x32\x0f.sms.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x14\x44\x65leteWebhookRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"\xdf\x01\n\x0fWebhookDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12%\n\nevent_type\x18\x03 \x01(\x0e\x32\x11.sms.v1.EventType\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x18\n\x10last_http_status\x18\x05 \x01(\x05\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.sms.v1.DeliveryState\x12\x35\n\x11next_attempt_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x1cListWebhookDeliveriesRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"e\n\x1dListWebhookDeliveriesResponse\x12+\n\ndeliveries\x18\x01 \x03(\x0b\x32\x17.sms.v1.WebhookDelivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x91\x01\n\x1dRedeliverWebhookEventsRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\x03\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"/\n\x1eRedeliverWebhookEventsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\"\xf6\x02\n\x0cWebhookEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1f\n\x04type\x18\x02 \x01(\x0e\x32\x11.sms.v1.EventType\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x0emessage_status\x18\n \x01(\x0b\x32\x1a.sms.v1.MessageStatusEventH\x00\x12\x30\n\x0c\x62\x61tch_status\x18\x0b \x01(\x0b\x32\x18.sms.v1.BatchStatusEventH\x00\x12\x31\n\x0cverification\x18\x0c \x01(\x0b\x32\x19.sms.v1.VerificationEventH\x00\x12\x31\n\x0finbound_message\x18\r \x01(\x0b\x32\x16.sms.v1.InboundMessageH\x00\x12/\n\x0bsuppression\x18\x0e \x01(\x0b\x32\x18.sms.v1.SuppressionEventH\x00\x42\t\n\x07payload\"\xb7\x02\n\x10\x42\x61tchStatusEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.sms.v1.BatchStatus\x12\r\n\x05total\x18\x03 \x01(\x05\x12\x0c\n\x04sent\x18\x04 \x01(\x05\x12\x11\n\tdelivered\x18\x05 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x05\x12/\n\x0boccurred_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x08 \x01(\t\x12\x38\n\x08metadata\x18\t \x03(\x0b\x32&.sms.v1.BatchStatusEvent.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x02\n\x11VerificationEvent\x12\x11\n\tverify_id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.sms.v1.VerificationState\x12\x0e\n\x06mobile\x18\x03 \x01(\t\x12\x12\n\nmessage_id\x18\x04 \x01(\t\x12\r\n\x05scene\x18\x05 \x01(\t\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x07 \x01(\t\x12\x39\n\x08metadata\x18\x08 \x03(\x0b\x32\'.sms.v1.VerificationEvent.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x01\n\x10SuppressionEvent\x12\x0e\n\x06mobile\x18\x01 \x01(\t\x12\x12\n\nsuppressed\x18\x02 \x01(\x08\x12\x1a\n\x12inbound_message_id\x18\x03 \x01(\t\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xbc\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45VENT_TYPE_MESSAGE_STATUS\x10\x01\x12\x1b\n\x17\x45VENT_TYPE_BATCH_STATUS\x10\x02\x12\x1b\n\x17\x45VENT_TYPE_VERIFICATION\x10\x03\x12\x1e\n\x1a\x45VENT_TYPE_INBOUND_MESSAGE\x10\x04\x12\x1a\n\x16\x45VENT_TYPE_SUPPRESSION\x10\x05*\x84\x01\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45LIVERY_STATE_PENDING\x10\x01\x12\x1c\n\x18\x44\x45LIVERY_STATE_SUCCEEDED\x10\x02\x12\x19\n\x15\x44\x45LIVERY_STATE_FAILED\x10\x03\x32\xeb\x03\n\x0eWebhookService\x12>\n\rCreateWebhook\x12\x1c.sms.v1.CreateWebhookRequest\x1a\x0f.sms.v1.Webhook\x12\x38\n\nGetWebhook\x12\x19.sms.v1.GetWebhookRequest\x1a\x0f.sms.v1.Webhook\x12I\n\x0cListWebhooks\x12\x1b.sms.v1.ListWebhooksRequest\x1a\x1c.sms.v1.ListWebhooksResponse\x12\x45\n\rDeleteWebhook\x12\x1c.sms.v1.DeleteWebhookRequest\x1a\x16.google.protobuf.Empty\x12\x64\n\x15ListWebhookDeliveries\x12$.sms.v1.ListWebhookDeliveriesRequest\x1a%.sms.v1.ListWebhookDeliveriesResponse\x12g\n\x16RedeliverWebhookEvents\x12%.sms.v1.RedeliverWebhookEventsRequest\x1a&.sms.v1.RedeliverWebhookEventsResponseB\x1bZ\x19smsgw/gen/go/sms/v1;smsv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,42 +41,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHSTATUSEVENT_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_VERIFICATIONEVENT_METADATAENTRY']._loaded_options = None
   _globals['_VERIFICATIONEVENT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTTYPE']._serialized_start=2150
-  _globals['_EVENTTYPE']._serialized_end=2338
-  _globals['_DELIVERYSTATE']._serialized_start=2341
-  _globals['_DELIVERYSTATE']._serialized_end=2473
-  _globals['_WEBHOOK']._serialized_start=138
-  _globals['_WEBHOOK']._serialized_end=316
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=318
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=414
-  _globals['_GETWEBHOOKREQUEST']._serialized_start=416
-  _globals['_GETWEBHOOKREQUEST']._serialized_end=447
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=449
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=509
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=511
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=593
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=595
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=629
-  _globals['_WEBHOOKDELIVERY']._serialized_start=632
-  _globals['_WEBHOOKDELIVERY']._serialized_end=855
-  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_start=857
-  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_end=946
-  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_start=948
-  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_end=1049
-  _globals['_REDELIVERWEBHOOKEVENTSREQUEST']._serialized_start=1052
-  _globals['_REDELIVERWEBHOOKEVENTSREQUEST']._serialized_end=1197
-  _globals['_REDELIVERWEBHOOKEVENTSRESPONSE']._serialized_start=1199
-  _globals['_REDELIVERWEBHOOKEVENTSRESPONSE']._serialized_end=1246
-  _globals['_WEBHOOKEVENT']._serialized_start=1249
-  _globals['_WEBHOOKEVENT']._serialized_end=1523
-  _globals['_BATCHSTATUSEVENT']._serialized_start=1526
-  _globals['_BATCHSTATUSEVENT']._serialized_end=1837
-  _globals['_BATCHSTATUSEVENT_METADATAENTRY']._serialized_start=1790
-  _globals['_BATCHSTATUSEVENT_METADATAENTRY']._serialized_end=1837
-  _globals['_VERIFICATIONEVENT']._serialized_start=1840
-  _globals['_VERIFICATIONEVENT']._serialized_end=2147
-  _globals['_VERIFICATIONEVENT_METADATAENTRY']._serialized_start=1790
-  _globals['_VERIFICATIONEVENT_METADATAENTRY']._serialized_end=1837
-  _globals['_WEBHOOKSERVICE']._serialized_start=2476
-  _globals['_WEBHOOKSERVICE']._serialized_end=2967
+  _globals['_EVENTTYPE']._serialized_start=2406
+  _globals['_EVENTTYPE']._serialized_end=2594
+  _globals['_DELIVERYSTATE']._serialized_start=2597
+  _globals['_DELIVERYSTATE']._serialized_end=2729
+  _globals['_WEBHOOK']._serialized_start=160
+  _globals['_WEBHOOK']._serialized_end=338
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=340
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=436
+  _globals['_GETWEBHOOKREQUEST']._serialized_start=438
+  _globals['_GETWEBHOOKREQUEST']._serialized_end=469
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=471
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=531
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=533
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=615
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=617
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=651
+  _globals['_WEBHOOKDELIVERY']._serialized_start=654
+  _globals['_WEBHOOKDELIVERY']._serialized_end=877
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_start=879
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_end=968
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_start=970
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_end=1071
+  _globals['_REDELIVERWEBHOOKEVENTSREQUEST']._serialized_start=1074
+  _globals['_REDELIVERWEBHOOKEVENTSREQUEST']._serialized_end=1219
+  _globals['_REDELIVERWEBHOOKEVENTSRESPONSE']._serialized_start=1221
+  _globals['_REDELIVERWEBHOOKEVENTSRESPONSE']._serialized_end=1268
+  _globals['_WEBHOOKEVENT']._serialized_start=1271
+  _globals['_WEBHOOKEVENT']._serialized_end=1645
+  _globals['_BATCHSTATUSEVENT']._serialized_start=1648
+  _globals['_BATCHSTATUSEVENT']._serialized_end=1959
+  _globals['_BATCHSTATUSEVENT_METADATAENTRY']._serialized_start=1912
+  _globals['_BATCHSTATUSEVENT_METADATAENTRY']._serialized_end=1959
+  _globals['_VERIFICATIONEVENT']._serialized_start=1962
+  _globals['_VERIFICATIONEVENT']._serialized_end=2269
+  _globals['_VERIFICATIONEVENT_METADATAENTRY']._serialized_start=1912
+  _globals['_VERIFICATIONEVENT_METADATAENTRY']._serialized_end=1959
+  _globals['_SUPPRESSIONEVENT']._serialized_start=2272
+  _globals['_SUPPRESSIONEVENT']._serialized_end=2403
+  _globals['_WEBHOOKSERVICE']._serialized_start=2732
+  _globals['_WEBHOOKSERVICE']._serialized_end=3223
 # @@protoc_insertion_point(module_scope)

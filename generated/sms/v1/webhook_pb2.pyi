@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from sms.v1 import common_pb2 as _common_pb2
+from sms.v1 import inbound_pb2 as _inbound_pb2
 from sms.v1 import message_pb2 as _message_pb2
 import builtins as _builtins
 import sys
@@ -440,6 +441,8 @@ class WebhookEvent(_message.Message):
     MESSAGE_STATUS_FIELD_NUMBER: _builtins.int
     BATCH_STATUS_FIELD_NUMBER: _builtins.int
     VERIFICATION_FIELD_NUMBER: _builtins.int
+    INBOUND_MESSAGE_FIELD_NUMBER: _builtins.int
+    SUPPRESSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The event id, stable across retries and redeliveries."""
     type: Global___EventType.ValueType
@@ -460,6 +463,14 @@ class WebhookEvent(_message.Message):
     def verification(self) -> Global___VerificationEvent:
         """A verification's outcome."""
 
+    @_builtins.property
+    def inbound_message(self) -> _inbound_pb2.InboundMessage:
+        """A message a recipient sent."""
+
+    @_builtins.property
+    def suppression(self) -> Global___SuppressionEvent:
+        """A number suppressed (STOP) or released (START) by a recipient's keyword."""
+
     def __init__(
         self,
         *,
@@ -469,12 +480,14 @@ class WebhookEvent(_message.Message):
         message_status: _message_pb2.MessageStatusEvent | None = ...,
         batch_status: Global___BatchStatusEvent | None = ...,
         verification: Global___VerificationEvent | None = ...,
+        inbound_message: _inbound_pb2.InboundMessage | None = ...,
+        suppression: Global___SuppressionEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_status", b"batch_status", "message_status", b"message_status", "occurred_at", b"occurred_at", "payload", b"payload", "verification", b"verification"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_status", b"batch_status", "inbound_message", b"inbound_message", "message_status", b"message_status", "occurred_at", b"occurred_at", "payload", b"payload", "suppression", b"suppression", "verification", b"verification"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_status", b"batch_status", "id", b"id", "message_status", b"message_status", "occurred_at", b"occurred_at", "payload", b"payload", "type", b"type", "verification", b"verification"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_status", b"batch_status", "id", b"id", "inbound_message", b"inbound_message", "message_status", b"message_status", "occurred_at", b"occurred_at", "payload", b"payload", "suppression", b"suppression", "type", b"type", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["message_status", "batch_status", "verification"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["message_status", "batch_status", "verification", "inbound_message", "suppression"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -631,3 +644,39 @@ class VerificationEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerificationEvent: _TypeAlias = VerificationEvent  # noqa: Y015
+
+@_typing.final
+class SuppressionEvent(_message.Message):
+    """SuppressionEvent is a number suppressed or released by a recipient's keyword."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOBILE_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_FIELD_NUMBER: _builtins.int
+    INBOUND_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    mobile: _builtins.str
+    """The number, E.164."""
+    suppressed: _builtins.bool
+    """True: suppressed (STOP); false: released (START)."""
+    inbound_message_id: _builtins.str
+    """The inbound message whose keyword made the change."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the change happened."""
+
+    def __init__(
+        self,
+        *,
+        mobile: _builtins.str = ...,
+        suppressed: _builtins.bool = ...,
+        inbound_message_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inbound_message_id", b"inbound_message_id", "mobile", b"mobile", "occurred_at", b"occurred_at", "suppressed", b"suppressed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuppressionEvent: _TypeAlias = SuppressionEvent  # noqa: Y015
