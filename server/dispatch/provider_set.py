@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from aiolimiter import AsyncLimiter
 
 from server.dispatch.breaker import BreakerSettings, CircuitBreaker
 from server.dispatch.route_choice import Router
+from server.domain.inbound import InboundSms
 from server.domain.models import Channel, OutboundMessage, UseType
 from server.domain.ports import ReceiptSink, Transport, VoiceTransport
 from server.providers.loopback import LoopbackConfig
@@ -61,7 +61,7 @@ class ProviderSet:
         receipts: ReceiptSink,
         loopback: LoopbackConfig,
         breaker: BreakerSettings | None = None,
-        inbound: Callable[[Any], Awaitable[None]] | None = None,
+        inbound: Callable[[InboundSms], Awaitable[None]] | None = None,
     ) -> ProviderSet:
         breaker = breaker or BreakerSettings()
         transports = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
 
+from server.domain.inbound import InboundSms
 from server.domain.ports import ReceiptSink, Transport
 from server.providers.loopback import LoopbackConfig, LoopbackTransport
 from server.routes_file import ProviderSpec
@@ -16,10 +16,10 @@ def build_transport(
     *,
     receipts: ReceiptSink,
     loopback: LoopbackConfig,
-    inbound: Callable[[Any], Awaitable[None]] | None = None,
+    inbound: Callable[[InboundSms], Awaitable[None]] | None = None,
 ) -> Transport:
-    """``inbound`` receives the mobile-originated messages of transports that get them
-    (SMPP deliver_sm: server.providers.smpp.InboundSms)."""
+    """``inbound`` takes the messages from recipients of transports that receive them
+    over their own connection (SMPP deliver_sm)."""
     c = spec.credentials
     common = {
         "name": spec.name,

@@ -20,7 +20,8 @@ windowing run in its Rust core; this module adds what a gateway needs around it.
   receipt recorder matches or parks like any webhook receipt.
 - Any other deliver_sm is a mobile-originated message: it is handed to the
   ``on_inbound`` callable given at construction (after its concatenated parts are
-  reassembled); without one it is logged (numbers masked) and dropped.
+  reassembled), as server.domain.inbound.InboundSms; without one it is logged and
+  dropped.
 - There is no status query over SMPP here (query_sm is not offered by the library):
   ``max_status_ids`` is 0 so the poller never asks, and ``query_status`` answers
   from the receipts this process has combined.
@@ -39,7 +40,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +48,7 @@ from typing import Any
 import smpp34
 from aiolimiter import AsyncLimiter
 
+from server.domain.inbound import InboundSms
 from server.domain.models import Channel, MessageStatus, OutboundMessage
 from server.domain.ports import Capabilities, ProviderRef, Receipt, ReceiptSink, SendOutcome
 from server.providers.smpp_text import (
@@ -83,17 +84,6 @@ LIMITS = {"system_id": 15, "password": 8, "system_type": 12, "source_addr": 20}
 MAX_SETTLED = 100_000  # combined receipts kept for query_status
 MAX_GROUPS = 200_000  # parts awaiting their receipts (oldest dropped first)
 MAX_MO_PARTS = 10_000  # inbound messages waiting for their other parts
-
-
-@dataclass(frozen=True)
-class InboundSms:
-    """A mobile-originated message received on a bind (handed to ``on_inbound``)."""
-
-    provider: str
-    from_number: str  # E.164 with "+" when the SMSC sent an international number
-    to_number: str
-    text: str = field(repr=False)
-    received_at: float  # Unix time
 
 
 InboundHook = Callable[[InboundSms], Awaitable[None]]
@@ -510,7 +500,8 @@ class SmppTransport:
                 text = "".join(parts[i] for i in sorted(parts))
         else:
             text = decode_text(data, event.data_coding)
-        inbound = InboundSms(self.name, sender, event.destination_addr, text, time.time())
+        # The sender in E.164 with "+" when the SMSC says it is international.
+        inbound = InboundSms(self.name, sender, event.destination_addr, text)
         if self._on_inbound is None:
             log.warning("smpp %s: an inbound message with no handler was dropped", self.name)
             return

@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
+from server.domain.inbound import InboundSms
 from server.domain.models import MessageStatus, OutboundMessage, UseType
 from server.domain.ports import Receipt, SendOutcome
 from server.emulators.common import EmulatorControls
-from server.providers.smpp import InboundSms, SmppTransport
+from server.providers.smpp import SmppTransport
 from tests.contract.pair_smpp import config
 from tests.eventually import eventually
 from tests.smsc.runner import PASSWORD, SYSTEM_ID, Smsc, start_smsc

@@ -1,5 +1,6 @@
 """SMPP end to end (issue 20): gRPC SendMessage -> the gateway's SMPP transport ->
-the Net::SMPP test SMSC receives submit_sm -> its deliver_sm receipt -> DELIVERED."""
+the Net::SMPP test SMSC receives submit_sm -> its deliver_sm receipt -> DELIVERED; and
+a recipient's reply as deliver_sm -> InboundService."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from sms.v1 import common_pb2, message_pb2
+from sms.v1 import common_pb2, inbound_pb2, message_pb2
 
 from server.emulators.common import EmulatorControls
 from server.routes_file import ProviderSpec
 from tests.e2e.conftest import Client, GatewayFactory, final_state
 from tests.e2e.emulated import only
+from tests.e2e.test_inbound import inbound, refused_as_suppressed
 from tests.e2e.test_providers import history
 from tests.smsc.runner import PASSWORD, SYSTEM_ID, Smsc, start_smsc
 
@@ -89,3 +91,42 @@ async def test_a_long_message_settles_once_from_its_parts_receipts_even_when_ear
     events = await history(running, message_id)
     assert events.count(common_pb2.MESSAGE_STATUS_DELIVERED) == 1
     assert events[-1] == common_pb2.MESSAGE_STATUS_DELIVERED
+
+
+async def test_a_reply_over_the_bind_becomes_an_inbound_message_and_stop_suppresses(
+    start_gateway: GatewayFactory, smscs: list[Smsc]
+) -> None:
+    smsc = await start_smsc(EmulatorControls(delivery_delay=0.1))
+    smscs.append(smsc)
+    running = await start_gateway(routing=only(smpp_spec(smsc)), poll_interval_seconds=3600)
+    client = await running.client()
+    # The account sent to this number last: the reply is its.
+    await final_state(client, await send(client, "Reply STOP to opt out."))
+    await smsc.command(
+        cmd="mo",
+        source_addr=CN.lstrip("+"),
+        destination_addr="10690000",
+        short_message_hex=b"STOP".hex(),
+        data_coding=0,
+    )
+    stub = inbound(running)
+
+    async def listed() -> list[inbound_pb2.InboundMessage]:
+        reply = await stub.ListInboundMessages(
+            inbound_pb2.ListInboundMessagesRequest(), metadata=client.metadata
+        )
+        return list(reply.inbound_messages)
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while not (messages := await listed()):
+        assert asyncio.get_running_loop().time() < deadline, "no inbound message"
+        await asyncio.sleep(0.1)
+    (message,) = messages
+    assert (message.from_number, message.to, message.text, message.provider) == (
+        CN,
+        "10690000",
+        "STOP",
+        "smsc1",
+    )
+    assert message.keyword == "STOP"
+    await refused_as_suppressed(client, CN)  # the recipient opted out over SMPP
