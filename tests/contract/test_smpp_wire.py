@@ -43,8 +43,13 @@ class Rig:
         latency = controls.pop("latency", None)
         port = controls.pop("port", 0)
         reject = controls.pop("reject_prefix", "")
+        first = controls.pop("receipt_first", False)
         smsc = await start_smsc(
-            EmulatorControls(**controls), latency=latency, port=port, reject_prefix=reject
+            EmulatorControls(**controls),
+            latency=latency,
+            port=port,
+            reject_prefix=reject,
+            receipt_first=first,
         )
         self.smscs.append(smsc)
         return smsc
@@ -194,6 +199,25 @@ async def test_a_receipt_for_a_message_sent_before_a_restart_is_reported_by_smsc
     # SMSC's id (or parks it until the send is recorded).
     assert receipt.message_id == ""
     assert receipt.status == MessageStatus.DELIVERED
+
+
+async def test_receipts_that_overtake_their_answers_are_held_and_combined(rig: Rig) -> None:
+    smsc = await rig.smsc(receipt_first=True)
+    transport = rig.transport(smsc)
+    sent = message("Long " * 40)  # two parts, each receipt before its submit_sm_resp
+    outcome = await transport.send(sent)
+    assert outcome.accepted
+    receipts = smsc.records("receipt")
+    answers = smsc.records("submit_sm_resp")
+    assert [r["message_id"] for r in receipts] == [a["message_id"] for a in answers]
+    assert all(r["t"] <= a["t"] for r, a in zip(receipts, answers, strict=True))
+    (receipt,) = await eventually(receipt_of(rig, sent.id), what="the combined receipt")
+    assert (receipt.status, receipt.provider_message_id) == (
+        MessageStatus.DELIVERED,
+        outcome.provider_message_id,
+    )
+    await asyncio.sleep(0.7)  # past the transport's grace: nothing reported twice
+    assert rig.receipts == [receipt]
 
 
 async def test_an_inbound_message_goes_to_the_hook_with_its_parts_joined(rig: Rig) -> None:

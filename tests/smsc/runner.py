@@ -75,6 +75,7 @@ async def start_smsc(
     log_path: Path | None = None,
     latency: float | None = None,
     reject_prefix: str = "",
+    receipt_first: bool = False,
 ) -> Smsc:
     """Starts the SMSC on 127.0.0.1 (a free port unless ``port``); ``controls`` as the
     HTTP emulators take them (delivery_delay, outcome, fail_rate, fault, latency)."""
@@ -100,6 +101,8 @@ async def start_smsc(
     ]
     if reject_prefix:
         args.append(f"--reject-prefix={reject_prefix}")
+    if receipt_first:
+        args.append("--receipt-first=1")
     process = await asyncio.create_subprocess_exec(
         *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
     )

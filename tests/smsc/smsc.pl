@@ -18,6 +18,7 @@
 #   timeout  -> no answer at all
 #   drop     -> the connection is closed without an answer
 # --latency delays every submit_sm_resp (to hold a submit window open).
+# --receipt-first sends each receipt before the submit_sm_resp it reports on.
 # --reject-prefix refuses destinations starting with it: ESME_RINVDSTADR (0x0B).
 #
 # A receipt whose connection has closed goes to another bound receiver or
@@ -40,10 +41,11 @@ my %opt = (
     port => 0, 'system-id' => 'smsgw', password => 'secret', log => '/dev/null',
     'delivery-delay' => 0.2, outcome => 'delivered', 'fail-rate' => 0.0,
     fault => 'http_500', latency => 0.0, seed => 1, receipts => 1, 'reject-prefix' => '',
+    'receipt-first' => 0,
 );
 GetOptions(\%opt, 'port=i', 'system-id=s', 'password=s', 'log=s', 'delivery-delay=f',
     'outcome=s', 'fail-rate=f', 'fault=s', 'latency=f', 'seed=i', 'receipts=i',
-    'reject-prefix=s')
+    'reject-prefix=s', 'receipt-first=i')
     or die "bad arguments\n";
 srand($opt{seed});
 
@@ -151,11 +153,14 @@ sub answer_submit {
         return;
     }
     my $message_id = sprintf('%x', $next_id++);
+    if ($opt{'receipt-first'}) {    # the receipt overtakes the answer (a racing SMSC)
+        send_receipt($c, $pdu, $message_id);
+    }
     # recorded first: a test that has the answer finds it in the log
     record({event => 'submit_sm_resp', conn => $conn_id{$fd}, seq => $pdu->{seq},
         message_id => $message_id});
     $c->submit_sm_resp(seq => $pdu->{seq}, message_id => $message_id);
-    if ($opt{receipts} && ($pdu->{registered_delivery} & 0x03)) {
+    if ($opt{receipts} && !$opt{'receipt-first'} && ($pdu->{registered_delivery} & 0x03)) {
         later($opt{'delivery-delay'}, sub { send_receipt($c, $pdu, $message_id) });
     }
 }
