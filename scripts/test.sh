@@ -10,4 +10,5 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 npm ci --no-audit --no-fund --loglevel=error
 bash clients/install.sh   # what the example clients in clients/ need (tests/e2e/test_clients.py)
 bash scripts/check_deploy.sh --install   # nginx (tests/e2e/test_deploy_nginx.py), promtool
+bash tests/smsc/install.sh   # Net::SMPP for the test SMSC (SMPP transport tests)
 exec .venv/bin/pytest "$@"

@@ -66,7 +66,8 @@ from server.domain.auth import Authenticator
 from server.domain.batch_slots import BatchSlots
 from server.domain.batch_tasks import Batches
 from server.domain.codes import CodeKeys
-from server.domain.inbound import InboundIntake, InboundMessages
+from server.domain.errors import InvalidArgument
+from server.domain.inbound import InboundIntake, InboundMessages, InboundSms
 from server.domain.limits import AuthFailureThrottle, RateLimits, StreamCaps
 from server.domain.messaging import Messaging
 from server.domain.outbox_codes import CodeOpeningOutbox
@@ -144,6 +145,7 @@ class Gateway:
         self._webhooks: WebhookDelivery | None = None
         self._webhook_pool: asyncpg.Pool | None = None
         self._inbound: InboundIntake | None = None
+        self._inbound_ready = asyncio.Event()  # set once the intake exists
         # Large batches are prepared in a process of its own (started when first
         # needed); one batch at a time: each holds its request decoded (100-150 MB
         # for 100,000 numbers with values), and it runs beside the server's cores.
@@ -314,6 +316,7 @@ class Gateway:
         self._inbound = InboundIntake(
             inbound_store, lambda: self.settings.routing.inbound, self._dispatcher.wake
         )
+        self._inbound_ready.set()
         account_pb2_grpc.add_AccountServiceServicer_to_server(
             AccountServicer(PgAccountStore(pool)), server
         )
@@ -373,7 +376,18 @@ class Gateway:
                 reset_seconds=s.breaker_reset_seconds,
                 probes=s.breaker_probes,
             ),
+            inbound=self._take_inbound,
         )
+
+    async def _take_inbound(self, sms: InboundSms) -> None:
+        """A message from a recipient that a transport received over its own
+        connection (SMPP deliver_sm): stored like a webhook's."""
+        await self._inbound_ready.wait()  # binds may be up before the intake
+        assert self._inbound is not None
+        try:
+            await self._inbound.receive(sms)
+        except InvalidArgument:
+            log.warning("inbound message via %s refused (malformed); dropped", sms.provider)
 
     async def reload(self, settings: Settings) -> None:
         """Switches to new providers and routes (SIGHUP) without dropping work: sends

@@ -1,7 +1,7 @@
 """Providers and routes from the SMSGW_CONFIG TOML file, validated into frozen specs.
 
     [providers.sky]
-    kind = "skynoo"                       # skynoo | sendcloud | sendsms | twilio | http | loopback
+    kind = "skynoo"           # skynoo | sendcloud | sendsms | twilio | http | smpp | loopback
     base_url = "https://api.skynoo.com"
     credentials = { api_key = "SKYNOO_KEY", api_secret = "SKYNOO_SECRET" }  # env var names
     rate_per_second = 50                  # outbound limit (aiolimiter); none if unset
@@ -29,12 +29,13 @@ from typing import Any
 from server.domain.inbound import ENGLISH, InboundConfig, KeywordLanguage
 from server.domain.models import UseType
 
-KINDS = ("skynoo", "sendcloud", "sendsms", "twilio", "http", "loopback")
+KINDS = ("skynoo", "sendcloud", "sendsms", "twilio", "http", "smpp", "loopback")
 CREDENTIAL_FIELDS: dict[str, tuple[str, ...]] = {
     "skynoo": ("api_key", "api_secret"),
     "sendcloud": ("sms_user", "sms_key"),
     "sendsms": ("client_id", "passcode"),
     "twilio": ("account_sid", "auth_token"),
+    "smpp": ("system_id", "password"),  # docs/providers.md#smpp
     "loopback": (),
     # "http" (the declarative provider) names its own credentials: each one listed.
 }
@@ -116,7 +117,10 @@ def _provider(name: str, table: Any, env: Mapping[str, str]) -> ProviderSpec:
     if kind not in KINDS:
         raise RoutingConfigError(f"{where}.kind must be one of {', '.join(KINDS)}")
     base_url = table.get("base_url", "")
-    if kind != "loopback" and not (
+    if kind == "smpp":
+        if not (isinstance(base_url, str) and base_url.startswith("smpp://")):
+            raise RoutingConfigError(f'{where}.base_url must be "smpp://HOST:PORT"')
+    elif kind != "loopback" and not (
         isinstance(base_url, str) and base_url.startswith(("http://", "https://"))
     ):
         raise RoutingConfigError(f"{where}.base_url must be an http(s) URL")
@@ -148,6 +152,13 @@ def _provider(name: str, table: Any, env: Mapping[str, str]) -> ProviderSpec:
         try:
             parse_options(name, options, frozenset(credentials))
         except HttpProviderConfigError as exc:
+            raise RoutingConfigError(str(exc)) from exc
+    if kind == "smpp":
+        from server.providers.smpp_config import SmppConfigError, parse_smpp
+
+        try:
+            parse_smpp(name, base_url, credentials, options)
+        except SmppConfigError as exc:
             raise RoutingConfigError(str(exc)) from exc
     return ProviderSpec(
         name=name,

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from aiolimiter import AsyncLimiter
 
 from server.dispatch.breaker import BreakerSettings, CircuitBreaker
 from server.dispatch.route_choice import Router
+from server.domain.inbound import InboundSms
 from server.domain.models import Channel, OutboundMessage, UseType
 from server.domain.ports import ReceiptSink, Transport, VoiceTransport
 from server.providers.loopback import LoopbackConfig
@@ -60,10 +61,11 @@ class ProviderSet:
         receipts: ReceiptSink,
         loopback: LoopbackConfig,
         breaker: BreakerSettings | None = None,
+        inbound: Callable[[InboundSms], Awaitable[None]] | None = None,
     ) -> ProviderSet:
         breaker = breaker or BreakerSettings()
         transports = {
-            spec.name: build_transport(spec, receipts=receipts, loopback=loopback)
+            spec.name: build_transport(spec, receipts=receipts, loopback=loopback, inbound=inbound)
             for spec in routing.providers
         }
         limiters: dict[str, AsyncLimiter | contextlib.nullcontext[None]] = {}

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from server.domain.inbound import InboundSms
 from server.domain.ports import ReceiptSink, Transport
 from server.providers.loopback import LoopbackConfig, LoopbackTransport
 from server.routes_file import ProviderSpec
 
 
 def build_transport(
-    spec: ProviderSpec, *, receipts: ReceiptSink, loopback: LoopbackConfig
+    spec: ProviderSpec,
+    *,
+    receipts: ReceiptSink,
+    loopback: LoopbackConfig,
+    inbound: Callable[[InboundSms], Awaitable[None]] | None = None,
 ) -> Transport:
+    """``inbound`` takes the messages from recipients of transports that receive them
+    over their own connection (SMPP deliver_sm)."""
     c = spec.credentials
     common = {
         "name": spec.name,
@@ -52,4 +62,27 @@ def build_transport(
         return GenericHttpTransport(
             spec.name, spec.base_url, c, spec.options, timeout=spec.timeout_seconds
         )
+    if spec.kind == "smpp":
+        from server.providers.smpp import SmppTransport
+        from server.providers.smpp_config import parse_smpp
+
+        smpp = SmppTransport(
+            parse_smpp(
+                spec.name,
+                spec.base_url,
+                c,
+                spec.options,
+                timeout=spec.timeout_seconds,
+                templates=spec.templates,
+            ),
+            receipts,
+            on_inbound=inbound,
+        )
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # bound by its first send
+        else:
+            smpp.start()  # bound now: receipts and inbound messages arrive unasked
+        return smpp
     raise ValueError(f"unknown provider kind {spec.kind!r}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from server.domain.models import OutboundMessage, UseType
 from server.domain.ports import Transport
-from server.emulators.common import EmulatorControls, RunningEmulator
+from server.emulators.common import EmulatorControls, Received, RunningEmulator
 
 CN_MOBILE = "+8613800138000"
 
@@ -23,6 +23,14 @@ class Pair:
     # Template code (ours) that this pair's transport maps to a provider template.
     template_code: str = "order_shipped"
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # What the provider accepted, for a provider that is not an HTTP emulator (the
+    # SMPP test SMSC); None: use ``emulator.state.received`` (or nothing, loopback).
+    received: Callable[[], list[Received]] | None = None
+
+    def provider_received(self) -> list[Received] | None:
+        if self.emulator is not None:
+            return self.emulator.state.received
+        return self.received() if self.received is not None else None
 
     def message(self, message_id: str, *, to: str = CN_MOBILE) -> OutboundMessage:
         """A message this provider can carry: our template with its variables."""
