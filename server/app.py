@@ -148,7 +148,7 @@ class Gateway:
         # needed); one batch at a time: each holds its request decoded (100-150 MB
         # for 100,000 numbers with values), and it runs beside the server's cores.
         self.preparer = ProcessPreparer(PREPARATION_PROCESSES)
-        self.metrics = GatewayMetrics()
+        self.metrics = GatewayMetrics(process_index=settings.process_index or 0)
         self.metrics.watch_breakers(self._providers.breaker_states)
 
     @property
@@ -161,7 +161,10 @@ class Gateway:
         if self.tracing is not None:
             self.tracing.start()
         dsn = await self.database.start()
-        await migrate(dsn)
+        # One process of several (SMSGW_PROCESSES): the parent ran the migrations.
+        shared = s.process_index is not None
+        if not shared:
+            await migrate(dsn)
         self._pool = pool = await create_pool(dsn, max_size=s.pool_size)
 
         events = PgEventLog(pool)
@@ -248,7 +251,8 @@ class Gateway:
             [
                 *([self.tracing.server_interceptor()] if self.tracing is not None else []),
                 self._interceptor,
-            ]
+            ],
+            shared_port=shared,
         )
         message_pb2_grpc.add_MessageServiceServicer_to_server(
             MessageServicer(
@@ -345,7 +349,7 @@ class Gateway:
             access_log=None,
         )
         await self._http.setup()
-        sock = bind_http(s.http_addr)
+        sock = bind_http(s.http_addr, shared=shared)
         self.http_port = sock.getsockname()[1]
         await web.SockSite(self._http, sock).start()
         log.info(
