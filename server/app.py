@@ -3,7 +3,8 @@ It holds no behaviour of its own: each part lives where it serves (health in
 server/health.py, webhooks in server/http/, maintenance in server/store/, listening
 sockets in server/listen.py, provider reloads in dispatch/provider_set.py).
 
-Start: database (embedded unless DATABASE_URL) -> migrations -> status hub ->
+Start: database (embedded unless DATABASE_URL) -> migrations (unless a process of
+SMSGW_PROCESSES: its parent ran them, server/processes.py) -> status hub ->
 receipts, providers, dispatcher, poller -> maintenance -> gRPC server -> health
 SERVING (and its watchdog) -> HTTP server. Stop: health NOT_SERVING -> open streams
 end (UNAVAILABLE) -> gRPC drain and dispatcher drain, side by side within one grace

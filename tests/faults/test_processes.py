@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,22 +77,20 @@ class Served:
         return seen
 
 
-@contextlib.asynccontextmanager
-async def serve_two(tmp_path: Path) -> AsyncIterator[Served]:
-    """``smsgw serve`` with SMSGW_PROCESSES=2 on ports 0, until it serves."""
-    log = tmp_path / "serve.log"
+async def spawn(tmp_path: Path, http_addr: str = "127.0.0.1:0") -> asyncio.subprocess.Process:
+    """``smsgw serve`` with SMSGW_PROCESSES=2 (gRPC on port 0), logging to serve.log."""
     env = {
         **os.environ,
         "SMSGW_DATA_DIR": str(tmp_path / "smsgw-data"),
         "SMSGW_PROCESSES": "2",
         "SMSGW_GRPC_ADDR": "127.0.0.1:0",
-        "SMSGW_HTTP_ADDR": "127.0.0.1:0",
+        "SMSGW_HTTP_ADDR": http_addr,
         "SMSGW_SHUTDOWN_GRACE": str(GRACE),
         "SMSGW_LOOPBACK_DELAY_MS": "50",
     }
     env.pop("DATABASE_URL", None)  # the parent runs the embedded PostgreSQL
-    with log.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
+    with (tmp_path / "serve.log").open("ab") as out:
+        return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "server.cli",
@@ -103,6 +102,13 @@ async def serve_two(tmp_path: Path) -> AsyncIterator[Served]:
             stderr=out,
             start_new_session=True,
         )
+
+
+@contextlib.asynccontextmanager
+async def serve_two(tmp_path: Path) -> AsyncIterator[Served]:
+    """``smsgw serve`` with SMSGW_PROCESSES=2 on ports 0, until it serves."""
+    log = tmp_path / "serve.log"
+    proc = await spawn(tmp_path)
     try:
 
         def serving() -> re.Match[str] | None:
@@ -238,3 +244,17 @@ async def test_a_killed_process_is_started_again_while_the_other_answers(
         )
         assert len(logged) == 1 and f"pid {before[1]}" in next(iter(logged)), logged
         await stop_within_grace(served, [after[0], after[1]])
+
+
+async def test_a_port_in_use_is_refused_before_any_process_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        addr = f"127.0.0.1:{taken.getsockname()[1]}"
+        proc = await spawn(tmp_path, http_addr=addr)
+        async with asyncio.timeout(60):
+            code = await proc.wait()
+    text = (tmp_path / "serve.log").read_text()
+    assert code == 1, text[-3000:]
+    assert f"cannot listen on {addr} (SMSGW_HTTP_ADDR)" in text, text[-3000:]
+    assert "server process" not in text  # none was started
