@@ -353,14 +353,14 @@ def run_key(target: str, script: str, args: list[str]) -> str:
 
 def print_table(rows: list[Row], quick: bool) -> None:
     print(
-        f"{'':<4}{'figure':<44}{'value':>9}  {'baseline':<20}{'ratio':>7}  "
+        f"{'':<4}{'figure':<44}{'value':>11}  {'baseline':<20}{'ratio':>7}  "
         f"{'target':<9}{'verdict':<8}"
     )
     for r in rows:
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}"
         verdict = "-" if quick or r.passed is None else ("pass" if r.passed else "FAIL")
         print(
-            f"{r.target:<4}{r.figure:<44}{r.value:>9}  {r.baseline:<20}{ratio:>7}  "
+            f"{r.target:<4}{r.figure:<44}{r.value:>11}  {r.baseline:<20}{ratio:>7}  "
             f"{r.wanted:<9}{verdict:<8}"
         )
     if quick:
