@@ -5,11 +5,12 @@ core; grpc's advice for Python is a process per core sharing the port (SO_REUSEP
 the kernel hands each new connection to one of the listening processes). The parent
 (this module) serves nothing itself; it
 
-- starts the database (the embedded PostgreSQL once, or checks DATABASE_URL's) and
-  applies the migrations, once, before any process starts;
 - reserves the gRPC and HTTP ports: a socket bound with SO_REUSEPORT (not listening,
   so it takes no connection) holds each, so port 0 becomes a concrete port every
-  process is given, and no other program can take it between two processes' starts;
+  process is given, and no other program can take it between two processes' starts
+  (a port in use: exit 1, before anything starts);
+- starts the database (the embedded PostgreSQL once, or checks DATABASE_URL's) and
+  applies the migrations, once, before any process starts;
 - starts N processes (``python -m server.cli serve``) with DATABASE_URL set to that
   database and SMSGW_PROCESS_INDEX set: each is a full replica of the gateway (its
   own dispatch workers, maintenance, status hub; the outbox hands each message to one
@@ -184,13 +185,14 @@ async def supervise(settings: Settings) -> int:
     database = Database(settings.database_url, settings.data_dir)
     reserved: list[socket.socket] = []
     try:
-        dsn = await database.start()
-        await migrate(dsn)
         try:
-            reserved = [reserve_port(settings.grpc_addr), reserve_port(settings.http_addr)]
+            reserved = [reserve_port(settings.grpc_addr)]
+            reserved.append(reserve_port(settings.http_addr))
         except OSError as exc:
             print(f"smsgw: {cannot_listen(settings, exc)}", file=sys.stderr)
             return 1
+        dsn = await database.start()
+        await migrate(dsn)
         grpc_addr = concrete(settings.grpc_addr, reserved[0])
         http_addr = concrete(settings.http_addr, reserved[1])
         env = child_env(dsn, grpc_addr, http_addr)
