@@ -4,7 +4,8 @@ What an operator relies on: with port 0 the parent picks the ports and both proc
 serve them; connections land on both (each answers /metrics with its own index and
 pid, and counts the calls it answered); a message sent is delivered; a process killed
 is logged and started again while the other keeps answering; SIGTERM to ``smsgw
-serve`` stops every process within SMSGW_SHUTDOWN_GRACE and exits 0.
+serve`` stops every process within SMSGW_SHUTDOWN_GRACE and exits 0; a port in use
+is refused at once; and the processes stop when the parent is killed.
 """
 
 from __future__ import annotations
@@ -130,14 +131,25 @@ async def serve_two(tmp_path: Path) -> AsyncIterator[Served]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+        stop_postmaster(tmp_path / "smsgw-data" / "pgdata")
+
+
+def stop_postmaster(pgdata: Path) -> None:
+    """A parent killed before it stopped its embedded PostgreSQL leaves it running (in
+    a session of its own): a fast shutdown."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+        if str(pgdata).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGINT)
 
 
 def running(pid: int) -> bool:
+    """Whether the process runs (a zombie, exited but not yet reaped, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 async def stop_within_grace(served: Served, pids: list[int]) -> None:
@@ -258,3 +270,17 @@ async def test_a_port_in_use_is_refused_before_any_process_starts(tmp_path: Path
     assert code == 1, text[-3000:]
     assert f"cannot listen on {addr} (SMSGW_HTTP_ADDR)" in text, text[-3000:]
     assert "server process" not in text  # none was started
+
+
+async def test_the_processes_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
+    async with serve_two(tmp_path) as served:
+        pids = list((await served.processes()).values())
+        served.proc.kill()  # SIGKILL: the parent cannot pass anything on
+        await served.proc.wait()
+        await eventually(
+            lambda: not any(running(pid) for pid in pids),
+            within=GRACE + MARGIN + 5,
+            interval=0.2,
+            what=lambda: served.text()[-3000:],
+        )
+        assert "the parent smsgw serve is gone: stopping" in served.text()
