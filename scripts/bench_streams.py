@@ -14,12 +14,16 @@ Per received event the lag is the reader's clock minus the event's ``occurred_at
 stops sending, waits until every message is final and every stream has received
 every event of its account (a stream missing one counts as missed), and prints the
 lag percentiles, the events received per second, the server's peak RSS and the CPU
-of the server, PostgreSQL and the client. Bounded by time and by message count.
+of the server, PostgreSQL and the client, and the latency of unary calls made while
+measuring (the sender's SendMessage; a paced GetMessageStatus on a connection of its
+own). --processes sets SMSGW_PROCESSES (RSS and CPU are then summed over them).
+Bounded by time and by message count.
 
     .venv/bin/python scripts/bench_streams.py              # 1,000 streams, 20,000 events/s
     .venv/bin/python scripts/bench_streams.py --quick      # 50 streams, 1,000 events/s (CI)
     .venv/bin/python scripts/bench_streams.py --json       # figures as one JSON object
     .venv/bin/python scripts/bench_streams.py --readers 1  # all streams in one process
+    .venv/bin/python scripts/bench_streams.py --processes 2  # SMSGW_PROCESSES=2
     .venv/bin/python scripts/bench_streams.py --profile /tmp/p4.txt   # py-spy the server
 
 Exits 0 when the run completed with no stream error, every message delivered and no
@@ -80,6 +84,7 @@ PARAMETERS = (
     "readers",
     "channels",
     "loopback_delay_ms",
+    "processes",
 )
 # The limits run on every call but never refuse one: the bench measures the fan-out.
 LIMITS_ENV = {
@@ -96,6 +101,7 @@ RSS_TARGET_MB = 200.0
 # grpc serves at most 100 concurrent streams per connection by default: more wait
 # (client side) and never see an event, so each connection carries at most 50.
 STREAMS_PER_CHANNEL = 50
+PROBE_EVERY = 0.05  # seconds between two probing unary calls
 REACHED_SHARE = 0.95  # events/s below this share of the target: the load was not reached
 
 
@@ -269,6 +275,10 @@ class Result:
     send_p50_ms: float = 0.0
     send_p99_ms: float = 0.0
     sender_late_p99_ms: float = 0.0  # how far behind its schedule the sender fell
+    # GetMessageStatus, one every PROBE_EVERY s on a channel of its own, while measuring
+    unary_p50_ms: float = 0.0
+    unary_p99_ms: float = 0.0
+    unary_calls: int = 0
     undelivered: int = 0
     events_expected: int = 0
     events_received: int = 0
@@ -283,7 +293,9 @@ class Result:
     all_live: bool = False
     live_after_s: float = 0.0
     server_rss_start_mb: float = 0.0
-    server_rss_peak_mb: float = 0.0  # VmHWM of the serve process at the end
+    # VmHWM of the serve process at the end (with SMSGW_PROCESSES > 1: summed over
+    # the parent and its server processes; CPU too)
+    server_rss_peak_mb: float = 0.0
     server_rss_sampled_peak_mb: float = 0.0  # the largest VmRSS sampled during the run
     server_cpu_pct: float | None = None
     postgres_cpu_pct: float | None = None
@@ -317,7 +329,21 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.wait(RSS_EVERY):
-            self.peak_kb = max(self.peak_kb, status_kb(self.pid, "VmRSS") or 0)
+            self.peak_kb = max(self.peak_kb, server_kb(self.pid, "VmRSS"))
+
+
+def server_pids(pid: int) -> list[int]:
+    """``smsgw serve`` and its child processes (SMSGW_PROCESSES > 1: the server
+    processes under the parent; the embedded PostgreSQL is not among them)."""
+    children: list[int] = []
+    with contextlib.suppress(OSError, ValueError):
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [pid, *children]
+
+
+def server_kb(pid: int, key: str) -> int:
+    """A VmRSS/VmHWM figure summed over ``smsgw serve`` and its child processes."""
+    return sum(status_kb(p, key) or 0 for p in server_pids(pid))
 
 
 def postmaster_pid(tmp: Path) -> int | None:
@@ -448,6 +474,25 @@ class Sender:
         return sum(len(ids) for ids in self.ids)
 
 
+async def probe(target: str, metadata: Metadata, ids: list[str], seconds: float) -> list[float]:
+    """Times GetMessageStatus, one every PROBE_EVERY s for ``seconds``, on a channel
+    (connection) of its own: how the server answers a unary call under the streams."""
+    latencies: list[float] = []
+    request = message_pb2.GetMessageStatusRequest(ids=ids)
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        stub = message_pb2_grpc.MessageServiceStub(channel)
+        await stub.GetMessageStatus(request, metadata=metadata, timeout=CALL_TIMEOUT)  # connect
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            start = time.perf_counter()
+            await stub.GetMessageStatus(request, metadata=metadata, timeout=CALL_TIMEOUT)
+            took = time.perf_counter() - start
+            latencies.append(took)
+            await asyncio.sleep(max(0.0, PROBE_EVERY - took))
+    return latencies
+
+
 async def wait_final(
     stub: Any, accounts: list[Metadata], ids: list[list[str]], within: float
 ) -> Counter[str]:
@@ -492,7 +537,7 @@ class CpuSnapshot:
         cls, server_pid: int, pg_pid: int | None, readers: list[subprocess.Popen[bytes]]
     ) -> CpuSnapshot:
         return cls(
-            process_cpu_seconds(server_pid),
+            tree_cpu_seconds(server_pid),
             tree_cpu_seconds(pg_pid),
             time.process_time(),
             [process_cpu_seconds(p.pid) or 0.0 for p in readers],
@@ -637,7 +682,7 @@ async def measure(
         started = time.monotonic()
         rss = RssSampler(server_pid)
         rss.start()
-        result.server_rss_start_mb = round((status_kb(server_pid, "VmRSS") or 0) / 1024, 1)
+        result.server_rss_start_mb = round(server_kb(server_pid, "VmRSS") / 1024, 1)
         lives = [await read_line(proc, LIVE_TIMEOUT + 10) for proc in readers]
         result.all_live = all(live["live"] for live in lives)
         result.live_after_s = round(time.monotonic() - started, 2)
@@ -650,6 +695,7 @@ async def measure(
         t0, mono0 = time.time(), time.monotonic()
         cpu0 = CpuSnapshot.take(server_pid, pg_pid, readers)
         sent0 = sender.sent
+        probing = asyncio.create_task(probe(target, accounts[0], sender.ids[0][:1], args.seconds))
         await asyncio.sleep(args.seconds)
         t1, elapsed = time.time(), time.monotonic() - mono0
         cpu1 = CpuSnapshot.take(server_pid, pg_pid, readers)
@@ -678,7 +724,7 @@ async def measure(
         figures = [await read_line(proc, DRAIN_TIMEOUT + 30) for proc in readers]
         rss.stopped.set()
         rss.join()
-        result.server_rss_peak_mb = round((status_kb(server_pid, "VmHWM") or 0) / 1024, 1)
+        result.server_rss_peak_mb = round(server_kb(server_pid, "VmHWM") / 1024, 1)
         result.server_rss_sampled_peak_mb = round(rss.peak_kb / 1024, 1)
         for proc in readers:
             stop_process(proc, 10)
@@ -717,6 +763,10 @@ async def measure(
     result.send_p50_ms = percentile_ms(send_latencies, 0.50)
     result.send_p99_ms = percentile_ms(send_latencies, 0.99)
     result.sender_late_p99_ms = percentile_ms(sorted(sender.late), 0.99)
+    unary = sorted(await probing)
+    result.unary_p50_ms = percentile_ms(unary, 0.50)
+    result.unary_p99_ms = percentile_ms(unary, 0.99)
+    result.unary_calls = len(unary)
     result.undelivered = sum(
         n for status, n in finals.items() if status != "MESSAGE_STATUS_DELIVERED"
     )
@@ -751,6 +801,7 @@ def print_table(figures: dict[str, Any], quick: bool) -> None:
         f"{p['events_per_second']:,} events/s ({figures['target_sends_per_s']} sends/s), "
         f"seconds {p['seconds']}, warmup {p['warmup']}, readers {p['readers']} x "
         f"{p['channels']} channels, loopback delay {p['loopback_delay_ms']} ms, "
+        f"server processes {p['processes']}, "
         f"database: {p['database']}, cpus {p['cpus']}"
     )
     reached = figures["load_reached"]
@@ -810,7 +861,9 @@ def print_table(figures: dict[str, Any], quick: bool) -> None:
     print(
         f"sent {f['messages_sent']:,} messages ({f['sends_per_s']}/s measured, target "
         f"{f['target_sends_per_s']}/s; SendMessage p50/p99 {f['send_p50_ms']}/{f['send_p99_ms']} "
-        f"ms, sender behind schedule p99 {f['sender_late_p99_ms']} ms); events expected "
+        f"ms, sender behind schedule p99 {f['sender_late_p99_ms']} ms; GetMessageStatus "
+        f"p50/p99 {f['unary_p50_ms']}/{f['unary_p99_ms']} ms, {f['unary_calls']} calls one "
+        f"every {PROBE_EVERY * 1000:.0f} ms); events expected "
         f"{f['events_expected']:,}, received "
         f"{f['events_received']:,}, extra {f['extra_events']}, repeated/out of order "
         f"{f['repeated_events']}, streams incomplete {f['incomplete_streams']}; messages not "
@@ -846,7 +899,11 @@ def fmt_pct(value: float | None) -> str:
 
 
 def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], tmp: Path) -> int:
-    env = {"SMSGW_LOOPBACK_DELAY_MS": str(args.loopback_delay_ms), **LIMITS_ENV}
+    env = {
+        "SMSGW_LOOPBACK_DELAY_MS": str(args.loopback_delay_ms),
+        "SMSGW_PROCESSES": str(args.processes),
+        **LIMITS_ENV,
+    }
     gw = start_smsgw(tmp, procs, env, 180)
     accounts = [gw.metadata, *create_accounts(tmp, args.accounts - 1)]
     result = asyncio.run(measure(args, procs, tmp, gw.target, accounts, gw.proc.pid))
@@ -899,6 +956,9 @@ def main() -> int:
         help=f"channels (connections) per reader process; 0: one per {STREAMS_PER_CHANNEL} streams",
     )
     parser.add_argument("--loopback-delay-ms", type=int, default=10)
+    parser.add_argument(
+        "--processes", type=int, default=1, help="SMSGW_PROCESSES: server processes on the port"
+    )
     parser.add_argument("--profile", metavar="FILE", help="py-spy the server (raw) while measuring")
     parser.add_argument(
         "--quick", action="store_true", help="tiny run: 50 streams, 1,000 events/s, 5 s"

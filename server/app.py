@@ -3,7 +3,8 @@ It holds no behaviour of its own: each part lives where it serves (health in
 server/health.py, webhooks in server/http/, maintenance in server/store/, listening
 sockets in server/listen.py, provider reloads in dispatch/provider_set.py).
 
-Start: database (embedded unless DATABASE_URL) -> migrations -> status hub ->
+Start: database (embedded unless DATABASE_URL) -> migrations (unless a process of
+SMSGW_PROCESSES: its parent ran them, server/processes.py) -> status hub ->
 receipts, providers, dispatcher, poller -> maintenance -> gRPC server -> health
 SERVING (and its watchdog) -> HTTP server. Stop: health NOT_SERVING -> open streams
 end (UNAVAILABLE) -> gRPC drain and dispatcher drain, side by side within one grace
@@ -150,7 +151,7 @@ class Gateway:
         # needed); one batch at a time: each holds its request decoded (100-150 MB
         # for 100,000 numbers with values), and it runs beside the server's cores.
         self.preparer = ProcessPreparer(PREPARATION_PROCESSES)
-        self.metrics = GatewayMetrics()
+        self.metrics = GatewayMetrics(process_index=settings.process_index or 0)
         self.metrics.watch_breakers(self._providers.breaker_states)
 
     @property
@@ -163,7 +164,10 @@ class Gateway:
         if self.tracing is not None:
             self.tracing.start()
         dsn = await self.database.start()
-        await migrate(dsn)
+        # One process of several (SMSGW_PROCESSES): the parent ran the migrations.
+        shared = s.process_index is not None
+        if not shared:
+            await migrate(dsn)
         self._pool = pool = await create_pool(dsn, max_size=s.pool_size)
 
         events = PgEventLog(pool)
@@ -250,7 +254,8 @@ class Gateway:
             [
                 *([self.tracing.server_interceptor()] if self.tracing is not None else []),
                 self._interceptor,
-            ]
+            ],
+            shared_port=shared,
         )
         message_pb2_grpc.add_MessageServiceServicer_to_server(
             MessageServicer(
@@ -348,7 +353,7 @@ class Gateway:
             access_log=None,
         )
         await self._http.setup()
-        sock = bind_http(s.http_addr)
+        sock = bind_http(s.http_addr, shared=shared)
         self.http_port = sock.getsockname()[1]
         await web.SockSite(self._http, sock).start()
         log.info(

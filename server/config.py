@@ -24,6 +24,8 @@ from server.routes_file import DEFAULT_ROUTING, RoutingConfig, RoutingConfigErro
 from server.tls import ServerTls, TlsConfigError
 from server.tracing import TracingConfigError, mode_from_env
 
+MAX_PROCESSES = 64  # SMSGW_PROCESSES
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed."""
@@ -189,6 +191,11 @@ class Settings:
     # --- Suppressions: the region a national number (no +) is read in (None: refused).
     default_region: str | None = None
     webhook_timeout_seconds: float = 10.0
+    # --- Server processes sharing the gRPC and HTTP ports (SO_REUSEPORT): SMSGW_PROCESSES;
+    # a process started by ``smsgw serve`` for them has its index (SMSGW_PROCESS_INDEX,
+    # set by the parent only; None: not such a process) (server/processes.py).
+    processes: int = 1
+    process_index: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -317,6 +324,12 @@ class Settings:
                 merged, "SMSGW_MAX_STREAMS_PER_ACCOUNT", 100, 1, 1_000_000
             ),
             max_streams=_int(merged, "SMSGW_MAX_STREAMS", 2_000, 1, 1_000_000),
+            processes=_int(merged, "SMSGW_PROCESSES", 1, 1, MAX_PROCESSES),
+            process_index=(
+                _int(merged, "SMSGW_PROCESS_INDEX", 0, 0, MAX_PROCESSES - 1)
+                if merged.get("SMSGW_PROCESS_INDEX")
+                else None
+            ),
         )
 
 

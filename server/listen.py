@@ -30,13 +30,17 @@ def listen_grpc(server: grpc.aio.Server, addr: str, tls: ServerTls | None) -> in
     return port
 
 
-def bind_http(addr: str) -> socket.socket:
-    """A TCP socket bound to ``addr`` (host:port, IPv6 hosts bracketed or not)."""
+def bind_http(addr: str, *, shared: bool = False) -> socket.socket:
+    """A TCP socket bound to ``addr`` (host:port, IPv6 hosts bracketed or not);
+    ``shared``: with SO_REUSEPORT, so that the processes of one ``smsgw serve``
+    (SMSGW_PROCESSES) can all bind the port and the kernel spreads connections."""
     host, _, port = addr.rpartition(":")
     host = host.strip("[]")
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, int(port)))
     except BaseException:
         sock.close()

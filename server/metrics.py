@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from prometheus_client import (
@@ -83,8 +84,17 @@ class _BreakerCollector(Collector):
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, process_index: int = 0) -> None:
         self.registry = registry = CollectorRegistry()
+        # Which process answers this scrape: with SMSGW_PROCESSES > 1 every process
+        # has its own figures, and the port hands a scrape to any one of them.
+        Gauge(
+            "smsgw_process",
+            "Always 1: the serve process answering this scrape (index among "
+            "SMSGW_PROCESSES, operating-system pid); every other figure is this process's.",
+            ("index", "pid"),
+            registry=registry,
+        ).labels(str(process_index), str(os.getpid())).set(1)
         self.rpc_requests = Counter(
             "smsgw_rpc_requests",
             "gRPC calls answered, by full method name and status code.",

@@ -33,15 +33,19 @@ SERVICE_NAMES = (
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def grpc_server(interceptors: Sequence[grpc.aio.ServerInterceptor]) -> grpc.aio.Server:
-    """A server (no port yet) that runs every call through ``interceptors``, in order."""
+def grpc_server(
+    interceptors: Sequence[grpc.aio.ServerInterceptor], *, shared_port: bool = False
+) -> grpc.aio.Server:
+    """A server (no port yet) that runs every call through ``interceptors``, in order.
+    ``shared_port``: its port is shared with the other processes of one ``smsgw serve``
+    (SMSGW_PROCESSES, SO_REUSEPORT: the kernel spreads connections over them)."""
     return grpc.aio.server(
         interceptors=list(interceptors),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # A second server on a taken port fails to bind instead of sharing it.
-            ("grpc.so_reuseport", 0),
+            # Alone, a second server on a taken port fails to bind instead of sharing it.
+            ("grpc.so_reuseport", 1 if shared_port else 0),
         ],
     )
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from server.cli.settings import UsageError, server_settings
 from server.config import ConfigError, Settings, check_serve
+from server.processes import PARENT_FD, READY, READY_FD
 
 log = logging.getLogger("server.cli")
 
@@ -40,10 +41,15 @@ def add_commands(commands: Any) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     settings = server_settings()
-    try:
-        check_serve(settings)  # outside development, refuse to start without a secret key
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
+    if settings.process_index is None:  # a process of SMSGW_PROCESSES: its parent checked
+        try:
+            check_serve(settings)  # outside development, refuse to start without a secret key
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        if settings.processes > 1:
+            from server.processes import supervise
+
+            return asyncio.run(supervise(settings))
     return asyncio.run(serve(settings))
 
 
@@ -72,6 +78,7 @@ async def serve(settings: Settings) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    ready_fd, parent_fd = process_pipes(loop, stop)
     unbound: Exception | None = None
     try:
         try:
@@ -87,13 +94,41 @@ async def serve(settings: Settings) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+            if ready_fd is not None:
+                os.write(ready_fd, READY)
             await stop.wait()
     finally:
+        if ready_fd is not None:
+            os.close(ready_fd)
+        if parent_fd is not None:
+            loop.remove_reader(parent_fd)
+            os.close(parent_fd)
         await gateway.stop()
     if unbound is not None:
         print(f"smsgw: {cannot_listen(settings, unbound)}", file=sys.stderr)
         return 1
     return 0
+
+
+def process_pipes(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event
+) -> tuple[int | None, int | None]:
+    """A process started by a parent (SMSGW_PROCESSES, server/processes.py) gets two
+    pipes: one to say it serves, one whose end (the parent is gone) stops it."""
+    ready = os.environ.pop(READY_FD, None)
+    parent = os.environ.pop(PARENT_FD, None)
+    if ready is None or parent is None:
+        return None, None
+    parent_fd = int(parent)
+
+    def parent_gone() -> None:
+        if not os.read(parent_fd, 64):
+            log.warning("the parent smsgw serve is gone: stopping")
+            loop.remove_reader(parent_fd)
+            stop.set()
+
+    loop.add_reader(parent_fd, parent_gone)
+    return int(ready), parent_fd
 
 
 def is_bind_failure(exc: BaseException) -> bool:

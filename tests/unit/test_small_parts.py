@@ -86,9 +86,18 @@ def test_settings_from_env_and_toml(tmp_path: Path) -> None:
         {"SMSGW_POOL_SIZE": "many"},
         {"SMSGW_LOOPBACK_OUTCOME": "lost"},
         {"SMSGW_CONFIG": str(tmp_path / "missing.toml")},
+        {"SMSGW_PROCESSES": "0"},
+        {"SMSGW_PROCESSES": "65"},
     ):
         with pytest.raises(ConfigError):
             Settings.from_env(env)
+
+
+def test_processes_setting() -> None:
+    assert Settings.from_env({}).processes == 1
+    assert Settings.from_env({}).process_index is None  # not started by a parent
+    two = Settings.from_env({"SMSGW_PROCESSES": "2", "SMSGW_PROCESS_INDEX": "1"})
+    assert (two.processes, two.process_index) == (2, 1)
 
 
 @pytest.mark.parametrize(
