@@ -1,0 +1,102 @@
+"""The operator console's reads (domain/console.py's ConsoleRepository).
+
+``scope`` is an account id, or None for every account (an admin's view): each query
+filters on it. Searching by number or reference reads messages without an index on
+those columns; it is bounded by the LIMIT and meant for an operator's occasional look,
+not for callers' traffic (docs/console.md).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+from server.domain.console import AccountBatch, ConsoleMessage
+from server.domain.models import MessageState, MessageStatus, StatusEvent, UseType
+from server.store.batches import BATCH_COLUMNS, batch_record
+from server.store.events import EVENT_COLUMNS, EVENTS_FROM, status_event
+from server.store.messages import REFERENCE_COLUMNS, WITH_BATCH
+from server.store.pool import unavailable_on_connection_errors
+
+_MESSAGE_SELECT = (
+    "SELECT m.id, m.account_id, m.batch_id, m.to_number, m.status, m.error_code, m.provider, "
+    "m.updated_at, m.created_at, m.sent_at, m.segments, m.attempts, m.use_type, "
+    f"{REFERENCE_COLUMNS} FROM {WITH_BATCH} "
+)
+
+
+def _message(r: asyncpg.Record) -> ConsoleMessage:
+    return ConsoleMessage(
+        account_id=r["account_id"],
+        state=MessageState(
+            id=r["id"],
+            to_number=r["to_number"],
+            status=MessageStatus(r["status"]),
+            error_code=r["error_code"],
+            provider=r["provider"],
+            updated_at=r["updated_at"],
+            segments=r["segments"],
+            reference=r["reference"],
+            metadata=r["metadata"] or {},
+        ),
+        batch_id=r["batch_id"],
+        created_at=r["created_at"],
+        sent_at=r["sent_at"],
+        attempts=r["attempts"],
+        use_type=UseType(r["use_type"]),
+    )
+
+
+class PgConsoleStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def batches_before(
+        self, scope: int | None, before: tuple[datetime, str] | None, limit: int
+    ) -> list[AccountBatch]:
+        at, last_id = before if before is not None else (None, "")
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(
+                f"SELECT account_id, {BATCH_COLUMNS} FROM batches "
+                "WHERE ($1::bigint IS NULL OR account_id = $1) "
+                "AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3)) "
+                "ORDER BY created_at DESC, id DESC LIMIT $4",
+                scope,
+                at,
+                last_id,
+                limit,
+            )
+        return [AccountBatch(r["account_id"], batch_record(r)) for r in rows]
+
+    async def message(self, scope: int | None, message_id: str) -> ConsoleMessage | None:
+        with unavailable_on_connection_errors():
+            row = await self._pool.fetchrow(
+                _MESSAGE_SELECT + "WHERE m.id = $1 AND ($2::bigint IS NULL OR m.account_id = $2)",
+                message_id,
+                scope,
+            )
+        return None if row is None else _message(row)
+
+    async def messages_matching(
+        self, scope: int | None, text: str, limit: int
+    ) -> list[ConsoleMessage]:
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(
+                _MESSAGE_SELECT + "WHERE ($1::bigint IS NULL OR m.account_id = $1) "
+                "AND (m.to_number = $2 OR coalesce(b.reference, m.reference) = $2) "
+                "ORDER BY m.created_at DESC, m.id DESC LIMIT $3",
+                scope,
+                text,
+                limit,
+            )
+        return [_message(r) for r in rows]
+
+    async def events(self, message_id: str) -> list[StatusEvent]:
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(
+                f"SELECT {EVENT_COLUMNS} FROM {EVENTS_FROM} "
+                "WHERE e.message_id = $1 ORDER BY e.event_id",
+                message_id,
+            )
+        return [status_event(r) for r in rows]
