@@ -6,6 +6,7 @@ input names its field."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import grpc
@@ -183,7 +184,7 @@ async def test_history_is_every_status_change_in_order(world: World) -> None:
 async def test_bad_input_names_its_field(world: World) -> None:
     c = world.console
     md = world.owner.metadata
-    cases = [
+    cases: list[tuple[Awaitable[object], str]] = [
         (c.SearchMessages(console_pb2.SearchMessagesRequest(query="  "), metadata=md), "query"),
         (
             c.SearchMessages(console_pb2.SearchMessagesRequest(query="x" * 129), metadata=md),
