@@ -274,11 +274,17 @@ function Messages({ api, admin }: { api: Api; admin: boolean }) {
 
 const BREAKER = ["closed", "half-open", "open"];
 
-function Providers() {
+// Samples /metrics from login on (admin credentials), whichever tab is shown, so the
+// chart already has the recent past when it is opened.
+function useMetricSamples(enabled: boolean): { samples: Sample[]; error: string } {
   const [samples, setSamples] = useState<Sample[]>([]);
   const [error, setError] = useState("");
   usePoll(
     async () => {
+      if (!enabled) {
+        setSamples((old) => (old.length ? [] : old)); // a logout forgets them
+        return;
+      }
       try {
         const r = await fetch("/metrics", { cache: "no-store" });
         if (!r.ok) throw new Error(`/metrics answered ${r.status}`);
@@ -290,8 +296,12 @@ function Providers() {
       }
     },
     METRICS_POLL_MS,
-    [],
+    [enabled],
   );
+  return { samples, error };
+}
+
+function Providers({ samples, error }: { samples: Sample[]; error: string }) {
   const providers = providersOf(samples);
   const last = samples[samples.length - 1];
   const lines = providers.map((p) => ({ name: p, points: series(samples, p) }));
@@ -484,6 +494,7 @@ function App() {
   const [api, setApi] = useState<Api | null>(() => (credential ? makeApi(credential) : null));
   const [admin, setAdmin] = useState(false);
   const [tab, setTab] = useState<Tab>("batches");
+  const metrics = useMetricSamples(admin);
   useEffect(() => {
     if (!api) return;
     // An admin credential may list accounts; any other is refused PERMISSION_DENIED.
@@ -535,7 +546,7 @@ function App() {
       <main>
         {tab === "batches" && <Batches api={api} admin={admin} />}
         {tab === "messages" && <Messages api={api} admin={admin} />}
-        {tab === "providers" && admin && <Providers />}
+        {tab === "providers" && admin && <Providers samples={metrics.samples} error={metrics.error} />}
         {tab === "webhooks" && <Webhooks api={api} />}
         {tab === "suppressions" && <Suppressions api={api} />}
       </main>
