@@ -6,11 +6,14 @@ const H = 180;
 const PAD = { left: 48, right: 12, top: 10, bottom: 22 };
 const COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563"];
 
-export function Chart({ title, unit, lines }: { title: string; unit: string; lines: Line[] }) {
+type Props = { title: string; unit: string; lines: Line[]; span: [number, number] };
+
+// ``span``: the time axis (the same for every chart of a page, so they line up).
+export function Chart({ title, unit, lines, span }: Props) {
   const all = lines.flatMap((l) => l.points);
-  const t0 = Math.min(...all.map((p) => p.at));
-  const t1 = Math.max(...all.map((p) => p.at));
-  const top = Math.max(1e-9, ...all.map((p) => p.value)) * 1.1;
+  const [t0, t1] = span;
+  const highest = Math.max(0, ...all.map((p) => p.value));
+  const top = highest > 0 ? highest * 1.1 : 1;
   const x = (at: number) =>
     PAD.left + (t1 > t0 ? ((at - t0) / (t1 - t0)) * (W - PAD.left - PAD.right) : 0);
   const y = (v: number) => H - PAD.bottom - (v / top) * (H - PAD.top - PAD.bottom);

@@ -27,17 +27,20 @@ function errorText(err: unknown): string {
   return `${Code[e.code] ?? e.code}: ${e.rawMessage}`;
 }
 
-function usePoll(fn: () => Promise<void>, ms: number, deps: unknown[]): void {
+// Calls fn now and every ms after it settles, until the deps change or it answers
+// false (nothing more will change).
+function usePoll(fn: () => Promise<boolean | void>, ms: number, deps: unknown[]): void {
   const current = useRef(fn);
   current.current = fn;
   useEffect(() => {
     let stopped = false;
     let timer: number | undefined;
     const tick = async () => {
+      let again = true;
       try {
-        await current.current();
+        again = (await current.current()) !== false;
       } finally {
-        if (!stopped) timer = window.setTimeout(tick, ms);
+        if (!stopped && again) timer = window.setTimeout(tick, ms);
       }
     };
     void tick();
@@ -93,7 +96,7 @@ function Progress({ b }: { b: ConsoleBatch }) {
   );
 }
 
-function Batches({ api, admin }: { api: Api; admin: boolean }) {
+function Batches({ api, admin, onOpen }: { api: Api; admin: boolean; onOpen: (taskId: string) => void }) {
   const [batches, setBatches] = useState<ConsoleBatch[]>([]);
   const [error, setError] = useState("");
   usePoll(
@@ -133,7 +136,7 @@ function Batches({ api, admin }: { api: Api; admin: boolean }) {
           </thead>
           <tbody>
             {batches.map((b) => (
-              <tr data-task-id={b.batch!.taskId} key={b.batch!.taskId}>
+              <tr class="result" data-task-id={b.batch!.taskId} key={b.batch!.taskId} title="Show its messages" onClick={() => onOpen(b.batch!.taskId)}>
                 <td class="id">{b.batch!.taskId}</td>
                 {admin && <td>{String(b.accountId)}</td>}
                 <td class="status">{batchStatus(b.batch!.status)}</td>
@@ -166,8 +169,10 @@ function History({ api, id }: { api: Api; id: string }) {
         setMessage(h.message ?? null);
         setEvents(h.events);
         setError("");
+        return (h.message?.state?.status ?? 0) < MessageStatus.DELIVERED; // final: done
       } catch (err) {
         setError(errorText(err));
+        return ConnectError.from(err).code !== Code.NotFound;
       }
     },
     2000,
@@ -210,17 +215,18 @@ function History({ api, id }: { api: Api; id: string }) {
   );
 }
 
-function Messages({ api, admin }: { api: Api; admin: boolean }) {
+export type Search = { query: string; at: number }; // at: a new search for the same text
+
+function Messages({ api, admin, asked }: { api: Api; admin: boolean; asked: Search | null }) {
   const [query, setQuery] = useState("");
   const [found, setFound] = useState<ConsoleMessage[] | null>(null);
   const [open, setOpen] = useState("");
   const [error, setError] = useState("");
-  const search = async (ev: Event) => {
-    ev.preventDefault();
+  const run = async (text: string) => {
     setError("");
     setOpen("");
     try {
-      const r = await api.console.searchMessages({ query: query.trim(), pageSize: 50 });
+      const r = await api.console.searchMessages({ query: text.trim(), pageSize: 100 });
       setFound(r.messages);
       if (r.messages.length === 1) setOpen(r.messages[0]!.state!.id);
     } catch (err) {
@@ -228,11 +234,20 @@ function Messages({ api, admin }: { api: Api; admin: boolean }) {
       setError(errorText(err));
     }
   };
+  const search = (ev: Event) => {
+    ev.preventDefault();
+    void run(query);
+  };
+  useEffect(() => {
+    if (!asked) return;
+    setQuery(asked.query);
+    void run(asked.query);
+  }, [asked]);
   return (
     <section id="messages">
       <h2>Messages</h2>
       <form id="search" onSubmit={search}>
-        <input id="query" placeholder="message id, +number or reference" value={query} onInput={(e) => setQuery(e.currentTarget.value)} />
+        <input id="query" placeholder="message id, batch id, +number or reference" value={query} onInput={(e) => setQuery(e.currentTarget.value)} />
         <button type="submit">Find</button>
       </form>
       {error && <p class="error">{error}</p>}
@@ -305,6 +320,7 @@ function Providers({ samples, error }: { samples: Sample[]; error: string }) {
   const providers = providersOf(samples);
   const last = samples[samples.length - 1];
   const lines = providers.map((p) => ({ name: p, points: series(samples, p) }));
+  const span: [number, number] = [samples[0]?.at ?? 0, last?.at ?? 0];
   return (
     <section id="providers">
       <h2>Providers</h2>
@@ -316,16 +332,19 @@ function Providers({ samples, error }: { samples: Sample[]; error: string }) {
       <Chart
         title="Delivered per second"
         unit="messages/s"
+        span={span}
         lines={lines.map((l) => ({ name: l.name, points: l.points.map((p) => ({ at: p.at, value: p.rate })) }))}
       />
       <Chart
         title="Failed per second"
         unit="messages/s"
+        span={span}
         lines={lines.map((l) => ({ name: l.name, points: l.points.map((p) => ({ at: p.at, value: p.failRate })) }))}
       />
       <Chart
         title="Provider request time (mean)"
         unit="ms"
+        span={span}
         lines={lines.map((l) => ({
           name: l.name,
           points: l.points.flatMap((p) => (p.latencyMs === null ? [] : [{ at: p.at, value: p.latencyMs }])),
@@ -495,6 +514,7 @@ function App() {
   const [admin, setAdmin] = useState(false);
   const [tab, setTab] = useState<Tab>("batches");
   const metrics = useMetricSamples(admin);
+  const [asked, setAsked] = useState<Search | null>(null);
   useEffect(() => {
     if (!api) return;
     // An admin credential may list accounts; any other is refused PERMISSION_DENIED.
@@ -538,14 +558,28 @@ function App() {
             setCredential(null);
             setApi(null);
             setAdmin(false);
+            setTab("batches");
+            setAsked(null);
           }}
         >
           Log out
         </button>
       </header>
       <main>
-        {tab === "batches" && <Batches api={api} admin={admin} />}
-        {tab === "messages" && <Messages api={api} admin={admin} />}
+        {tab === "batches" && (
+          <Batches
+            api={api}
+            admin={admin}
+            onOpen={(taskId) => {
+              setAsked({ query: taskId, at: Date.now() });
+              setTab("messages");
+            }}
+          />
+        )}
+        {/* Kept while other tabs are shown: the search and its results stay. */}
+        <div hidden={tab !== "messages"}>
+          <Messages api={api} admin={admin} asked={asked} />
+        </div>
         {tab === "providers" && admin && <Providers samples={metrics.samples} error={metrics.error} />}
         {tab === "webhooks" && <Webhooks api={api} />}
         {tab === "suppressions" && <Suppressions api={api} />}

@@ -1,5 +1,6 @@
 """What the operator console reads (sms.v1.ConsoleService): batches newest first, a
-search over messages by id, number or caller reference, one message's history.
+search over messages by id, batch id, number or caller reference, one message's
+history.
 
 Tenant isolation is decided here, once: a credential reads its own account; an admin
 credential reads every account, or one it names. The store is given the scope (an
@@ -57,7 +58,8 @@ class ConsoleRepository(Protocol):
     async def messages_matching(
         self, scope: int | None, text: str, limit: int
     ) -> list[ConsoleMessage]:
-        """Messages whose number or caller reference is ``text``, newest first."""
+        """Messages whose number, caller reference or batch id is ``text``, newest
+        first."""
 
     async def events(self, message_id: str) -> list[StatusEvent]:
         """Every event of the message, oldest first."""
@@ -94,7 +96,9 @@ class ConsoleViews:
     ) -> list[ConsoleMessage]:
         text = query.strip()
         if not text:
-            raise InvalidArgument.field("query", "required: a message id, number or reference")
+            raise InvalidArgument.field(
+                "query", "required: a message id, batch id, number or reference"
+            )
         if len(text) > MAX_QUERY_CHARS or "\x00" in text:
             raise InvalidArgument.field("query", f"at most {MAX_QUERY_CHARS} characters")
         size = page_size(requested_size)

@@ -84,7 +84,8 @@ class PgConsoleStore:
         with unavailable_on_connection_errors():
             rows = await self._pool.fetch(
                 _MESSAGE_SELECT + "WHERE ($1::bigint IS NULL OR m.account_id = $1) "
-                "AND (m.to_number = $2 OR coalesce(b.reference, m.reference) = $2) "
+                "AND (m.to_number = $2 OR coalesce(b.reference, m.reference) = $2 "
+                "OR m.batch_id = $2) "
                 "ORDER BY m.created_at DESC, m.id DESC LIMIT $3",
                 scope,
                 text,

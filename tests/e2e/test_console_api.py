@@ -1,6 +1,6 @@
 """sms.v1.ConsoleService, the operator console's reads, on a real gateway: an account
 sees its own batches and messages only (another's answer as if they did not exist),
-an admin credential sees every account's, searches match an id, a number or a
+an admin credential sees every account's, searches match an id, a batch id, a number or a
 reference exactly, a message's history is every status change in order, and bad
 input names its field."""
 
@@ -159,6 +159,14 @@ async def test_search_matches_an_id_a_number_or_a_reference(world: World) -> Non
         console_pb2.SearchMessagesRequest(query="camp-1"), metadata=md
     )
     assert [m.batch_id for m in by_batch_reference.messages] == [world.batch_ids[1]]
+    by_batch = await c.SearchMessages(
+        console_pb2.SearchMessagesRequest(query=world.batch_ids[0]), metadata=md
+    )
+    assert [m.batch_id for m in by_batch.messages] == [world.batch_ids[0]]
+    theirs = await c.SearchMessages(
+        console_pb2.SearchMessagesRequest(query=world.other_batch_id), metadata=md
+    )
+    assert list(theirs.messages) == []
     by_number = await c.SearchMessages(console_pb2.SearchMessagesRequest(query=CN), metadata=md)
     assert len(by_number.messages) == 4  # the single send and one per batch
     assert {m.state.to_number for m in by_number.messages} == {CN}

@@ -97,6 +97,11 @@ async def test_log_in_watch_a_batch_find_a_message_see_the_chart(
     await expect(row.locator(".status")).to_have_text("SUCCEEDED")
     await expect(row.locator("td.delivered")).to_have_text("5")
     await expect(row.locator(".progress span")).to_have_text("100%")
+    # Its messages, one click away.
+    await row.click()
+    results = page.locator("#messages tr.result")
+    await expect(results).to_have_count(5)
+    assert set(await results.locator("td:nth-child(3)").all_inner_texts()) == set(numbers)
 
     # Find a message by its id and read its history.
     sent = await owner.messages.SendMessage(
@@ -104,7 +109,6 @@ async def test_log_in_watch_a_batch_find_a_message_see_the_chart(
         metadata=owner.metadata,
     )
     await final_state(owner, sent.id)
-    await page.click("#tab-messages")
     await page.fill("#query", sent.id)
     await page.click("#search button[type=submit]")
     history = page.locator(f"#history[data-message-id='{sent.id}']")

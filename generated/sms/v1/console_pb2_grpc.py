@@ -70,8 +70,8 @@ class ConsoleServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SearchMessages(self, request, context):
-        """SearchMessages finds messages whose id, number (E.164) or caller reference is
-        exactly the query, newest first, at most 100.
+        """SearchMessages finds messages whose id, batch id (task_id), number (E.164) or
+        caller reference is exactly the query, newest first, at most 100.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

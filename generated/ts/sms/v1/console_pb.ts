@@ -107,8 +107,9 @@ export const ListBatchesResponseSchema: GenMessage<ListBatchesResponse> = /*@__P
  */
 export type SearchMessagesRequest = Message<"sms.v1.SearchMessagesRequest"> & {
   /**
-   * A message id, a number in E.164 (+8613800138000) or a caller reference, matched
-   * exactly. Required, at most 128 characters.
+   * A message id, a batch's task_id (its messages), a number in E.164
+   * (+8613800138000) or a caller reference, matched exactly. Required, at most 128
+   * characters.
    *
    * @generated from field: string query = 1;
    */
@@ -275,8 +276,8 @@ export const ConsoleService: GenService<{
     output: typeof ListBatchesResponseSchema;
   },
   /**
-   * SearchMessages finds messages whose id, number (E.164) or caller reference is
-   * exactly the query, newest first, at most 100.
+   * SearchMessages finds messages whose id, batch id (task_id), number (E.164) or
+   * caller reference is exactly the query, newest first, at most 100.
    *
    * @generated from rpc sms.v1.ConsoleService.SearchMessages
    */
