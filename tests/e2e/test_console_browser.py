@@ -2,7 +2,8 @@
 Playwright) against a real gateway: an operator logs in with an API key and secret,
 watches a batch made through the API progress to done, finds a message by id and
 reads its events, and sees the per-provider chart drawn from live figures; a wrong
-secret is refused and an account's login shows only its own batches."""
+secret is refused, an account's login shows only its own batches, and its failing
+webhook deliveries and suppressions are listed."""
 
 from __future__ import annotations
 
@@ -13,9 +14,18 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from google.protobuf import timestamp_pb2
 from playwright.async_api import Browser, Page, async_playwright, expect
-from sms.v1 import batch_pb2, common_pb2, message_pb2
+from sms.v1 import (
+    batch_pb2,
+    common_pb2,
+    message_pb2,
+    suppression_pb2,
+    suppression_pb2_grpc,
+    webhook_pb2,
+    webhook_pb2_grpc,
+)
 
 from server.providers.loopback import LoopbackConfig
 from server.store.accounts import PgAccountStore
@@ -30,7 +40,28 @@ expect.set_options(timeout=WAIT_MS)
 
 @pytest.fixture(scope="module")
 async def gateway(start_gateway: GatewayFactory) -> Running:
-    return await start_gateway(loopback=LoopbackConfig(delivery_delay=0.3))
+    # Webhooks to a local endpoint, retried slowly: a failed delivery stays visible.
+    return await start_gateway(
+        loopback=LoopbackConfig(delivery_delay=0.3),
+        webhook_allow_insecure=True,
+        webhook_retry_base_seconds=60,
+    )
+
+
+@pytest.fixture
+async def failing_endpoint() -> AsyncIterator[str]:
+    """A webhook endpoint that answers every delivery 503."""
+
+    async def refuse(_: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_post("/hook", refuse)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    await runner.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +183,37 @@ async def test_an_account_sees_its_own_batches_only(gateway: Running, page: Page
     assert await page.locator(f"tr[data-task-id='{their_batch}']").count() == 0
     # Gateway-wide figures are for admin credentials: no providers tab here.
     await expect(page.locator("#tab-providers")).to_have_count(0)
+
+
+async def test_failing_webhook_deliveries_and_suppressions(
+    gateway: Running, page: Page, failing_endpoint: str
+) -> None:
+    owner = await gateway.client(name="hooks")
+    hook = await webhook_pb2_grpc.WebhookServiceStub(gateway.channel).CreateWebhook(
+        webhook_pb2.CreateWebhookRequest(
+            url=failing_endpoint, event_types=[webhook_pb2.EVENT_TYPE_MESSAGE_STATUS]
+        ),
+        metadata=owner.metadata,
+    )
+    await suppression_pb2_grpc.SuppressionServiceStub(gateway.channel).AddSuppressions(
+        suppression_pb2.AddSuppressionsRequest(
+            mobiles=["+8613800138077"], reason=suppression_pb2.SUPPRESSION_REASON_OPT_OUT
+        ),
+        metadata=owner.metadata,
+    )
+    await owner.messages.SendMessage(
+        message_pb2.SendMessageRequest(mobile=CN, use_type=NOTE, text="hooked"),
+        metadata=owner.metadata,
+    )
+    await log_in(page, gateway, owner.api_key, owner.api_secret)
+    await page.click("#tab-webhooks")
+    card = page.locator(f".webhook[data-webhook-id='{hook.id}']")
+    await expect(card.locator("h3")).to_contain_text(failing_endpoint)
+    # The endpoint's 503 shows on a delivery that is being retried (refreshed every 5 s).
+    await expect(card.locator("tbody tr").first).to_contain_text("503", timeout=15_000)
+    await page.click("#tab-suppressions")
+    row = page.locator("#suppressions tr[data-mobile='+8613800138077']")
+    await expect(row).to_contain_text("OPT_OUT")
 
 
 async def test_the_page_is_locked_down(gateway: Running) -> None:
