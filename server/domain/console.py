@@ -9,17 +9,22 @@ account id, or None for every account) and nothing else decides it.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from server.domain.batch_tasks import BatchRecord
-from server.domain.errors import InvalidArgument, NotFound, PermissionDenied
+from server.domain.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from server.domain.messaging import Caller
 from server.domain.models import MessageState, StatusEvent, UseType
 from server.domain.pagination import decode_page_token, encode_page_token, page_size
 
 MAX_QUERY_CHARS = 128
+# Searches by number or reference read the messages table without an index: at most
+# this many at once per server (every account together), the others are refused.
+MAX_SCANS = 2
+SCAN_RETRY_SECONDS = 1.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -55,11 +60,16 @@ class ConsoleRepository(Protocol):
 
     async def message(self, scope: int | None, message_id: str) -> ConsoleMessage | None: ...
 
+    async def batch_messages(
+        self, scope: int | None, batch_id: str, limit: int
+    ) -> list[ConsoleMessage]:
+        """The first ``limit`` messages of the batch (none if out of scope), by id."""
+
     async def messages_matching(
         self, scope: int | None, text: str, limit: int
     ) -> list[ConsoleMessage]:
-        """Messages whose number, caller reference or batch id is ``text``, newest
-        first."""
+        """Messages whose number or caller reference is ``text``, newest first (a
+        scan: FailedPrecondition SEARCH_TOO_SLOW if it takes too long)."""
 
     async def events(self, message_id: str) -> list[StatusEvent]:
         """Every event of the message, oldest first."""
@@ -70,8 +80,9 @@ def _micros(moment: datetime) -> int:
 
 
 class ConsoleViews:
-    def __init__(self, repository: ConsoleRepository) -> None:
+    def __init__(self, repository: ConsoleRepository, *, max_scans: int = MAX_SCANS) -> None:
         self._repository = repository
+        self._scans = asyncio.Semaphore(max_scans)
 
     async def batches(
         self, caller: Caller, requested_size: int, token: str, account_id: int = 0
@@ -103,11 +114,21 @@ class ConsoleViews:
             raise InvalidArgument.field("query", f"at most {MAX_QUERY_CHARS} characters")
         size = page_size(requested_size)
         scope = _scope(caller, account_id)
+        # By the indexes first: a message id, a batch id; then the scan.
         by_id = await self._repository.message(scope, text)
-        found = await self._repository.messages_matching(scope, text, size)
         if by_id is not None:
-            found = [by_id, *(m for m in found if m.state.id != by_id.state.id)][:size]
-        return found
+            return [by_id]
+        in_batch = await self._repository.batch_messages(scope, text, size)
+        if in_batch:
+            return in_batch
+        if self._scans.locked():
+            raise ResourceExhausted(
+                "searches by number or reference are all busy on this server",
+                retry_after=SCAN_RETRY_SECONDS,
+                reason="SEARCH_BUSY",
+            )
+        async with self._scans:
+            return await self._repository.messages_matching(scope, text, size)
 
     async def history(
         self, caller: Caller, message_id: str

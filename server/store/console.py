@@ -2,8 +2,9 @@
 
 ``scope`` is an account id, or None for every account (an admin's view): each query
 filters on it. Searching by number or reference reads messages without an index on
-those columns; it is bounded by the LIMIT and meant for an operator's occasional look,
-not for callers' traffic (docs/console.md).
+those columns: it is meant for an operator's occasional look, not for callers'
+traffic, so each such query stops after SCAN_TIMEOUT_MS and the domain lets only a
+few run at once (docs/console.md).
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ from datetime import datetime
 import asyncpg
 
 from server.domain.console import AccountBatch, ConsoleMessage
+from server.domain.errors import FailedPrecondition
 from server.domain.models import MessageState, MessageStatus, StatusEvent, UseType
 from server.store.batches import BATCH_COLUMNS, batch_record
 from server.store.events import EVENT_COLUMNS, EVENTS_FROM, status_event
 from server.store.messages import REFERENCE_COLUMNS, WITH_BATCH
 from server.store.pool import unavailable_on_connection_errors
+
+# A search by number or reference reads the whole messages table at worst.
+SCAN_TIMEOUT_MS = 5000
 
 _MESSAGE_SELECT = (
     "SELECT m.id, m.account_id, m.batch_id, m.to_number, m.status, m.error_code, m.provider, "
@@ -78,19 +83,40 @@ class PgConsoleStore:
             )
         return None if row is None else _message(row)
 
+    async def batch_messages(
+        self, scope: int | None, batch_id: str, limit: int
+    ) -> list[ConsoleMessage]:
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(
+                _MESSAGE_SELECT + "WHERE m.batch_id = $1 "
+                "AND ($2::bigint IS NULL OR m.account_id = $2) ORDER BY m.id LIMIT $3",
+                batch_id,
+                scope,
+                limit,
+            )
+        return [_message(r) for r in rows]
+
     async def messages_matching(
         self, scope: int | None, text: str, limit: int
     ) -> list[ConsoleMessage]:
         with unavailable_on_connection_errors():
-            rows = await self._pool.fetch(
-                _MESSAGE_SELECT + "WHERE ($1::bigint IS NULL OR m.account_id = $1) "
-                "AND (m.to_number = $2 OR coalesce(b.reference, m.reference) = $2 "
-                "OR m.batch_id = $2) "
-                "ORDER BY m.created_at DESC, m.id DESC LIMIT $3",
-                scope,
-                text,
-                limit,
-            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(f"SET LOCAL statement_timeout = {SCAN_TIMEOUT_MS}")
+                try:
+                    rows = await conn.fetch(
+                        _MESSAGE_SELECT + "WHERE ($1::bigint IS NULL OR m.account_id = $1) "
+                        "AND (m.to_number = $2 OR coalesce(b.reference, m.reference) = $2) "
+                        "ORDER BY m.created_at DESC, m.id DESC LIMIT $3",
+                        scope,
+                        text,
+                        limit,
+                    )
+                except asyncpg.QueryCanceledError:
+                    raise FailedPrecondition(
+                        f"a search by number or reference stops after {SCAN_TIMEOUT_MS // 1000} s"
+                        " and this one did not finish; search by message or batch id",
+                        reason="SEARCH_TOO_SLOW",
+                    ) from None
         return [_message(r) for r in rows]
 
     async def events(self, message_id: str) -> list[StatusEvent]:

@@ -70,8 +70,11 @@ class ConsoleServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SearchMessages(self, request, context):
-        """SearchMessages finds messages whose id, batch id (task_id), number (E.164) or
-        caller reference is exactly the query, newest first, at most 100.
+        """SearchMessages finds messages whose id, batch id (task_id: the batch's messages,
+        by id), number (E.164) or caller reference (newest first) is exactly the query,
+        at most 100. A number or reference is looked for without an index: such a
+        search stops after 5 s (FAILED_PRECONDITION, reason SEARCH_TOO_SLOW) and only a
+        few run at once (RESOURCE_EXHAUSTED, reason SEARCH_BUSY, with RetryInfo).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,8 +40,11 @@ class ConsoleServiceStub:
     ListBatches: _grpc.UnaryUnaryMultiCallable[_console_pb2.ListBatchesRequest, _console_pb2.ListBatchesResponse]
     """ListBatches pages through batches, newest first."""
     SearchMessages: _grpc.UnaryUnaryMultiCallable[_console_pb2.SearchMessagesRequest, _console_pb2.SearchMessagesResponse]
-    """SearchMessages finds messages whose id, batch id (task_id), number (E.164) or
-    caller reference is exactly the query, newest first, at most 100.
+    """SearchMessages finds messages whose id, batch id (task_id: the batch's messages,
+    by id), number (E.164) or caller reference (newest first) is exactly the query,
+    at most 100. A number or reference is looked for without an index: such a
+    search stops after 5 s (FAILED_PRECONDITION, reason SEARCH_TOO_SLOW) and only a
+    few run at once (RESOURCE_EXHAUSTED, reason SEARCH_BUSY, with RetryInfo).
     """
     GetMessageHistory: _grpc.UnaryUnaryMultiCallable[_console_pb2.GetMessageHistoryRequest, _console_pb2.GetMessageHistoryResponse]
     """GetMessageHistory returns one message's state and every status event it has had."""
@@ -58,8 +61,11 @@ class ConsoleServiceAsyncStub(ConsoleServiceStub):
     ListBatches: _aio.UnaryUnaryMultiCallable[_console_pb2.ListBatchesRequest, _console_pb2.ListBatchesResponse]  # type: ignore[assignment]
     """ListBatches pages through batches, newest first."""
     SearchMessages: _aio.UnaryUnaryMultiCallable[_console_pb2.SearchMessagesRequest, _console_pb2.SearchMessagesResponse]  # type: ignore[assignment]
-    """SearchMessages finds messages whose id, batch id (task_id), number (E.164) or
-    caller reference is exactly the query, newest first, at most 100.
+    """SearchMessages finds messages whose id, batch id (task_id: the batch's messages,
+    by id), number (E.164) or caller reference (newest first) is exactly the query,
+    at most 100. A number or reference is looked for without an index: such a
+    search stops after 5 s (FAILED_PRECONDITION, reason SEARCH_TOO_SLOW) and only a
+    few run at once (RESOURCE_EXHAUSTED, reason SEARCH_BUSY, with RetryInfo).
     """
     GetMessageHistory: _aio.UnaryUnaryMultiCallable[_console_pb2.GetMessageHistoryRequest, _console_pb2.GetMessageHistoryResponse]  # type: ignore[assignment]
     """GetMessageHistory returns one message's state and every status event it has had."""
@@ -85,8 +91,11 @@ class ConsoleServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _console_pb2.SearchMessagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_console_pb2.SearchMessagesResponse, _abc.Awaitable[_console_pb2.SearchMessagesResponse]]:
-        """SearchMessages finds messages whose id, batch id (task_id), number (E.164) or
-        caller reference is exactly the query, newest first, at most 100.
+        """SearchMessages finds messages whose id, batch id (task_id: the batch's messages,
+        by id), number (E.164) or caller reference (newest first) is exactly the query,
+        at most 100. A number or reference is looked for without an index: such a
+        search stops after 5 s (FAILED_PRECONDITION, reason SEARCH_TOO_SLOW) and only a
+        few run at once (RESOURCE_EXHAUSTED, reason SEARCH_BUSY, with RetryInfo).
         """
 
     @_abc_1.abstractmethod
