@@ -225,3 +225,13 @@ async def test_the_page_is_locked_down(gateway: Running) -> None:
             assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
         async with http.get(url + "secret.txt") as r:
             assert r.status == 404
+
+
+async def test_no_console_where_the_rpcs_are_off(start_gateway: GatewayFactory) -> None:
+    """SMSGW_HTTP_RPC=false: the page would have nothing to call, so it is not served."""
+    off = await start_gateway(http_rpc=False)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{off.gateway.http_port}/console/") as r,
+    ):
+        assert r.status == 404
