@@ -19,6 +19,7 @@ from server.domain.errors import InvalidArgument, NotFound, PermissionDenied, Re
 from server.domain.messaging import Caller
 from server.domain.models import MessageState, StatusEvent, UseType
 from server.domain.pagination import decode_page_token, encode_page_token, page_size
+from server.domain.phones import normalize_any_spelling
 
 MAX_QUERY_CHARS = 128
 # Searches by number or reference read the messages table without an index: at most
@@ -66,10 +67,10 @@ class ConsoleRepository(Protocol):
         """The first ``limit`` messages of the batch (none if out of scope), by id."""
 
     async def messages_matching(
-        self, scope: int | None, text: str, limit: int
+        self, scope: int | None, number: str, reference: str, limit: int
     ) -> list[ConsoleMessage]:
-        """Messages whose number or caller reference is ``text``, newest first (a
-        scan: FailedPrecondition SEARCH_TOO_SLOW if it takes too long)."""
+        """Messages to ``number`` or with the caller reference ``reference``, newest
+        first (a scan: FailedPrecondition SEARCH_TOO_SLOW if it takes too long)."""
 
     async def events(self, message_id: str) -> list[StatusEvent]:
         """Every event of the message, oldest first."""
@@ -111,7 +112,9 @@ class ConsoleViews:
                 "query", "required: a message id, batch id, number or reference"
             )
         if len(text) > MAX_QUERY_CHARS or "\x00" in text:
-            raise InvalidArgument.field("query", f"at most {MAX_QUERY_CHARS} characters")
+            raise InvalidArgument.field(
+                "query", f"at most {MAX_QUERY_CHARS} characters, without NUL"
+            )
         size = page_size(requested_size)
         scope = _scope(caller, account_id)
         # By the indexes first: a message id, a batch id; then the scan.
@@ -128,7 +131,7 @@ class ConsoleViews:
                 reason="SEARCH_BUSY",
             )
         async with self._scans:
-            return await self._repository.messages_matching(scope, text, size)
+            return await self._repository.messages_matching(scope, _as_number(text), text, size)
 
     async def history(
         self, caller: Caller, message_id: str
@@ -139,6 +142,17 @@ class ConsoleViews:
         if message is None:
             raise NotFound(f"message {message_id!r} not found", reason="MESSAGE_NOT_FOUND")
         return message, await self._repository.events(message_id)
+
+
+def _as_number(text: str) -> str:
+    """An international number in any common spelling (``+86 138-0013-8000``) as the
+    E.164 form messages store; any other text as it is (a reference)."""
+    if not text.startswith(("+", "00")):
+        return text
+    try:
+        return normalize_any_spelling(text, "query", None)
+    except InvalidArgument:
+        return text
 
 
 def _scope(caller: Caller, account_id: int) -> int | None:

@@ -97,7 +97,7 @@ class PgConsoleStore:
         return [_message(r) for r in rows]
 
     async def messages_matching(
-        self, scope: int | None, text: str, limit: int
+        self, scope: int | None, number: str, reference: str, limit: int
     ) -> list[ConsoleMessage]:
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
@@ -105,10 +105,11 @@ class PgConsoleStore:
                 try:
                     rows = await conn.fetch(
                         _MESSAGE_SELECT + "WHERE ($1::bigint IS NULL OR m.account_id = $1) "
-                        "AND (m.to_number = $2 OR coalesce(b.reference, m.reference) = $2) "
-                        "ORDER BY m.created_at DESC, m.id DESC LIMIT $3",
+                        "AND (m.to_number = $2 OR coalesce(b.reference, m.reference) = $3) "
+                        "ORDER BY m.created_at DESC, m.id DESC LIMIT $4",
                         scope,
-                        text,
+                        number,
+                        reference,
                         limit,
                     )
                 except asyncpg.QueryCanceledError:

@@ -170,6 +170,10 @@ async def test_search_matches_an_id_a_number_or_a_reference(world: World) -> Non
     by_number = await c.SearchMessages(console_pb2.SearchMessagesRequest(query=CN), metadata=md)
     assert len(by_number.messages) == 4  # the single send and one per batch
     assert {m.state.to_number for m in by_number.messages} == {CN}
+    spelled = await c.SearchMessages(
+        console_pb2.SearchMessagesRequest(query="+86 138-0013-8000"), metadata=md
+    )
+    assert [m.state.id for m in spelled.messages] == [m.state.id for m in by_number.messages]
     limited = await c.SearchMessages(
         console_pb2.SearchMessagesRequest(query=CN, page_size=2), metadata=md
     )

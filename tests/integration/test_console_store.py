@@ -36,10 +36,10 @@ async def test_a_scan_that_runs_too_long_is_stopped(
     store = PgConsoleStore(pool)
     async with messages_locked(pool):
         with pytest.raises(FailedPrecondition) as err:
-            await asyncio.wait_for(store.messages_matching(None, "+8613800138000", 10), 5)
+            await asyncio.wait_for(store.messages_matching(None, "+8613800138000", "", 10), 5)
     assert err.value.reason == "SEARCH_TOO_SLOW"
     # Without the lock the same search answers (nothing matches here).
-    assert await store.messages_matching(None, "+8613800138000", 10) == []
+    assert await store.messages_matching(None, "+8613800138000", "", 10) == []
 
 
 class HeldScans(PgConsoleStore):
@@ -51,11 +51,11 @@ class HeldScans(PgConsoleStore):
         self.waiting = 0
 
     async def messages_matching(
-        self, scope: int | None, text: str, limit: int
+        self, scope: int | None, number: str, reference: str, limit: int
     ) -> list[ConsoleMessage]:
         self.waiting += 1
         await self.gate.wait()
-        return await super().messages_matching(scope, text, limit)
+        return await super().messages_matching(scope, number, reference, limit)
 
 
 async def test_scans_beyond_the_limit_are_refused_with_a_retry_delay(

@@ -109,9 +109,9 @@ class SearchMessagesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     query: _builtins.str
-    """A message id, a batch's task_id (its messages), a number in E.164
-    (+8613800138000) or a caller reference, matched exactly. Required, at most 128
-    characters.
+    """A message id, a batch's task_id (its messages), an international number
+    (+8613800138000, also spelled +86 138-0013-8000 or 0086...) or a caller
+    reference, matched exactly. Required, at most 128 characters.
     """
     page_size: _builtins.int
     """At most this many messages: 0 means 20, more than 100 is treated as 100."""

@@ -107,9 +107,9 @@ export const ListBatchesResponseSchema: GenMessage<ListBatchesResponse> = /*@__P
  */
 export type SearchMessagesRequest = Message<"sms.v1.SearchMessagesRequest"> & {
   /**
-   * A message id, a batch's task_id (its messages), a number in E.164
-   * (+8613800138000) or a caller reference, matched exactly. Required, at most 128
-   * characters.
+   * A message id, a batch's task_id (its messages), an international number
+   * (+8613800138000, also spelled +86 138-0013-8000 or 0086...) or a caller
+   * reference, matched exactly. Required, at most 128 characters.
    *
    * @generated from field: string query = 1;
    */
