@@ -11,4 +11,5 @@ npm ci --no-audit --no-fund --loglevel=error
 bash clients/install.sh   # what the example clients in clients/ need (tests/e2e/test_clients.py)
 bash scripts/check_deploy.sh --install   # nginx (tests/e2e/test_deploy_nginx.py), promtool
 bash tests/smsc/install.sh   # Net::SMPP for the test SMSC (SMPP transport tests)
+bash scripts/install_chromium.sh   # the console's browser test (tests/e2e/test_console_browser.py)
 exec .venv/bin/pytest "$@"

@@ -32,6 +32,7 @@ from aiohttp import web
 from sms.v1 import (
     account_pb2_grpc,
     batch_pb2_grpc,
+    console_pb2_grpc,
     inbound_pb2_grpc,
     message_pb2_grpc,
     suppression_pb2_grpc,
@@ -44,6 +45,7 @@ from server.api.account_service import AccountServicer
 from server.api.batch_prep import PREPARATION_PROCESSES, ProcessPreparer
 from server.api.batch_service import BatchServicer
 from server.api.batch_wire import decode_create_batch
+from server.api.console_service import ConsoleServicer
 from server.api.inbound_service import InboundServicer
 from server.api.interceptors import GatewayInterceptor
 from server.api.message_service import MessageServicer
@@ -67,6 +69,7 @@ from server.domain.auth import Authenticator
 from server.domain.batch_slots import BatchSlots
 from server.domain.batch_tasks import Batches
 from server.domain.codes import CodeKeys
+from server.domain.console import ConsoleViews
 from server.domain.errors import InvalidArgument
 from server.domain.inbound import InboundIntake, InboundMessages, InboundSms
 from server.domain.limits import AuthFailureThrottle, RateLimits, StreamCaps
@@ -87,6 +90,7 @@ from server.status.inbound_watch import InboundWatcher
 from server.status.watch import StatusWatcher
 from server.store.accounts import PgAccountStore
 from server.store.batches import PgBatchStore
+from server.store.console import PgConsoleStore
 from server.store.database import Database, migrate
 from server.store.events import PgEventLog
 from server.store.inbound import INBOUND_CHANNEL, PgInboundStore
@@ -324,6 +328,9 @@ class Gateway:
         self._inbound_ready.set()
         account_pb2_grpc.add_AccountServiceServicer_to_server(
             AccountServicer(PgAccountStore(pool)), server
+        )
+        console_pb2_grpc.add_ConsoleServiceServicer_to_server(
+            ConsoleServicer(ConsoleViews(PgConsoleStore(pool))), server
         )
         self.health.add_to_server(server)
         enable_reflection(server)

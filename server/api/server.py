@@ -10,6 +10,7 @@ from grpc_reflection.v1alpha import reflection
 from sms.v1 import (
     account_pb2,
     batch_pb2,
+    console_pb2,
     inbound_pb2,
     message_pb2,
     suppression_pb2,
@@ -28,6 +29,7 @@ SERVICE_NAMES = (
     suppression_pb2.DESCRIPTOR.services_by_name["SuppressionService"].full_name,
     inbound_pb2.DESCRIPTOR.services_by_name["InboundService"].full_name,
     account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
+    console_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name,
 )
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

@@ -1,6 +1,7 @@
 """The HTTP side of the gateway: /healthz, /metrics (Prometheus), provider webhooks
 (delivery receipts at /webhooks/..., messages from recipients at /inbound/...),
-and the sms.v1 RPCs over Connect and gRPC-Web (server/http/rpc_bridge.py)."""
+the sms.v1 RPCs over Connect and gRPC-Web (server/http/rpc_bridge.py) and, with them,
+the operator console at /console (server/http/console_page.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from server.domain.errors import InvalidArgument
+from server.http.console_page import add_console_routes
 from server.http.rpc_bridge import RpcBridge
 from server.http.webhooks import WebhookRejected
 from server.providers.webhooks import HookRequest
@@ -99,6 +101,7 @@ def build_http_app(
         app.router.add_post("/inbound/{kind}/{name}", inbound)
     if rpc is not None:
         rpc.add_routes(app)  # reads its bodies itself, up to the gRPC message limit
+        add_console_routes(app)  # the operator console calls those RPCs
     return app
 
 

@@ -133,6 +133,7 @@ _COLUMNS = (
     "id, status, total, sent, delivered, failed, cancelled, finished, created_at, updated_at,"
     " rejected, reference, metadata"
 )
+BATCH_COLUMNS = _COLUMNS  # for other readers of batches (store/console.py)
 
 
 def _row(m: NewMessage) -> tuple[object, ...]:
@@ -178,6 +179,11 @@ def copy_row(m: NewMessage) -> bytes:
     """One message as a line of COPY's text format, in MESSAGE_COLUMNS order (what a
     batch preparation process sends, so the server does not encode it)."""
     return ("\t".join(map(_text, _row(m))) + "\n").encode()
+
+
+def batch_record(row: asyncpg.Record) -> BatchRecord:
+    """A BatchRecord from a row of ``BATCH_COLUMNS``."""
+    return _batch(row)
 
 
 def _batch(row: asyncpg.Record) -> BatchRecord:

@@ -31,6 +31,8 @@ _FROM = (
     "message_events e LEFT JOIN messages m ON m.id = e.message_id "
     "LEFT JOIN batches b ON b.id = e.batch_id"
 )
+# For other readers of the log (store/console.py).
+EVENT_COLUMNS, EVENTS_FROM = _COLUMNS, _FROM
 
 
 async def lock_event_log(conn: Conn) -> None:

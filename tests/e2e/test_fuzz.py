@@ -37,6 +37,7 @@ from sms.v1 import (
     account_pb2,
     batch_pb2,
     common_pb2,
+    console_pb2,
     inbound_pb2,
     message_pb2,
     suppression_pb2,
@@ -67,6 +68,7 @@ SERVICES = [
         (suppression_pb2.DESCRIPTOR, "SuppressionService"),
         (account_pb2.DESCRIPTOR, "AccountService"),
         (inbound_pb2.DESCRIPTOR, "InboundService"),
+        (console_pb2.DESCRIPTOR, "ConsoleService"),
     )
 ]
 METHODS = [method for service in SERVICES for method in service.methods]
@@ -478,6 +480,12 @@ async def world(start_gateway: GatewayFactory) -> World:
         "ListSuppressions": [sp.ListSuppressionsRequest(page_size=1)],
         "ListInboundMessages": [inbound_pb2.ListInboundMessagesRequest(page_size=1)],
         "WatchInboundMessages": [inbound_pb2.WatchInboundMessagesRequest(after_event_id=1)],
+        "ListBatches": [console_pb2.ListBatchesRequest(page_size=1)],
+        "SearchMessages": [
+            console_pb2.SearchMessagesRequest(query=sent.id),
+            console_pb2.SearchMessagesRequest(query=CN, page_size=2),
+        ],
+        "GetMessageHistory": [console_pb2.GetMessageHistoryRequest(id=sent.id)],
         "CreateAccount": [
             ac.CreateAccountRequest(
                 account=ac.Account(name="fuzz", verified=True, quiet_hours=["21:00-08:00"])
