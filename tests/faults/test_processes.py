@@ -232,11 +232,14 @@ async def test_a_killed_process_is_started_again_while_the_other_answers(
         # gone is reset: a client tries again, as after any server's crash.)
         await eventually(lambda: not running(before[1]), within=10, interval=0.05)
 
-        # The other process answers at once, on new connections too.
+        # The other process answers at once, on new connections too. (A connection
+        # made while the replacement process starts listening can be reset before
+        # that process serves: a client waiting for ready tries again, within the
+        # call's 3 s.)
         for _ in range(10):
             async with grpc.aio.insecure_channel(served.grpc_target) as channel:
                 reply = await health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=3
+                    health_pb2.HealthCheckRequest(), timeout=3, wait_for_ready=True
                 )
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
