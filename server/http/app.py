@@ -51,38 +51,13 @@ def build_http_app(
 
     async def webhook(request: web.Request) -> web.Response:
         assert receive_webhook is not None
-        fields = await _form_fields(request)
-        if fields is None:
-            return web.json_response({"accepted": False, "reason": "malformed body"}, status=400)
-        try:
-            await receive_webhook(
-                request.match_info["kind"],
-                request.match_info.get("name"),
-                fields,
-                HookRequest(request.raw_path, request.headers),
-            )
-        except WebhookRejected as exc:
-            return web.json_response({"accepted": False, "reason": str(exc)}, status=403)
-        return web.json_response({"accepted": True})
+        refused = await _receive_form(request, receive_webhook)
+        return refused or web.json_response({"accepted": True})
 
     async def inbound(request: web.Request) -> web.Response:
         assert receive_inbound is not None
-        fields = await _form_fields(request)
-        if fields is None:
-            return web.json_response({"accepted": False, "reason": "malformed body"}, status=400)
-        try:
-            await receive_inbound(
-                request.match_info["kind"],
-                request.match_info.get("name"),
-                fields,
-                HookRequest(request.raw_path, request.headers),
-            )
-        except WebhookRejected as exc:
-            return web.json_response({"accepted": False, "reason": str(exc)}, status=403)
-        except InvalidArgument as exc:
-            reasons = "; ".join(f"{v.field}: {v.description}" for v in exc.violations)
-            return web.json_response({"accepted": False, "reason": reasons}, status=400)
-        return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+        refused = await _receive_form(request, receive_inbound)
+        return refused or web.Response(text=EMPTY_TWIML, content_type="text/xml")
 
     async def exposition(_: web.Request) -> web.Response:
         assert metrics is not None
@@ -103,6 +78,30 @@ def build_http_app(
         rpc.add_routes(app)  # reads its bodies itself, up to the gRPC message limit
         add_console_routes(app)  # the operator console calls those RPCs
     return app
+
+
+async def _receive_form(
+    request: web.Request,
+    receive: InboundHandler,  # (a WebhookHandler is one too)
+) -> web.Response | None:
+    """Hands a provider's posted form to ``receive``: None once it is taken, else the
+    refusal to answer (400 unreadable or malformed, 403 not verified)."""
+    fields = await _form_fields(request)
+    if fields is None:
+        return web.json_response({"accepted": False, "reason": "malformed body"}, status=400)
+    try:
+        await receive(
+            request.match_info["kind"],
+            request.match_info.get("name"),
+            fields,
+            HookRequest(request.raw_path, request.headers),
+        )
+    except WebhookRejected as exc:
+        return web.json_response({"accepted": False, "reason": str(exc)}, status=403)
+    except InvalidArgument as exc:
+        reasons = "; ".join(f"{v.field}: {v.description}" for v in exc.violations)
+        return web.json_response({"accepted": False, "reason": reasons}, status=400)
+    return None
 
 
 async def _form_fields(request: web.Request) -> dict[str, str] | None:
