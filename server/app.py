@@ -22,7 +22,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -425,38 +425,49 @@ class Gateway:
             drains.append(self._server.stop(grace))
         if self._dispatcher is not None:
             drains.append(self._dispatcher.stop(grace))
-        await asyncio.gather(*drains)
+        await _bounded("calls in flight and dispatch", asyncio.gather(*drains), grace + 5)
+        # Each step is bounded: one that hangs (a connection in use, a peer that does
+        # not answer) is logged by name and left behind, and the rest still stop.
         if self._poller is not None:
-            await self._poller.stop()
+            await _bounded("receipt poller", self._poller.stop(), grace)
         if self._maintenance is not None:
-            await self._maintenance.stop()
+            await _bounded("maintenance", self._maintenance.stop(), grace)
         if self._webhooks is not None:
-            await self._webhooks.stop()
-        if self._webhook_pool is not None:
-            await self._webhook_pool.close()
-        await self.health.stop()
-        await self._providers.close()
+            await _bounded("webhook delivery", self._webhooks.stop(), grace)
+        pool = self._webhook_pool
+        if pool is not None and not await _bounded("webhook database pool", pool.close(), grace):
+            pool.terminate()
+        await _bounded("health watchdog", self.health.stop(), grace)
+        await _bounded("provider transports", self._providers.close(), grace)
         if self._receipts is not None:
             with contextlib.suppress(Exception):
-                await self._receipts.stop()
+                await _bounded("receipt recorder", self._receipts.stop(), grace)
         if self._hub is not None:
-            await self._hub.stop()
+            await _bounded("status hub", self._hub.stop(), grace)
         if self._http is not None:
-            await self._http.cleanup()
+            await _bounded("HTTP server", self._http.cleanup(), grace)
         if self._bridge is not None:
-            await self._bridge.close()
+            await _bounded("Connect bridge", self._bridge.close(), grace)
         if self._bridge_dir is not None:
             shutil.rmtree(self._bridge_dir, ignore_errors=True)
         self.preparer.close()
-        if self._pool is not None:
-            # A connection some call never gave back must not hold the shutdown: after
-            # the grace period the pool is closed hard.
-            try:
-                await asyncio.wait_for(self._pool.close(), grace)
-            except TimeoutError:
-                log.warning("database connections still in use after %.0f s: closed", grace)
-                self._pool.terminate()
+        # A connection some call never gave back must not hold the shutdown: after the
+        # grace period the pool is closed hard.
+        pool = self._pool
+        if pool is not None and not await _bounded("database pool", pool.close(), grace):
+            pool.terminate()
         await self.database.stop()
         if self.tracing is not None:
             self.tracing.close()
         log.info("smsgw stopped")
+
+
+async def _bounded(what: str, step: Awaitable[object], seconds: float) -> bool:
+    """Awaits one step of the shutdown for at most ``seconds`` (at least 1): False,
+    after a warning that names it, when it did not finish."""
+    try:
+        await asyncio.wait_for(step, max(seconds, 1.0))
+    except TimeoutError:
+        log.warning("shutdown: %s still not stopped after %.0f s: left behind", what, seconds)
+        return False
+    return True

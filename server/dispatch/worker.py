@@ -55,6 +55,8 @@ from server.tracing import Tracing, dispatch_span
 
 log = logging.getLogger(__name__)
 
+RELEASE_SECONDS = 5.0  # a cancelled worker's wait to give its group back
+
 # Seconds of a lease kept free after the last send, to record the outcomes (at most a
 # quarter of the lease).
 LEASE_MARGIN = 2.0
@@ -155,8 +157,13 @@ class Dispatcher:
             try:
                 await self._dispatch(claimed, lease_ends)
             except asyncio.CancelledError:
+                # Given back for another worker now; if the database cannot take it
+                # within RELEASE_SECONDS (no connection free), the leases run out.
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._outbox.release([c.message.id for c in claimed]))
+                    await asyncio.wait_for(
+                        asyncio.shield(self._outbox.release([c.message.id for c in claimed])),
+                        RELEASE_SECONDS,
+                    )
                 raise
             except Exception:
                 log.exception("worker %d failed to record a group; leases will expire", index)

@@ -116,11 +116,16 @@ async def test_an_smshook_that_comes_before_the_retry_matches_by_our_tag(
     state = await final_state(client, message_id, within=1.5)  # before any retry
     assert (state.status, state.provider) == (common_pb2.MESSAGE_STATUS_DELIVERED, "cloud")
     assert len(emulator.state.received) == 1
-    assert await history(running, message_id) == [
-        common_pb2.MESSAGE_STATUS_PENDING,
-        common_pb2.MESSAGE_STATUS_QUEUED,
-        common_pb2.MESSAGE_STATUS_DELIVERED,
-    ]
+    # QUEUED (the dropped answer, to retry) is recorded unless the receipt was first:
+    # a final status is never followed by an earlier one.
+    assert await history(running, message_id) in (
+        [
+            common_pb2.MESSAGE_STATUS_PENDING,
+            common_pb2.MESSAGE_STATUS_QUEUED,
+            common_pb2.MESSAGE_STATUS_DELIVERED,
+        ],
+        [common_pb2.MESSAGE_STATUS_PENDING, common_pb2.MESSAGE_STATUS_DELIVERED],
+    )
 
 
 async def test_a_voice_code_still_goes_to_send_voice(
