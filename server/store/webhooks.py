@@ -334,14 +334,11 @@ class PgWebhookStore:
                 due.append(DueDelivery(_delivery(r), r["url"], bytes(r["secret_sealed"]), event))
         return due
 
-    async def release_all(self, delivery_ids: Sequence[int]) -> None:
-        """Gives leased deliveries back untried (the process is stopping)."""
-        if not delivery_ids:
-            return
+    async def release(self, delivery_id: int) -> None:
+        """Gives a leased delivery back untried (its endpoint was busy)."""
         with unavailable_on_connection_errors():
             await self._pool.execute(
-                "UPDATE webhook_deliveries SET lease_until = NULL WHERE id = ANY($1::bigint[])",
-                list(delivery_ids),
+                "UPDATE webhook_deliveries SET lease_until = NULL WHERE id = $1", delivery_id
             )
 
     async def record_attempt(

@@ -7,11 +7,7 @@ is retried after ``retry_delay``: base, 2 * base, 4 * base ... capped at one hou
 times a random factor in [0.5, 1], until ``retry_for`` seconds after the event
 (defaults: 5 s doubling, 25 h — about 30 attempts); a 429's Retry-After is waited
 instead when it is longer. At most ``per_endpoint`` requests are open per endpoint, so
-a slow or dead endpoint holds only its own slots. Up to ``per_endpoint`` more are leased
-ahead and wait in the process (``_waiting``): a finished request's slot goes to the next
-at once instead of idling until the next round's claim (a round costs tens of ms under
-load; at 500 events/s, slots waiting for it capped delivery below the offered rate).
-Every request has a timeout and
+a slow or dead endpoint holds only its own slots; every request has a timeout and
 follows no redirect, and its connection goes only to addresses PublicOnlyResolver
 checked (server/http/webhook_url.py). A delivery is leased for three timeouts: a
 replica that dies mid-request leaves it to another after that.
@@ -28,7 +24,6 @@ import logging
 import random
 import time
 from collections import Counter as Tally
-from collections import deque
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -103,10 +98,6 @@ class WebhookDelivery:
         self._per_endpoint = per_endpoint
         self._capacity = capacity
         self._open: Tally[int] = Tally()
-        # Leased ahead, per endpoint, for the next free slot (each the earliest pending
-        # event of its message: claim_due leases no later event of a message while one
-        # is leased, so order holds).
-        self._waiting: dict[int, deque[DueDelivery]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -145,10 +136,6 @@ class WebhookDelivery:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        waiting = [d for queue in self._waiting.values() for d in queue]
-        self._waiting.clear()
-        with contextlib.suppress(Exception):  # else their leases run out
-            await asyncio.wait_for(self._store.release_all([d.delivery.id for d in waiting]), 2)
         if self._session is not None:
             await self._session.close()
 
@@ -175,41 +162,21 @@ class WebhookDelivery:
             created = await self._store.materialise(500)
             self._new_events = self._new_events or created > 0  # maybe more behind them
             await self._keep_statistics(created, now)
-        self._start_waiting()
-        held = {w: self._open[w] + len(q) for w, q in self._waiting.items()}
-        held.update({w: n + len(self._waiting.get(w, ())) for w, n in self._open.items()})
-        room = 2 * self._capacity - sum(held.values())
+        room = self._capacity - len(self._tasks)
         if room <= 0:
             return False
         due = await self._store.claim_due(
-            room, 3 * self._timeout, room=held, per_endpoint=2 * self._per_endpoint
+            room, 3 * self._timeout, room=dict(self._open), per_endpoint=self._per_endpoint
         )
         for d in due:
-            webhook_id = d.delivery.webhook_id
-            if self._open[webhook_id] < self._per_endpoint and len(self._tasks) < self._capacity:
-                self._start(d)
-            else:
-                self._waiting.setdefault(webhook_id, deque()).append(d)
+            if self._open[d.delivery.webhook_id] >= self._per_endpoint:
+                await self._store.release(d.delivery.id)
+                continue
+            self._open[d.delivery.webhook_id] += 1
+            task = asyncio.create_task(self._deliver(d))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return created > 0 or len(due) == room
-
-    def _start_waiting(self) -> None:
-        """Starts what waits where slots are free (left waiting when the process
-        had ``capacity`` requests open)."""
-        for webhook_id, waiting in list(self._waiting.items()):
-            while (
-                waiting
-                and self._open[webhook_id] < self._per_endpoint
-                and len(self._tasks) < self._capacity
-            ):
-                self._start(waiting.popleft())
-            if not waiting:
-                del self._waiting[webhook_id]
-
-    def _start(self, due: DueDelivery) -> None:
-        self._open[due.delivery.webhook_id] += 1
-        task = asyncio.create_task(self._deliver(due))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _keep_statistics(self, created: int, now: float) -> None:
         """ANALYZE the queue once it has grown by ANALYZE_AFTER_ROWS since the last
@@ -245,7 +212,6 @@ class WebhookDelivery:
         self._open[webhook_id] -= 1
         if self._open[webhook_id] <= 0:
             del self._open[webhook_id]
-        self._start_waiting()
         self._wake.set()
 
     async def _post(self, due: DueDelivery) -> tuple[int, float | None]:
