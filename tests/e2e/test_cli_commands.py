@@ -171,9 +171,23 @@ async def test_watch_into_a_closed_pipe_exits_141_quietly(gw: Running) -> None:
         "SMSGW_API_KEY": client.api_key,
         "SMSGW_API_SECRET": client.api_secret,
     }
+    # Resume after the log's newest event rather than watch live (0): the first send
+    # may be stored before the CLI has its stream open, and would then never be shown.
+    # The account is new, so only its own events come.
+    other = await gw.client(name="other")
+    code, _, err = await smsgw(gw, other, "send", CN, "Before the watch.")
+    assert code == 0, err
+    after = await gw.gateway.pool.fetchval("SELECT max(event_id) FROM message_events")
     read_end, write_end = os.pipe()
     proc = await asyncio.create_subprocess_exec(
-        *SMSGW, "watch", env=env, cwd=ROOT, stdout=write_end, stderr=asyncio.subprocess.PIPE
+        *SMSGW,
+        "watch",
+        "--after-event-id",
+        str(after),
+        env=env,
+        cwd=ROOT,
+        stdout=write_end,
+        stderr=asyncio.subprocess.PIPE,
     )
     os.close(write_end)
     try:
