@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -226,16 +226,19 @@ class ProviderError(Exception):
 
 
 class EventLog(Protocol):
-    """The ordered log of status changes (message_events) that streams read and
-    replay. Event ids follow commit order: a reader that has seen id N has seen every
-    committed event below N."""
+    """The log of status changes (message_events) that streams read and replay. One
+    account's event ids follow commit order: a reader of an account that has seen id
+    N has seen every committed event of that account below N. (Across accounts they
+    do not: never follow two accounts with one cursor.)"""
 
-    async def last_event_id(self) -> int:
-        """The newest event's id (0: none yet)."""
+    async def last_event_id(self, account_id: int) -> int:
+        """The account's newest event's id (0: none yet)."""
         ...
 
-    async def all_after(self, after_event_id: int, limit: int) -> list[StatusEvent]:
-        """Events of every account after the cursor, in id order."""
+    async def accounts_after(
+        self, cursors: Mapping[int, int], limit: int
+    ) -> dict[int, list[StatusEvent]]:
+        """For each account, its events after its own cursor (at most ``limit``)."""
         ...
 
     async def events_after(

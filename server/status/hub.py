@@ -1,8 +1,9 @@
 """Fans status events out to the streams open on this replica.
 
 One LISTEN connection per process hears that new events were committed (by any
-replica); the hub then reads them from message_events in id order and hands each
-to the subscriptions of its account. A periodic read covers a lost notification
+replica); the hub then reads, for each account with a stream open here, its events
+after that account's cursor (the log is ordered per account: store/events.py) and
+hands them to the account's subscriptions. A periodic read covers a lost notification
 or a dropped LISTEN connection. A subscription whose buffer fills is marked
 ``overflowed`` and its stream re-reads the table from its own cursor, so a slow
 reader costs bounded memory and misses nothing.
@@ -68,10 +69,10 @@ class StatusHub:
         self._events = events
         self._poll_interval = poll_interval
         self._subscriptions: dict[int, set[Subscription]] = {}
-        self._cursor = 0
-        # With no stream open the hub reads nothing; its cursor is then stale and is
-        # moved to the newest event when the next stream subscribes.
-        self._stale = True
+        # Per account with a stream open: the last event handed out. An account's
+        # cursor starts at its newest event when its first stream subscribes, and is
+        # dropped with its last stream.
+        self._cursors: dict[int, int] = {}
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -100,9 +101,8 @@ class StatusHub:
     async def subscribe(self, account_id: int) -> Subscription:
         """Registers a stream; events committed from now on reach its buffer."""
         async with self._lock:
-            if self._stale:
-                self._cursor = await self._events.last_event_id()
-                self._stale = False
+            if account_id not in self._cursors:
+                self._cursors[account_id] = await self._events.last_event_id(account_id)
             subscription = Subscription(account_id)
             self._subscriptions.setdefault(account_id, set()).add(subscription)
             return subscription
@@ -113,6 +113,7 @@ class StatusHub:
             subs.discard(subscription)
             if not subs:
                 del self._subscriptions[subscription.account_id]
+                self._cursors.pop(subscription.account_id, None)
 
     async def listen(self, channel: str, wake: Callable[[], None]) -> None:
         """Calls ``wake`` on each NOTIFY of ``channel`` (on the hub's LISTEN connection,
@@ -162,18 +163,19 @@ class StatusHub:
 
     async def _read_new_events(self) -> None:
         async with self._lock:
-            if not self._subscriptions:
-                self._stale = True
-                return
             await self._read_locked()
 
     async def _read_locked(self) -> None:
-        while True:
-            events = await self._events.all_after(self._cursor, READ_LIMIT)
-            for event in events:
-                for subscription in self._subscriptions.get(event.account_id, ()):
-                    subscription.offer(event)
-            if events:
-                self._cursor = events[-1].event_id
-            if len(events) < READ_LIMIT:
-                return
+        wanted = dict(self._cursors)
+        while wanted:
+            found = await self._events.accounts_after(wanted, READ_LIMIT)
+            more: dict[int, int] = {}
+            for account_id, events in found.items():
+                for event in events:
+                    for subscription in self._subscriptions.get(account_id, ()):
+                        subscription.offer(event)
+                if account_id in self._cursors:
+                    self._cursors[account_id] = events[-1].event_id
+                if len(events) >= READ_LIMIT:
+                    more[account_id] = events[-1].event_id
+            wanted = more

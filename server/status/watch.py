@@ -74,7 +74,7 @@ class StatusWatcher:
         elif after_event_id == 0:
             # No replay: start at the newest event (the subscription is already open,
             # so what is committed from here on is sent).
-            cursor = await self._events.last_event_id()
+            cursor = await self._events.last_event_id(account_id)
         if after_event_id > 0:
             await self._check_replay(account_id, watched, cursor)
         wanted = set(watched)

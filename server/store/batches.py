@@ -7,13 +7,14 @@ against the account's daily cap, charges a prepaid balance and records the batch
 first status event (store/account_events.py): a crash or error stores nothing. The
 messages are committed unannounced (``claimed_until`` = infinity: no worker takes
 them) and then announced ``ANNOUNCE_CHUNK`` at a time, each chunk in a statement of
-its own that writes their PENDING events under the event-log lock and makes them
-claimable. So no batch holds the event log (which every send and status change of
-every account waits for) longer than one chunk, where writing 100,000 first events
-in the batch's transaction held it for a second or more. A message's PENDING event
-still comes before any other of its events (it cannot be sent unannounced), and
-event ids still follow commit order. A batch whose announcement was cut off (its
-server died) is finished by ``announce_unfinished`` on any replica.
+its own that writes their PENDING events under the account's event-log lane
+(store/events.py) and makes them claimable. So no batch holds its lane (which every
+send and status change of the accounts in that lane waits for) longer than one
+chunk, where writing 100,000 first events in the batch's transaction held it for a
+second or more. A message's PENDING event still comes before any other of its events
+(it cannot be sent unannounced), and an account's event ids still follow commit order.
+A batch whose announcement was cut off (its server died) is finished by
+``announce_unfinished`` on any replica.
 
 Counts change in the statement that records each message's status
 (store/outbox.py), so they are exact at any moment.
@@ -44,7 +45,7 @@ from server.domain.suppression import BATCH_REASON
 from server.store.account_events import record_batch_status
 from server.store.balance import charge_balance
 from server.store.daily_caps import take_batch_mobiles, take_daily
-from server.store.events import EVENTS_CHANNEL, EVENTS_LOCK_KEY, lock_event_log
+from server.store.events import lanes_cte, lock_account_lanes
 from server.store.idempotency import claim_key
 from server.store.outbox import ChangeSink, StatusChanges, apply_transitions
 from server.store.pool import retry_on_conflict, unavailable_on_connection_errors
@@ -71,7 +72,7 @@ MESSAGE_COLUMNS = (
 
 log = logging.getLogger(__name__)
 
-# Messages announced per statement: the event-log lock is held for one chunk's
+# Messages announced per statement: the event-log lane is held for one chunk's
 # events and commit (a few milliseconds).
 ANNOUNCE_CHUNK = 500
 # A batch still announcing this long after it was created lost its server.
@@ -81,7 +82,7 @@ STALE_ANNOUNCING_SECONDS = 60
 UNANNOUNCED = datetime.max.replace(tzinfo=UTC)
 
 # One chunk of a batch's unannounced messages, after ``$3`` in id order: made
-# claimable, then (the event log locked only once the rows are updated) given their
+# claimable, then (the account's lane locked only once the rows are updated) given their
 # PENDING events. Rows another announcer holds are skipped (it announces them).
 _ANNOUNCE = f"""
 WITH picked AS (
@@ -96,10 +97,7 @@ announced AS (
     FROM picked WHERE m.id = picked.id AND m.claimed_until = 'infinity'
     RETURNING m.id, m.account_id, m.batch_id, m.to_number, m.created_at
 ),
-event_log_lock AS (
-    SELECT pg_advisory_xact_lock({EVENTS_LOCK_KEY}), pg_notify('{EVENTS_CHANNEL}', '')
-    FROM (SELECT count(*) FROM announced) AS after_the_update
-),
+{lanes_cte("SELECT account_id FROM announced")},
 events AS (
     INSERT INTO message_events (event_id, message_id, account_id, batch_id, to_number,
                                 status, occurred_at)
@@ -402,10 +400,10 @@ class PgBatchStore:
     async def cancel(self, account_id: int, batch_id: str) -> BatchRecord | None:
         """Cancels the messages no worker holds; the ones handed out go on.
 
-        Locks in the one order every status change uses: the event log first, then
-        rows. (Taking the batch and message rows first and the event log last
+        Locks in the one order every status change uses: the account's event-log lane
+        first, then rows. (Taking the batch and message rows first and the event log last
         deadlocked with a worker recording a sent group of the batch: it holds the
-        event log and waits for the batch row to count its messages.)"""
+        lane and waits for the batch row to count its messages.)"""
 
         async def cancel() -> tuple[asyncpg.Record | None, StatusChanges] | None:
             async with self._pool.acquire() as conn, conn.transaction():
@@ -414,7 +412,7 @@ class PgBatchStore:
                 )
                 if owner != account_id:
                     return None
-                await lock_event_log(conn)
+                await lock_account_lanes(conn, [account_id])
                 await conn.execute("SELECT 1 FROM batches WHERE id = $1 FOR UPDATE", batch_id)
                 ids = await conn.fetch(
                     "SELECT id FROM messages WHERE batch_id = $1 AND status IN (1, 2) "

@@ -21,7 +21,7 @@ from server.domain.ports import IdempotencyKey
 from server.domain.suppression import recipient_suppressed
 from server.store.balance import charge_balance
 from server.store.daily_caps import take_daily
-from server.store.events import LOCK_EVENT_LOG_CTE
+from server.store.events import lanes_cte
 from server.store.idempotency import claim_key
 from server.store.pool import Conn, unavailable_on_connection_errors
 from server.store.suppressions import matches, suppressed
@@ -42,7 +42,7 @@ MAX_CONCURRENT_GROUPS = 2
 # statement can put its own CTE first and store its rows in the same round trip.
 def _messages_and_events(where: str = "") -> str:
     return f"""
-{LOCK_EVENT_LOG_CTE},
+{lanes_cte("SELECT unnest($2::bigint[])")},
 m AS (
     INSERT INTO messages (id, account_id, batch_id, to_number, use_type, body, template_id,
                           segments, priority, status, not_before, template_code, template_data,
@@ -224,7 +224,7 @@ class PgMessageStore:
                 if caps is not None and caps.active:
                     await take_daily(conn, message.account_id, message.to_number, caps)
                 await insert_messages(conn, [message])
-                # After the insert (the event-log lock, then the account row).
+                # After the insert (the account's event-log lane, then the account row).
                 await charge_balance(conn, message.account_id, message.charge)
         return None
 

@@ -21,7 +21,7 @@ from server.domain.models import (
 from server.domain.ports import ClaimedMessage, ProviderReceipt, Transition
 from server.domain.suppression import SuppressionReason
 from server.store.account_events import EVENT_TYPE_BATCH_STATUS, lock_when_any
-from server.store.events import LOCK_EVENT_LOG_CTE, lock_event_log
+from server.store.events import lanes_cte, lock_lanes, lock_message_lanes
 from server.store.pool import Conn, retry_on_conflict, unavailable_on_connection_errors
 from server.store.states import NOT_DELIVERED, REACHED, WAITING
 from server.store.suppressions import matches, suppress_from_receipts
@@ -114,14 +114,22 @@ REFUNDED = ", ".join(
 # Applies status changes forward only: a final status is never changed, and a
 # status never moves back (DELIVERED is never followed by SENT). QUEUED -> QUEUED
 # (another retry) updates the row without a new event.
+#
+# The lanes of the messages' accounts are locked (store/events.py) before any row, in
+# the statement itself: a caller in a transaction may have taken them already (the
+# locks are re-entrant), so the one lock order holds and no event is written outside
+# its lane. Standing alone (autocommit), the commit is in the same round trip, so the
+# lanes are held for one statement rather than across a transaction's round trips.
 _TRANSITION = f"""
 WITH u AS (
     SELECT * FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[], $5::text[],
                          $6::timestamptz[], $7::bool[])
          AS u(id, status, error_code, provider, provider_message_id, not_before, attempted)
 ),
+{lanes_cte("SELECT m.account_id FROM messages m JOIN u ON u.id = m.id")},
 prev AS (
     SELECT m.id, m.status, m.charged FROM messages m JOIN u ON u.id = m.id
+    CROSS JOIN event_log_lock
     WHERE m.status < {MessageStatus.DELIVERED:d}  -- DELIVERED and after are final
     FOR UPDATE OF m
 ),
@@ -183,7 +191,7 @@ batch_counts AS (
         FROM upd WHERE batch_id IS NOT NULL AND status <> old_status
         GROUP BY batch_id
     ) c
-    -- o: the row as it was (every writer of batches holds the event-log lock, so
+    -- o: the row as it was (every writer of batches holds its account's lane, so
     -- nothing changed it meanwhile).
     WHERE b.id = c.batch_id AND o.id = c.batch_id
     RETURNING b.id, b.account_id, b.status, o.status AS old_status, b.total, b.sent,
@@ -212,19 +220,6 @@ FROM upd WHERE status <> old_status
 GROUP BY status, provider
 """
 
-
-# _TRANSITION as a statement of its own (autocommit): the event log is locked before
-# any row (the one lock order), and the commit is part of the same round trip, so the
-# lock is held for one statement rather than across a transaction's round trips.
-_TRANSITION_ALONE = _TRANSITION.replace(
-    "\nWITH u AS (", f"\nWITH {LOCK_EVENT_LOG_CTE},\nu AS (", 1
-).replace(
-    "SELECT m.id, m.status, m.charged FROM messages m JOIN u ON u.id = m.id\n",
-    "SELECT m.id, m.status, m.charged FROM messages m JOIN u ON u.id = m.id\n"
-    "    CROSS JOIN event_log_lock\n",
-    1,
-)
-assert _TRANSITION_ALONE.count("event_log_lock") == 2
 
 # Whether receipts are parked for any of these messages (read without the lock).
 _PARKED_FOR = """
@@ -292,6 +287,20 @@ ORDER BY coalesce(sent_at, updated_at)
 LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
+
+# The accounts of the messages these statements will change, read without locking
+# rows, so that their lanes are taken first (store/events.py).
+_RECEIPTS_ACCOUNTS = """
+SELECT m.account_id FROM unnest($1::text[], $2::text[]) AS r(provider, provider_message_id)
+JOIN messages m ON m.provider = r.provider AND m.provider_message_id = r.provider_message_id
+"""
+_PARKED_ACCOUNTS = """
+SELECT m.account_id FROM early_receipts e JOIN messages m
+  ON m.provider = e.provider AND m.provider_message_id = e.provider_message_id
+"""
+_UNRECEIPTED_ACCOUNTS = _UNRECEIPTED.replace(
+    "SELECT id, provider FROM", "SELECT account_id FROM", 1
+).replace("FOR UPDATE SKIP LOCKED", "", 1)
 
 NO_RECEIPT = "NO_RECEIPT"
 
@@ -397,7 +406,7 @@ class PgOutbox:
 
         async def record() -> StatusChanges:
             async with self._pool.acquire() as conn:
-                rows = await conn.fetch(_TRANSITION_ALONE, *_transition_columns(rounds[0]))
+                rows = await conn.fetch(_TRANSITION, *_transition_columns(rounds[0]))
             return _changes(rows)
 
         with unavailable_on_connection_errors():
@@ -419,7 +428,7 @@ class PgOutbox:
     ) -> None:
         async def record() -> StatusChanges:
             async with self._pool.acquire() as conn, conn.transaction():
-                await lock_event_log(conn)
+                await lock_message_lanes(conn, [t.message_id for t in transitions] + sent_ids)
                 changes = await apply_transitions(conn, transitions)
                 await _suppress(conn, transitions)
                 if sent_ids:
@@ -437,14 +446,16 @@ class PgOutbox:
         Returns how many matched a message."""
         if not receipts:
             return 0
+        providers = [r.provider for r in receipts]
+        provider_ids = [r.provider_message_id for r in receipts]
 
         async def record() -> tuple[StatusChanges, int]:
             async with self._pool.acquire() as conn, conn.transaction():
-                await lock_event_log(conn)
+                await lock_lanes(conn, _RECEIPTS_ACCOUNTS, providers, provider_ids)
                 rows = await conn.fetch(
                     _MATCH_PROVIDER_RECEIPTS,
-                    [r.provider for r in receipts],
-                    [r.provider_message_id for r in receipts],
+                    providers,
+                    provider_ids,
                     [int(r.status) for r in receipts],
                     [r.error_code for r in receipts],
                     [r.suppress for r in receipts],
@@ -464,7 +475,7 @@ class PgOutbox:
 
         async def record() -> tuple[StatusChanges, int]:
             async with self._pool.acquire() as conn, conn.transaction():
-                await lock_event_log(conn)
+                await lock_lanes(conn, _PARKED_ACCOUNTS)
                 rows = await conn.fetch(_UNPARK, None)
                 changes = await apply_transitions(conn, [_from_row(r) for r in rows])
                 await conn.execute(
@@ -484,7 +495,8 @@ class PgOutbox:
 
         async def expire() -> tuple[StatusChanges, int]:
             async with self._pool.acquire() as conn, conn.transaction():
-                await lock_event_log(conn)
+                # The lanes of the messages it will most likely take, before their rows.
+                await lock_lanes(conn, _UNRECEIPTED_ACCOUNTS, deadline_seconds, limit)
                 rows = await conn.fetch(_UNRECEIPTED, deadline_seconds, limit)
                 changes = await apply_transitions(
                     conn,
@@ -551,8 +563,9 @@ async def _suppress(conn: Conn, transitions: Sequence[Transition]) -> None:
 
 
 async def apply_transitions(conn: Conn, transitions: Sequence[Transition]) -> StatusChanges:
-    """Records status changes and their events; the caller holds the event-log lock
-    (lock_event_log) in its transaction. Returns the changes made (a transition that
+    """Records status changes and their events (each statement takes the lanes of its
+    messages' accounts; a caller that changes rows first takes them before:
+    store/events.py). Returns the changes made (a transition that
     would move a status back, or repeats it, is none)."""
     changes: StatusChanges = []
     for group in _rounds(transitions):

@@ -114,7 +114,8 @@ class PgWebhookStore:
                     (account_id, url, event_types, description, secret_sealed, event_cursor,
                      account_event_cursor)
                 VALUES ($1, $2, $3, $4, $5,
-                        (SELECT coalesce(max(event_id), 0) FROM message_events),
+                        (SELECT coalesce(max(event_id), 0) FROM message_events
+                         WHERE account_id = $1),
                         (SELECT coalesce(max(event_id), 0) FROM account_events))
                 RETURNING {_COLUMNS}
                 """,
@@ -179,20 +180,24 @@ class PgWebhookStore:
             created = await self._pool.fetchval(
                 """
                 WITH hooks AS (
-                    SELECT id, account_id, event_cursor FROM webhooks
-                    WHERE NOT disabled AND $1 = ANY(event_types)
-                      AND event_cursor < (SELECT coalesce(max(event_id), 0) FROM message_events)
-                    ORDER BY id FOR UPDATE SKIP LOCKED
+                    SELECT w.id, w.account_id, w.event_cursor FROM webhooks w
+                    WHERE NOT w.disabled AND $1 = ANY(w.event_types)
+                      AND w.event_cursor < (SELECT coalesce(max(event_id), 0)
+                                            FROM message_events
+                                            WHERE account_id = w.account_id)
+                    ORDER BY w.id FOR UPDATE OF w SKIP LOCKED
                 ), events AS (
-                    SELECT h.id AS webhook_id, h.account_id AS hook_account, e.*
+                    -- The endpoint's account's events: their ids follow commit order
+                    -- (store/events.py), so the cursor never passes an uncommitted one.
+                    SELECT h.id AS webhook_id, e.*
                     FROM hooks h CROSS JOIN LATERAL (
-                        SELECT event_id, message_id, account_id FROM message_events
-                        WHERE event_id > h.event_cursor ORDER BY event_id LIMIT $2
+                        SELECT event_id, message_id FROM message_events
+                        WHERE account_id = h.account_id AND event_id > h.event_cursor
+                        ORDER BY event_id LIMIT $2
                     ) e
                 ), mine AS (
                     INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, order_key)
                     SELECT webhook_id, event_id, $1, message_id FROM events
-                    WHERE account_id = hook_account
                     ON CONFLICT (webhook_id, event_id) DO NOTHING
                     RETURNING 1
                 ), moved AS (

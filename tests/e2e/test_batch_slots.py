@@ -18,7 +18,7 @@ from sms.v1 import batch_pb2, common_pb2
 
 from server.config import Settings
 from server.domain.batch_tasks import SLICE_NUMBERS
-from server.store.events import EVENTS_LOCK_KEY
+from server.store.events import EVENT_LANE_CLASS, EVENT_LANES
 from tests.e2e.batch_calls import create, numbers
 from tests.e2e.conftest import Client, GatewayFactory, Running, wait_for
 from tests.e2e.errors import reason
@@ -36,9 +36,13 @@ async def running(start_gateway: GatewayFactory) -> Running:
 
 @pytest.fixture
 async def event_log_held(running: Running) -> AsyncIterator[PoolConnectionProxy]:
-    """Holds the event-log lock until the test releases it (or ends)."""
+    """Holds the whole event log (every lane) until the test releases it (or ends)."""
     conn = await running.gateway.pool.acquire()
-    await conn.execute("SELECT pg_advisory_lock($1)", EVENTS_LOCK_KEY)
+    await conn.execute(
+        "SELECT count(pg_advisory_lock($1, lane)) FROM generate_series(0, $2) AS lane",
+        EVENT_LANE_CLASS,
+        EVENT_LANES - 1,
+    )
     try:
         yield conn
     finally:
