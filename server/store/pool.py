@@ -49,8 +49,10 @@ def unavailable_on_connection_errors() -> Iterator[None]:
 
 # A transaction PostgreSQL rolled back because it collided with another one: run
 # again, it succeeds (the other has moved on). Every status-changing transaction
-# takes the event-log lock first (store/events.py), so deadlocks between them cannot
-# happen; this is the safety net for the rest (and for serializable transactions).
+# takes its accounts' event-log lanes first, in ascending order (store/events.py), so
+# deadlocks between them are rare (a receipt sweep may find a message in a lane it
+# did not expect and take that lane late); this is the safety net for those and for
+# serializable transactions.
 CONFLICT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
