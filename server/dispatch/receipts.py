@@ -1,8 +1,10 @@
 """Collects delivery receipts and records them in groups (one transaction per group).
 
-Receipts that carry our message id (status queries, loopback) become transitions;
-receipts that carry only the provider's id (webhooks) are matched by that id, or
-parked until the send they report on is recorded.
+Receipts that carry only our message id become transitions; receipts that carry the
+provider's id (webhooks, status queries, loopback) are matched by that id, or parked
+until the send they report on is recorded. So a receipt that overtakes the recording
+of its send (a fast provider, a busy database) waits for it, and the message's SENT
+event is never skipped.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class ReceiptRecorder:
         self._task: asyncio.Task[None] | None = None
 
     async def __call__(self, receipt: Receipt) -> None:
-        if receipt.message_id:
+        if receipt.message_id and not receipt.provider_message_id:
             self._pending.append(
                 Transition(
                     message_id=receipt.message_id,

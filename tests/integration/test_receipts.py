@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncpg
 
+from server.dispatch.receipts import ReceiptRecorder
 from server.domain.models import MessageStatus
+from server.domain.ports import Receipt
 from server.store.accounts import PgAccountStore
 from server.store.messages import PgMessageStore
 from server.store.outbox import PgOutbox, ProviderReceipt, Transition
@@ -38,6 +40,31 @@ async def test_receipt_before_the_send_is_recorded_is_parked_then_applied(
         MessageStatus.DELIVERED,
     ]
     assert await pool.fetchval("SELECT count(*) FROM early_receipts") == 0
+
+
+async def test_receipt_naming_both_ids_that_overtakes_its_send_waits_for_it(
+    pool: asyncpg.Pool,
+) -> None:
+    """A fast provider (loopback, a status query) reports our id and its own: when
+    the receipt is recorded before the send, the message is not moved past SENT
+    without a SENT event; the receipt waits for the send."""
+    account = await PgAccountStore(pool).create_account("overtaken", verified=True)
+    message = new_message(account.id)
+    await PgMessageStore(pool).insert(message)
+    outbox = PgOutbox(pool)
+    recorder = ReceiptRecorder(outbox)
+    await recorder(Receipt("lb", message.id, MessageStatus.DELIVERED, provider_message_id="lb-1"))
+    await recorder.flush()
+    assert await _statuses(pool, message.id) == [MessageStatus.PENDING]
+
+    await outbox.apply(
+        [Transition(message.id, MessageStatus.SENT, provider="lb", provider_message_id="lb-1")]
+    )
+    assert await _statuses(pool, message.id) == [
+        MessageStatus.PENDING,
+        MessageStatus.SENT,
+        MessageStatus.DELIVERED,
+    ]
 
 
 async def test_receipt_for_a_known_send_applies_at_once_and_never_goes_back(
