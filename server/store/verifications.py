@@ -1,10 +1,12 @@
 """OTP verifications: the send transaction and the check transaction.
 
-Send: in one transaction, claim the request_id (if any), enforce the per-mobile
-interval (an atomic conditional upsert), count the velocity windows (the caller's
-``judge`` raises to refuse, which rolls everything back), store the verification
-and its outbox message (one statement). Nothing of a refused send remains. With no
-request_id, interval or counters, that one statement is the whole send.
+Send: in one transaction, refuse a mobile the account suppressed for verification
+codes, claim the request_id (if any), enforce the per-mobile interval (an atomic
+conditional upsert), count the velocity windows (the caller's ``judge`` raises to
+refuse, which rolls everything back), store the verification and its outbox message
+(one statement). Nothing of a refused send remains. With no
+request_id, interval or counters, that one statement is the whole send: it stores
+nothing for a suppressed mobile, and that is how the refusal is known.
 
 Check: one statement locks the verification row (``FOR UPDATE``), compares the
 stored hash with the candidate's and writes the new state, so concurrent checks are
@@ -21,9 +23,10 @@ import asyncpg
 
 from server.domain.errors import ResourceExhausted
 from server.domain.guardrails import DailyCaps
-from server.domain.models import NewMessage, VerificationState
+from server.domain.models import NewMessage, UseType, VerificationState
 from server.domain.otp_guard import VelocityCheck, VelocityResult
 from server.domain.ports import IdempotencyKey
+from server.domain.suppression import recipient_suppressed
 from server.domain.verification import (
     CheckOutcome,
     CheckResult,
@@ -36,6 +39,7 @@ from server.store.daily_caps import take_daily
 from server.store.idempotency import claim_key
 from server.store.messages import message_columns, with_messages
 from server.store.pool import unavailable_on_connection_errors
+from server.store.suppressions import matches, suppressed
 from server.store.velocity import PgVelocityCounters
 
 _MOBILE_INTERVAL = """
@@ -46,14 +50,25 @@ RETURNING last_sent_at
 """
 
 
-# The verification and its outbox message (with its first event), in one statement.
-_CREATE = with_messages(
-    f"""
+# The verification and its outbox message (with its first event), in one statement,
+# unless the account suppressed the mobile for verification codes: then neither is
+# stored and no message_id comes back (the suppression check costs no round trip).
+_CREATE = (
+    with_messages(
+        f"""
 v AS (
     INSERT INTO verifications (id, account_id, mobile, scene, channel, code_hash, state,
                                attempts_left, expires_at, message_id)
-    VALUES ($19, $20, $21, $22, $23, $24, {VerificationState.PENDING:d}, $25, $26, $27)
-)"""
+    SELECT $19::text, $20::bigint, $21::text, $22::text, $23::smallint, $24::bytea,
+           {VerificationState.PENDING:d}, $25::integer, $26::timestamptz, $27::text
+    WHERE NOT EXISTS (SELECT FROM suppressions s
+                      WHERE {matches("$20::bigint", "$21::text", f"{UseType.VERIFICATION:d}")})
+)""",
+        "WHERE NOT EXISTS (SELECT FROM suppressions s WHERE "
+        + matches("u.account_id", "u.to_number", "u.use_type")
+        + ")",
+    )
+    + "RETURNING message_id"
 )
 
 # A verification that left PENDING has an outcome; the statement that ends it records
@@ -151,10 +166,18 @@ class PgVerificationStore:
             and not message.charge
         ):
             with unavailable_on_connection_errors():
-                await self._pool.execute(_CREATE, *_create_args(verification, message))
+                created = await self._pool.fetchval(_CREATE, *_create_args(verification, message))
+            if created is None:
+                raise recipient_suppressed(verification.mobile)
             return stored
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
+                # First, as before any limit counts: a suppressed mobile is refused
+                # whatever else the request would meet.
+                if await suppressed(
+                    conn, verification.account_id, verification.mobile, UseType.VERIFICATION
+                ):
+                    raise recipient_suppressed(verification.mobile)
                 if key is not None:
                     earlier_id = await claim_key(conn, key, verification.id)
                     if earlier_id is not None:
@@ -192,7 +215,8 @@ class PgVerificationStore:
                     judge(await self._velocity.hit(conn, checks))
                 if caps is not None:
                     await take_daily(conn, verification.account_id, verification.mobile, caps)
-                await conn.execute(_CREATE, *_create_args(verification, message))
+                if await conn.fetchval(_CREATE, *_create_args(verification, message)) is None:
+                    raise recipient_suppressed(verification.mobile)  # suppressed meanwhile
                 await charge_balance(conn, message.account_id, message.charge)
         return stored
 

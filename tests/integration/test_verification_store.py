@@ -1,0 +1,105 @@
+"""PgVerificationStore.create on a real PostgreSQL: a mobile the account suppressed for
+verification codes is refused by the statement that stores the verification (no round
+trip of its own), on the one-statement path and the transactional one, and nothing of
+the refused send remains; a suppression for other use types does not hold codes back."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from server.domain.errors import FailedPrecondition
+from server.domain.models import NewMessage, Priority, UseType
+from server.domain.ports import IdempotencyKey
+from server.domain.suppression import SuppressionReason
+from server.domain.verification import NewVerification
+from server.store.accounts import PgAccountStore
+from server.store.suppressions import PgSuppressionStore
+from server.store.velocity import PgVelocityCounters
+from server.store.verifications import PgVerificationStore
+from tests.integration.builders import new_message
+
+SUPPRESSED, NOTIFICATIONS_ONLY = "+8613800138001", "+8613800138002"
+
+
+def attempt(account_id: int, mobile: str) -> tuple[NewVerification, NewMessage]:
+    message = replace(
+        new_message(account_id, Priority.VERIFICATION),
+        to_number=mobile,
+        use_type=UseType.VERIFICATION,
+        sealed_code=b"sealed",
+    )
+    verification = NewVerification(
+        id="v_" + secrets.token_hex(12),
+        account_id=account_id,
+        mobile=mobile,
+        scene="",
+        channel=1,
+        code_hash=b"hash",
+        attempts=3,
+        expires_at=datetime.now(UTC) + timedelta(minutes=5),
+    )
+    return verification, message
+
+
+async def stored(pool: asyncpg.Pool, account_id: int) -> tuple[int, int]:
+    row = await pool.fetchrow(
+        "SELECT (SELECT count(*) FROM verifications WHERE account_id = $1) AS v, "
+        "(SELECT count(*) FROM messages WHERE account_id = $1) AS m",
+        account_id,
+    )
+    assert row is not None
+    return int(row["v"]), int(row["m"])
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["one statement", "transaction"])
+async def test_a_suppressed_mobile_is_refused_and_nothing_is_stored(
+    pool: asyncpg.Pool, keyed: bool
+) -> None:
+    account_id = (await PgAccountStore(pool).create_account("otp-supp", verified=True)).id
+    suppressions = PgSuppressionStore(pool)
+    await suppressions.add(
+        account_id, [SUPPRESSED], SuppressionReason.MANUAL, [UseType.VERIFICATION]
+    )
+    await suppressions.add(
+        account_id, [NOTIFICATIONS_ONLY], SuppressionReason.MANUAL, [UseType.NOTIFICATION]
+    )
+    store = PgVerificationStore(pool, PgVelocityCounters(pool))
+
+    def key(n: int) -> IdempotencyKey | None:
+        return IdempotencyKey(account_id, "SendVerification", f"r{n}", b"h") if keyed else None
+
+    verification, message = attempt(account_id, SUPPRESSED)
+    with pytest.raises(FailedPrecondition) as refused:
+        await store.create(
+            verification,
+            message,
+            mobile_interval=0,
+            checks=[],
+            judge=lambda results: None,
+            key=key(1),
+        )
+    assert refused.value.reason == "RECIPIENT_SUPPRESSED"
+    assert await stored(pool, account_id) == (0, 0)
+
+    verification, message = attempt(account_id, NOTIFICATIONS_ONLY)
+    made = await store.create(
+        verification,
+        message,
+        mobile_interval=0,
+        checks=[],
+        judge=lambda results: None,
+        key=key(2),
+    )
+    assert made.id == verification.id
+    assert await stored(pool, account_id) == (1, 1)
+    row = await pool.fetchrow(
+        "SELECT v.mobile, v.state, m.to_number FROM verifications v "
+        "JOIN messages m ON m.id = v.message_id WHERE v.id = $1",
+        verification.id,
+    )
+    assert row is not None and row["mobile"] == row["to_number"] == NOTIFICATIONS_ONLY
