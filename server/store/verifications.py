@@ -6,7 +6,10 @@ conditional upsert), count the velocity windows (the caller's ``judge`` raises t
 refuse, which rolls everything back), store the verification and its outbox message
 (one statement). Nothing of a refused send remains. With no
 request_id, interval or counters, that one statement is the whole send: it stores
-nothing for a suppressed mobile, and that is how the refusal is known.
+nothing for a suppressed mobile, and that is how the refusal is known. Such sends are
+group-committed: those that arrive while a group is being written go together in the
+next statement (one commit and one hold of the event log's lock for all), and each
+caller is answered only after its rows have committed.
 
 Check: one statement locks the verification row (``FOR UPDATE``), compares the
 stored hash with the candidate's and writes the new state, so concurrent checks are
@@ -17,6 +20,7 @@ outcome's event in the same statement.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 import asyncpg
@@ -50,19 +54,25 @@ RETURNING last_sent_at
 """
 
 
-# The verification and its outbox message (with its first event), in one statement,
-# unless the account suppressed the mobile for verification codes: then neither is
-# stored and no message_id comes back (the suppression check costs no round trip).
+# Verifications and their outbox messages (with their first events), in one
+# statement, except those to a mobile the account suppressed for verification codes:
+# neither the verification nor its message is stored, and its message_id does not
+# come back (the suppression check costs no round trip). One row from the
+# transactional path; many from the group commit of the one-statement path.
 _CREATE = (
     with_messages(
         f"""
 v AS (
     INSERT INTO verifications (id, account_id, mobile, scene, channel, code_hash, state,
                                attempts_left, expires_at, message_id)
-    SELECT $19::text, $20::bigint, $21::text, $22::text, $23::smallint, $24::bytea,
-           {VerificationState.PENDING:d}, $25::integer, $26::timestamptz, $27::text
+    SELECT x.id, x.account_id, x.mobile, x.scene, x.channel, x.code_hash,
+           {VerificationState.PENDING:d}, x.attempts_left, x.expires_at, x.message_id
+    FROM unnest($19::text[], $20::bigint[], $21::text[], $22::text[], $23::smallint[],
+                $24::bytea[], $25::integer[], $26::timestamptz[], $27::text[])
+         AS x(id, account_id, mobile, scene, channel, code_hash, attempts_left,
+              expires_at, message_id)
     WHERE NOT EXISTS (SELECT FROM suppressions s
-                      WHERE {matches("$20::bigint", "$21::text", f"{UseType.VERIFICATION:d}")})
+                      WHERE {matches("x.account_id", "x.mobile", f"{UseType.VERIFICATION:d}")})
 )""",
         "WHERE NOT EXISTS (SELECT FROM suppressions s WHERE "
         + matches("u.account_id", "u.to_number", "u.use_type")
@@ -70,6 +80,12 @@ v AS (
     )
     + "RETURNING message_id"
 )
+
+# The group commit of the one-statement path (as store/messages.py's for SendMessage):
+# sends that arrive while groups are being written wait and go together, so the event
+# log's lock and the commit are taken once per group, not once per code.
+MAX_GROUP = 500
+MAX_CONCURRENT_GROUPS = 2
 
 # A verification that left PENDING has an outcome; the statement that ends it records
 # the outcome's event (store/account_events.py), from ``changed`` (id, account_id,
@@ -137,10 +153,17 @@ SELECT count(*) FROM changed
 """
 
 
+# A send of the one-statement path waiting for its group: its rows and its answer.
+_Waiting = tuple[NewVerification, NewMessage, "asyncio.Future[None]"]
+
+
 class PgVerificationStore:
     def __init__(self, pool: asyncpg.Pool, velocity: PgVelocityCounters) -> None:
         self._pool = pool
         self._velocity = velocity
+        self._waiting: list[_Waiting] = []
+        self._groups_in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def create(
         self,
@@ -165,10 +188,10 @@ class PgVerificationStore:
             and caps is None
             and not message.charge
         ):
-            with unavailable_on_connection_errors():
-                created = await self._pool.fetchval(_CREATE, *_create_args(verification, message))
-            if created is None:
-                raise recipient_suppressed(verification.mobile)
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append((verification, message, future))
+            self._start_groups()
+            await future
             return stored
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
@@ -215,10 +238,42 @@ class PgVerificationStore:
                     judge(await self._velocity.hit(conn, checks))
                 if caps is not None:
                     await take_daily(conn, verification.account_id, verification.mobile, caps)
-                if await conn.fetchval(_CREATE, *_create_args(verification, message)) is None:
+                if not await conn.fetch(_CREATE, *_create_args([(verification, message)])):
                     raise recipient_suppressed(verification.mobile)  # suppressed meanwhile
                 await charge_balance(conn, message.account_id, message.charge)
         return stored
+
+    def _start_groups(self) -> None:
+        while self._waiting and self._groups_in_flight < MAX_CONCURRENT_GROUPS:
+            group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+            self._groups_in_flight += 1
+            task = asyncio.create_task(self._write_group(group), name="verification-group")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _write_group(self, group: list[_Waiting]) -> None:
+        """Stores a group in one statement; answers each waiting send: stored, refused
+        (suppressed), or the statement's error (then nothing of the group was stored)."""
+        error: BaseException | None = None
+        stored: set[str] = set()
+        try:
+            with unavailable_on_connection_errors():
+                rows = await self._pool.fetch(_CREATE, *_create_args([(v, m) for v, m, _ in group]))
+            stored = {r["message_id"] for r in rows}
+        except Exception as exc:
+            error = exc
+        finally:
+            self._groups_in_flight -= 1
+            for verification, message, future in group:
+                if future.done():  # its caller went away
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                elif message.id in stored:
+                    future.set_result(None)
+                else:
+                    future.set_exception(recipient_suppressed(verification.mobile))
+            self._start_groups()
 
     async def check(
         self, account_id: int, verify_id: str, mobile: str, candidate: bytes
@@ -250,16 +305,16 @@ class PgVerificationStore:
         return int(count)
 
 
-def _create_args(verification: NewVerification, message: NewMessage) -> list[object]:
+def _create_args(rows: Sequence[tuple[NewVerification, NewMessage]]) -> list[object]:
     return [
-        *message_columns([message]),
-        verification.id,
-        verification.account_id,
-        verification.mobile,
-        verification.scene,
-        verification.channel,
-        verification.code_hash,
-        verification.attempts,
-        verification.expires_at,
-        message.id,
+        *message_columns([m for _, m in rows]),
+        [v.id for v, _ in rows],
+        [v.account_id for v, _ in rows],
+        [v.mobile for v, _ in rows],
+        [v.scene for v, _ in rows],
+        [v.channel for v, _ in rows],
+        [v.code_hash for v, _ in rows],
+        [v.attempts for v, _ in rows],
+        [v.expires_at for v, _ in rows],
+        [m.id for _, m in rows],
     ]

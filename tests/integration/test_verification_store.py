@@ -5,6 +5,7 @@ the refused send remains; a suppression for other use types does not hold codes 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -103,3 +104,39 @@ async def test_a_suppressed_mobile_is_refused_and_nothing_is_stored(
         verification.id,
     )
     assert row is not None and row["mobile"] == row["to_number"] == NOTIFICATIONS_ONLY
+
+
+async def test_concurrent_sends_are_stored_together_and_each_answered_for_itself(
+    pool: asyncpg.Pool,
+) -> None:
+    """Sends of the one-statement path that arrive together are group-committed: every
+    stored one has its verification and message, every suppressed one is refused alone."""
+    account_id = (await PgAccountStore(pool).create_account("otp-group", verified=True)).id
+    await PgSuppressionStore(pool).add(
+        account_id, [SUPPRESSED], SuppressionReason.MANUAL, [UseType.VERIFICATION]
+    )
+    store = PgVerificationStore(pool, PgVelocityCounters(pool))
+    attempts = [
+        attempt(account_id, SUPPRESSED if n % 5 == 0 else f"+86139{n:08d}") for n in range(60)
+    ]
+    results = await asyncio.gather(
+        *(
+            store.create(v, m, mobile_interval=0, checks=[], judge=lambda results: None)
+            for v, m in attempts
+        ),
+        return_exceptions=True,
+    )
+    for (verification, _), result in zip(attempts, results, strict=True):
+        if verification.mobile == SUPPRESSED:
+            assert isinstance(result, FailedPrecondition)
+            assert result.reason == "RECIPIENT_SUPPRESSED"
+        else:
+            assert not isinstance(result, BaseException)
+            assert result.id == verification.id
+    rows = await pool.fetch(
+        "SELECT v.id, m.to_number FROM verifications v JOIN messages m ON m.id = v.message_id "
+        "WHERE v.account_id = $1",
+        account_id,
+    )
+    assert {r["id"] for r in rows} == {v.id for v, _ in attempts if v.mobile != SUPPRESSED}
+    assert await stored(pool, account_id) == (48, 48)
