@@ -13,7 +13,9 @@ caller is answered only after its rows have committed.
 
 Check: one statement locks the verification row (``FOR UPDATE``), compares the
 stored hash with the candidate's and writes the new state, so concurrent checks are
-serialised: one success at most, and never more wrong attempts than allowed. A
+serialised: one success at most, and never more wrong attempts than allowed. Checks
+are group-committed too: the statement takes the checks that arrived together, each
+of a different verification (a second check of one waits for the next group). A
 check or expiry that ends a verification (VERIFIED, EXPIRED, EXHAUSTED) records the
 outcome's event in the same statement.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -101,16 +104,23 @@ outcome_events AS (
     WHERE c.{_ENDED}
 )"""
 
-# Locks the row, compares the hashes and moves a pending verification on: expired if
-# late; else one attempt used, and verified on a match or exhausted on the last miss.
-# Under READ COMMITTED, a check that waited for the lock sees the row as the check
-# before it left it. A wrong mobile changes nothing. The hashes are keyed HMACs, so
-# how long the comparison takes tells a caller nothing about the code.
+# Locks the rows, compares the hashes and moves each pending verification on: expired
+# if late; else one attempt used, and verified on a match or exhausted on the last
+# miss. Checks are group-committed (one statement for the checks that arrive
+# together, each of a different verification); the rows are locked in id order, so
+# two groups never wait for each other in a cycle. Under READ COMMITTED, a check that
+# waited for the lock sees the row as the check before it left it. A wrong mobile
+# changes nothing. The hashes are keyed HMACs, so how long the comparison takes tells
+# a caller nothing about the code.
 _CHECK = f"""
 WITH cur AS (
-    SELECT id, mobile, state, attempts_left, expires_at <= now() AS late,
-           code_hash = $4 AS ok
-    FROM verifications WHERE id = $1 AND account_id = $2 FOR UPDATE
+    SELECT v.id, v.mobile, v.state, v.attempts_left, v.expires_at <= now() AS late,
+           v.code_hash = r.candidate AS ok, r.mobile AS given_mobile
+    FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[])
+         AS r(id, account_id, mobile, candidate)
+    JOIN verifications v ON v.id = r.id AND v.account_id = r.account_id
+    ORDER BY v.id
+    FOR UPDATE OF v
 ),
 next AS (
     SELECT id,
@@ -120,7 +130,7 @@ next AS (
                 ELSE {VerificationState.PENDING:d} END AS state,
            CASE WHEN late THEN attempts_left ELSE greatest(attempts_left - 1, 0) END
                AS attempts_left
-    FROM cur WHERE mobile = $3 AND state = {VerificationState.PENDING:d}
+    FROM cur WHERE mobile = given_mobile AND state = {VerificationState.PENDING:d}
 ),
 changed AS (
     UPDATE verifications v SET state = next.state, attempts_left = next.attempts_left,
@@ -130,9 +140,9 @@ changed AS (
 ),
 {lock_when_any("changed", _ENDED)},
 {_OUTCOME_EVENTS}
-SELECT cur.mobile, cur.state, cur.attempts_left,
+SELECT cur.id, cur.mobile, cur.state, cur.attempts_left,
        next.state AS new_state, next.attempts_left AS new_attempts_left
-FROM cur LEFT JOIN next ON true
+FROM cur LEFT JOIN next ON next.id = cur.id
 """
 
 
@@ -157,6 +167,17 @@ SELECT count(*) FROM changed
 _Waiting = tuple[NewVerification, NewMessage, "asyncio.Future[None]"]
 
 
+@dataclass(frozen=True)
+class _Check:
+    """A check waiting for its group, and its answer (its row of ``_CHECK``)."""
+
+    verify_id: str
+    account_id: int
+    mobile: str
+    candidate: bytes = field(repr=False)
+    future: asyncio.Future[asyncpg.Record | None]
+
+
 class PgVerificationStore:
     def __init__(self, pool: asyncpg.Pool, velocity: PgVelocityCounters) -> None:
         self._pool = pool
@@ -164,6 +185,8 @@ class PgVerificationStore:
         self._waiting: list[_Waiting] = []
         self._groups_in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._checks: list[_Check] = []
+        self._check_groups_in_flight = 0
 
     async def create(
         self,
@@ -278,31 +301,82 @@ class PgVerificationStore:
     async def check(
         self, account_id: int, verify_id: str, mobile: str, candidate: bytes
     ) -> CheckOutcome:
-        """Checks ``candidate`` (the keyed hash of the code given) against the stored one."""
-        with unavailable_on_connection_errors():
-            row = await self._pool.fetchrow(_CHECK, verify_id, account_id, mobile, candidate)
-        if row is None or row["mobile"] != mobile:
-            return CheckOutcome(CheckResult.NOT_FOUND)
-        state = VerificationState(row["state"])
-        if state == VerificationState.VERIFIED:
-            return CheckOutcome(CheckResult.ALREADY_VERIFIED, 0, state)
-        if state == VerificationState.EXHAUSTED:
-            return CheckOutcome(CheckResult.EXHAUSTED, 0, state)
-        if state == VerificationState.EXPIRED:
-            return CheckOutcome(CheckResult.EXPIRED, row["attempts_left"], state)
-        new_state = VerificationState(row["new_state"])
-        left = int(row["new_attempts_left"])
-        if new_state == VerificationState.EXPIRED:
-            return CheckOutcome(CheckResult.EXPIRED, left, new_state)
-        if new_state == VerificationState.VERIFIED:
-            return CheckOutcome(CheckResult.VALID, 0, new_state)
-        return CheckOutcome(CheckResult.INVALID, left, new_state)
+        """Checks ``candidate`` (the keyed hash of the code given) against the stored one.
+
+        Checks that arrive while others are being written go together in the next
+        group (at most one check of a verification per group: a second waits for the
+        next); each caller is answered after its group has committed."""
+        future: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
+        self._checks.append(_Check(verify_id, account_id, mobile, candidate, future))
+        self._start_checks()
+        return _outcome(await future, mobile)
+
+    def _start_checks(self) -> None:
+        while self._checks and self._check_groups_in_flight < MAX_CONCURRENT_GROUPS:
+            group: dict[str, _Check] = {}
+            later: list[_Check] = []
+            for waiting in self._checks:
+                if waiting.verify_id in group or len(group) >= MAX_GROUP:
+                    later.append(waiting)
+                else:
+                    group[waiting.verify_id] = waiting
+            self._checks = later
+            self._check_groups_in_flight += 1
+            task = asyncio.create_task(self._check_group(list(group.values())), name="otp-checks")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _check_group(self, group: list[_Check]) -> None:
+        error: BaseException | None = None
+        rows: dict[str, asyncpg.Record] = {}
+        try:
+            with unavailable_on_connection_errors():
+                found = await self._pool.fetch(
+                    _CHECK,
+                    [c.verify_id for c in group],
+                    [c.account_id for c in group],
+                    [c.mobile for c in group],
+                    [c.candidate for c in group],
+                )
+            rows = {r["id"]: r for r in found}
+        except Exception as exc:
+            error = exc
+        finally:
+            self._check_groups_in_flight -= 1
+            for check in group:
+                if check.future.done():  # its caller went away
+                    continue
+                if error is not None:
+                    check.future.set_exception(error)
+                else:
+                    check.future.set_result(rows.get(check.verify_id))
+            self._start_checks()
 
     async def expire_pending(self, limit: int = 1000) -> int:
         """Marks pending verifications past their expiry EXPIRED (rows are kept)."""
         with unavailable_on_connection_errors():
             count = await self._pool.fetchval(_EXPIRE, limit)
         return int(count)
+
+
+def _outcome(row: asyncpg.Record | None, mobile: str) -> CheckOutcome:
+    """A check's outcome from its row of ``_CHECK`` (None: no such verification)."""
+    if row is None or row["mobile"] != mobile:
+        return CheckOutcome(CheckResult.NOT_FOUND)
+    state = VerificationState(row["state"])
+    if state == VerificationState.VERIFIED:
+        return CheckOutcome(CheckResult.ALREADY_VERIFIED, 0, state)
+    if state == VerificationState.EXHAUSTED:
+        return CheckOutcome(CheckResult.EXHAUSTED, 0, state)
+    if state == VerificationState.EXPIRED:
+        return CheckOutcome(CheckResult.EXPIRED, row["attempts_left"], state)
+    new_state = VerificationState(row["new_state"])
+    left = int(row["new_attempts_left"])
+    if new_state == VerificationState.EXPIRED:
+        return CheckOutcome(CheckResult.EXPIRED, left, new_state)
+    if new_state == VerificationState.VERIFIED:
+        return CheckOutcome(CheckResult.VALID, 0, new_state)
+    return CheckOutcome(CheckResult.INVALID, left, new_state)
 
 
 def _create_args(rows: Sequence[tuple[NewVerification, NewMessage]]) -> list[object]:

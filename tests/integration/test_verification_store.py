@@ -14,10 +14,10 @@ import asyncpg
 import pytest
 
 from server.domain.errors import FailedPrecondition
-from server.domain.models import NewMessage, Priority, UseType
+from server.domain.models import NewMessage, Priority, UseType, VerificationState
 from server.domain.ports import IdempotencyKey
 from server.domain.suppression import SuppressionReason
-from server.domain.verification import NewVerification
+from server.domain.verification import CheckResult, NewVerification
 from server.store.accounts import PgAccountStore
 from server.store.suppressions import PgSuppressionStore
 from server.store.velocity import PgVelocityCounters
@@ -140,3 +140,45 @@ async def test_concurrent_sends_are_stored_together_and_each_answered_for_itself
     )
     assert {r["id"] for r in rows} == {v.id for v, _ in attempts if v.mobile != SUPPRESSED}
     assert await stored(pool, account_id) == (48, 48)
+
+
+async def test_checks_in_groups_answer_each_verification_once_across_replicas(
+    pool: asyncpg.Pool,
+) -> None:
+    """Checks of many verifications from two stores (two replicas), in opposite orders,
+    each verification checked four times with its right code: the groups lock their
+    rows in one order (no deadlock), each verification is verified exactly once and
+    the other checks find it already used; a check with another mobile finds nothing."""
+    account_id = (await PgAccountStore(pool).create_account("otp-checks", verified=True)).id
+    writer = PgVerificationStore(pool, PgVelocityCounters(pool))
+    made = [attempt(account_id, f"+86137{n:08d}") for n in range(30)]
+    await asyncio.gather(
+        *(
+            writer.create(v, m, mobile_interval=0, checks=[], judge=lambda results: None)
+            for v, m in made
+        )
+    )
+    replicas = [PgVerificationStore(pool, PgVelocityCounters(pool)) for _ in range(2)]
+    calls = [
+        store.check(account_id, v.id, v.mobile, b"hash")
+        for n, store in enumerate(replicas)
+        for _ in range(2)
+        for v, _ in (made if n == 0 else reversed(made))
+    ]
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls), 30)
+    by_id: dict[str, list[CheckResult]] = {}
+    order = [v.id for n in range(2) for _ in range(2) for v, _ in (made if n == 0 else made[::-1])]
+    for verify_id, outcome in zip(order, outcomes, strict=True):
+        by_id.setdefault(verify_id, []).append(outcome.result)
+    for results in by_id.values():
+        assert sorted(r.value for r in results) == sorted(
+            [CheckResult.VALID.value] + [CheckResult.ALREADY_VERIFIED.value] * 3
+        )
+    verification = made[0][0]
+    elsewhere = await replicas[0].check(account_id, verification.id, "+8613900000000", b"hash")
+    assert elsewhere.result == CheckResult.NOT_FOUND
+    assert await pool.fetchval(
+        "SELECT count(*) FROM verifications WHERE account_id = $1 AND state = $2",
+        account_id,
+        int(VerificationState.VERIFIED),
+    ) == len(made)
