@@ -122,27 +122,29 @@ WITH cur AS (
     ORDER BY v.id
     FOR UPDATE OF v
 ),
-next AS (
-    SELECT id,
+judged AS (
+    SELECT id, mobile, state, attempts_left,
+           mobile = given_mobile AND state = {VerificationState.PENDING:d} AS moves,
            CASE WHEN late THEN {VerificationState.EXPIRED:d}
                 WHEN ok THEN {VerificationState.VERIFIED:d}
                 WHEN attempts_left <= 1 THEN {VerificationState.EXHAUSTED:d}
-                ELSE {VerificationState.PENDING:d} END AS state,
+                ELSE {VerificationState.PENDING:d} END AS new_state,
            CASE WHEN late THEN attempts_left ELSE greatest(attempts_left - 1, 0) END
-               AS attempts_left
-    FROM cur WHERE mobile = given_mobile AND state = {VerificationState.PENDING:d}
+               AS new_attempts_left
+    FROM cur
 ),
 changed AS (
-    UPDATE verifications v SET state = next.state, attempts_left = next.attempts_left,
+    UPDATE verifications v SET state = j.new_state, attempts_left = j.new_attempts_left,
                                updated_at = now()
-    FROM next WHERE v.id = next.id
+    FROM judged j WHERE v.id = j.id AND j.moves
     RETURNING v.id, v.account_id, v.state, v.updated_at
 ),
 {lock_when_any("changed", _ENDED)},
 {_OUTCOME_EVENTS}
-SELECT cur.id, cur.mobile, cur.state, cur.attempts_left,
-       next.state AS new_state, next.attempts_left AS new_attempts_left
-FROM cur LEFT JOIN next ON next.id = cur.id
+SELECT id, mobile, state, attempts_left,
+       CASE WHEN moves THEN new_state END AS new_state,
+       CASE WHEN moves THEN new_attempts_left END AS new_attempts_left
+FROM judged
 """
 
 
