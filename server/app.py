@@ -234,7 +234,6 @@ class Gateway:
             s.otp,
             routes=routes,
             on_accepted=self._dispatcher.wake,
-            suppressions=suppressions,
             prices=self._prices,
         )
         batch_store = PgBatchStore(pool, on_changes=self.metrics.message_changes)

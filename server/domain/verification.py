@@ -50,7 +50,6 @@ from server.domain.otp_guard import (
 from server.domain.phones import normalize_mobile
 from server.domain.ports import IdempotencyKey, Routes, TemplateRepository
 from server.domain.segments import count_segments
-from server.domain.suppression import SuppressionRepository, recipient_suppressed
 from server.domain.template_text import ParsedTemplate, render
 
 log = logging.getLogger(__name__)
@@ -148,7 +147,11 @@ class VerificationRepository(Protocol):
         judge: Callable[[Sequence[VelocityResult]], None],
         key: IdempotencyKey | None = None,
         caps: DailyCaps | None = None,
-    ) -> StoredVerification: ...
+    ) -> StoredVerification:
+        """Stores the verification and its message, or raises, storing nothing: a
+        mobile the account suppressed for verification codes is refused (FAILED_PRECONDITION,
+        RECIPIENT_SUPPRESSED) in the same transaction as the insert."""
+        ...
 
     async def check(
         self, account_id: int, verify_id: str, mobile: str, candidate: bytes
@@ -169,12 +172,10 @@ class Verifications:
         routes: Routes,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_accepted: Callable[[], None] = lambda: None,
-        suppressions: SuppressionRepository | None = None,
         prices: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self._store = store
         self._prices = prices  # per-segment prices by region (prepaid accounts)
-        self._suppressions = suppressions
         self._templates = templates
         self._codes = codes
         self._settings = settings
@@ -237,10 +238,6 @@ class Verifications:
             )
         raise_if_blocked(allowlist)
         check_country(caller, mobile)
-        if self._suppressions is not None and await self._suppressions.is_suppressed(
-            caller.account_id, mobile, UseType.VERIFICATION
-        ):
-            raise recipient_suppressed(mobile)
         body, template_code, template_data = await self._body(caller, cmd.template_id, minutes)
 
         code = cmd.code or generate_code(length)

@@ -92,10 +92,11 @@ _INSERT_UNSUPPRESSED = (
 MESSAGE_PARAMS = 18
 
 
-def with_messages(cte: str) -> str:
+def with_messages(cte: str, where: str = "") -> str:
     """A statement that runs ``cte`` (its parameters from $19) and inserts the messages
-    of ``message_columns`` with their events, atomically, in one round trip."""
-    return f"WITH {cte},{_MESSAGES_AND_EVENTS}"
+    of ``message_columns`` with their events, atomically, in one round trip; ``where``
+    filters the messages (``u``: their columns)."""
+    return f"WITH {cte},{_messages_and_events(where) if where else _MESSAGES_AND_EVENTS}"
 
 
 def message_columns(messages: Sequence[NewMessage]) -> list[list[object]]:

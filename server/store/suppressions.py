@@ -2,8 +2,10 @@
 
 ``MATCHES`` is the one condition every check uses: a suppression of the account and
 number whose use types include the message's. CreateBatch (store/batches.py) and the
-claim (store/outbox.py) join it against their rows in one statement; single sends
-ask ``is_suppressed``. Provider receipts that say a recipient unsubscribed or is
+claim (store/outbox.py) join it against their rows in one statement; so do single
+sends (SendMessage, SendVerification) in the statement that stores them
+(store/messages.py, store/verifications.py), or ask ``suppressed`` first in their
+transaction. Provider receipts that say a recipient unsubscribed or is
 blocked add suppressions in the receipt's transaction (``suppress_from_receipts``).
 """
 

@@ -1,29 +1,39 @@
 """OTP verifications: the send transaction and the check transaction.
 
-Send: in one transaction, claim the request_id (if any), enforce the per-mobile
-interval (an atomic conditional upsert), count the velocity windows (the caller's
-``judge`` raises to refuse, which rolls everything back), store the verification
-and its outbox message (one statement). Nothing of a refused send remains. With no
-request_id, interval or counters, that one statement is the whole send.
+Send: in one transaction, refuse a mobile the account suppressed for verification
+codes, claim the request_id (if any), enforce the per-mobile interval (an atomic
+conditional upsert), count the velocity windows (the caller's ``judge`` raises to
+refuse, which rolls everything back), store the verification and its outbox message
+(one statement). Nothing of a refused send remains. With no
+request_id, interval or counters, that one statement is the whole send: it stores
+nothing for a suppressed mobile, and that is how the refusal is known. Such sends are
+group-committed: those that arrive while a group is being written go together in the
+next statement (one commit and one hold of the event log's lock for all), and each
+caller is answered only after its rows have committed.
 
 Check: one statement locks the verification row (``FOR UPDATE``), compares the
 stored hash with the candidate's and writes the new state, so concurrent checks are
-serialised: one success at most, and never more wrong attempts than allowed. A
+serialised: one success at most, and never more wrong attempts than allowed. Checks
+are group-committed too: the statement takes the checks that arrived together, each
+of a different verification (a second check of one waits for the next group). A
 check or expiry that ends a verification (VERIFIED, EXPIRED, EXHAUSTED) records the
 outcome's event in the same statement.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import asyncpg
 
 from server.domain.errors import ResourceExhausted
 from server.domain.guardrails import DailyCaps
-from server.domain.models import NewMessage, VerificationState
+from server.domain.models import NewMessage, UseType, VerificationState
 from server.domain.otp_guard import VelocityCheck, VelocityResult
 from server.domain.ports import IdempotencyKey
+from server.domain.suppression import recipient_suppressed
 from server.domain.verification import (
     CheckOutcome,
     CheckResult,
@@ -36,6 +46,7 @@ from server.store.daily_caps import take_daily
 from server.store.idempotency import claim_key
 from server.store.messages import message_columns, with_messages
 from server.store.pool import unavailable_on_connection_errors
+from server.store.suppressions import matches, suppressed
 from server.store.velocity import PgVelocityCounters
 
 _MOBILE_INTERVAL = """
@@ -46,15 +57,38 @@ RETURNING last_sent_at
 """
 
 
-# The verification and its outbox message (with its first event), in one statement.
-_CREATE = with_messages(
-    f"""
+# Verifications and their outbox messages (with their first events), in one
+# statement, except those to a mobile the account suppressed for verification codes:
+# neither the verification nor its message is stored, and its message_id does not
+# come back (the suppression check costs no round trip). One row from the
+# transactional path; many from the group commit of the one-statement path.
+_CREATE = (
+    with_messages(
+        f"""
 v AS (
     INSERT INTO verifications (id, account_id, mobile, scene, channel, code_hash, state,
                                attempts_left, expires_at, message_id)
-    VALUES ($19, $20, $21, $22, $23, $24, {VerificationState.PENDING:d}, $25, $26, $27)
-)"""
+    SELECT x.id, x.account_id, x.mobile, x.scene, x.channel, x.code_hash,
+           {VerificationState.PENDING:d}, x.attempts_left, x.expires_at, x.message_id
+    FROM unnest($19::text[], $20::bigint[], $21::text[], $22::text[], $23::smallint[],
+                $24::bytea[], $25::integer[], $26::timestamptz[], $27::text[])
+         AS x(id, account_id, mobile, scene, channel, code_hash, attempts_left,
+              expires_at, message_id)
+    WHERE NOT EXISTS (SELECT FROM suppressions s
+                      WHERE {matches("x.account_id", "x.mobile", f"{UseType.VERIFICATION:d}")})
+)""",
+        "WHERE NOT EXISTS (SELECT FROM suppressions s WHERE "
+        + matches("u.account_id", "u.to_number", "u.use_type")
+        + ")",
+    )
+    + "RETURNING message_id"
 )
+
+# The group commit of the one-statement path (as store/messages.py's for SendMessage):
+# sends that arrive while groups are being written wait and go together, so the event
+# log's lock and the commit are taken once per group, not once per code.
+MAX_GROUP = 500
+MAX_CONCURRENT_GROUPS = 2
 
 # A verification that left PENDING has an outcome; the statement that ends it records
 # the outcome's event (store/account_events.py), from ``changed`` (id, account_id,
@@ -70,38 +104,47 @@ outcome_events AS (
     WHERE c.{_ENDED}
 )"""
 
-# Locks the row, compares the hashes and moves a pending verification on: expired if
-# late; else one attempt used, and verified on a match or exhausted on the last miss.
-# Under READ COMMITTED, a check that waited for the lock sees the row as the check
-# before it left it. A wrong mobile changes nothing. The hashes are keyed HMACs, so
-# how long the comparison takes tells a caller nothing about the code.
+# Locks the rows, compares the hashes and moves each pending verification on: expired
+# if late; else one attempt used, and verified on a match or exhausted on the last
+# miss. Checks are group-committed (one statement for the checks that arrive
+# together, each of a different verification); the rows are locked in id order, so
+# two groups never wait for each other in a cycle. Under READ COMMITTED, a check that
+# waited for the lock sees the row as the check before it left it. A wrong mobile
+# changes nothing. The hashes are keyed HMACs, so how long the comparison takes tells
+# a caller nothing about the code.
 _CHECK = f"""
 WITH cur AS (
-    SELECT id, mobile, state, attempts_left, expires_at <= now() AS late,
-           code_hash = $4 AS ok
-    FROM verifications WHERE id = $1 AND account_id = $2 FOR UPDATE
+    SELECT v.id, v.mobile, v.state, v.attempts_left, v.expires_at <= now() AS late,
+           v.code_hash = r.candidate AS ok, r.mobile AS given_mobile
+    FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[])
+         AS r(id, account_id, mobile, candidate)
+    JOIN verifications v ON v.id = r.id AND v.account_id = r.account_id
+    ORDER BY v.id
+    FOR UPDATE OF v
 ),
-next AS (
-    SELECT id,
+judged AS (
+    SELECT id, mobile, state, attempts_left,
+           mobile = given_mobile AND state = {VerificationState.PENDING:d} AS moves,
            CASE WHEN late THEN {VerificationState.EXPIRED:d}
                 WHEN ok THEN {VerificationState.VERIFIED:d}
                 WHEN attempts_left <= 1 THEN {VerificationState.EXHAUSTED:d}
-                ELSE {VerificationState.PENDING:d} END AS state,
+                ELSE {VerificationState.PENDING:d} END AS new_state,
            CASE WHEN late THEN attempts_left ELSE greatest(attempts_left - 1, 0) END
-               AS attempts_left
-    FROM cur WHERE mobile = $3 AND state = {VerificationState.PENDING:d}
+               AS new_attempts_left
+    FROM cur
 ),
 changed AS (
-    UPDATE verifications v SET state = next.state, attempts_left = next.attempts_left,
+    UPDATE verifications v SET state = j.new_state, attempts_left = j.new_attempts_left,
                                updated_at = now()
-    FROM next WHERE v.id = next.id
+    FROM judged j WHERE v.id = j.id AND j.moves
     RETURNING v.id, v.account_id, v.state, v.updated_at
 ),
 {lock_when_any("changed", _ENDED)},
 {_OUTCOME_EVENTS}
-SELECT cur.mobile, cur.state, cur.attempts_left,
-       next.state AS new_state, next.attempts_left AS new_attempts_left
-FROM cur LEFT JOIN next ON true
+SELECT id, mobile, state, attempts_left,
+       CASE WHEN moves THEN new_state END AS new_state,
+       CASE WHEN moves THEN new_attempts_left END AS new_attempts_left
+FROM judged
 """
 
 
@@ -122,10 +165,30 @@ SELECT count(*) FROM changed
 """
 
 
+# A send of the one-statement path waiting for its group: its rows and its answer.
+_Waiting = tuple[NewVerification, NewMessage, "asyncio.Future[None]"]
+
+
+@dataclass(frozen=True)
+class _Check:
+    """A check waiting for its group, and its answer (its row of ``_CHECK``)."""
+
+    verify_id: str
+    account_id: int
+    mobile: str
+    candidate: bytes = field(repr=False)
+    future: asyncio.Future[asyncpg.Record | None]
+
+
 class PgVerificationStore:
     def __init__(self, pool: asyncpg.Pool, velocity: PgVelocityCounters) -> None:
         self._pool = pool
         self._velocity = velocity
+        self._waiting: list[_Waiting] = []
+        self._groups_in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._checks: list[_Check] = []
+        self._check_groups_in_flight = 0
 
     async def create(
         self,
@@ -150,11 +213,19 @@ class PgVerificationStore:
             and caps is None
             and not message.charge
         ):
-            with unavailable_on_connection_errors():
-                await self._pool.execute(_CREATE, *_create_args(verification, message))
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append((verification, message, future))
+            self._start_groups()
+            await future
             return stored
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
+                # First, as before any limit counts: a suppressed mobile is refused
+                # whatever else the request would meet.
+                if await suppressed(
+                    conn, verification.account_id, verification.mobile, UseType.VERIFICATION
+                ):
+                    raise recipient_suppressed(verification.mobile)
                 if key is not None:
                     earlier_id = await claim_key(conn, key, verification.id)
                     if earlier_id is not None:
@@ -192,32 +263,96 @@ class PgVerificationStore:
                     judge(await self._velocity.hit(conn, checks))
                 if caps is not None:
                     await take_daily(conn, verification.account_id, verification.mobile, caps)
-                await conn.execute(_CREATE, *_create_args(verification, message))
+                if not await conn.fetch(_CREATE, *_create_args([(verification, message)])):
+                    raise recipient_suppressed(verification.mobile)  # suppressed meanwhile
                 await charge_balance(conn, message.account_id, message.charge)
         return stored
+
+    def _start_groups(self) -> None:
+        while self._waiting and self._groups_in_flight < MAX_CONCURRENT_GROUPS:
+            group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+            self._groups_in_flight += 1
+            task = asyncio.create_task(self._write_group(group), name="verification-group")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _write_group(self, group: list[_Waiting]) -> None:
+        """Stores a group in one statement; answers each waiting send: stored, refused
+        (suppressed), or the statement's error (then nothing of the group was stored)."""
+        error: BaseException | None = None
+        stored: set[str] = set()
+        try:
+            with unavailable_on_connection_errors():
+                rows = await self._pool.fetch(_CREATE, *_create_args([(v, m) for v, m, _ in group]))
+            stored = {r["message_id"] for r in rows}
+        except Exception as exc:
+            error = exc
+        finally:
+            self._groups_in_flight -= 1
+            for verification, message, future in group:
+                if future.done():  # its caller went away
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                elif message.id in stored:
+                    future.set_result(None)
+                else:
+                    future.set_exception(recipient_suppressed(verification.mobile))
+            self._start_groups()
 
     async def check(
         self, account_id: int, verify_id: str, mobile: str, candidate: bytes
     ) -> CheckOutcome:
-        """Checks ``candidate`` (the keyed hash of the code given) against the stored one."""
-        with unavailable_on_connection_errors():
-            row = await self._pool.fetchrow(_CHECK, verify_id, account_id, mobile, candidate)
-        if row is None or row["mobile"] != mobile:
-            return CheckOutcome(CheckResult.NOT_FOUND)
-        state = VerificationState(row["state"])
-        if state == VerificationState.VERIFIED:
-            return CheckOutcome(CheckResult.ALREADY_VERIFIED, 0, state)
-        if state == VerificationState.EXHAUSTED:
-            return CheckOutcome(CheckResult.EXHAUSTED, 0, state)
-        if state == VerificationState.EXPIRED:
-            return CheckOutcome(CheckResult.EXPIRED, row["attempts_left"], state)
-        new_state = VerificationState(row["new_state"])
-        left = int(row["new_attempts_left"])
-        if new_state == VerificationState.EXPIRED:
-            return CheckOutcome(CheckResult.EXPIRED, left, new_state)
-        if new_state == VerificationState.VERIFIED:
-            return CheckOutcome(CheckResult.VALID, 0, new_state)
-        return CheckOutcome(CheckResult.INVALID, left, new_state)
+        """Checks ``candidate`` (the keyed hash of the code given) against the stored one.
+
+        Checks that arrive while others are being written go together in the next
+        group (at most one check of a verification per group: a second waits for the
+        next); each caller is answered after its group has committed."""
+        future: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
+        self._checks.append(_Check(verify_id, account_id, mobile, candidate, future))
+        self._start_checks()
+        return _outcome(await future, mobile)
+
+    def _start_checks(self) -> None:
+        while self._checks and self._check_groups_in_flight < MAX_CONCURRENT_GROUPS:
+            group: dict[str, _Check] = {}
+            later: list[_Check] = []
+            for waiting in self._checks:
+                if waiting.verify_id in group or len(group) >= MAX_GROUP:
+                    later.append(waiting)
+                else:
+                    group[waiting.verify_id] = waiting
+            self._checks = later
+            self._check_groups_in_flight += 1
+            task = asyncio.create_task(self._check_group(list(group.values())), name="otp-checks")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _check_group(self, group: list[_Check]) -> None:
+        error: BaseException | None = None
+        rows: dict[str, asyncpg.Record] = {}
+        try:
+            with unavailable_on_connection_errors():
+                found = await self._pool.fetch(
+                    _CHECK,
+                    [c.verify_id for c in group],
+                    [c.account_id for c in group],
+                    [c.mobile for c in group],
+                    [c.candidate for c in group],
+                )
+            rows = {r["id"]: r for r in found}
+        except Exception as exc:
+            error = exc
+        finally:
+            self._check_groups_in_flight -= 1
+            for check in group:
+                if check.future.done():  # its caller went away
+                    continue
+                if error is not None:
+                    check.future.set_exception(error)
+                else:
+                    check.future.set_result(rows.get(check.verify_id))
+            self._start_checks()
 
     async def expire_pending(self, limit: int = 1000) -> int:
         """Marks pending verifications past their expiry EXPIRED (rows are kept)."""
@@ -226,16 +361,36 @@ class PgVerificationStore:
         return int(count)
 
 
-def _create_args(verification: NewVerification, message: NewMessage) -> list[object]:
+def _outcome(row: asyncpg.Record | None, mobile: str) -> CheckOutcome:
+    """A check's outcome from its row of ``_CHECK`` (None: no such verification)."""
+    if row is None or row["mobile"] != mobile:
+        return CheckOutcome(CheckResult.NOT_FOUND)
+    state = VerificationState(row["state"])
+    if state == VerificationState.VERIFIED:
+        return CheckOutcome(CheckResult.ALREADY_VERIFIED, 0, state)
+    if state == VerificationState.EXHAUSTED:
+        return CheckOutcome(CheckResult.EXHAUSTED, 0, state)
+    if state == VerificationState.EXPIRED:
+        return CheckOutcome(CheckResult.EXPIRED, row["attempts_left"], state)
+    new_state = VerificationState(row["new_state"])
+    left = int(row["new_attempts_left"])
+    if new_state == VerificationState.EXPIRED:
+        return CheckOutcome(CheckResult.EXPIRED, left, new_state)
+    if new_state == VerificationState.VERIFIED:
+        return CheckOutcome(CheckResult.VALID, 0, new_state)
+    return CheckOutcome(CheckResult.INVALID, left, new_state)
+
+
+def _create_args(rows: Sequence[tuple[NewVerification, NewMessage]]) -> list[object]:
     return [
-        *message_columns([message]),
-        verification.id,
-        verification.account_id,
-        verification.mobile,
-        verification.scene,
-        verification.channel,
-        verification.code_hash,
-        verification.attempts,
-        verification.expires_at,
-        message.id,
+        *message_columns([m for _, m in rows]),
+        [v.id for v, _ in rows],
+        [v.account_id for v, _ in rows],
+        [v.mobile for v, _ in rows],
+        [v.scene for v, _ in rows],
+        [v.channel for v, _ in rows],
+        [v.code_hash for v, _ in rows],
+        [v.attempts for v, _ in rows],
+        [v.expires_at for v, _ in rows],
+        [m.id for _, m in rows],
     ]
