@@ -60,6 +60,7 @@ from server.emulators.sendcloud_state import (
     Record,
     SendCloudExtras,
     china_now,
+    count_call,
     get_extras,
     hook_pusher,
     server_ms,
@@ -486,9 +487,18 @@ async def _envelope(request: web.Request, handler: Handler) -> web.StreamRespons
     return response
 
 
+@web.middleware
+async def _count(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts API requests as they arrive (before the latency control)."""
+    if request.path.startswith("/smsapi/"):
+        count_call(request.app[EXTRAS_KEY], request.path, time.monotonic())
+    return await handler(request)
+
+
 def build_app(settings: EmulatorSettings) -> web.Application:
     app = new_app(settings)
     app[EXTRAS_KEY] = SendCloudExtras()
+    app.middlewares.insert(0, _count)
     app.middlewares.append(_envelope)
     app.router.add_post("/smsapi/send", send)
     app.router.add_post("/smsapi/sendCode", send_code)
