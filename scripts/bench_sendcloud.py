@@ -12,7 +12,11 @@ SendCloud's multi-phone ``send`` takes). Bulk sends the whole batch; single
 (``SMSGW_DISPATCH_BULK=false``, one request per number) sends a sample
 (``--sample``) and its time for the whole batch is projected from the sample's rate.
 
-Time runs from the accepted CreateBatch to every number sent. Requests are counted
+Time runs from the CreateBatch call to every number sent: a large batch's numbers are
+claimable as CreateBatch announces them (in chunks, before it answers), so most of a
+bulk campaign goes out during the call. A single-mode sample is projected at its rate
+while sending (the emulator's first request to its last), which leaves out its
+CreateBatch and so favours the baseline. Requests are counted
 at the emulator (``/smsapi/send`` calls; the most within one second; those beyond
 ``--rate`` within one second, which SendCloud's document defines no refusal for, so
 the emulator counts them and answers as usual) and by the gateway (its request
@@ -67,7 +71,10 @@ class Run:
     numbers: int  # in this run's batch
     sent: int  # counted sent by the batch
     failed: int
-    seconds: float  # from accepted to every number sent
+    seconds: float  # the campaign: from the CreateBatch call to every number sent
+    accept_seconds: float  # CreateBatch's call (its numbers go out while it announces them)
+    first_request_after: float  # s from the call's start to the emulator's first request
+    sending_seconds: float  # the emulator's first request to its last
     gateway_requests: int  # the gateway's request metric for the provider
     emulator_requests: int  # /smsapi/send calls the emulator answered
     received: int  # messages the emulator accepted
@@ -80,7 +87,9 @@ class Run:
 
     @property
     def per_s(self) -> float:
-        return self.sent / max(self.seconds, 1e-9)
+        """Numbers a second: over the campaign, or for a sample over its sending alone
+        (the emulator's first request to its last; what projects to the whole batch)."""
+        return self.sent / max(self.sending_seconds if self.projected else self.seconds, 1e-9)
 
     @property
     def batch_seconds(self) -> float:
@@ -163,9 +172,10 @@ def requests_sent(http_port: int) -> int:
 
 async def send_batch(
     target: str, metadata: tuple[tuple[str, str], ...], n: int, limit: float
-) -> tuple[int, int, float]:
+) -> tuple[int, int, float, float, float]:
     """Creates the template and a batch of n numbers with it; waits until every number
-    is sent or failed (or ``limit`` s). Returns (sent, failed, seconds)."""
+    is sent or failed (or ``limit`` s). Returns (sent, failed, seconds from the
+    CreateBatch call, seconds the call took, wall clock when it was made)."""
     numbers = [f"+86138{i:08d}" for i in range(n)]
     options = [("grpc.max_send_message_length", 64 << 20)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
@@ -180,6 +190,7 @@ async def send_batch(
             timeout=30,
         )
         stub = batch_pb2_grpc.BatchServiceStub(channel)
+        called, call_start = time.time(), time.perf_counter()
         reply = await stub.CreateBatch(
             batch_pb2.CreateBatchRequest(
                 use_type=common_pb2.USE_TYPE_MARKETING,
@@ -190,14 +201,15 @@ async def send_batch(
             timeout=300,
         )
         assert reply.accepted_count == n, (reply.accepted_count, list(reply.rejected)[:3])
-        start = time.perf_counter()
+        accept_seconds = time.perf_counter() - call_start
         deadline = time.monotonic() + limit
         while True:
             batch = await stub.GetBatch(
                 batch_pb2.GetBatchRequest(task_id=reply.task_id), metadata=metadata
             )
             if batch.sent + batch.failed >= n or time.monotonic() > deadline:
-                return batch.sent, batch.failed, time.perf_counter() - start
+                done = time.perf_counter() - call_start
+                return batch.sent, batch.failed, done, accept_seconds, called
             await asyncio.sleep(0.05)
 
 
@@ -217,7 +229,9 @@ def run(tmp: Path, mode: str, n: int, batch: int, args: argparse.Namespace) -> R
             "BENCH_SENDCLOUD_KEY": secret,
         }
         gw = start_smsgw(tmp, procs, env, 180)
-        sent, failed, seconds = asyncio.run(send_batch(gw.target, gw.metadata, n, args.seconds))
+        sent, failed, seconds, accept_seconds, called = asyncio.run(
+            send_batch(gw.target, gw.metadata, n, args.seconds)
+        )
         gateway_requests = requests_sent(http_port)
         extras = emulator_call(base_url, "/_emulator/sendcloud")
         received = emulator_call(base_url, "/_emulator/state")["received"]
@@ -230,6 +244,9 @@ def run(tmp: Path, mode: str, n: int, batch: int, args: argparse.Namespace) -> R
         sent,
         failed,
         seconds,
+        accept_seconds,
+        extras["first_call_at"] - called,
+        extras["last_call_at"] - extras["first_call_at"],
         gateway_requests,
         int(extras["calls"].get("/smsapi/send", 0)),
         len(received),
@@ -260,15 +277,23 @@ def print_table(runs: list[Run], args: argparse.Namespace) -> float:
     )
     print(
         f"{'mode':<8}{'numbers':>9}{'requests':>10}{'numbers/req':>12}{'peak req/s':>11}"
-        f"{'over rate':>10}{'numbers/s':>11}{'batch time, s':>15}  how"
+        f"{'over rate':>10}{'create, s':>10}{'1st req, s':>11}{'sending, s':>11}"
+        f"{'numbers/s':>11}{'batch time, s':>15}  how"
     )
     for r in runs:
         how = f"projected from {r.numbers:,}" if r.projected else "measured"
         print(
             f"{r.mode:<8}{r.numbers:>9,}{r.emulator_requests:>10,}"
             f"{r.sent / max(r.emulator_requests, 1):>12.1f}{r.peak_per_second:>11}"
-            f"{r.over_rate:>10}{r.per_s:>11.1f}{r.batch_seconds:>15.1f}  {how}"
+            f"{r.over_rate:>10}{r.accept_seconds:>10.1f}{r.first_request_after:>11.1f}"
+            f"{r.sending_seconds:>11.1f}{r.per_s:>11.1f}{r.batch_seconds:>15.1f}  {how}"
         )
+    print(
+        "(create: the CreateBatch call, which answers once every number is announced, "
+        "sending as it goes; 1st req: from the call to the emulator's first request; "
+        "sending: its first request to its last; batch time: from the call to every number "
+        "sent, or for a sample, the batch at the sample's rate while sending)"
+    )
     bulk, single = runs
     ratio = single.batch_seconds / max(bulk.batch_seconds, 1e-9)
     verdict = "-" if args.quick else ("pass" if ratio >= TARGET else "FAIL")

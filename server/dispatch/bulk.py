@@ -11,6 +11,13 @@ is None, and every message of a provider without a bulk API.
 Requests come out in the order of their first message, so the claim's order (codes
 first, then the accounts' fair shares) is the order in which they queue for rate
 tokens.
+
+How many messages a worker claims next (``next_claim_size``): a claim may cost at
+most ``claim_size`` provider requests, so when the last claim's messages shared
+requests (m messages a request on average), the next claim takes m times as many
+messages, up to the largest request a provider takes. A campaign through a bulk API
+then goes out in full requests (SendCloud: 2,000 numbers) rather than one request a
+claim of ``claim_size``; traffic that goes alone keeps claims of ``claim_size``.
 """
 
 from __future__ import annotations
@@ -50,6 +57,22 @@ def bulk_api(transport: object) -> BulkTransport | None:
     if isinstance(transport, BulkTransport) and transport.max_bulk > 1:
         return transport
     return None
+
+
+def bulk_claim_cap(transports: Mapping[str, object], limit: int) -> int:
+    """The most messages one request of these providers takes (at most ``limit``; 1
+    when none has a bulk API)."""
+    sizes = [api.max_bulk for t in transports.values() if (api := bulk_api(t)) is not None]
+    return min(max(sizes, default=1), limit)
+
+
+def next_claim_size(claim_size: int, cap: int, messages: int, requests: int) -> int:
+    """The next claim's size: as many messages as ``claim_size`` requests carried in
+    the last claim (``messages`` in ``requests``), at least ``claim_size``, at most
+    ``cap``."""
+    if requests <= 0 or messages <= requests:
+        return claim_size
+    return max(claim_size, min(cap, claim_size * messages // requests))
 
 
 def plan_requests(routed: Sequence[Routed], transports: Mapping[str, object]) -> list[Request]:

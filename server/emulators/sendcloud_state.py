@@ -69,6 +69,8 @@ class SendCloudExtras:
     answers_dropped: int = 0
     calls: dict[str, int] = field(default_factory=dict)  # API requests by path
     peak_per_second: int = 0  # most API requests seen within one second
+    first_call_at: float = 0.0  # wall clock (s) of the first API request, 0 if none
+    last_call_at: float = 0.0  # and of the latest
     over_rate: int = 0  # API requests that found the ``rate_limit`` bucket empty
     recent: deque[float] = field(default_factory=deque)  # arrivals in the last second
     tokens: float = -1.0  # in the rate bucket (-1: full, nothing counted yet)
@@ -83,12 +85,15 @@ EXTRAS_KEY: web.AppKey[SendCloudExtras] = web.AppKey("sendcloud_extras", SendClo
 _TUNABLE: tuple[str, ...] = ("clock_skew_ms", "force_code", "answer_delay", "unverified_templates")
 _TUNABLE += ("per_minute", "per_day", "drop_answers", "duplicate_with_ids", "intercepted")
 _TUNABLE += ("rate_limit",)
-_COUNTERS = ("hooks_sent", "answers_dropped", "calls", "peak_per_second", "over_rate")
+_COUNTERS: tuple[str, ...] = ("hooks_sent", "answers_dropped", "calls", "peak_per_second")
+_COUNTERS += ("over_rate", "first_call_at", "last_call_at")
 
 
 def count_call(extras: SendCloudExtras, path: str, now: float) -> None:
     """Counts one API request as it arrives, and whether it came beyond the rate."""
     extras.calls[path] = extras.calls.get(path, 0) + 1
+    extras.last_call_at = time.time()
+    extras.first_call_at = extras.first_call_at or extras.last_call_at
     recent = extras.recent
     while recent and now - recent[0] >= 1.0:
         recent.popleft()
