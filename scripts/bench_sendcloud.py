@@ -245,7 +245,7 @@ def run(tmp: Path, mode: str, n: int, batch: int, args: argparse.Namespace) -> R
         failed,
         seconds,
         accept_seconds,
-        extras["first_call_at"] - called,
+        extras["first_call_at"] - called if extras["first_call_at"] else 0.0,
         extras["last_call_at"] - extras["first_call_at"],
         gateway_requests,
         int(extras["calls"].get("/smsapi/send", 0)),
