@@ -6,7 +6,7 @@ count and time) and prints, per target: the figure, the baseline, the ratio, the
 target and pass/fail. Ratios are the verdict: absolute figures drift on a shared
 machine, ratios measured in one run hold.
 
-    .venv/bin/python scripts/bench.py                # full size (about 6 minutes)
+    .venv/bin/python scripts/bench.py                # full size (about 10 minutes)
     .venv/bin/python scripts/bench.py --quick        # tiny runs: proves it works (CI)
     .venv/bin/python scripts/bench.py --only P1,P5   # some targets
     .venv/bin/python scripts/bench.py --json         # the raw figures too
