@@ -18,6 +18,8 @@ requests (m messages a request on average), the next claim takes m times as many
 messages, up to the largest request a provider takes. A campaign through a bulk API
 then goes out in full requests (SendCloud: 2,000 numbers) rather than one request a
 claim of ``claim_size``; traffic that goes alone keeps claims of ``claim_size``.
+(The worker, dispatch/worker.py, keeps its first worker at ``claim_size`` when it
+has others: codes then never wait behind large claims only.)
 """
 
 from __future__ import annotations

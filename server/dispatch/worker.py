@@ -18,7 +18,9 @@ one outcome, and each number's answer becomes its own message's transition, so a
 number refused or failed alone is refused or retried alone. Codes and single sends
 always go alone. A claim costs at most ``claim_size`` requests: after a claim whose
 messages shared requests, a worker claims more (``next_claim_size``), up to the
-largest request its providers take.
+largest request its providers take. The first worker keeps claims of ``claim_size``
+(when there are others), so a code that comes during a campaign waits for a short
+claim at most, never behind two of thousands of messages.
 """
 
 from __future__ import annotations
@@ -170,7 +172,8 @@ class Dispatcher:
                 continue
             try:
                 messages, requests = await self._dispatch(claimed, lease_ends)
-                size = self._next_size(messages, requests)
+                if index > 0 or self._workers == 1:
+                    size = self._next_size(messages, requests)
             except asyncio.CancelledError:
                 # Given back for another worker now; if the database cannot take it
                 # within RELEASE_SECONDS (no connection free), the leases run out.
