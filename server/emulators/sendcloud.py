@@ -12,6 +12,9 @@ numbers -> 412, over-long sendRequestId/tag -> 441, status query with no ids -> 
 or more than 100 -> 412. A template variable left unfilled settles as SMSHook 450,
 content over 500 characters as 460, a number in ``intercepted`` as its code (410,
 420, 430); the "undelivered" outcome uses 500 or 590.
+API requests are counted as they arrive (``/_emulator/sendcloud``: ``calls`` by path,
+``peak_per_second``, and with ``rate_limit`` set, ``over_rate``: requests that found a
+bucket of one second's worth empty; the seed has no code to refuse them with).
 With ``settings.webhook_url`` set, every settled message is POSTed once as an
 SMSHook form (event, smsId, phone, statusCode, message, timestamp, token, signature,
 and the request's ``tag`` when it had one).
