@@ -11,6 +11,15 @@ is None, and every message of a provider without a bulk API.
 Requests come out in the order of their first message, so the claim's order (codes
 first, then the accounts' fair shares) is the order in which they queue for rate
 tokens.
+
+How many messages a worker claims next (``next_claim_size``): a claim may cost at
+most ``claim_size`` provider requests, so when the last claim's messages shared
+requests (m messages a request on average), the next claim takes m times as many
+messages, up to the largest request a provider takes. A campaign through a bulk API
+then goes out in full requests (SendCloud: 2,000 numbers) rather than one request a
+claim of ``claim_size``; traffic that goes alone keeps claims of ``claim_size``.
+(The worker, dispatch/worker.py, keeps its first worker at ``claim_size`` when it
+has others: codes then never wait behind large claims only.)
 """
 
 from __future__ import annotations
@@ -52,14 +61,35 @@ def bulk_api(transport: object) -> BulkTransport | None:
     return None
 
 
+def bulk_claim_cap(transports: Mapping[str, object], limit: int) -> int:
+    """The most messages one request of these providers takes (at most ``limit``; 1
+    when none has a bulk API)."""
+    sizes = [api.max_bulk for t in transports.values() if (api := bulk_api(t)) is not None]
+    return min(max(sizes, default=1), limit)
+
+
+def next_claim_size(claim_size: int, cap: int, messages: int, requests: int) -> int:
+    """The next claim's size: as many messages as ``claim_size`` requests carried in
+    the last claim (``messages`` in ``requests``), at least ``claim_size``, at most
+    ``cap``."""
+    if requests <= 0 or messages <= requests:
+        return claim_size
+    return max(claim_size, min(cap, claim_size * messages // requests))
+
+
 def plan_requests(routed: Sequence[Routed], transports: Mapping[str, object]) -> list[Request]:
     """Groups routed messages into provider requests (see the module docstring)."""
     # Per group key, the requests still open (not full), each with its mobiles.
     open_requests: dict[tuple[str, int, Hashable], list[tuple[list[Routed], set[str]]]] = {}
     planned: list[list[Routed]] = []
     bulk_flags: list[bool] = []
+    # Each provider's bulk API, looked up once a plan: the check is an isinstance of a
+    # runtime protocol, which cost a 2,000-message claim more than its planning.
+    apis: dict[str, BulkTransport | None] = {}
     for item in routed:
-        api = bulk_api(transports.get(item.provider)) if item.shareable else None
+        if item.provider not in apis:
+            apis[item.provider] = bulk_api(transports.get(item.provider))
+        api = apis[item.provider] if item.shareable else None
         key = api.bulk_key(item.message) if api is not None else None
         if api is None or key is None:
             planned.append([item])

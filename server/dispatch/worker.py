@@ -16,7 +16,11 @@ Batch messages routed to a provider with a bulk API share requests (``bulk``,
 dispatch/bulk.py plans them): a request takes one rate token and gives its breaker
 one outcome, and each number's answer becomes its own message's transition, so a
 number refused or failed alone is refused or retried alone. Codes and single sends
-always go alone.
+always go alone. A claim costs at most ``claim_size`` requests: after a claim whose
+messages shared requests, a worker claims more (``next_claim_size``), up to the
+largest request its providers take. The first worker keeps claims of ``claim_size``
+(when there are others), so a code that comes during a campaign waits for a short
+claim at most, never behind two of thousands of messages.
 """
 
 from __future__ import annotations
@@ -34,7 +38,14 @@ from aiolimiter import AsyncLimiter
 
 from server.aio import wait_event
 from server.dispatch.breaker import CircuitBreaker
-from server.dispatch.bulk import Request, Routed, bulk_api, plan_requests
+from server.dispatch.bulk import (
+    Request,
+    Routed,
+    bulk_api,
+    bulk_claim_cap,
+    next_claim_size,
+    plan_requests,
+)
 from server.dispatch.provider_set import ProviderSet
 from server.dispatch.retry import RetryPolicy
 from server.dispatch.route_choice import failover_order
@@ -60,6 +71,9 @@ RELEASE_SECONDS = 5.0  # a cancelled worker's wait to give its group back
 # Seconds of a lease kept free after the last send, to record the outcomes (at most a
 # quarter of the lease).
 LEASE_MARGIN = 2.0
+# The most messages a claim grows to when they share bulk requests (as many as
+# SMSGW_DISPATCH_CLAIM_SIZE may be).
+MAX_CLAIM = 5000
 
 
 async def send_with(transport: Transport, message: OutboundMessage) -> SendOutcome:
@@ -141,21 +155,25 @@ class Dispatcher:
 
     async def _run(self, index: int) -> None:
         loop = asyncio.get_running_loop()
+        size = self._claim_size
         while not self._stopping:
             # The lease is counted from before the claim: the database starts it when
             # the claim's transaction begins, and the claim may take a while to return.
             lease_ends = loop.time() + self._lease_seconds
             try:
-                claimed = await self._outbox.claim_due(self._claim_size, self._lease_seconds)
+                claimed = await self._outbox.claim_due(size, self._lease_seconds)
             except Exception as exc:
                 log.warning("worker %d cannot claim (%s); backing off", index, type(exc).__name__)
                 await self._idle(self._idle_poll * 4)
                 continue
             if not claimed:
+                size = self._claim_size
                 await self._idle(self._idle_poll)
                 continue
             try:
-                await self._dispatch(claimed, lease_ends)
+                messages, requests = await self._dispatch(claimed, lease_ends)
+                if index > 0 or self._workers == 1:
+                    size = self._next_size(messages, requests)
             except asyncio.CancelledError:
                 # Given back for another worker now; if the database cannot take it
                 # within RELEASE_SECONDS (no connection free), the leases run out.
@@ -168,13 +186,24 @@ class Dispatcher:
             except Exception:
                 log.exception("worker %d failed to record a group; leases will expire", index)
 
+    def _next_size(self, messages: int, requests: int) -> int:
+        """How many messages the next claim takes (dispatch/bulk.py, next_claim_size)."""
+        if not self._bulk:
+            return self._claim_size
+        cap = bulk_claim_cap(self.providers.transports, MAX_CLAIM)
+        return next_claim_size(self._claim_size, cap, messages, requests)
+
     async def _idle(self, seconds: float) -> None:
         if self._stopping:
             return
         await wait_event(self._wake, seconds)
         self._wake.clear()
 
-    async def _dispatch(self, claimed: Sequence[ClaimedMessage], lease_ends: float) -> None:
+    async def _dispatch(
+        self, claimed: Sequence[ClaimedMessage], lease_ends: float
+    ) -> tuple[int, int]:
+        """Sends a claim and records its outcomes. Returns (messages routed to a
+        provider, provider requests planned for them)."""
         providers = self.providers
         # Codes and single sends go alone, at once; batch messages are routed first,
         # then grouped into provider requests (bulk APIs) by plan_requests.
@@ -190,20 +219,17 @@ class Dispatcher:
                 settled.append(route)
             else:
                 routed.append(route)
+        planned = plan_requests(routed, providers.transports)
         singles, groups = await asyncio.gather(
             asyncio.gather(*(self._send(c, providers, lease_ends) for c in alone)),
-            asyncio.gather(
-                *(
-                    self._send_request(r, providers, lease_ends)
-                    for r in plan_requests(routed, providers.transports)
-                )
-            ),
+            asyncio.gather(*(self._send_request(r, providers, lease_ends) for r in planned)),
         )
         deadlines = {c.message.id: c.expires_at for c in claimed}
         outcomes = [*singles, *settled, *itertools.chain(*groups)]
         await self._record(
             [within_validity(t, deadlines.get(t.message_id)) for t in outcomes], lease_ends
         )
+        return len(alone) + len(routed), len(alone) + len(planned)
 
     def _shares(self, claimed: ClaimedMessage) -> bool:
         """Whether the message may share a provider request with others."""

@@ -12,6 +12,9 @@ numbers -> 412, over-long sendRequestId/tag -> 441, status query with no ids -> 
 or more than 100 -> 412. A template variable left unfilled settles as SMSHook 450,
 content over 500 characters as 460, a number in ``intercepted`` as its code (410,
 420, 430); the "undelivered" outcome uses 500 or 590.
+API requests are counted as they arrive (``/_emulator/sendcloud``: ``calls`` by path,
+``peak_per_second``, and with ``rate_limit`` set, ``over_rate``: requests that found a
+bucket of one second's worth empty; the seed has no code to refuse them with).
 With ``settings.webhook_url`` set, every settled message is POSTed once as an
 SMSHook form (event, smsId, phone, statusCode, message, timestamp, token, signature,
 and the request's ``tag`` when it had one).
@@ -60,6 +63,7 @@ from server.emulators.sendcloud_state import (
     Record,
     SendCloudExtras,
     china_now,
+    count_call,
     get_extras,
     hook_pusher,
     server_ms,
@@ -486,9 +490,18 @@ async def _envelope(request: web.Request, handler: Handler) -> web.StreamRespons
     return response
 
 
+@web.middleware
+async def _count(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts API requests as they arrive (before the latency control)."""
+    if request.path.startswith("/smsapi/"):
+        count_call(request.app[EXTRAS_KEY], request.path, time.monotonic())
+    return await handler(request)
+
+
 def build_app(settings: EmulatorSettings) -> web.Application:
     app = new_app(settings)
     app[EXTRAS_KEY] = SendCloudExtras()
+    app.middlewares.insert(0, _count)
     app.middlewares.append(_envelope)
     app.router.add_post("/smsapi/send", send)
     app.router.add_post("/smsapi/sendCode", send_code)

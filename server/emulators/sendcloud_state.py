@@ -60,8 +60,21 @@ class SendCloudExtras:
     # Numbers (as sent: "13800138000") that settle with an SMSHook code at processing:
     # 410/420 intercept lists, 430 unsubscribed.
     intercepted: dict[str, int] = field(default_factory=dict)
+    # Requests per second the account is allowed (0: not watched), as a bucket of one
+    # second's worth. The seed defines no refusal for a request rate (496/498 are per
+    # number), so requests arriving with the bucket empty are counted (``over_rate``)
+    # and answered as usual.
+    rate_limit: int = 0
     hooks_sent: int = 0
     answers_dropped: int = 0
+    calls: dict[str, int] = field(default_factory=dict)  # API requests by path
+    peak_per_second: int = 0  # most API requests seen within one second
+    first_call_at: float = 0.0  # wall clock (s) of the first API request, 0 if none
+    last_call_at: float = 0.0  # and of the latest
+    over_rate: int = 0  # API requests that found the ``rate_limit`` bucket empty
+    recent: deque[float] = field(default_factory=deque)  # arrivals in the last second
+    tokens: float = -1.0  # in the rate bucket (-1: full, nothing counted yet)
+    tokens_at: float = 0.0
     requests: dict[str, tuple[float, list[str]]] = field(default_factory=dict)
     history: dict[str, deque[float]] = field(default_factory=dict)
     records: dict[str, Record] = field(default_factory=dict)  # smsId -> Record
@@ -71,6 +84,32 @@ class SendCloudExtras:
 EXTRAS_KEY: web.AppKey[SendCloudExtras] = web.AppKey("sendcloud_extras", SendCloudExtras)
 _TUNABLE: tuple[str, ...] = ("clock_skew_ms", "force_code", "answer_delay", "unverified_templates")
 _TUNABLE += ("per_minute", "per_day", "drop_answers", "duplicate_with_ids", "intercepted")
+_TUNABLE += ("rate_limit",)
+_COUNTERS: tuple[str, ...] = ("hooks_sent", "answers_dropped", "calls", "peak_per_second")
+_COUNTERS += ("over_rate", "first_call_at", "last_call_at")
+
+
+def count_call(extras: SendCloudExtras, path: str, now: float) -> None:
+    """Counts one API request as it arrives, and whether it came beyond the rate."""
+    extras.calls[path] = extras.calls.get(path, 0) + 1
+    extras.last_call_at = time.time()
+    extras.first_call_at = extras.first_call_at or extras.last_call_at
+    recent = extras.recent
+    while recent and now - recent[0] >= 1.0:
+        recent.popleft()
+    recent.append(now)
+    rate = extras.rate_limit
+    if rate:
+        if extras.tokens < 0:
+            extras.tokens = float(rate)
+        else:
+            extras.tokens = min(float(rate), extras.tokens + (now - extras.tokens_at) * rate)
+        extras.tokens_at = now
+        if extras.tokens < 1.0:
+            extras.over_rate += 1
+        else:
+            extras.tokens -= 1.0
+    extras.peak_per_second = max(extras.peak_per_second, len(recent))
 
 
 def server_ms(extras: SendCloudExtras) -> int:
@@ -140,7 +179,7 @@ async def hook_pusher(app: web.Application) -> AsyncIterator[None]:
 
 async def get_extras(request: web.Request) -> web.Response:
     extras = request.app[EXTRAS_KEY]
-    shown = (*_TUNABLE, "hooks_sent", "answers_dropped")
+    shown = (*_TUNABLE, *_COUNTERS)
     return web.json_response({k: getattr(extras, k) for k in shown})
 
 

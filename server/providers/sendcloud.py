@@ -532,6 +532,8 @@ class SendCloudTransport:
 
 def _vars(data: Mapping[str, str]) -> str:
     """``vars`` with SendCloud's %name% keys, in a stable order (also a bulk key)."""
+    if not data:
+        return "{}"  # a campaign without variables: one per message in a bulk plan
     variables = {f"%{k.strip('%')}%": data[k] for k in sorted(data)}
     return json.dumps(variables, ensure_ascii=False, separators=(",", ":"))
 

@@ -171,7 +171,9 @@ async def test_a_code_sent_during_a_large_batch_is_delivered_before_it_finishes(
 ) -> None:
     running = await start_gateway(
         otp=OtpSettings(mobile_interval_seconds=0, guard=GuardSettings(0, 3600, 0, 3600)),
-        loopback=LoopbackConfig(0.01),
+        # Requests of at most 100 numbers keep claims at 100, so the batch is far from
+        # done when the code comes (with claims grown to 1,000 it could finish first).
+        loopback=LoopbackConfig(0.01, max_bulk=100),
     )
     client = await running.client()
     reply = await create(client, content="Big sale today.", numbers=numbers(10_000))
@@ -195,7 +197,10 @@ async def test_a_code_sent_during_a_large_batch_is_delivered_before_it_finishes(
 async def test_a_large_campaign_does_not_hold_back_another_accounts_batch(
     start_gateway: GatewayFactory,
 ) -> None:
-    running = await start_gateway(loopback=LoopbackConfig(0.01))
+    # Requests of at most 100 numbers keep claims at 100 (they grow to a full request
+    # after a claim that shared requests), so the big campaign takes 40 claims and
+    # the small batch comes while it is far from done.
+    running = await start_gateway(loopback=LoopbackConfig(0.01, max_bulk=100))
     early, late = await running.client(), await running.client()
     big = await create(early, content="Big sale today.", numbers=numbers(4_000))
     small = await create(late, content="Our own news.", numbers=numbers(200, start=50_000))

@@ -70,8 +70,9 @@ async def test_a_skynoo_campaign_goes_through_batch_create_with_each_numbers_val
         0,
     )
     paths = [r.path for r in emulator.state.requests]
-    # Claims of 100: a handful of batch/create calls, no per-number send.
-    assert 3 <= paths.count(BATCH_CREATE_PATH) <= 10
+    # A handful of batch/create calls (claims of 100, then as many as a request
+    # holds), no per-number send.
+    assert 1 <= paths.count(BATCH_CREATE_PATH) <= 10
     assert paths.count(SEND_PATH) == 0
     # Every number reached Skynoo once, with its own values.
     contents = {r.phone: r.content for r in emulator.state.received}
@@ -103,7 +104,7 @@ async def test_a_sendcloud_campaign_shares_send_requests_and_each_number_is_deli
     )
     sends = [r for r in emulator.state.requests if r.path.endswith("/smsapi/send")]
     # One request carries many phones (comma-separated): a handful, not 300.
-    assert 3 <= len(sends) <= 10
+    assert 1 <= len(sends) <= 10
     assert len(emulator.state.received) == 300
     assert len({r.phone for r in emulator.state.received}) == 300
     assert {r.content for r in emulator.state.received} == {"Your order A-1 has shipped."}

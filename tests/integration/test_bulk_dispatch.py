@@ -74,11 +74,11 @@ def provider_set(
     )
 
 
-async def six_batch_messages(pool: asyncpg.Pool) -> list[str]:
+async def batch_messages(pool: asyncpg.Pool, n: int = 6) -> list[str]:
     account = (await PgAccountStore(pool).create_account("bulk", verified=True)).id
     messages = [
         replace(new_message(account, Priority.BATCH), to_number=f"+86138000001{i:02d}")
-        for i in range(6)
+        for i in range(n)
     ]
     store = PgMessageStore(pool)
     for m in messages:
@@ -87,13 +87,17 @@ async def six_batch_messages(pool: asyncpg.Pool) -> list[str]:
 
 
 async def run_until(
-    pool: asyncpg.Pool, providers: ProviderSet, ids: list[str], done: MessageStatus
+    pool: asyncpg.Pool,
+    providers: ProviderSet,
+    ids: list[str],
+    done: MessageStatus,
+    claim_size: int = 50,
 ) -> list[asyncpg.Record]:
     dispatcher = Dispatcher(
         PgOutbox(pool),
         providers,
         workers=1,
-        claim_size=50,
+        claim_size=claim_size,
         lease_seconds=10,
         idle_poll=0.05,
         retry=RetryPolicy(max_attempts=5, base_delay=600),  # no retry during the test
@@ -119,7 +123,7 @@ async def run_until(
 async def test_a_request_failed_as_a_whole_retries_each_message_and_counts_once(
     pool: asyncpg.Pool,
 ) -> None:
-    ids = await six_batch_messages(pool)
+    ids = await batch_messages(pool)
     transport = ScriptedBulk("raise")
     breaker = CircuitBreaker(BreakerSettings(min_failures=3, reset_seconds=60))
     rows = await run_until(
@@ -139,7 +143,7 @@ async def test_a_request_failed_as_a_whole_retries_each_message_and_counts_once(
 
 
 async def test_a_wrong_number_of_answers_sends_nobody_as_sent(pool: asyncpg.Pool) -> None:
-    ids = await six_batch_messages(pool)
+    ids = await batch_messages(pool)
     transport = ScriptedBulk("short")
     rows = await run_until(
         pool,
@@ -154,7 +158,7 @@ async def test_a_wrong_number_of_answers_sends_nobody_as_sent(pool: asyncpg.Pool
 
 
 async def test_a_request_takes_one_rate_token_for_all_its_numbers(pool: asyncpg.Pool) -> None:
-    ids = await six_batch_messages(pool)
+    ids = await batch_messages(pool)
     transport = ScriptedBulk("ok")
     # Two requests a minute: one token a number would send two of the six.
     rows = await run_until(
@@ -165,3 +169,18 @@ async def test_a_request_takes_one_rate_token_for_all_its_numbers(pool: asyncpg.
     )
     assert len(transport.requests) == 2
     assert [r["provider_message_id"] for r in rows] == [f"p-{r['id']}" for r in rows]
+
+
+async def test_after_a_claim_that_shared_requests_the_next_claims_fill_whole_requests(
+    pool: asyncpg.Pool,
+) -> None:
+    # Claims of 2: the first goes in one request of 2, so the next claims take 2
+    # requests' worth, as much as one request holds (3): full requests from then on.
+    ids = await batch_messages(pool, 11)
+    transport = ScriptedBulk("accept")
+    breaker = CircuitBreaker(BreakerSettings())
+    rows = await run_until(
+        pool, provider_set(transport, breaker), ids, MessageStatus.SENT, claim_size=2
+    )
+    assert len(rows) == 11
+    assert [len(r) for r in transport.requests] == [2, 3, 3, 3]

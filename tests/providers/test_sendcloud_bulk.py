@@ -176,3 +176,21 @@ async def test_recovery_reads_every_page_of_a_busy_number(
     again = await transport.send(latest)  # 400; its smsId is on the second page
     assert again.provider_message_id == emulator.state.received[-1].provider_message_id
     assert len(emulator.state.received) == 121
+
+
+async def test_the_emulator_counts_requests_beyond_its_rate_and_still_answers_them(
+    emulator: RunningEmulator, transport: SendCloudTransport
+) -> None:
+    # The seed has no refusal for a request rate: requests finding the bucket of one
+    # second's worth empty are counted for the benchmarks (P8), and sent as usual.
+    await tune(emulator, rate_limit=3)
+    outcomes = [await transport.send(message(m)) for m in mobiles(5)]
+    assert all(o.accepted for o in outcomes)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{emulator.base_url}/_emulator/sendcloud") as reply,
+    ):
+        counters = await reply.json()
+    assert counters["calls"] == {"/smsapi/send": 5}
+    assert counters["peak_per_second"] == 5
+    assert counters["over_rate"] == 2

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
-from server.dispatch.bulk import Request, Routed, plan_requests
+from server.dispatch.bulk import (
+    Request,
+    Routed,
+    bulk_claim_cap,
+    next_claim_size,
+    plan_requests,
+)
 from server.domain.models import Channel, OutboundMessage, UseType
 from server.domain.ports import Capabilities, SendOutcome
 
@@ -118,3 +124,22 @@ def test_every_message_is_planned_exactly_once_at_scale() -> None:
     # 21 (account, content) groups; numbers repeat every 50 messages, so each group
     # needs more than one request, but never one per message.
     assert 21 < len(requests) < 200
+
+
+def test_a_claim_that_shared_requests_is_followed_by_a_larger_one_up_to_a_full_request() -> None:
+    # 100 messages in one request: the next claim may take 100 times as many,
+    # as far as the largest request a provider takes.
+    assert next_claim_size(100, 2000, messages=100, requests=1) == 2000
+    assert next_claim_size(100, 2000, messages=100, requests=10) == 1000
+    # Messages that went alone (or nothing sent) keep the configured size.
+    assert next_claim_size(100, 2000, messages=100, requests=100) == 100
+    assert next_claim_size(100, 2000, messages=0, requests=0) == 100
+    # Never below the configured size, even when the providers take less per request.
+    assert next_claim_size(100, 3, messages=100, requests=34) == 100
+
+
+def test_the_claim_cap_is_the_largest_request_of_a_bulk_provider() -> None:
+    transports = {"a": ByBody(max_bulk=3), "b": ByBody(max_bulk=2000), "c": SingleOnly()}
+    assert bulk_claim_cap(transports, 5000) == 2000
+    assert bulk_claim_cap(transports, 500) == 500
+    assert bulk_claim_cap({"c": SingleOnly()}, 5000) == 1
