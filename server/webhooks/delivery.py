@@ -24,6 +24,7 @@ import logging
 import random
 import time
 from collections import Counter as Tally
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -33,7 +34,6 @@ from server.domain import webhook_signing
 from server.domain.codes import CodeKeys
 from server.domain.errors import InvalidArgument
 from server.http.webhook_url import PublicOnlyResolver, check_url
-from server.metrics import GatewayMetrics
 from server.store.webhooks import FAILED, PENDING, DueDelivery, PgWebhookStore
 from server.webhooks.events import event_body
 from server.webhooks.group_write import GroupWrite
@@ -75,7 +75,7 @@ class WebhookDelivery:
         self,
         store: PgWebhookStore,
         keys: CodeKeys,
-        metrics: GatewayMetrics,
+        count: Callable[[str], None],
         *,
         allow_insecure: bool,
         retry_base: float,
@@ -86,10 +86,11 @@ class WebhookDelivery:
         capacity: int = 200,
         resolver: AbstractResolver | None = None,
     ) -> None:
-        """``resolver``: the DNS the connections use (None: the system's)."""
+        """``count(result)``: one attempt ended (succeeded, retried, failed, gone);
+        ``resolver``: the DNS the connections use (None: the system's)."""
         self._store = store
         self._keys = keys
-        self._metrics = metrics
+        self._count = count
         self._allow_insecure = allow_insecure
         self._retry_base = retry_base
         self._retry_for = retry_for
@@ -120,7 +121,6 @@ class WebhookDelivery:
             timeout=aiohttp.ClientTimeout(total=self._timeout),
             connector=aiohttp.TCPConnector(limit=self._capacity, resolver=resolver),
         )
-        self._metrics.watch_webhook_backlog(self._store.backlog)
         self._loop_task = asyncio.create_task(self._run(), name="webhook-delivery")
 
     def wake(self) -> None:
@@ -250,10 +250,10 @@ class WebhookDelivery:
         d = due.delivery
         if 200 <= status < 300:
             await self._successes.add((d.id, status))
-            self._metrics.webhook_deliveries.labels("succeeded").inc()
+            self._count("succeeded")
             return
         if status == 410:
-            self._metrics.webhook_deliveries.labels("gone").inc()
+            self._count("gone")
             # Disabled first, so no later event of the endpoint is claimed meanwhile.
             await self._store.disable(d.webhook_id)
             await self._store.record_attempt(d.id, status, FAILED, None)
@@ -264,8 +264,8 @@ class WebhookDelivery:
         now = datetime.now(UTC)
         next_at = now + timedelta(seconds=delay)
         if next_at > d.created_at + timedelta(seconds=self._retry_for):
-            self._metrics.webhook_deliveries.labels("failed").inc()
+            self._count("failed")
             await self._store.record_attempt(d.id, status, FAILED, None)
         else:
-            self._metrics.webhook_deliveries.labels("retried").inc()
+            self._count("retried")
             await self._store.record_attempt(d.id, status, PENDING, next_at)
