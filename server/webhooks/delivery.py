@@ -66,6 +66,9 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
+# A round woken by an answered request waits this long first (others' answers free
+# their slots meanwhile): one claim_due for several slots instead of one each.
+GATHER_SECONDS = 0.005
 ANALYZE_AFTER_ROWS = 1000
 ANALYZE_EVERY_SECONDS = 10.0
 
@@ -110,6 +113,7 @@ class WebhookDelivery:
         self._resolver = resolver
         self._successes = GroupWrite(store.record_successes)
         self._secrets: dict[bytes, str] = {}  # sealed -> plain: unsealing costs
+        self._urls: dict[str, bool] = {}  # URL -> its form passes check_url
         self._created_since_analyze = 0
         self._analyzed_at = -ANALYZE_EVERY_SECONDS
 
@@ -120,6 +124,9 @@ class WebhookDelivery:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._timeout),
             connector=aiohttp.TCPConnector(limit=self._capacity, resolver=resolver),
+            # An endpoint's cookies are no business of the next request (and keeping
+            # them costs each one).
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._loop_task = asyncio.create_task(self._run(), name="webhook-delivery")
 
@@ -151,6 +158,10 @@ class WebhookDelivery:
             if not busy:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._interval)
+                if not self._new_events:
+                    # Woken by an answered request: let the others answered meanwhile
+                    # free their slots too, so one claim fills them all.
+                    await asyncio.sleep(GATHER_SECONDS)
                 self._wake.clear()
 
     async def _round(self) -> bool:
@@ -217,9 +228,7 @@ class WebhookDelivery:
     async def _post(self, due: DueDelivery) -> tuple[int, float | None]:
         """The HTTP status (0: no answer or refused address) and a 429's Retry-After."""
         assert self._session is not None
-        try:
-            await check_url(due.url, allow_insecure=self._allow_insecure, resolve=False)
-        except InvalidArgument:
+        if not await self._url_allowed(due.url):
             return 0, None
         secret = self._secret(due.secret_sealed)
         if secret is None:
@@ -235,6 +244,21 @@ class WebhookDelivery:
                 return response.status, retry_after_seconds(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError):
             return 0, None
+
+    async def _url_allowed(self, url: str) -> bool:
+        """check_url's verdict on the URL's form (the address is checked when it is
+        connected to), kept per URL: it is the same each time."""
+        allowed = self._urls.get(url)
+        if allowed is None:
+            try:
+                await check_url(url, allow_insecure=self._allow_insecure, resolve=False)
+                allowed = True
+            except InvalidArgument:
+                allowed = False
+            if len(self._urls) >= 10_000:
+                self._urls.clear()
+            self._urls[url] = allowed
+        return allowed
 
     def _secret(self, sealed: bytes) -> str | None:
         secret = self._secrets.get(sealed)
