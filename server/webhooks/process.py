@@ -126,6 +126,8 @@ class DeliveryProcess:
             )
             while True:
                 await asyncio.sleep(RESTART_DELAY)
+                if self._stopping:
+                    return
                 try:
                     await self._start_one()
                 except RuntimeError as exc:
@@ -152,6 +154,11 @@ class DeliveryProcess:
 
     async def stop(self, grace: float) -> None:
         """``terminate``, then SIGKILL if it still runs after the grace."""
+        self._stopping = True
+        if self._task is not None:  # no restart from now on
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         self.terminate()
         proc = self._proc
         if proc is not None and proc.returncode is None:
@@ -163,13 +170,6 @@ class DeliveryProcess:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                async with asyncio.timeout(STOP_MARGIN):
-                    await self._task
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
 # --- the process's side -------------------------------------------------------------
