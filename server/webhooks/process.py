@@ -46,7 +46,7 @@ STOP_MARGIN = 5.0  # seconds past the grace before a process still running is ki
 REPORT_EVERY = 0.25  # seconds between two reports of delivery counts
 LISTEN_RETRY = 1.0  # seconds between two attempts to LISTEN again
 READY = b"ready\n"
-POOL_SIZE = 4  # the delivery worker's connections
+POOL_SIZE = 4  # the delivery worker's connections (as WEBHOOK_POOL_SIZE in server/app.py)
 
 
 @dataclass(frozen=True)
