@@ -15,6 +15,7 @@ pool -> database.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import logging
@@ -106,6 +107,8 @@ from server.store.verifications import PgVerificationStore
 from server.store.webhooks import PgWebhookStore
 from server.tracing import Tracing, provider_for
 from server.webhooks.delivery import WebhookDelivery
+from server.webhooks.process import Config as DeliveryConfig
+from server.webhooks.process import DeliveryProcess
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -149,6 +152,8 @@ class Gateway:
         self._maintenance: Maintenance | None = None
         self._webhooks: WebhookDelivery | None = None
         self._webhook_pool: asyncpg.Pool | None = None
+        self._webhook_process: DeliveryProcess | None = None
+        self._server_key = b""
         self._inbound: InboundIntake | None = None
         self._inbound_ready = asyncio.Event()  # set once the intake exists
         # Large batches are prepared in a process of its own (started when first
@@ -180,7 +185,8 @@ class Gateway:
                 "SMSGW_SECRET_KEY is not set: using a generated key kept in the database "
                 "(fine for development; set SMSGW_SECRET_KEY in production)"
             )
-        codes = CodeKeys(s.secret_key or await load_or_create_key(pool))
+        self._server_key = s.secret_key or await load_or_create_key(pool)
+        codes = CodeKeys(self._server_key)
         outbox = PgOutbox(pool, on_changes=self.metrics.message_changes)
         self.metrics.watch_backlog(outbox.backlog)
         self._hub = StatusHub(dsn, events)
@@ -291,27 +297,8 @@ class Gateway:
             WebhookServicer(webhook_store, codes, allow_insecure=s.webhook_allow_insecure), server
         )
         if s.dispatch_workers > 0:
-            # The delivery worker's writes (leases, outcomes, materialised events)
-            # commit without waiting for the WAL flush: one lost in a database crash
-            # only sends a delivery again, which at least once allows; the events
-            # themselves are written (durably) with the changes that made them.
-            self._webhook_pool = await create_pool(
-                dsn,
-                min_size=1,
-                max_size=WEBHOOK_POOL_SIZE,
-                server_settings={"synchronous_commit": "off"},
-            )
-            self._webhooks = WebhookDelivery(
-                PgWebhookStore(self._webhook_pool),
-                codes,
-                self.metrics,
-                allow_insecure=s.webhook_allow_insecure,
-                retry_base=s.webhook_retry_base_seconds,
-                retry_for=s.webhook_retry_for_seconds,
-                timeout=s.webhook_timeout_seconds,
-            )
-            self._webhooks.start()
-            self._hub.on_notify(self._webhooks.wake)
+            self.metrics.watch_webhook_backlog(webhook_store.backlog)
+            await self._start_webhooks(s, dsn, codes)
         suppression_pb2_grpc.add_SuppressionServiceServicer_to_server(
             SuppressionServicer(Suppressions(suppressions, s.default_region)), server
         )
@@ -366,6 +353,49 @@ class Gateway:
             "smsgw serving gRPC on port %d and HTTP on port %d", self.grpc_port, self.http_port
         )
 
+    async def _start_webhooks(self, s: Settings, dsn: str, codes: CodeKeys) -> None:
+        """The webhook delivery worker: in a process of its own at a lower CPU priority
+        (SMSGW_WEBHOOK_PROCESS, server/webhooks/process.py), or in this one."""
+        deliveries = self.metrics.webhook_deliveries
+        if s.webhook_process:
+            self._webhook_process = DeliveryProcess(
+                DeliveryConfig(
+                    dsn=dsn,
+                    key=base64.b64encode(self._server_key).decode(),
+                    allow_insecure=s.webhook_allow_insecure,
+                    retry_base=s.webhook_retry_base_seconds,
+                    retry_for=s.webhook_retry_for_seconds,
+                    timeout=s.webhook_timeout_seconds,
+                    nice=s.webhook_nice,
+                    log_level=s.log_level,
+                ),
+                lambda result, n: deliveries.labels(result).inc(n),
+            )
+            await self._webhook_process.start()
+            return
+        # The delivery worker's writes (leases, outcomes, materialised events)
+        # commit without waiting for the WAL flush: one lost in a database crash
+        # only sends a delivery again, which at least once allows; the events
+        # themselves are written (durably) with the changes that made them.
+        self._webhook_pool = await create_pool(
+            dsn,
+            min_size=1,
+            max_size=WEBHOOK_POOL_SIZE,
+            server_settings={"synchronous_commit": "off"},
+        )
+        self._webhooks = WebhookDelivery(
+            PgWebhookStore(self._webhook_pool),
+            codes,
+            lambda result: deliveries.labels(result).inc(),
+            allow_insecure=s.webhook_allow_insecure,
+            retry_base=s.webhook_retry_base_seconds,
+            retry_for=s.webhook_retry_for_seconds,
+            timeout=s.webhook_timeout_seconds,
+        )
+        self._webhooks.start()
+        assert self._hub is not None
+        self._hub.on_notify(self._webhooks.wake)
+
     def _prices(self) -> Mapping[str, int]:
         """Per-segment prices by region, from the routing file in use (a reload too)."""
         return self.settings.routing.prices
@@ -419,6 +449,8 @@ class Gateway:
         await self.health.enter_shutdown()
         if self._interceptor is not None:
             self._interceptor.end_streams()
+        if self._webhook_process is not None:
+            self._webhook_process.terminate()  # it stops meanwhile
         drains = []
         if self._server is not None:
             drains.append(self._server.stop(grace))
@@ -433,6 +465,8 @@ class Gateway:
             await _bounded("maintenance", self._maintenance.stop(), grace)
         if self._webhooks is not None:
             await _bounded("webhook delivery", self._webhooks.stop(), grace)
+        if self._webhook_process is not None:
+            await self._webhook_process.stop(grace)
         pool = self._webhook_pool
         if pool is not None and not await _bounded("webhook database pool", pool.close(), grace):
             pool.terminate()

@@ -191,6 +191,10 @@ class Settings:
     # --- Suppressions: the region a national number (no +) is read in (None: refused).
     default_region: str | None = None
     webhook_timeout_seconds: float = 10.0
+    # Webhook delivery in a process of its own at this nice increment (lower CPU
+    # priority than the send path), or in the gateway's (server/webhooks/process.py).
+    webhook_process: bool = True
+    webhook_nice: int = 10
     # --- Server processes sharing the gRPC and HTTP ports (SO_REUSEPORT): SMSGW_PROCESSES;
     # a process started by ``smsgw serve`` for them has its index (SMSGW_PROCESS_INDEX,
     # set by the parent only; None: not such a process) (server/processes.py).
@@ -273,6 +277,8 @@ class Settings:
                 merged, "SMSGW_WEBHOOK_RETRY_FOR_SECONDS", 25 * 3600, 1, 30 * 86_400
             ),
             webhook_timeout_seconds=_float(merged, "SMSGW_WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1, 300),
+            webhook_process=_flag(merged, "SMSGW_WEBHOOK_PROCESS", True),
+            webhook_nice=_int(merged, "SMSGW_WEBHOOK_NICE", 10, 0, 19),
             otp=OtpSettings(
                 default_max_attempts=_int(merged, "SMSGW_OTP_MAX_ATTEMPTS", 3, 1, 100),
                 mobile_interval_seconds=_float(

@@ -24,6 +24,7 @@ import logging
 import random
 import time
 from collections import Counter as Tally
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -33,7 +34,6 @@ from server.domain import webhook_signing
 from server.domain.codes import CodeKeys
 from server.domain.errors import InvalidArgument
 from server.http.webhook_url import PublicOnlyResolver, check_url
-from server.metrics import GatewayMetrics
 from server.store.webhooks import FAILED, PENDING, DueDelivery, PgWebhookStore
 from server.webhooks.events import event_body
 from server.webhooks.group_write import GroupWrite
@@ -66,6 +66,9 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
+# A round woken by an answered request waits this long first (others' answers free
+# their slots meanwhile): one claim_due for several slots instead of one each.
+GATHER_SECONDS = 0.005
 ANALYZE_AFTER_ROWS = 1000
 ANALYZE_EVERY_SECONDS = 10.0
 
@@ -75,7 +78,7 @@ class WebhookDelivery:
         self,
         store: PgWebhookStore,
         keys: CodeKeys,
-        metrics: GatewayMetrics,
+        count: Callable[[str], None],
         *,
         allow_insecure: bool,
         retry_base: float,
@@ -86,10 +89,11 @@ class WebhookDelivery:
         capacity: int = 200,
         resolver: AbstractResolver | None = None,
     ) -> None:
-        """``resolver``: the DNS the connections use (None: the system's)."""
+        """``count(result)``: one attempt ended (succeeded, retried, failed, gone);
+        ``resolver``: the DNS the connections use (None: the system's)."""
         self._store = store
         self._keys = keys
-        self._metrics = metrics
+        self._count = count
         self._allow_insecure = allow_insecure
         self._retry_base = retry_base
         self._retry_for = retry_for
@@ -109,6 +113,7 @@ class WebhookDelivery:
         self._resolver = resolver
         self._successes = GroupWrite(store.record_successes)
         self._secrets: dict[bytes, str] = {}  # sealed -> plain: unsealing costs
+        self._urls: dict[str, bool] = {}  # URL -> its form passes check_url
         self._created_since_analyze = 0
         self._analyzed_at = -ANALYZE_EVERY_SECONDS
 
@@ -119,8 +124,10 @@ class WebhookDelivery:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._timeout),
             connector=aiohttp.TCPConnector(limit=self._capacity, resolver=resolver),
+            # An endpoint's cookies are no business of the next request (and keeping
+            # them costs each one).
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
-        self._metrics.watch_webhook_backlog(self._store.backlog)
         self._loop_task = asyncio.create_task(self._run(), name="webhook-delivery")
 
     def wake(self) -> None:
@@ -151,6 +158,10 @@ class WebhookDelivery:
             if not busy:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._interval)
+                if not self._new_events:
+                    # Woken by an answered request: let the others answered meanwhile
+                    # free their slots too, so one claim fills them all.
+                    await asyncio.sleep(GATHER_SECONDS)
                 self._wake.clear()
 
     async def _round(self) -> bool:
@@ -217,9 +228,7 @@ class WebhookDelivery:
     async def _post(self, due: DueDelivery) -> tuple[int, float | None]:
         """The HTTP status (0: no answer or refused address) and a 429's Retry-After."""
         assert self._session is not None
-        try:
-            await check_url(due.url, allow_insecure=self._allow_insecure, resolve=False)
-        except InvalidArgument:
+        if not await self._url_allowed(due.url):
             return 0, None
         secret = self._secret(due.secret_sealed)
         if secret is None:
@@ -236,6 +245,21 @@ class WebhookDelivery:
         except (aiohttp.ClientError, TimeoutError, OSError):
             return 0, None
 
+    async def _url_allowed(self, url: str) -> bool:
+        """check_url's verdict on the URL's form (the address is checked when it is
+        connected to), kept per URL: it is the same each time."""
+        allowed = self._urls.get(url)
+        if allowed is None:
+            try:
+                await check_url(url, allow_insecure=self._allow_insecure, resolve=False)
+                allowed = True
+            except InvalidArgument:
+                allowed = False
+            if len(self._urls) >= 10_000:
+                self._urls.clear()
+            self._urls[url] = allowed
+        return allowed
+
     def _secret(self, sealed: bytes) -> str | None:
         secret = self._secrets.get(sealed)
         if secret is None:
@@ -250,10 +274,10 @@ class WebhookDelivery:
         d = due.delivery
         if 200 <= status < 300:
             await self._successes.add((d.id, status))
-            self._metrics.webhook_deliveries.labels("succeeded").inc()
+            self._count("succeeded")
             return
         if status == 410:
-            self._metrics.webhook_deliveries.labels("gone").inc()
+            self._count("gone")
             # Disabled first, so no later event of the endpoint is claimed meanwhile.
             await self._store.disable(d.webhook_id)
             await self._store.record_attempt(d.id, status, FAILED, None)
@@ -264,8 +288,8 @@ class WebhookDelivery:
         now = datetime.now(UTC)
         next_at = now + timedelta(seconds=delay)
         if next_at > d.created_at + timedelta(seconds=self._retry_for):
-            self._metrics.webhook_deliveries.labels("failed").inc()
+            self._count("failed")
             await self._store.record_attempt(d.id, status, FAILED, None)
         else:
-            self._metrics.webhook_deliveries.labels("retried").inc()
+            self._count("retried")
             await self._store.record_attempt(d.id, status, PENDING, next_at)

@@ -4,6 +4,9 @@ inbound message, or a suppression a recipient's keyword changed)."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+
 from google.protobuf import json_format
 from sms.v1 import common_pb2, webhook_pb2
 
@@ -78,4 +81,56 @@ def webhook_event(event: Event) -> webhook_pb2.WebhookEvent:
 
 
 def event_body(event: Event) -> bytes:
+    if isinstance(event, StatusEvent):
+        return status_event_body(event)
     return json_format.MessageToJson(webhook_event(event), indent=None).encode()
+
+
+_MESSAGE_STATUS = webhook_pb2.EventType.Name(webhook_pb2.EVENT_TYPE_MESSAGE_STATUS)
+
+
+def status_event_body(event: StatusEvent) -> bytes:
+    """The proto3 JSON of a message status change's WebhookEvent, written directly:
+    the same object json_format makes of ``webhook_event(event)`` (the tests compare
+    them), at a fraction of its cost (it was a quarter of a delivery's CPU)."""
+    occurred = rfc3339(event.occurred_at)
+    change: dict[str, object] = {"eventId": str(event.event_id)}
+    if event.message_id:
+        change["messageId"] = event.message_id
+    if event.to_number:
+        change["toNumber"] = event.to_number
+    if int(event.status):
+        change["status"] = common_pb2.MessageStatus.Name(
+            common_pb2.MessageStatus.ValueType(int(event.status))
+        )
+    if event.error_code:
+        change["errorCode"] = event.error_code
+    if event.batch_id:
+        change["batchId"] = event.batch_id
+    change["occurredAt"] = occurred
+    if event.reference:
+        change["reference"] = event.reference
+    if event.metadata:
+        change["metadata"] = dict(event.metadata)
+    if not event.event_id:
+        del change["eventId"]
+    body = {
+        "id": str(event.event_id),
+        "type": _MESSAGE_STATUS,
+        "occurredAt": occurred,
+        "messageStatus": change,
+    }
+    return json.dumps(body).encode()
+
+
+def rfc3339(value: datetime) -> str:
+    """A time as google.protobuf.Timestamp's JSON writes it: UTC, "Z", and 0, 3 or 6
+    digits of fraction (as few as the microseconds need)."""
+    utc = value.astimezone(UTC)
+    text = utc.strftime("%Y-%m-%dT%H:%M:%S")
+    micros = utc.microsecond
+    if micros == 0:
+        return text + "Z"
+    if micros % 1000 == 0:
+        return f"{text}.{micros // 1000:03d}Z"
+    return f"{text}.{micros:06d}Z"

@@ -101,7 +101,15 @@ async def test_two_replicas_deliver_each_event_once(
                 )
             finally:
                 await conn.close()
-            by_replica = [await succeeded(s) for s in servers]
+            # Each replica's delivery process reports its results to it a few times
+            # a second: the counts follow the database shortly.
+            by_replica = await eventually(
+                lambda: asyncio.gather(*(succeeded(s) for s in servers)),
+                until=lambda counts: sum(counts) >= len(stored),
+                within=10,
+                interval=0.2,
+                raise_on_timeout=False,
+            )
             report = check_events(stored, got.accepted())
             print(
                 f"\n{REPLICAS} replicas delivered {by_replica}; {report.summary()}; "
