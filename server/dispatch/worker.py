@@ -5,6 +5,11 @@ every replica share the work without overlap), sends them concurrently through t
 routed providers and records all outcomes in one transaction. A worker that dies
 leaves its lease to run out; another worker then takes the rows.
 
+Besides them, ``urgent_workers`` claim only verification codes and single sends, and
+are woken the moment one is accepted (``wake_urgent``): while every other worker is
+busy with a campaign's group, a code is not left waiting for one of them to finish
+it. Codes also go before batch requests in the wait for a provider's rate token.
+
 Per message: the route gives the providers in failover order (those that cannot
 carry it are skipped); each provider gets ``retries_per_provider`` attempts in turn,
 a provider whose breaker is open is passed over (when all are, the breakers' trickle
@@ -57,6 +62,11 @@ log = logging.getLogger(__name__)
 
 RELEASE_SECONDS = 5.0  # a cancelled worker's wait to give its group back
 
+# A due code or single send is left to the urgent workers for this long before the
+# other workers take it too (with URGENT_GROUPS groups out, an urgent worker is full).
+URGENT_GRACE = 1.0
+URGENT_GROUPS = 4
+
 # Seconds of a lease kept free after the last send, to record the outcomes (at most a
 # quarter of the lease).
 LEASE_MARGIN = 2.0
@@ -92,6 +102,7 @@ class Dispatcher:
         metrics: GatewayMetrics | None = None,
         tracing: Tracing | None = None,
         bulk: bool = True,
+        urgent_workers: int = 1,
     ) -> None:
         self._outbox = outbox
         self._metrics = metrics or GatewayMetrics()
@@ -109,6 +120,9 @@ class Dispatcher:
         self._bulk = bulk
         self._ttl = timedelta(seconds=message_ttl)
         self._wake = asyncio.Event()
+        # Workers that claim codes and single sends only (none when dispatch is off).
+        self._urgent_workers = urgent_workers if workers > 0 else 0
+        self._urgent_wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -120,16 +134,25 @@ class Dispatcher:
         """Tells idle workers that new work may be due (called after an accept)."""
         self._wake.set()
 
+    def wake_urgent(self) -> None:
+        """Tells the urgent workers (and idle others) that a code or single send is due."""
+        self._urgent_wake.set()
+        self._wake.set()
+
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._run(i), name=f"dispatch-worker-{i}")
             for i in range(self._workers)
+        ] + [
+            asyncio.create_task(self._run_urgent(i), name=f"dispatch-urgent-{i}")
+            for i in range(self._urgent_workers)
         ]
 
     async def stop(self, grace: float = 10.0) -> None:
         """Lets workers finish the group in hand (up to ``grace`` s), then cancels them."""
         self._stopping = True
         self._wake.set()
+        self._urgent_wake.set()
         if not self._tasks:
             return
         _, pending = await asyncio.wait(self._tasks, timeout=grace)
@@ -141,38 +164,90 @@ class Dispatcher:
 
     async def _run(self, index: int) -> None:
         loop = asyncio.get_running_loop()
+        # With urgent workers, a code just accepted is theirs (a campaign group's claim
+        # is slower); one they leave waiting longer is taken here too.
+        grace = URGENT_GRACE if self._urgent_workers else 0.0
         while not self._stopping:
             # The lease is counted from before the claim: the database starts it when
             # the claim's transaction begins, and the claim may take a while to return.
             lease_ends = loop.time() + self._lease_seconds
             try:
-                claimed = await self._outbox.claim_due(self._claim_size, self._lease_seconds)
+                claimed = await self._outbox.claim_due(
+                    self._claim_size, self._lease_seconds, urgent_grace=grace
+                )
             except Exception as exc:
                 log.warning("worker %d cannot claim (%s); backing off", index, type(exc).__name__)
-                await self._idle(self._idle_poll * 4)
+                await self._idle(self._wake, self._idle_poll * 4)
                 continue
             if not claimed:
-                await self._idle(self._idle_poll)
+                await self._idle(self._wake, self._idle_poll)
                 continue
-            try:
-                await self._dispatch(claimed, lease_ends)
-            except asyncio.CancelledError:
-                # Given back for another worker now; if the database cannot take it
-                # within RELEASE_SECONDS (no connection free), the leases run out.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(
-                        asyncio.shield(self._outbox.release([c.message.id for c in claimed])),
-                        RELEASE_SECONDS,
-                    )
-                raise
-            except Exception:
-                log.exception("worker %d failed to record a group; leases will expire", index)
+            await self._group(index, claimed, lease_ends)
 
-    async def _idle(self, seconds: float) -> None:
+    async def _run_urgent(self, index: int) -> None:
+        """Claims codes and single sends only, and goes on claiming while the groups it
+        claimed are out (up to URGENT_GROUPS): a slow provider holds up no other code."""
+        loop = asyncio.get_running_loop()
+        wake = self._urgent_wake
+        slots = asyncio.Semaphore(URGENT_GROUPS)
+        groups: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping:
+                await slots.acquire()
+                lease_ends = loop.time() + self._lease_seconds
+                wake.clear()  # before the claim: a code accepted meanwhile wakes it again
+                try:
+                    claimed = await self._outbox.claim_due(
+                        self._claim_size, self._lease_seconds, urgent_only=True
+                    )
+                except Exception as exc:
+                    slots.release()
+                    log.warning(
+                        "urgent worker %d cannot claim (%s); backing off",
+                        index,
+                        type(exc).__name__,
+                    )
+                    await self._idle(wake, self._idle_poll * 4)
+                    continue
+                if not claimed:
+                    slots.release()
+                    await self._idle(wake, self._idle_poll)
+                    continue
+                group = asyncio.create_task(self._group(index, claimed, lease_ends))
+                groups.add(group)
+                group.add_done_callback(groups.discard)
+                group.add_done_callback(lambda _: slots.release())
+        except asyncio.CancelledError:
+            for group in groups:
+                group.cancel()  # each gives its messages back
+            raise
+        finally:
+            if groups:
+                await asyncio.gather(*groups, return_exceptions=True)
+
+    async def _group(
+        self, index: int, claimed: Sequence[ClaimedMessage], lease_ends: float
+    ) -> None:
+        """Sends a claimed group and records its outcomes; cancelled, gives it back."""
+        try:
+            await self._dispatch(claimed, lease_ends)
+        except asyncio.CancelledError:
+            # Given back for another worker now; if the database cannot take it
+            # within RELEASE_SECONDS (no connection free), the leases run out.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    asyncio.shield(self._outbox.release([c.message.id for c in claimed])),
+                    RELEASE_SECONDS,
+                )
+            raise
+        except Exception:
+            log.exception("worker %d failed to record a group; leases will expire", index)
+
+    async def _idle(self, wake: asyncio.Event, seconds: float) -> None:
         if self._stopping:
             return
-        await wait_event(self._wake, seconds)
-        self._wake.clear()
+        await wait_event(wake, seconds)
+        wake.clear()
 
     async def _dispatch(self, claimed: Sequence[ClaimedMessage], lease_ends: float) -> None:
         providers = self.providers
