@@ -8,7 +8,7 @@ leaves its lease to run out; another worker then takes the rows.
 Besides them, ``urgent_workers`` claim only verification codes and single sends, and
 are woken the moment one is accepted (``wake_urgent``): while every other worker is
 busy with a campaign's group, a code is not left waiting for one of them to finish
-it. Codes also go before batch requests in the wait for a provider's rate token.
+it. A code also waits for a provider's rate token behind one batch request at most.
 
 Per message: the route gives the providers in failover order (those that cannot
 carry it are skipped); each provider gets ``retries_per_provider`` attempts in turn,
@@ -123,6 +123,9 @@ class Dispatcher:
         # Workers that claim codes and single sends only (none when dispatch is off).
         self._urgent_workers = urgent_workers if workers > 0 else 0
         self._urgent_wake = asyncio.Event()
+        # Per provider (and its limiter, replaced on reload): the turn of batch requests
+        # to wait for a rate token (see _take_turn).
+        self._batch_turns: dict[str, tuple[object, asyncio.Lock]] = {}
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -309,7 +312,10 @@ class Dispatcher:
         if isinstance(route, Transition):
             return route
         [transition] = await self._send_request(
-            Request(route.provider, (route,)), providers, lease_ends
+            Request(route.provider, (route,)),
+            providers,
+            lease_ends,
+            urgent=claimed.priority < Priority.BATCH,
         )
         return transition
 
@@ -355,7 +361,7 @@ class Dispatcher:
         return Routed(message, name, tuple(candidates), shareable, trickle)
 
     async def _send_request(
-        self, request: Request, providers: ProviderSet, lease_ends: float
+        self, request: Request, providers: ProviderSet, lease_ends: float, *, urgent: bool = False
     ) -> list[Transition]:
         """One provider request (a message alone, or a bulk group): one rate token,
         one breaker outcome; each message's own outcome becomes its transition."""
@@ -363,7 +369,7 @@ class Dispatcher:
         transport = providers.transports[name]
         breaker = providers.breakers[name]
         now = datetime.now(UTC)
-        budget = await self._take_turn(name, providers, lease_ends)
+        budget = await self._take_turn(name, providers, lease_ends, urgent)
         if budget is None:
             breaker.abandon()
             log.info(
@@ -393,14 +399,18 @@ class Dispatcher:
         ]
 
     async def _take_turn(
-        self, name: str, providers: ProviderSet, lease_ends: float
+        self, name: str, providers: ProviderSet, lease_ends: float, urgent: bool
     ) -> float | None:
         """Waits for the provider's rate token; the seconds left to send in, or None.
 
         A send must end while the lease holds: after it, another worker may claim
         the messages and send them again. The wait for the provider's rate counts
         too; messages whose lease runs short first are given back untried, to be
-        claimed anew."""
+        claimed anew.
+
+        The limiter serves its waiters in turn; batch requests wait in it one at a
+        time (the others before it), so a code (``urgent``) waits behind one batch
+        request at most, not behind a campaign's group."""
         loop = asyncio.get_running_loop()
         budget = lease_ends - self._lease_margin - loop.time()
         limiter = providers.limiters[name]
@@ -409,11 +419,21 @@ class Dispatcher:
                 raise TimeoutError
             async with asyncio.timeout(budget):
                 if isinstance(limiter, AsyncLimiter):  # else the provider has no rate
-                    await limiter.acquire()
+                    if urgent:
+                        await limiter.acquire()
+                    else:
+                        async with self._batch_turn(name, limiter):
+                            await limiter.acquire()
         except TimeoutError:
             return None
         budget = lease_ends - self._lease_margin - loop.time()
         return budget if budget > 0 else None
+
+    def _batch_turn(self, name: str, limiter: AsyncLimiter) -> asyncio.Lock:
+        held = self._batch_turns.get(name)
+        if held is None or held[0] is not limiter:
+            held = self._batch_turns[name] = (limiter, asyncio.Lock())
+        return held[1]
 
     async def _call(
         self, transport: Transport, request: Request, budget: float

@@ -87,3 +87,30 @@ async def test_a_code_is_not_held_up_by_an_earlier_code_the_provider_is_slow_wit
     )
     await wait_for(lambda: out(second), within=2 * SLOW)
     assert asyncio.get_running_loop().time() - started < SLOW / 2
+
+
+async def test_a_code_takes_the_providers_next_rate_token_before_a_campaigns_queue(
+    start_gateway: GatewayFactory, emulators: list[RunningEmulator]
+) -> None:
+    emulator = await start_skynoo(emulators, delivery_delay=0.1)
+    # Four requests a second, one a number (no bulk): 40 numbers queue for 10 s.
+    spec = ProviderSpec("sky", "skynoo", emulator.base_url, SKY, rate_per_second=4)
+    running = await start_gateway(routing=only(spec), dispatch_workers=1, dispatch_bulk=False)
+    client = await running.client()
+    batch = await create(client, content="20% off today.", numbers=numbers(40))
+
+    async def campaign_out() -> bool:
+        return arrived(emulator, SEND_PATH)
+
+    async def code_out() -> bool:
+        return arrived(emulator, SEND_PATH, CODE_MOBILE)
+
+    await wait_for(campaign_out, within=5)
+    started = asyncio.get_running_loop().time()
+    await client.verifications.SendVerification(
+        verification_pb2.SendVerificationRequest(mobile=CODE_MOBILE), metadata=client.metadata
+    )
+    await wait_for(code_out, within=10)
+    # Behind one campaign request at most: a token or two, not the campaign's ten seconds.
+    assert asyncio.get_running_loop().time() - started < 2.0
+    assert (await get(client, batch.task_id)).sent < 30
