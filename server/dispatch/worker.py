@@ -268,15 +268,22 @@ class Dispatcher:
                 settled.append(route)
             else:
                 routed.append(route)
-        singles, groups = await asyncio.gather(
-            asyncio.gather(*(self._send(c, providers, lease_ends) for c in alone)),
-            asyncio.gather(
-                *(
-                    self._send_request(r, providers, lease_ends)
-                    for r in plan_requests(routed, providers.transports)
-                )
-            ),
-        )
+        singles: Sequence[Transition]
+        groups: Sequence[list[Transition]]
+        if len(alone) == 1 and not routed:
+            # A code alone (the urgent workers' usual group): sent in this task, not
+            # one of its own, which would wait a turn of a busy event loop to start.
+            singles, groups = [await self._send(alone[0], providers, lease_ends)], []
+        else:
+            singles, groups = await asyncio.gather(
+                asyncio.gather(*(self._send(c, providers, lease_ends) for c in alone)),
+                asyncio.gather(
+                    *(
+                        self._send_request(r, providers, lease_ends)
+                        for r in plan_requests(routed, providers.transports)
+                    )
+                ),
+            )
         deadlines = {c.message.id: c.expires_at for c in claimed}
         outcomes = [*singles, *settled, *itertools.chain(*groups)]
         await self._record(
