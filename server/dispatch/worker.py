@@ -66,6 +66,7 @@ RELEASE_SECONDS = 5.0  # a cancelled worker's wait to give its group back
 # other workers take it too (with URGENT_GROUPS groups out, an urgent worker is full).
 URGENT_GRACE = 1.0
 URGENT_GROUPS = 4
+YIELD_EVERY = 25  # batch messages routed between two turns of the event loop
 
 # Seconds of a lease kept free after the last send, to record the outcomes (at most a
 # quarter of the lease).
@@ -260,9 +261,13 @@ class Dispatcher:
         now = datetime.now(UTC)
         settled: list[Transition] = []
         routed: list[Routed] = []
-        for c in claimed:
+        for i, c in enumerate(claimed):
             if not self._shares(c):
                 continue
+            if i % YIELD_EVERY == 0 and self._urgent_workers:
+                # A campaign group's routing in short steps: an urgent worker woken
+                # meanwhile runs between them, not after the whole group.
+                await asyncio.sleep(0)
             route = self._route(c, providers, now, shareable=True)
             if isinstance(route, Transition):
                 settled.append(route)
