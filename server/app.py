@@ -199,6 +199,7 @@ class Gateway:
             workers=s.dispatch_workers,
             claim_size=s.dispatch_claim_size,
             bulk=s.dispatch_bulk,
+            urgent_workers=s.dispatch_urgent_workers,
             lease_seconds=s.lease_seconds,
             retry=RetryPolicy(max_attempts=s.max_attempts, base_delay=s.retry_base_seconds),
             retries_per_provider=s.retries_per_provider,
@@ -227,7 +228,8 @@ class Gateway:
             message_store,
             templates,
             routes=routes,
-            on_accepted=self._dispatcher.wake,
+            # Single sends and codes: the urgent workers take them at once.
+            on_accepted=self._dispatcher.wake_urgent,
             mobile_intervals=s.mobile_intervals,
             prices=self._prices,
         )
@@ -239,7 +241,7 @@ class Gateway:
             codes,
             s.otp,
             routes=routes,
-            on_accepted=self._dispatcher.wake,
+            on_accepted=self._dispatcher.wake_urgent,
             prices=self._prices,
         )
         batch_store = PgBatchStore(pool, on_changes=self.metrics.message_changes)

@@ -146,6 +146,7 @@ class Settings:
     dispatch_claim_size: int = 100
     # Batch messages go through providers' bulk APIs where they have one (issue 15).
     dispatch_bulk: bool = True
+    dispatch_urgent_workers: int = 1
     lease_seconds: float = 30.0
     max_attempts: int = 5
     retry_base_seconds: float = 1.0
@@ -250,6 +251,7 @@ class Settings:
             dispatch_workers=_int(merged, "SMSGW_DISPATCH_WORKERS", 2, 0, 64),
             dispatch_claim_size=_int(merged, "SMSGW_DISPATCH_CLAIM_SIZE", 100, 1, 5000),
             dispatch_bulk=_flag(merged, "SMSGW_DISPATCH_BULK", default=True),
+            dispatch_urgent_workers=_int(merged, "SMSGW_DISPATCH_URGENT_WORKERS", 1, 0, 16),
             lease_seconds=_float(merged, "SMSGW_LEASE_SECONDS", 30.0, 1.0, 3600.0),
             max_attempts=_int(merged, "SMSGW_MAX_ATTEMPTS", 5, 1, 100),
             retry_base_seconds=_float(merged, "SMSGW_RETRY_BASE_SECONDS", 1.0, 0.0, 600.0),

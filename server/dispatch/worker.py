@@ -5,6 +5,11 @@ every replica share the work without overlap), sends them concurrently through t
 routed providers and records all outcomes in one transaction. A worker that dies
 leaves its lease to run out; another worker then takes the rows.
 
+Besides them, ``urgent_workers`` claim only verification codes and single sends, and
+are woken the moment one is accepted (``wake_urgent``): while every other worker is
+busy with a campaign's group, a code is not left waiting for one of them to finish
+it. A code also waits for a provider's rate token behind one batch request at most.
+
 Per message: the route gives the providers in failover order (those that cannot
 carry it are skipped); each provider gets ``retries_per_provider`` attempts in turn,
 a provider whose breaker is open is passed over (when all are, the breakers' trickle
@@ -68,6 +73,12 @@ log = logging.getLogger(__name__)
 
 RELEASE_SECONDS = 5.0  # a cancelled worker's wait to give its group back
 
+# A due code or single send is left to the urgent workers for this long before the
+# other workers take it too (with URGENT_GROUPS groups out, an urgent worker is full).
+URGENT_GRACE = 1.0
+URGENT_GROUPS = 4
+YIELD_EVERY = 25  # batch messages routed between two turns of the event loop
+
 # Seconds of a lease kept free after the last send, to record the outcomes (at most a
 # quarter of the lease).
 LEASE_MARGIN = 2.0
@@ -106,6 +117,7 @@ class Dispatcher:
         metrics: GatewayMetrics | None = None,
         tracing: Tracing | None = None,
         bulk: bool = True,
+        urgent_workers: int = 1,
     ) -> None:
         self._outbox = outbox
         self._metrics = metrics or GatewayMetrics()
@@ -123,6 +135,12 @@ class Dispatcher:
         self._bulk = bulk
         self._ttl = timedelta(seconds=message_ttl)
         self._wake = asyncio.Event()
+        # Workers that claim codes and single sends only (none when dispatch is off).
+        self._urgent_workers = urgent_workers if workers > 0 else 0
+        self._urgent_wake = asyncio.Event()
+        # Per provider (and its limiter, replaced on reload): the turn of batch requests
+        # to wait for a rate token (see _take_turn).
+        self._batch_turns: dict[str, tuple[object, asyncio.Lock]] = {}
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -134,16 +152,25 @@ class Dispatcher:
         """Tells idle workers that new work may be due (called after an accept)."""
         self._wake.set()
 
+    def wake_urgent(self) -> None:
+        """Tells the urgent workers (and idle others) that a code or single send is due."""
+        self._urgent_wake.set()
+        self._wake.set()
+
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._run(i), name=f"dispatch-worker-{i}")
             for i in range(self._workers)
+        ] + [
+            asyncio.create_task(self._run_urgent(i), name=f"dispatch-urgent-{i}")
+            for i in range(self._urgent_workers)
         ]
 
     async def stop(self, grace: float = 10.0) -> None:
         """Lets workers finish the group in hand (up to ``grace`` s), then cancels them."""
         self._stopping = True
         self._wake.set()
+        self._urgent_wake.set()
         if not self._tasks:
             return
         _, pending = await asyncio.wait(self._tasks, timeout=grace)
@@ -156,35 +183,30 @@ class Dispatcher:
     async def _run(self, index: int) -> None:
         loop = asyncio.get_running_loop()
         size = self._claim_size
+        # With urgent workers, a code just accepted is theirs (a campaign group's claim
+        # is slower); one they leave waiting longer is taken here too.
+        grace = URGENT_GRACE if self._urgent_workers else 0.0
         while not self._stopping:
             # The lease is counted from before the claim: the database starts it when
             # the claim's transaction begins, and the claim may take a while to return.
             lease_ends = loop.time() + self._lease_seconds
             try:
-                claimed = await self._outbox.claim_due(size, self._lease_seconds)
+                claimed = await self._outbox.claim_due(
+                    size, self._lease_seconds, urgent_grace=grace
+                )
             except Exception as exc:
                 log.warning("worker %d cannot claim (%s); backing off", index, type(exc).__name__)
-                await self._idle(self._idle_poll * 4)
+                await self._idle(self._wake, self._idle_poll * 4)
                 continue
             if not claimed:
                 size = self._claim_size
-                await self._idle(self._idle_poll)
+                await self._idle(self._wake, self._idle_poll)
                 continue
-            try:
-                messages, requests = await self._dispatch(claimed, lease_ends)
-                if index > 0 or self._workers == 1:
-                    size = self._next_size(messages, requests)
-            except asyncio.CancelledError:
-                # Given back for another worker now; if the database cannot take it
-                # within RELEASE_SECONDS (no connection free), the leases run out.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(
-                        asyncio.shield(self._outbox.release([c.message.id for c in claimed])),
-                        RELEASE_SECONDS,
-                    )
-                raise
-            except Exception:
-                log.exception("worker %d failed to record a group; leases will expire", index)
+            sent = await self._group(index, claimed, lease_ends)
+            # Claims grow with bulk requests (dispatch/bulk.py); without urgent workers
+            # the first worker keeps claims small, so a code never waits behind a large one.
+            if sent is not None and (self._urgent_workers or index > 0 or self._workers == 1):
+                size = self._next_size(*sent)
 
     def _next_size(self, messages: int, requests: int) -> int:
         """How many messages the next claim takes (dispatch/bulk.py, next_claim_size)."""
@@ -193,11 +215,72 @@ class Dispatcher:
         cap = bulk_claim_cap(self.providers.transports, MAX_CLAIM)
         return next_claim_size(self._claim_size, cap, messages, requests)
 
-    async def _idle(self, seconds: float) -> None:
+    async def _run_urgent(self, index: int) -> None:
+        """Claims codes and single sends only, and goes on claiming while the groups it
+        claimed are out (up to URGENT_GROUPS): a slow provider holds up no other code."""
+        loop = asyncio.get_running_loop()
+        wake = self._urgent_wake
+        slots = asyncio.Semaphore(URGENT_GROUPS)
+        groups: set[asyncio.Task[tuple[int, int] | None]] = set()
+        try:
+            while not self._stopping:
+                await slots.acquire()
+                lease_ends = loop.time() + self._lease_seconds
+                wake.clear()  # before the claim: a code accepted meanwhile wakes it again
+                try:
+                    claimed = await self._outbox.claim_due(
+                        self._claim_size, self._lease_seconds, urgent_only=True
+                    )
+                except Exception as exc:
+                    slots.release()
+                    log.warning(
+                        "urgent worker %d cannot claim (%s); backing off",
+                        index,
+                        type(exc).__name__,
+                    )
+                    await self._idle(wake, self._idle_poll * 4)
+                    continue
+                if not claimed:
+                    slots.release()
+                    await self._idle(wake, self._idle_poll)
+                    continue
+                group = asyncio.create_task(self._group(index, claimed, lease_ends))
+                groups.add(group)
+                group.add_done_callback(groups.discard)
+                group.add_done_callback(lambda _: slots.release())
+        except asyncio.CancelledError:
+            for group in groups:
+                group.cancel()  # each gives its messages back
+            raise
+        finally:
+            if groups:
+                await asyncio.gather(*groups, return_exceptions=True)
+
+    async def _group(
+        self, index: int, claimed: Sequence[ClaimedMessage], lease_ends: float
+    ) -> tuple[int, int] | None:
+        """Sends a claimed group and records its outcomes; cancelled, gives it back.
+        Returns what _dispatch does (None when the outcomes could not be recorded)."""
+        try:
+            return await self._dispatch(claimed, lease_ends)
+        except asyncio.CancelledError:
+            # Given back for another worker now; if the database cannot take it
+            # within RELEASE_SECONDS (no connection free), the leases run out.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    asyncio.shield(self._outbox.release([c.message.id for c in claimed])),
+                    RELEASE_SECONDS,
+                )
+            raise
+        except Exception:
+            log.exception("worker %d failed to record a group; leases will expire", index)
+            return None
+
+    async def _idle(self, wake: asyncio.Event, seconds: float) -> None:
         if self._stopping:
             return
-        await wait_event(self._wake, seconds)
-        self._wake.clear()
+        await wait_event(wake, seconds)
+        wake.clear()
 
     async def _dispatch(
         self, claimed: Sequence[ClaimedMessage], lease_ends: float
@@ -211,19 +294,30 @@ class Dispatcher:
         now = datetime.now(UTC)
         settled: list[Transition] = []
         routed: list[Routed] = []
-        for c in claimed:
+        for i, c in enumerate(claimed):
             if not self._shares(c):
                 continue
+            if i % YIELD_EVERY == 0 and self._urgent_workers:
+                # A campaign group's routing in short steps: an urgent worker woken
+                # meanwhile runs between them, not after the whole group.
+                await asyncio.sleep(0)
             route = self._route(c, providers, now, shareable=True)
             if isinstance(route, Transition):
                 settled.append(route)
             else:
                 routed.append(route)
         planned = plan_requests(routed, providers.transports)
-        singles, groups = await asyncio.gather(
-            asyncio.gather(*(self._send(c, providers, lease_ends) for c in alone)),
-            asyncio.gather(*(self._send_request(r, providers, lease_ends) for r in planned)),
-        )
+        singles: Sequence[Transition]
+        groups: Sequence[list[Transition]]
+        if len(alone) == 1 and not routed:
+            # A code alone (the urgent workers' usual group): sent in this task, not
+            # one of its own, which would wait a turn of a busy event loop to start.
+            singles, groups = [await self._send(alone[0], providers, lease_ends)], []
+        else:
+            singles, groups = await asyncio.gather(
+                asyncio.gather(*(self._send(c, providers, lease_ends) for c in alone)),
+                asyncio.gather(*(self._send_request(r, providers, lease_ends) for r in planned)),
+            )
         deadlines = {c.message.id: c.expires_at for c in claimed}
         outcomes = [*singles, *settled, *itertools.chain(*groups)]
         await self._record(
@@ -260,7 +354,10 @@ class Dispatcher:
         if isinstance(route, Transition):
             return route
         [transition] = await self._send_request(
-            Request(route.provider, (route,)), providers, lease_ends
+            Request(route.provider, (route,)),
+            providers,
+            lease_ends,
+            urgent=claimed.priority < Priority.BATCH,
         )
         return transition
 
@@ -306,7 +403,7 @@ class Dispatcher:
         return Routed(message, name, tuple(candidates), shareable, trickle)
 
     async def _send_request(
-        self, request: Request, providers: ProviderSet, lease_ends: float
+        self, request: Request, providers: ProviderSet, lease_ends: float, *, urgent: bool = False
     ) -> list[Transition]:
         """One provider request (a message alone, or a bulk group): one rate token,
         one breaker outcome; each message's own outcome becomes its transition."""
@@ -314,7 +411,7 @@ class Dispatcher:
         transport = providers.transports[name]
         breaker = providers.breakers[name]
         now = datetime.now(UTC)
-        budget = await self._take_turn(name, providers, lease_ends)
+        budget = await self._take_turn(name, providers, lease_ends, urgent)
         if budget is None:
             breaker.abandon()
             log.info(
@@ -344,14 +441,18 @@ class Dispatcher:
         ]
 
     async def _take_turn(
-        self, name: str, providers: ProviderSet, lease_ends: float
+        self, name: str, providers: ProviderSet, lease_ends: float, urgent: bool
     ) -> float | None:
         """Waits for the provider's rate token; the seconds left to send in, or None.
 
         A send must end while the lease holds: after it, another worker may claim
         the messages and send them again. The wait for the provider's rate counts
         too; messages whose lease runs short first are given back untried, to be
-        claimed anew."""
+        claimed anew.
+
+        The limiter serves its waiters in turn; batch requests wait in it one at a
+        time (the others before it), so a code (``urgent``) waits behind one batch
+        request at most, not behind a campaign's group."""
         loop = asyncio.get_running_loop()
         budget = lease_ends - self._lease_margin - loop.time()
         limiter = providers.limiters[name]
@@ -360,11 +461,21 @@ class Dispatcher:
                 raise TimeoutError
             async with asyncio.timeout(budget):
                 if isinstance(limiter, AsyncLimiter):  # else the provider has no rate
-                    await limiter.acquire()
+                    if urgent:
+                        await limiter.acquire()
+                    else:
+                        async with self._batch_turn(name, limiter):
+                            await limiter.acquire()
         except TimeoutError:
             return None
         budget = lease_ends - self._lease_margin - loop.time()
         return budget if budget > 0 else None
+
+    def _batch_turn(self, name: str, limiter: AsyncLimiter) -> asyncio.Lock:
+        held = self._batch_turns.get(name)
+        if held is None or held[0] is not limiter:
+            held = self._batch_turns[name] = (limiter, asyncio.Lock())
+        return held[1]
 
     async def _call(
         self, transport: Transport, request: Request, budget: float

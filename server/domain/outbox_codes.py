@@ -43,8 +43,17 @@ class CodeOpeningOutbox:
         self._outbox = outbox
         self._codes = codes
 
-    async def claim_due(self, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
-        claimed = await self._outbox.claim_due(limit, lease_seconds)
+    async def claim_due(
+        self,
+        limit: int,
+        lease_seconds: float,
+        *,
+        urgent_only: bool = False,
+        urgent_grace: float = 0.0,
+    ) -> list[ClaimedMessage]:
+        claimed = await self._outbox.claim_due(
+            limit, lease_seconds, urgent_only=urgent_only, urgent_grace=urgent_grace
+        )
         return [open_claimed(c, self._codes) for c in claimed]
 
     async def apply(self, transitions: Sequence[Transition]) -> None:

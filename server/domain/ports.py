@@ -308,9 +308,19 @@ class ProviderReceipt:
 class Outbox(Protocol):
     """Accepted messages waiting to be sent, as the dispatcher sees them."""
 
-    async def claim_due(self, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
+    async def claim_due(
+        self,
+        limit: int,
+        lease_seconds: float,
+        *,
+        urgent_only: bool = False,
+        urgent_grace: float = 0.0,
+    ) -> list[ClaimedMessage]:
         """Up to ``limit`` due messages (verification codes and single sends first),
-        each leased for ``lease_seconds``: no other worker claims it meanwhile."""
+        each leased for ``lease_seconds``: no other worker claims it meanwhile. With
+        ``urgent_only``, codes and single sends alone (no batch message); with
+        ``urgent_grace``, codes and single sends due for less than that many seconds
+        are left out (to the workers that claim only them)."""
         ...
 
     async def apply(self, transitions: Sequence[Transition]) -> None:

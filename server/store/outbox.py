@@ -29,20 +29,46 @@ from server.store.templates import BatchContents, TemplateLayout, TemplateLayout
 
 log = logging.getLogger(__name__)
 
-# Verification codes and single sends first (by priority, then due time); the room
+
+def _urgent(due_by: str) -> str:
+    """The codes and single sends due by then (by priority, then due time), locked."""
+    return f"""
+urgent AS (
+    SELECT ctid, id FROM messages
+    WHERE status IN ({WAITING}) AND priority < {Priority.BATCH:d} AND not_before <= {due_by}
+      AND (claimed_until IS NULL OR claimed_until < now())
+    ORDER BY priority, not_before
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)"""
+
+
+# Leases the rows of ``due`` (the claim's last CTE) and returns them.
+_LEASE = f"""UPDATE messages m
+SET claimed_until = now() + make_interval(secs => $2), attempts = m.attempts + 1,
+    -- A message whose worker dies comes back when its lease runs out; a microsecond
+    -- earlier than the rows it was due with, it is taken over before them (rows that
+    -- tie on not_before come in storage order, and this update moves it to the end).
+    not_before = m.not_before - interval '1 microsecond'
+-- By row address (a TID scan; the rows are locked, so it cannot move): a join on id
+-- would be planned from the CTEs' unknowable sizes and stale statistics.
+WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM due))
+RETURNING m.id, m.account_id, m.to_number, m.body, m.use_type, m.attempts, m.template_id,
+          m.priority, m.template_code, m.template_data, m.created_at, m.channel,
+          m.sealed_code, m.batch_id, m.expires_at,
+          -- Suppressed since it was accepted: the worker ends it REJECTED (SUPPRESSED).
+          EXISTS (SELECT FROM suppressions s
+                  WHERE {matches("m.account_id", "m.to_number", "m.use_type")}) AS suppressed
+"""
+
+# Verification codes and single sends first (by priority, then due time; those due for
+# less than $3 seconds are left to the urgent workers: dispatch/worker.py); the room
 # left goes to batch messages, shared evenly between the accounts that have some due,
 # so an early large campaign cannot hold back another account's; room an account
 # leaves unused goes to the others. ``bulk_accounts``
 # walks the accounts with batch rows one index probe each (a loose index scan).
 _CLAIM = f"""
-WITH RECURSIVE urgent AS (
-    SELECT ctid, id FROM messages
-    WHERE status IN ({WAITING}) AND priority < {Priority.BATCH:d} AND not_before <= now()
-      AND (claimed_until IS NULL OR claimed_until < now())
-    ORDER BY priority, not_before
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-),
+WITH RECURSIVE {_urgent("now() - make_interval(secs => $3)")},
 bulk_accounts AS (
     (SELECT account_id FROM messages WHERE status IN ({WAITING}) AND priority = {Priority.BATCH:d}
      ORDER BY account_id LIMIT 1)
@@ -89,22 +115,14 @@ fill AS (
     FOR UPDATE SKIP LOCKED
 ),
 due AS (SELECT ctid FROM urgent UNION ALL SELECT ctid FROM bulk UNION ALL SELECT ctid FROM fill)
-UPDATE messages m
-SET claimed_until = now() + make_interval(secs => $2), attempts = m.attempts + 1,
-    -- A message whose worker dies comes back when its lease runs out; a microsecond
-    -- earlier than the rows it was due with, it is taken over before them (rows that
-    -- tie on not_before come in storage order, and this update moves it to the end).
-    not_before = m.not_before - interval '1 microsecond'
--- By row address (a TID scan; the rows are locked, so it cannot move): a join on id
--- would be planned from the CTEs' unknowable sizes and stale statistics.
-WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM due))
-RETURNING m.id, m.account_id, m.to_number, m.body, m.use_type, m.attempts, m.template_id,
-          m.priority, m.template_code, m.template_data, m.created_at, m.channel,
-          m.sealed_code, m.batch_id, m.expires_at,
-          -- Suppressed since it was accepted: the worker ends it REJECTED (SUPPRESSED).
-          EXISTS (SELECT FROM suppressions s
-                  WHERE {matches("m.account_id", "m.to_number", "m.use_type")}) AS suppressed
-"""
+{_LEASE}"""
+
+# Codes and single sends only (the urgent worker's claim): never a batch row, so a
+# code is not held up behind a campaign's group (dispatch/worker.py).
+_CLAIM_URGENT = f"""
+WITH {_urgent("now()")},
+due AS (SELECT ctid FROM urgent)
+{_LEASE}"""
 
 # The final statuses of a message no provider took: its charge goes back.
 REFUNDED = ", ".join(
@@ -342,13 +360,26 @@ class PgOutbox:
         # Told of the status changes each transaction recorded, once it has committed.
         self._on_changes = on_changes or _ignore
 
-    async def claim_due(self, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
+    async def claim_due(
+        self,
+        limit: int,
+        lease_seconds: float,
+        *,
+        urgent_only: bool = False,
+        urgent_grace: float = 0.0,
+    ) -> list[ClaimedMessage]:
+        """Leases due messages (see _CLAIM); ``urgent_only``: codes and single sends;
+        ``urgent_grace``: codes and single sends due for less are left out."""
         with unavailable_on_connection_errors():
-            async with self._pool.acquire() as conn, conn.transaction():
-                # Planned for the outbox as it is now: a plan cached while the table
-                # was small (before a large batch landed) would read all of it.
-                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-                rows = await conn.fetch(_CLAIM, limit, lease_seconds)
+            if urgent_only:
+                # One statement (its own transaction): a single round trip.
+                rows = await self._pool.fetch(_CLAIM_URGENT, limit, lease_seconds)
+            else:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    # Planned for the outbox as it is now: a plan cached while the table
+                    # was small (before a large batch landed) would read all of it.
+                    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                    rows = await conn.fetch(_CLAIM, limit, lease_seconds, urgent_grace)
         layouts = await self._layouts.get_many(
             {r["template_id"] for r in rows if r["template_id"] is not None}
         )

@@ -58,9 +58,7 @@ async def test_an_event_committed_after_other_accounts_later_ones_is_streamed(
     seen: dict[int, list[message_pb2.MessageStatusEvent]] = {a.account_id: [], b.account_id: []}
 
     async def watch(client: Client) -> None:
-        request = message_pb2.WatchMessageStatusRequest(
-            after_event_id=cursors[client.account_id]
-        )
+        request = message_pb2.WatchMessageStatusRequest(after_event_id=cursors[client.account_id])
         async for event in client.messages.WatchMessageStatus(request, metadata=client.metadata):
             seen[client.account_id].append(event)
 
