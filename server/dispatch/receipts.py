@@ -1,10 +1,12 @@
 """Collects delivery receipts and records them in groups (one transaction per group).
 
-Receipts that carry only our message id become transitions; receipts that carry the
-provider's id (webhooks, status queries, loopback) are matched by that id, or parked
-until the send they report on is recorded. So a receipt that overtakes the recording
-of its send (a fast provider, a busy database) waits for it, and the message's SENT
-event is never skipped.
+Receipts that carry our message id (status queries, loopback, SendCloud's tag) become
+transitions; one that carries the provider's id too records the send it reports on
+first (SENT with that id: nothing when the send is recorded already), so a receipt
+that overtakes the recording of its send (a fast provider, a busy database, a lost
+answer) never leaves a delivered message without its SENT event. Receipts that carry
+only the provider's id (webhooks) are matched by that id, or parked until the send
+they report on is recorded.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import logging
 
 from server.aio import wait_event
+from server.domain.models import MessageStatus
 from server.domain.ports import ProviderReceipt, Receipt, ReceiptOutbox, Transition
 
 log = logging.getLogger(__name__)
@@ -32,13 +35,23 @@ class ReceiptRecorder:
         self._task: asyncio.Task[None] | None = None
 
     async def __call__(self, receipt: Receipt) -> None:
-        if receipt.message_id and not receipt.provider_message_id:
+        if receipt.message_id:
+            if receipt.provider_message_id and receipt.status > MessageStatus.SENT:
+                self._pending.append(
+                    Transition(
+                        message_id=receipt.message_id,
+                        status=MessageStatus.SENT,
+                        provider=receipt.provider,
+                        provider_message_id=receipt.provider_message_id,
+                    )
+                )
             self._pending.append(
                 Transition(
                     message_id=receipt.message_id,
                     status=receipt.status,
                     error_code=receipt.error_code,
                     provider=receipt.provider,
+                    provider_message_id=receipt.provider_message_id or None,
                     suppress=receipt.suppress,
                 )
             )

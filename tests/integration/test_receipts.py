@@ -42,12 +42,12 @@ async def test_receipt_before_the_send_is_recorded_is_parked_then_applied(
     assert await pool.fetchval("SELECT count(*) FROM early_receipts") == 0
 
 
-async def test_receipt_naming_both_ids_that_overtakes_its_send_waits_for_it(
+async def test_receipt_naming_both_ids_that_overtakes_its_send_records_the_send(
     pool: asyncpg.Pool,
 ) -> None:
     """A fast provider (loopback, a status query) reports our id and its own: when
-    the receipt is recorded before the send, the message is not moved past SENT
-    without a SENT event; the receipt waits for the send."""
+    the receipt is recorded before the send, the message gets its SENT event (with
+    the provider's id) before DELIVERED, and the send's own recording adds nothing."""
     account = await PgAccountStore(pool).create_account("overtaken", verified=True)
     message = new_message(account.id)
     await PgMessageStore(pool).insert(message)
@@ -55,16 +55,17 @@ async def test_receipt_naming_both_ids_that_overtakes_its_send_waits_for_it(
     recorder = ReceiptRecorder(outbox)
     await recorder(Receipt("lb", message.id, MessageStatus.DELIVERED, provider_message_id="lb-1"))
     await recorder.flush()
-    assert await _statuses(pool, message.id) == [MessageStatus.PENDING]
+    delivered = [MessageStatus.PENDING, MessageStatus.SENT, MessageStatus.DELIVERED]
+    assert await _statuses(pool, message.id) == delivered
+    assert (
+        await pool.fetchval("SELECT provider_message_id FROM messages WHERE id = $1", message.id)
+        == "lb-1"
+    )
 
     await outbox.apply(
         [Transition(message.id, MessageStatus.SENT, provider="lb", provider_message_id="lb-1")]
     )
-    assert await _statuses(pool, message.id) == [
-        MessageStatus.PENDING,
-        MessageStatus.SENT,
-        MessageStatus.DELIVERED,
-    ]
+    assert await _statuses(pool, message.id) == delivered
 
 
 async def test_receipt_for_a_known_send_applies_at_once_and_never_goes_back(
