@@ -8,7 +8,6 @@ await returns only after its row has committed.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -22,6 +21,7 @@ from server.domain.suppression import recipient_suppressed
 from server.store.balance import charge_balance
 from server.store.daily_caps import take_daily
 from server.store.events import lanes_cte
+from server.store.group_commit import GroupCommit
 from server.store.idempotency import claim_key
 from server.store.pool import Conn, unavailable_on_connection_errors
 from server.store.suppressions import matches, suppressed
@@ -162,48 +162,21 @@ async def insert_messages(conn: Conn, messages: Sequence[NewMessage]) -> None:
 class PgMessageStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._waiting: list[tuple[NewMessage, asyncio.Future[None]]] = []
-        self._groups_in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._groups: GroupCommit[NewMessage, None] = GroupCommit(
+            self._write_group,
+            name="message-group-commit",
+            max_group=MAX_GROUP,
+            concurrent=MAX_CONCURRENT_GROUPS,
+        )
 
     async def insert(self, message: NewMessage) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((message, future))
-        self._start_groups()
-        await future
+        await self._groups.submit(message)
 
-    def _start_groups(self) -> None:
-        while self._waiting and self._groups_in_flight < MAX_CONCURRENT_GROUPS:
-            group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
-            self._groups_in_flight += 1
-            task = asyncio.create_task(self._write_group(group), name="message-group-commit")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _write_group(self, group: list[tuple[NewMessage, asyncio.Future[None]]]) -> None:
-        error: BaseException | None = None
-        stored: set[str] = set()
-        try:
-            with unavailable_on_connection_errors():
-                async with self._pool.acquire() as conn:
-                    rows = await conn.fetch(
-                        _INSERT_UNSUPPRESSED, *message_columns([m for m, _ in group])
-                    )
-                    stored = {r["message_id"] for r in rows}
-        except Exception as exc:
-            error = exc
-        finally:
-            self._groups_in_flight -= 1
-            for message, future in group:
-                if future.done():
-                    continue
-                if error is not None:
-                    future.set_exception(error)
-                elif message.id in stored:
-                    future.set_result(None)
-                else:
-                    future.set_exception(recipient_suppressed(message.to_number))
-            self._start_groups()
+    async def _write_group(self, group: list[NewMessage]) -> list[BaseException | None]:
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(_INSERT_UNSUPPRESSED, *message_columns(group))
+        stored = {r["message_id"] for r in rows}
+        return [None if m.id in stored else recipient_suppressed(m.to_number) for m in group]
 
     async def insert_idempotent(
         self,

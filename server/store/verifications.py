@@ -22,7 +22,6 @@ outcome's event in the same statement.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -43,6 +42,7 @@ from server.domain.verification import (
 from server.store.account_events import EVENT_TYPE_VERIFICATION, lock_when_any
 from server.store.balance import charge_balance
 from server.store.daily_caps import take_daily
+from server.store.group_commit import GroupCommit
 from server.store.idempotency import claim_key
 from server.store.messages import message_columns, with_messages
 from server.store.pool import unavailable_on_connection_errors
@@ -165,30 +165,38 @@ SELECT count(*) FROM changed
 """
 
 
-# A send of the one-statement path waiting for its group: its rows and its answer.
-_Waiting = tuple[NewVerification, NewMessage, "asyncio.Future[None]"]
+# A send of the one-statement path: its rows.
+_Send = tuple[NewVerification, NewMessage]
 
 
 @dataclass(frozen=True)
 class _Check:
-    """A check waiting for its group, and its answer (its row of ``_CHECK``)."""
+    """A check waiting for its group (answered with its row of ``_CHECK``)."""
 
     verify_id: str
     account_id: int
     mobile: str
     candidate: bytes = field(repr=False)
-    future: asyncio.Future[asyncpg.Record | None]
 
 
 class PgVerificationStore:
     def __init__(self, pool: asyncpg.Pool, velocity: PgVelocityCounters) -> None:
         self._pool = pool
         self._velocity = velocity
-        self._waiting: list[_Waiting] = []
-        self._groups_in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._checks: list[_Check] = []
-        self._check_groups_in_flight = 0
+        self._sends: GroupCommit[_Send, None] = GroupCommit(
+            self._write_group,
+            name="verification-group",
+            max_group=MAX_GROUP,
+            concurrent=MAX_CONCURRENT_GROUPS,
+        )
+        # At most one check of a verification per group: a second waits for the next.
+        self._checks: GroupCommit[_Check, asyncpg.Record | None] = GroupCommit(
+            self._check_group,
+            name="otp-checks",
+            max_group=MAX_GROUP,
+            concurrent=MAX_CONCURRENT_GROUPS,
+            key=lambda check: check.verify_id,
+        )
 
     async def create(
         self,
@@ -213,10 +221,7 @@ class PgVerificationStore:
             and caps is None
             and not message.charge
         ):
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiting.append((verification, message, future))
-            self._start_groups()
-            await future
+            await self._sends.submit((verification, message))
             return stored
         with unavailable_on_connection_errors():
             async with self._pool.acquire() as conn, conn.transaction():
@@ -268,37 +273,12 @@ class PgVerificationStore:
                 await charge_balance(conn, message.account_id, message.charge)
         return stored
 
-    def _start_groups(self) -> None:
-        while self._waiting and self._groups_in_flight < MAX_CONCURRENT_GROUPS:
-            group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
-            self._groups_in_flight += 1
-            task = asyncio.create_task(self._write_group(group), name="verification-group")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _write_group(self, group: list[_Waiting]) -> None:
-        """Stores a group in one statement; answers each waiting send: stored, refused
-        (suppressed), or the statement's error (then nothing of the group was stored)."""
-        error: BaseException | None = None
-        stored: set[str] = set()
-        try:
-            with unavailable_on_connection_errors():
-                rows = await self._pool.fetch(_CREATE, *_create_args([(v, m) for v, m, _ in group]))
-            stored = {r["message_id"] for r in rows}
-        except Exception as exc:
-            error = exc
-        finally:
-            self._groups_in_flight -= 1
-            for verification, message, future in group:
-                if future.done():  # its caller went away
-                    continue
-                if error is not None:
-                    future.set_exception(error)
-                elif message.id in stored:
-                    future.set_result(None)
-                else:
-                    future.set_exception(recipient_suppressed(verification.mobile))
-            self._start_groups()
+    async def _write_group(self, group: list[_Send]) -> list[BaseException | None]:
+        """Stores a group in one statement; each send stored, or refused (suppressed)."""
+        with unavailable_on_connection_errors():
+            rows = await self._pool.fetch(_CREATE, *_create_args(group))
+        stored = {r["message_id"] for r in rows}
+        return [None if m.id in stored else recipient_suppressed(v.mobile) for v, m in group]
 
     async def check(
         self, account_id: int, verify_id: str, mobile: str, candidate: bytes
@@ -308,51 +288,20 @@ class PgVerificationStore:
         Checks that arrive while others are being written go together in the next
         group (at most one check of a verification per group: a second waits for the
         next); each caller is answered after its group has committed."""
-        future: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
-        self._checks.append(_Check(verify_id, account_id, mobile, candidate, future))
-        self._start_checks()
-        return _outcome(await future, mobile)
+        row = await self._checks.submit(_Check(verify_id, account_id, mobile, candidate))
+        return _outcome(row, mobile)
 
-    def _start_checks(self) -> None:
-        while self._checks and self._check_groups_in_flight < MAX_CONCURRENT_GROUPS:
-            group: dict[str, _Check] = {}
-            later: list[_Check] = []
-            for waiting in self._checks:
-                if waiting.verify_id in group or len(group) >= MAX_GROUP:
-                    later.append(waiting)
-                else:
-                    group[waiting.verify_id] = waiting
-            self._checks = later
-            self._check_groups_in_flight += 1
-            task = asyncio.create_task(self._check_group(list(group.values())), name="otp-checks")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _check_group(self, group: list[_Check]) -> None:
-        error: BaseException | None = None
-        rows: dict[str, asyncpg.Record] = {}
-        try:
-            with unavailable_on_connection_errors():
-                found = await self._pool.fetch(
-                    _CHECK,
-                    [c.verify_id for c in group],
-                    [c.account_id for c in group],
-                    [c.mobile for c in group],
-                    [c.candidate for c in group],
-                )
-            rows = {r["id"]: r for r in found}
-        except Exception as exc:
-            error = exc
-        finally:
-            self._check_groups_in_flight -= 1
-            for check in group:
-                if check.future.done():  # its caller went away
-                    continue
-                if error is not None:
-                    check.future.set_exception(error)
-                else:
-                    check.future.set_result(rows.get(check.verify_id))
-            self._start_checks()
+    async def _check_group(self, group: list[_Check]) -> list[asyncpg.Record | None]:
+        with unavailable_on_connection_errors():
+            found = await self._pool.fetch(
+                _CHECK,
+                [c.verify_id for c in group],
+                [c.account_id for c in group],
+                [c.mobile for c in group],
+                [c.candidate for c in group],
+            )
+        rows = {r["id"]: r for r in found}
+        return [rows.get(c.verify_id) for c in group]
 
     async def expire_pending(self, limit: int = 1000) -> int:
         """Marks pending verifications past their expiry EXPIRED (rows are kept)."""
