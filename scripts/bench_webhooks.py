@@ -205,6 +205,18 @@ async def subscribe(target: str, md: Metadata, url: str) -> None:
         )
 
 
+async def first_delivery(target: str, md: Metadata, port: int) -> None:
+    """One message, and its first event at the receiver: the gateway's delivery process
+    (started once an endpoint exists) is up before anything is measured."""
+    await receiver_call(port, "POST", "/reset")
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = message_pb2_grpc.MessageServiceStub(channel)
+        await stub.SendMessage(request(99_999_999), metadata=md, timeout=CALL_TIMEOUT)
+    got = await drain(port, 1, 30)
+    if got["count"] < 1:
+        raise RuntimeError("no webhook arrived within 30 s of the endpoint's creation")
+
+
 async def drain(port: int, expected: int, within: float) -> dict[str, Any]:
     """The receiver's figures once it got ``expected`` events (or time ran out)."""
     deadline = time.monotonic() + within
@@ -238,6 +250,7 @@ def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], tmp: Pat
         (tmp / "hooked").mkdir()
         hooked = start_smsgw(tmp / "hooked", procs, SERVE_ENV, 180)
         asyncio.run(subscribe(hooked.target, hooked.metadata, f"http://{HOST}:{port}/hook"))
+        asyncio.run(first_delivery(hooked.target, hooked.metadata, port))
         with_hooks = asyncio.run(
             throughput(hooked.target, hooked.metadata, args.concurrency, args.seconds, args.warmup)
         )
@@ -247,6 +260,7 @@ def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], tmp: Pat
     (tmp / "paced").mkdir()
     paced_gw = start_smsgw(tmp / "paced", procs, SERVE_ENV, 180)
     asyncio.run(subscribe(paced_gw.target, paced_gw.metadata, f"http://{HOST}:{port}/hook"))
+    asyncio.run(first_delivery(paced_gw.target, paced_gw.metadata, port))
     asyncio.run(receiver_call(port, "POST", "/reset"))
     per_s = args.events_per_s / EVENTS_PER_MESSAGE
     load = asyncio.run(paced(paced_gw.target, paced_gw.metadata, per_s, args.latency_seconds))

@@ -42,6 +42,7 @@ from sms.v1 import (
     webhook_pb2_grpc,
 )
 
+from server.aio import wait_event
 from server.api.account_service import AccountServicer
 from server.api.batch_prep import PREPARATION_PROCESSES, ProcessPreparer
 from server.api.batch_service import BatchServicer
@@ -116,6 +117,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WEBHOOK_POOL_SIZE = 4  # the delivery worker's own connections
+# How often a gateway with no delivery process yet looks for an endpoint created on
+# another replica (one created on this one starts it at once).
+WEBHOOK_PROCESS_LOOK_SECONDS = 2.0
 
 
 class Gateway:
@@ -153,6 +157,8 @@ class Gateway:
         self._webhooks: WebhookDelivery | None = None
         self._webhook_pool: asyncpg.Pool | None = None
         self._webhook_process: DeliveryProcess | None = None
+        self._webhook_process_start: asyncio.Task[None] | None = None
+        self._webhook_wanted = asyncio.Event()  # an endpoint was created here
         self._server_key = b""
         self._inbound: InboundIntake | None = None
         self._inbound_ready = asyncio.Event()  # set once the intake exists
@@ -296,11 +302,17 @@ class Gateway:
         )
         webhook_store = PgWebhookStore(pool)
         webhook_pb2_grpc.add_WebhookServiceServicer_to_server(
-            WebhookServicer(webhook_store, codes, allow_insecure=s.webhook_allow_insecure), server
+            WebhookServicer(
+                webhook_store,
+                codes,
+                allow_insecure=s.webhook_allow_insecure,
+                on_created=self._webhook_wanted.set,
+            ),
+            server,
         )
         if s.dispatch_workers > 0:
             self.metrics.watch_webhook_backlog(webhook_store.backlog)
-            await self._start_webhooks(s, dsn, codes)
+            await self._start_webhooks(s, dsn, codes, webhook_store)
         suppression_pb2_grpc.add_SuppressionServiceServicer_to_server(
             SuppressionServicer(Suppressions(suppressions, s.default_region)), server
         )
@@ -355,9 +367,13 @@ class Gateway:
             "smsgw serving gRPC on port %d and HTTP on port %d", self.grpc_port, self.http_port
         )
 
-    async def _start_webhooks(self, s: Settings, dsn: str, codes: CodeKeys) -> None:
+    async def _start_webhooks(
+        self, s: Settings, dsn: str, codes: CodeKeys, store: PgWebhookStore
+    ) -> None:
         """The webhook delivery worker: in a process of its own at a lower CPU priority
-        (SMSGW_WEBHOOK_PROCESS, server/webhooks/process.py), or in this one."""
+        (SMSGW_WEBHOOK_PROCESS, server/webhooks/process.py), started once any account
+        has an endpoint (a gateway nobody subscribed to spends no memory on it), or in
+        this one."""
         deliveries = self.metrics.webhook_deliveries
         if s.webhook_process:
             self._webhook_process = DeliveryProcess(
@@ -373,7 +389,10 @@ class Gateway:
                 ),
                 lambda result, n: deliveries.labels(result).inc(n),
             )
-            await self._webhook_process.start()
+            self._webhook_process_start = asyncio.create_task(
+                self._start_webhook_process(self._webhook_process, store),
+                name="webhook-process-start",
+            )
             return
         # The delivery worker's writes (leases, outcomes, materialised events)
         # commit without waiting for the WAL flush: one lost in a database crash
@@ -397,6 +416,20 @@ class Gateway:
         self._webhooks.start()
         assert self._hub is not None
         self._hub.on_notify(self._webhooks.wake)
+
+    async def _start_webhook_process(self, process: DeliveryProcess, store: PgWebhookStore) -> None:
+        """Starts the delivery process once an endpoint exists: at once when one is
+        created on this replica, else when the next look (every few seconds) finds one
+        created on another."""
+        while True:
+            try:
+                if await store.any_enabled():
+                    await process.start()
+                    return
+            except Exception as exc:  # the database away, or the process failed to start
+                log.warning("webhook delivery process not started yet (%s)", exc)
+            await wait_event(self._webhook_wanted, WEBHOOK_PROCESS_LOOK_SECONDS)
+            self._webhook_wanted.clear()
 
     def _prices(self) -> Mapping[str, int]:
         """Per-segment prices by region, from the routing file in use (a reload too)."""
@@ -451,6 +484,10 @@ class Gateway:
         await self.health.enter_shutdown()
         if self._interceptor is not None:
             self._interceptor.end_streams()
+        if self._webhook_process_start is not None:
+            self._webhook_process_start.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._webhook_process_start
         if self._webhook_process is not None:
             self._webhook_process.terminate()  # it stops meanwhile
         drains = []

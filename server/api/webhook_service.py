@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -65,10 +66,19 @@ def _delivery(row: DeliveryRow) -> webhook_pb2.WebhookDelivery:
 
 
 class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
-    def __init__(self, store: PgWebhookStore, keys: CodeKeys, *, allow_insecure: bool) -> None:
+    def __init__(
+        self,
+        store: PgWebhookStore,
+        keys: CodeKeys,
+        *,
+        allow_insecure: bool,
+        on_created: Callable[[], None] | None = None,
+    ) -> None:
         self._store = store
         self._keys = keys
         self._allow_insecure = allow_insecure
+        # Told of each new endpoint (the gateway starts its delivery process then).
+        self._on_created = on_created
 
     async def _own(self, webhook_id: int, field: str = "id") -> WebhookRow:
         row = await self._store.get(current_caller().account_id, webhook_id)
@@ -112,6 +122,8 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
             request.description,
             self._keys.seal(secret),
         )
+        if self._on_created is not None:
+            self._on_created()
         return _webhook(row, secret)
 
     async def GetWebhook(

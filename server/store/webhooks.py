@@ -128,6 +128,14 @@ class PgWebhookStore:
         assert row is not None
         return _webhook(row)
 
+    async def any_enabled(self) -> bool:
+        """Whether any account has an endpoint that is not disabled."""
+        with unavailable_on_connection_errors():
+            found = await self._pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM webhooks WHERE NOT disabled)"
+            )
+        return bool(found)
+
     async def get(self, account_id: int, webhook_id: int) -> WebhookRow | None:
         with unavailable_on_connection_errors():
             row = await self._pool.fetchrow(

@@ -33,6 +33,7 @@ from tests.faults.outage_support import (
 from tests.faults.webhook_support import (
     all_settled,
     check_events,
+    delivery_children,
     receiver,
     stored_events,
     subscribe,
@@ -42,20 +43,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 MESSAGES = 60
 NICE = 7
-
-
-def delivery_children(parent: int) -> list[int]:
-    """The pids of ``parent``'s webhook delivery processes (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-            if ppid == parent and b"server.webhooks.process" in cmdline:
-                found.append(int(entry.name))
-    return found
 
 
 async def send(stub: message_pb2_grpc.MessageServiceAsyncStub, md: Metadata, n: int) -> str:
@@ -90,18 +77,26 @@ async def test_a_killed_delivery_process_is_restarted_and_loses_nothing(tmp_path
             stack.push_async_callback(conn.close)
             channel = await stack.enter_async_context(grpc.aio.insecure_channel(server.target))
             md = await new_account(pg.dsn, "webhook-process")
+            # No endpoint yet: no delivery process (its memory is spent only when used).
+            assert delivery_children(server.proc.pid) == []
             hook_id = await subscribe(channel, md, got)
             stub = message_pb2_grpc.MessageServiceStub(channel)
 
-            [child] = delivery_children(server.proc.pid)
+            # The endpoint created here starts it.
+            [child] = await eventually(
+                lambda: delivery_children(server.proc.pid),
+                until=lambda pids: len(pids) == 1,
+                within=15,
+                what="the delivery process",
+            )
+            sent = list(await asyncio.gather(*(send(stub, md, n) for n in range(MESSAGES))))
+            await eventually(lambda: len(got.arrivals) >= 10, within=20, what="first webhooks")
+            # Delivering, it runs at the lower priority it set itself.
             assert (
                 os.getpriority(os.PRIO_PROCESS, child)
                 - os.getpriority(os.PRIO_PROCESS, server.proc.pid)
                 == NICE
             )
-
-            sent = list(await asyncio.gather(*(send(stub, md, n) for n in range(MESSAGES))))
-            await eventually(lambda: len(got.arrivals) >= 10, within=20, what="first webhooks")
             os.kill(child, signal.SIGKILL)
             killed_at = time.monotonic()
             leased = await conn.fetchval(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import re
 import secrets
 import time
@@ -29,6 +30,7 @@ from tests.faults.replicas_support import channels, replicas, skynoo_process
 from tests.faults.webhook_support import (
     all_settled,
     check_events,
+    delivery_children,
     receiver,
     stored_events,
     subscribe,
@@ -70,6 +72,15 @@ async def test_two_replicas_deliver_each_event_once(
         async with replicas(env, tmp_path, REPLICAS) as servers, channels(servers) as opened:
             md = await new_account(dsn, "webhook-replicas")
             hook_id = await subscribe(opened[0], md, got)
+            # A replica starts its delivery process once an endpoint exists: the one it
+            # was created on at once, the other when it next looks.
+            for server in servers:
+                await eventually(
+                    functools.partial(delivery_children, server.proc.pid),
+                    until=bool,
+                    within=20,
+                    what="each replica's delivery process",
+                )
             stubs = [message_pb2_grpc.MessageServiceStub(c) for c in opened]
 
             async def send(n: int) -> str:

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -196,3 +197,17 @@ def check_events(stored: Sequence[Stored], accepted: Sequence[Arrival]) -> Repor
         invented=invented,
         out_of_order=out_of_order,
     )
+
+
+def delivery_children(parent: int) -> list[int]:
+    """The pids of ``parent``'s webhook delivery processes (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+            if ppid == parent and b"server.webhooks.process" in cmdline:
+                found.append(int(entry.name))
+    return found
