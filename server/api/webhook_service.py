@@ -14,6 +14,7 @@ from server.api.context import current_caller
 from server.domain import webhook_signing
 from server.domain.codes import CodeKeys
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound
+from server.domain.fields import NUL_DESCRIPTION, storable
 from server.domain.pagination import decode_page_token, encode_page_token, page_size
 from server.http.webhook_url import check_url
 from server.store.webhooks import DeliveryRow, PgWebhookStore, WebhookRow
@@ -108,10 +109,15 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
             violations.append(
                 FieldViolation("description", f"at most {MAX_DESCRIPTION} characters")
             )
-        try:
-            await check_url(request.url, allow_insecure=self._allow_insecure)
-        except InvalidArgument as exc:
-            violations = exc.violations + violations
+        elif not storable(request.description):
+            violations.append(FieldViolation("description", NUL_DESCRIPTION))
+        if not storable(request.url):
+            violations = [FieldViolation("url", NUL_DESCRIPTION), *violations]
+        else:
+            try:
+                await check_url(request.url, allow_insecure=self._allow_insecure)
+            except InvalidArgument as exc:
+                violations = exc.violations + violations
         if violations:
             raise InvalidArgument(violations)
         secret = webhook_signing.new_secret()

@@ -267,6 +267,7 @@ async def test_410_disables_the_endpoint(insecure: Running, receivers: list[Rece
         "https://a..b/hook",  # an empty label (idna refuses it)
         "https://" + "a" * 70 + ".com/",  # a label longer than 63
         "https://example.com:99999/",
+        "https://203.0\x00.113.7/hook",  # a NUL (PostgreSQL cannot store it)
     ],
 )
 async def test_unsafe_urls_are_refused(gw: Running, url: str) -> None:
@@ -320,6 +321,21 @@ async def test_delivery_to_a_name_resolving_to_loopback_makes_no_connection(
     finally:
         listener.close()
         await listener.wait_closed()
+
+
+async def test_a_description_with_a_nul_is_refused(insecure: Running) -> None:
+    client = await insecure.client()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await hooks(insecure).CreateWebhook(
+            webhook_pb2.CreateWebhookRequest(
+                url="http://127.0.0.1:9/hook",
+                event_types=[webhook_pb2.EVENT_TYPE_MESSAGE_STATUS],
+                description="night\x00shift",
+            ),
+            metadata=client.metadata,
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(err.value) == {"description"}
 
 
 async def test_event_types_are_required(gw: Running) -> None:
