@@ -76,8 +76,8 @@ async def lock_message_lanes(conn: Conn, message_ids: Sequence[str]) -> None:
 
 
 async def lock_event_log(conn: Conn) -> None:
-    """Takes every lane: the whole log, for a transaction whose accounts are not
-    known before it starts changing rows (and for tests that hold the log)."""
+    """Takes every lane: the whole log (no status change of any account can commit
+    until this transaction ends; the tests use it to hold every writer)."""
     await conn.execute(
         f"SELECT count(pg_advisory_xact_lock({EVENT_LANE_CLASS}, lane)), "
         f"pg_notify('{EVENTS_CHANNEL}', '') "
